@@ -1,0 +1,39 @@
+# Every target sets itself up: a virtualenv in .venv, pip install, and the Debian packages for
+# Prometheus, promtool, Alertmanager and amtool when they are missing.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: up test setup binaries generate check bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+binaries:
+	@bash .ci/install-binaries
+
+# Brings the whole loop up on this host (real GPUs when NVML finds them, else the simulated fleet).
+up: setup binaries
+	$(VENV)/bin/gpuwarden up $(ARGS)
+
+# All the tests, the ones driving the real binaries included.
+test: setup binaries
+	$(PY) -m pytest $(ARGS)
+
+# Regenerates the committed Prometheus rules from rules/thresholds.yaml.
+generate: setup
+	$(VENV)/bin/gpuwarden-rules generate
+
+check: setup
+	$(VENV)/bin/gpuwarden-rules check
+
+bench: setup
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	$(PY) -m bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import pytest
+
+from tests.helpers import Proc
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """Starts processes for one test and stops every one of them, by pid, at teardown."""
+    started: list[Proc] = []
+
+    def _spawn(argv: Sequence[str], name: str = "proc", **kw) -> Proc:
+        p = Proc(argv, tmp_path / f"{name}-{len(started)}.log", **kw)
+        started.append(p)
+        return p
+
+    yield _spawn
+    for p in reversed(started):
+        p.stop()

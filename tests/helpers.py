@@ -1,0 +1,127 @@
+"""Shared test helpers: free ports, real binaries, processes stopped by pid, polling.
+
+Servers under test bind to 127.0.0.1 on a free port and are stopped by the test that started
+them. In CI (``CI=true``) a missing binary fails the test; elsewhere it skips with the command
+that installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable, Sequence, TypeVar
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require_binary(name: str) -> str:
+    """Path of a real binary (promtool, amtool, prometheus, prometheus-alertmanager).
+
+    Debian ships Alertmanager as ``prometheus-alertmanager``; upstream as ``alertmanager``.
+    """
+    candidates = [name]
+    if name == "alertmanager":
+        candidates.insert(0, "prometheus-alertmanager")
+    for c in candidates:
+        path = shutil.which(c)
+        if path:
+            return path
+    msg = f"{name} not found on PATH: run 'make binaries' (apt-get install prometheus prometheus-alertmanager)"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def console_script(name: str) -> str:
+    """Path of one of our console scripts (gpuwarden-exporter, ...) in the test's virtualenv."""
+    path = VENV_BIN / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    if not found:
+        pytest.fail(f"console script {name} not installed: run 'make setup'")
+    return found
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,
+               what: str = "condition") -> T:
+    """Polls ``predicate`` until it returns a truthy value; fails the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - polled services may not be up yet
+            last_exc = exc
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}" + (f": {last_exc!r}" if last_exc else ""))
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+class Proc:
+    """A child process started by a test and stopped by pid (its whole process group)."""
+
+    def __init__(self, argv: Sequence[str], log: Path, cwd: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.argv = list(argv)
+        self.log_path = log
+        self._log = open(log, "wb")
+        self.popen = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                      cwd=cwd, env=env, start_new_session=True)
+        self.pid = self.popen.pid
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, grace: float = 5.0) -> int:
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.pid, signal.SIGKILL)
+                self.popen.wait()
+        self._log.close()
+        return self.popen.returncode
+
+    def kill9(self) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.popen.wait()
