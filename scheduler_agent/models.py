@@ -1,0 +1,119 @@
+"""Value types and errors shared by the scheduler, the API and the plug-ins.
+
+Errors form one small hierarchy so the HTTP layer maps them without knowing who raised them:
+``InvalidRequest`` -> 400 (names the field), ``NotFound`` -> 404, ``Conflict`` -> 409.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+JOB_STATES = ("pending", "running", "stopping", "completed", "failed", "cancelled")
+ACTIVE_JOB_STATES = ("pending", "running", "stopping")
+# gpu_state values, most severe first: a GPU reports the first that applies.
+GPU_STATES = ("lost", "quarantined", "alerting", "throttled", "healthy")
+SEVERITIES = ("info", "warning", "critical")
+
+
+class SchedulerError(Exception):
+    """Base of the errors the scheduler's operations raise on bad requests."""
+
+    status = 400
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InvalidRequest(SchedulerError):
+    status = 400
+
+
+class NotFound(SchedulerError):
+    status = 404
+
+
+class Conflict(SchedulerError):
+    status = 409
+
+
+@dataclass
+class Gpu:
+    uuid: str
+    node: str
+    index: int
+    name: str = ""
+    quarantined: bool = False
+    quarantine_reason: str | None = None
+    quarantine_actor: str | None = None
+    quarantined_at: float | None = None
+    throttled: bool = False
+    throttle_reason: str | None = None
+    lost: bool = False
+    lost_reason: str | None = None
+    alerts: dict[str, str] = field(default_factory=dict)   # firing rule -> severity
+    job_id: int | None = None
+
+    @property
+    def critical_alert(self) -> bool:
+        return any(sev == "critical" for sev in self.alerts.values())
+
+    @property
+    def state(self) -> str:
+        if self.lost:
+            return "lost"
+        if self.quarantined:
+            return "quarantined"
+        if self.critical_alert:
+            return "alerting"
+        if self.throttled:
+            return "throttled"
+        return "healthy"
+
+    @property
+    def schedulable(self) -> bool:
+        """May hold a job at all (free or not)."""
+        return not (self.lost or self.quarantined or self.critical_alert)
+
+    @property
+    def placeable(self) -> bool:
+        return self.schedulable and self.job_id is None
+
+    def to_dict(self) -> dict:
+        return {
+            "uuid": self.uuid, "node": self.node, "index": self.index, "name": self.name,
+            "state": self.state, "schedulable": self.schedulable, "job_id": self.job_id,
+            "quarantined": self.quarantined, "quarantine_reason": self.quarantine_reason,
+            "quarantine_actor": self.quarantine_actor, "quarantined_at": self.quarantined_at,
+            "throttled": self.throttled, "throttle_reason": self.throttle_reason,
+            "lost": self.lost, "lost_reason": self.lost_reason,
+            "alerts": [{"rule": r, "severity": s} for r, s in sorted(self.alerts.items())],
+        }
+
+
+@dataclass
+class ActiveJob:
+    """A job that is pending, running or stopping (terminal jobs live in the database only)."""
+
+    id: int
+    name: str
+    gpus: int
+    priority: int
+    command: list[str] | None
+    time_limit: float | None
+    state: str
+    seq: int
+    preemptions: int = 0
+    runs: int = 0
+    node: str | None = None
+    uuids: tuple[str, ...] = ()
+    indexes: tuple[int, ...] = ()
+    started_at: float | None = None
+    stop_reason: str | None = None       # cancel | preempt | time_limit (while stopping)
+    stop_detail: str | None = None
+    env: dict[str, str] | None = None
+
+    @property
+    def queue_key(self) -> tuple[int, int, int]:
+        return (-self.priority, self.seq, self.id)
