@@ -5,7 +5,7 @@ Seam (Slurm, Kubernetes stand in here later)::
     class Executor(Protocol):
         def start(self, job: JobRun, on_exit: ExitCallback) -> dict   # handle, stored durably
         def stop(self, job_id: int, grace_seconds: float) -> None      # async; on_exit follows
-        def recover(self, job_id: int, handle: dict) -> None           # after an agent restart
+        def recover(self, job: JobRun, handle: dict | None) -> None     # after an agent restart
         def close(self) -> None
 
 ``start`` launches the work and returns a JSON-able handle (pid, batch id, pod name...) that the
@@ -54,12 +54,13 @@ class JobRun:
     gpu_uuids: tuple[str, ...]
     node: str
     env: dict[str, str] | None = None
+    key: str = ""          # unique per agent database, job and run: finds orphans after a crash
 
 
 class Executor(Protocol):
     def start(self, job: JobRun, on_exit: ExitCallback) -> dict: ...
     def stop(self, job_id: int, grace_seconds: float) -> None: ...
-    def recover(self, job_id: int, handle: dict) -> None: ...
+    def recover(self, job: JobRun, handle: dict | None) -> None: ...
     def close(self) -> None: ...
 
 
@@ -81,7 +82,7 @@ class TrackingExecutor:
         if cb is not None:
             cb(job_id, None)
 
-    def recover(self, job_id: int, handle: dict) -> None:  # noqa: ARG002 - nothing ran here
+    def recover(self, job: JobRun, handle: dict | None) -> None:  # noqa: ARG002 - nothing ran here
         return None
 
     def close(self) -> None:
@@ -125,6 +126,7 @@ class LocalExecutor:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in job.gpu_indexes)
         env["GPUWARDEN_JOB_ID"] = str(job.id)
         env["GPUWARDEN_GPU_UUIDS"] = ",".join(job.gpu_uuids)
+        env["GPUWARDEN_JOB_KEY"] = job.key
         path = self.log_path(job.id)
         with open(path, "ab") as out:
             proc = subprocess.Popen(job.command, stdout=out, stderr=subprocess.STDOUT,
@@ -165,19 +167,29 @@ class LocalExecutor:
         # Kill the whole group even if the leader exited: its children may linger on the GPU.
         _signal_group(proc.pid, signal.SIGKILL)
 
-    def recover(self, job_id: int, handle: dict) -> None:
-        pid, started = handle.get("pid"), handle.get("start_time")
-        if not isinstance(pid, int) or pid <= 0:
-            return
-        if started is None or _proc_start_time(pid) != started:
-            return  # gone, or the pid now belongs to someone else
-        log.warning("job %s: process group %s outlived the agent; killing it before requeue",
-                    job_id, pid)
-        _signal_group(pid, signal.SIGTERM)
+    def recover(self, job: JobRun, handle: dict | None) -> None:
+        """Ends work a dead agent left running: by the handle's pid, else by the job's env key.
+
+        The handle is missing when the agent died between committing the placement and
+        committing the handle; the process (if it started) carries GPUWARDEN_JOB_KEY then.
+        """
+        groups: set[int] = set()
+        pid = (handle or {}).get("pid")
+        started = (handle or {}).get("start_time")
+        if isinstance(pid, int) and pid > 0 and started is not None and _proc_start_time(pid) == started:
+            groups.add(pid)
+        if job.key:
+            groups.update(_find_by_key(job.key))
+        for pgid in groups:
+            log.warning("job %s: process group %s outlived the agent; killing it before requeue",
+                        job.id, pgid)
+            _signal_group(pgid, signal.SIGTERM)
         deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline and _proc_start_time(pid) == started:
+        while groups and time.monotonic() < deadline:
+            groups = {g for g in groups if _group_alive(g)}
             time.sleep(0.02)
-        _signal_group(pid, signal.SIGKILL)
+        for pgid in groups:
+            _signal_group(pgid, signal.SIGKILL)
 
     def close(self) -> None:
         return None
@@ -188,3 +200,27 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _find_by_key(key: str) -> set[int]:
+    """Process groups whose processes carry GPUWARDEN_JOB_KEY=key (readable for our own uid)."""
+    needle = b"\0" + f"GPUWARDEN_JOB_KEY={key}".encode() + b"\0"
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes()
+            if needle in b"\0" + env + b"\0" and _proc_start_time(int(entry.name)) is not None:
+                found.add(os.getpgid(int(entry.name)))
+        except (OSError, ProcessLookupError):
+            continue
+    return found

@@ -38,6 +38,17 @@ class Conflict(SchedulerError):
     status = 409
 
 
+@dataclass(frozen=True)
+class GpuSpec:
+    """One GPU as an inventory source sees it."""
+
+    node: str
+    index: int
+    uuid: str
+    name: str = ""
+    up: bool = True
+
+
 @dataclass
 class Gpu:
     uuid: str
@@ -117,3 +128,18 @@ class ActiveJob:
     @property
     def queue_key(self) -> tuple[int, int, int]:
         return (-self.priority, self.seq, self.id)
+
+
+def job_row(r) -> dict:
+    """A jobs row (sqlite3.Row) as the API shows it."""
+    import json
+    return {
+        "id": r["id"], "name": r["name"], "gpus": r["gpus"], "priority": r["priority"],
+        "command": json.loads(r["command"]) if r["command"] else None,
+        "time_limit_seconds": r["time_limit"], "state": r["state"], "reason": r["reason"],
+        "exit_code": r["exit_code"], "preemptions": r["preemptions"], "runs": r["runs"],
+        "node": r["node"], "gpu_uuids": json.loads(r["gpu_uuids"] or "[]"),
+        "gpu_indexes": json.loads(r["gpu_indexes"] or "[]"),
+        "submitted_at": r["submitted_at"], "started_at": r["started_at"],
+        "finished_at": r["finished_at"], "idempotency_key": r["idempotency_key"],
+    }
