@@ -1,0 +1,207 @@
+"""Renders the dashboard's main panels to a PNG straight from Prometheus, without Grafana.
+
+    python -m dashboards.render --prometheus.url http://127.0.0.1:9090 --out fleet.png --range 15m
+
+The panels, queries, legends, units and threshold lines are read from the generated dashboard
+model itself, so the picture shows what Grafana would (same queries, same lines). Needs the
+``render`` extra (matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from dashboards import queries
+from dashboards.prom import Prometheus, PrometheusError, Series, format_duration, parse_duration
+
+DASHBOARD = Path(__file__).resolve().parent / "gpu-fleet.json"
+
+# The panels drawn, in reading order (two per row), by their title in the dashboard.
+MAIN_PANELS = ("Temperature", "Power", "Utilization", "Memory pressure", "Throttling",
+               "Active alerts", "ECC errors", "Failure risk")
+# The stats written in the header line.
+HEADER_STATS = ("GPUs total", "GPUs available", "GPUs unhealthy", "Jobs pending", "Alerts firing")
+
+_COLORS = {"green": "tab:green", "blue": "tab:blue", "orange": "tab:orange", "red": "tab:red"}
+_POINTS = 240  # samples per series across the range, like a Grafana panel of medium width
+
+
+class RenderError(Exception):
+    """A panel could not be rendered (names the panel and what went wrong)."""
+
+
+def legend(fmt: str, labels: dict[str, str]) -> str:
+    """Grafana's legendFormat: ``{{label}}`` replaced by the series' value of that label."""
+    if not fmt or fmt == "__auto":
+        inner = ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items()) if k != "__name__")
+        return f"{labels.get('__name__', '')}{{{inner}}}"
+    out = fmt
+    for key, value in labels.items():
+        out = out.replace("{{" + key + "}}", value).replace("{{ " + key + " }}", value)
+    return out
+
+
+def variable_values(range_s: float, step_s: float, scrape_s: float, instance: str,
+                    gpu: str) -> dict[str, str]:
+    """What Grafana would put in place of each variable for this range and step."""
+    return {
+        "instance": instance,
+        "gpu": gpu,
+        # Grafana: max($__interval + scrape interval, 4 * scrape interval).
+        "__rate_interval": format_duration(max(step_s + scrape_s, 4 * scrape_s)),
+        "__interval": format_duration(step_s),
+        "__range": format_duration(range_s),
+    }
+
+
+def _panels_by_title(model: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {p["title"]: p for p in model["panels"] if p.get("type") != "row"}
+
+
+def _threshold_lines(panel: dict[str, Any]) -> list[tuple[float, str]]:
+    defaults = panel["fieldConfig"]["defaults"]
+    if defaults.get("custom", {}).get("thresholdsStyle", {}).get("mode", "off") == "off":
+        return []
+    return [(s["value"], _COLORS.get(s["color"], s["color"]))
+            for s in defaults["thresholds"]["steps"] if s["value"] is not None]
+
+
+def _format_axis(ax: Any, unit: str) -> None:
+    from matplotlib.ticker import FuncFormatter, PercentFormatter
+
+    if unit == "percentunit":
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    elif unit == "bytes":
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 2**30:.0f} GiB"))
+    else:
+        suffix = {"celsius": " °C", "watt": " W", "s": " s"}.get(unit, "")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}{suffix}"))
+
+
+def _draw_panel(ax: Any, panel: dict[str, Any], series: list[tuple[str, Series]]) -> None:
+    import matplotlib.dates as mdates
+
+    defaults = panel["fieldConfig"]["defaults"]
+    ax.set_title(panel["title"], loc="left", fontsize=11, fontweight="bold")
+    ax.grid(True, alpha=0.3)
+    for name, s in series:
+        times = [datetime.fromtimestamp(t, tz=timezone.utc) for t in s.times]
+        style = "--" if name.endswith(" limit") else "-"
+        ax.plot(times, s.values, style, linewidth=1.2, label=name)
+    for value, color in _threshold_lines(panel):
+        ax.axhline(value, color=color, linestyle="--", linewidth=1, alpha=0.9)
+    if "min" in defaults or "max" in defaults:
+        ax.set_ylim(defaults.get("min"), defaults.get("max"))
+    _format_axis(ax, defaults.get("unit", "short"))
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=timezone.utc))
+    if series:
+        ax.legend(loc="upper left", fontsize=7, ncol=2 if len(series) > 4 else 1, framealpha=0.6)
+    else:
+        ax.text(0.5, 0.5, "No data", transform=ax.transAxes, ha="center", va="center",
+                fontsize=14, color="grey")
+
+
+def render(prom: Prometheus, out: Path, range_s: float, end: float | None = None,
+           instance: str = ".*", gpu: str = ".*", dashboard: Path = DASHBOARD,
+           panels: Sequence[str] = MAIN_PANELS) -> dict[str, int]:
+    """Writes the PNG; returns the number of series drawn per panel title."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: a file, not a window
+    import matplotlib.pyplot as plt
+
+    model = json.loads(dashboard.read_text(encoding="utf-8"))
+    by_title = _panels_by_title(model)
+    missing = [t for t in panels if t not in by_title]
+    if missing:
+        raise RenderError(f"{dashboard}: no panel titled {', '.join(map(repr, missing))}")
+    end = time.time() if end is None else end
+    start = end - range_s
+    step = max(1.0, range_s / _POINTS)
+    values = variable_values(range_s, step, prom.scrape_interval(), instance, gpu)
+
+    cols = 2
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(16, 3.6 * rows + 0.8), squeeze=False)
+    drawn: dict[str, int] = {}
+    try:
+        for ax, title in zip(axes.flat, panels):
+            panel = by_title[title]
+            series: list[tuple[str, Series]] = []
+            for target in panel["targets"]:
+                expr = queries.substitute(target["expr"], values)
+                try:
+                    result = prom.query_range(expr, start, end, step)
+                except PrometheusError as exc:
+                    raise RenderError(f'panel "{title}" target {target["refId"]}: {exc}') from exc
+                series += [(legend(target.get("legendFormat", ""), s.labels), s) for s in result]
+            series.sort(key=lambda item: item[0])
+            _draw_panel(ax, panel, series)
+            drawn[title] = len(series)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.set_visible(False)
+        fig.suptitle(_header(prom, model, by_title, values, end, range_s), fontsize=13, x=0.01,
+                     ha="left")
+        fig.tight_layout(rect=(0, 0, 1, 0.97))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=90)
+    finally:
+        plt.close(fig)
+    return drawn
+
+
+def _header(prom: Prometheus, model: dict[str, Any], by_title: dict[str, dict[str, Any]],
+            values: dict[str, str], end: float, range_s: float) -> str:
+    parts = []
+    for title in HEADER_STATS:
+        panel = by_title.get(title)
+        if panel is None:
+            continue
+        try:
+            result = prom.query(queries.substitute(panel["targets"][0]["expr"], values), at=end)
+        except PrometheusError:
+            result = []
+        shown = f"{result[0].values[0]:g}" if result else "–"
+        parts.append(f"{title}: {shown}")
+    when = datetime.fromtimestamp(end, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"{model['title']}   last {format_duration(range_s)} to {when}\n"
+            + "   ·   ".join(parts))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m dashboards.render", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prometheus.url", dest="url", default="http://127.0.0.1:9090",
+                    help="Prometheus base URL (default %(default)s)")
+    ap.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    ap.add_argument("--range", dest="range", default="15m",
+                    help="time range ending now, as a Prometheus duration (default %(default)s)")
+    ap.add_argument("--end", type=float, default=None, help="end of the range, unix seconds (default now)")
+    ap.add_argument("--instance", default=".*", help="regex of exporter instances to show")
+    ap.add_argument("--gpu", default=".*", help="regex of GPU indexes to show")
+    ap.add_argument("--dashboard", type=Path, default=DASHBOARD, help="dashboard JSON to draw")
+    args = ap.parse_args(argv)
+    try:
+        range_s = parse_duration(args.range)
+    except ValueError as exc:
+        ap.error(f"--range: {exc}")
+    try:
+        drawn = render(Prometheus(args.url), args.out, range_s, args.end, args.instance, args.gpu,
+                       args.dashboard)
+    except (RenderError, PrometheusError) as exc:
+        print(f"render: {exc}", file=sys.stderr)
+        return 1
+    empty = [t for t, n in drawn.items() if n == 0]
+    print(f"wrote {args.out} ({len(drawn)} panels" + (f"; no data: {', '.join(empty)}" if empty else "")
+          + ")")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

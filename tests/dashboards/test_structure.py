@@ -1,0 +1,195 @@
+"""The committed dashboard's model: generated, importable in Grafana 10+, laid out sanely."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from dashboards import fleet, generate, grafana, queries
+from dashboards.fleet import DashboardConfigError, Thresholds
+
+DS = {"type": "prometheus", "uid": "${datasource}"}
+
+
+def _panels(model: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in model["panels"] if p["type"] != "row"]
+
+
+def _by_title(model: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {p["title"]: p for p in _panels(model)}
+
+
+def _lines(panel: dict[str, Any]) -> list[float]:
+    assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] != "off"
+    return [s["value"] for s in panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+            if s["value"] is not None]
+
+
+def _fake_rules(**overrides: float) -> SimpleNamespace:
+    values = {"THERMAL_WARNING": 80.0, "THERMAL_CRITICAL": 85.0, "POWER_SPIKE": 400.0,
+              "POWER_CRITICAL": 450.0, "MEMORY_PRESSURE": 0.9, **overrides}
+    return SimpleNamespace(alerts={k: SimpleNamespace(threshold=v) for k, v in values.items()})
+
+
+def test_committed_dashboard_is_what_generation_gives_now() -> None:
+    assert generate.main(["--check"]) == 0, (
+        "dashboards/gpu-fleet.json differs from a fresh generation: run python -m dashboards.generate")
+
+
+def test_check_fails_when_the_committed_file_was_edited(tmp_path) -> None:
+    edited = tmp_path / "gpu-fleet.json"
+    edited.write_text(generate.DEFAULT_OUT.read_text().replace('"5s"', '"1m"', 1))
+    assert generate.main(["--check", "--out", str(edited)]) == 1
+
+
+def test_generation_is_deterministic() -> None:
+    assert generate.to_json(generate.dashboard()) == generate.to_json(generate.dashboard())
+
+
+def test_grafana_10_settings(committed: dict[str, Any]) -> None:
+    assert committed["schemaVersion"] >= 39
+    assert committed["refresh"] == "5s"
+    assert committed["uid"] == "gpuwarden-fleet"
+    variables = {v["name"]: v for v in committed["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    for name in ("instance", "gpu"):
+        v = variables[name]
+        assert v["type"] == "query" and v["datasource"] == DS
+        assert v["query"]["query"].startswith("label_values(") and v["multi"] and v["includeAll"]
+
+
+def test_panel_ids_are_unique(committed: dict[str, Any]) -> None:
+    ids = [p["id"] for p in committed["panels"]]
+    assert len(ids) == len(set(ids)), ids
+
+
+def test_grid_positions_inside_24_columns_and_not_overlapping(committed: dict[str, Any]) -> None:
+    boxes = [(p["title"], p["gridPos"]) for p in committed["panels"]]
+    for title, b in boxes:
+        assert b["x"] >= 0 and b["y"] >= 0 and b["w"] > 0 and b["h"] > 0, title
+        assert b["x"] + b["w"] <= 24, f"{title} ends at column {b['x'] + b['w']}"
+    for (ta, a), (tb, b) in itertools.combinations(boxes, 2):
+        apart = (a["x"] + a["w"] <= b["x"] or b["x"] + b["w"] <= a["x"]
+                 or a["y"] + a["h"] <= b["y"] or b["y"] + b["h"] <= a["y"])
+        assert apart, f"{ta!r} {a} overlaps {tb!r} {b}"
+
+
+def test_every_variable_referenced_is_declared(committed: dict[str, Any]) -> None:
+    declared = {v["name"] for v in committed["templating"]["list"]}
+    used = queries.variables_used(json.dumps(committed))
+    assert used, "the dashboard references no variable at all"
+    undeclared = used - declared - set(queries.BUILTINS)
+    assert not undeclared, f"referenced but not declared: {sorted(undeclared)}"
+    # And the filter variables are actually used by the panels.
+    panel_text = json.dumps(committed["panels"])
+    assert {"datasource", "instance", "gpu"} <= queries.variables_used(panel_text)
+
+
+def test_every_panel_and_target_uses_the_datasource_variable(committed: dict[str, Any]) -> None:
+    for p in _panels(committed):
+        assert p["datasource"] == DS, p["title"]
+        assert p["targets"], f"{p['title']} has no query"
+        for t in p["targets"]:
+            assert t["datasource"] == DS, f"{p['title']} target {t['refId']}"
+    for a in committed["annotations"]["list"]:
+        if "expr" in a:
+            assert a["datasource"] == DS
+
+
+def test_exporter_queries_filter_by_instance_and_gpu(committed: dict[str, Any]) -> None:
+    for q in queries.panel_queries(committed):
+        if "gpu_temperature" in q.expr or "gpu_power" in q.expr or "gpu_memory" in q.expr:
+            assert 'instance=~"$instance"' in q.expr and 'gpu=~"$gpu"' in q.expr, q.where
+
+
+def test_the_seeds_panels_forecasts_and_xid_are_there(committed: dict[str, Any]) -> None:
+    panels = _by_title(committed)
+    fleet_stats = [p for p in _panels(committed) if p["type"] == "stat"]
+    cluster = [p for p in fleet_stats if p["targets"][0]["expr"].startswith("sum(cluster_gpus_")]
+    jobs = [p for p in fleet_stats if "jobs_" in p["targets"][0]["expr"]]
+    assert len(cluster) == 4 and len(jobs) == 3
+    assert panels["GPU state distribution"]["type"] == "piechart"
+    assert "gpu_state" in panels["GPU state distribution"]["targets"][0]["expr"]
+    for title, metric in [("Temperature", "gpu_temperature_celsius"), ("Power", "gpu_power_watts"),
+                          ("Utilization", "gpu_utilization_ratio"),
+                          ("Memory pressure", "gpu_memory_used_bytes"),
+                          ("Job execution time", "job_duration_seconds_bucket"),
+                          ("Active alerts", "ALERTS"), ("ECC errors", "gpu_ecc_errors_"),
+                          ("XID errors", "gpu_xid_errors_total"),
+                          ("Time to threshold", "gpu_predicted_seconds_to_threshold"),
+                          ("Failure risk", "gpu_failure_risk_score")]:
+        exprs = " ".join(t["expr"] for t in panels[title]["targets"])
+        assert metric in exprs, f"{title} does not query {metric}"
+        assert panels[title]["type"] in ("timeseries", "bargauge", "table")
+
+
+@pytest.mark.parametrize("title,unit", [
+    ("Temperature", "celsius"), ("Power", "watt"), ("Utilization", "percentunit"),
+    ("Memory pressure", "percentunit"), ("Memory used", "bytes"), ("Failure risk", "percentunit"),
+    ("Time to threshold", "s"), ("Job execution time", "s"), ("Temperature in 15 minutes", "celsius"),
+])
+def test_units(committed: dict[str, Any], title: str, unit: str) -> None:
+    assert _by_title(committed)[title]["fieldConfig"]["defaults"]["unit"] == unit
+
+
+def test_threshold_lines_are_the_alert_rules_thresholds(committed: dict[str, Any]) -> None:
+    from rules import config
+
+    rules = config.load()
+    t = {rule: rules.alerts[rule].threshold for rule in Thresholds.RULES.values()}
+    panels = _by_title(committed)
+    assert _lines(panels["Temperature"]) == [t["THERMAL_WARNING"], t["THERMAL_CRITICAL"]] == [80, 85]
+    assert _lines(panels["Temperature in 15 minutes"]) == [80, 85]
+    assert _lines(panels["Power"]) == [t["POWER_SPIKE"], t["POWER_CRITICAL"]] == [400, 450]
+    assert _lines(panels["Memory pressure"]) == [t["MEMORY_PRESSURE"]] == [0.9]
+
+
+def test_lines_move_when_the_rules_change() -> None:
+    model = fleet.build(Thresholds.from_rules(_fake_rules(THERMAL_WARNING=75, POWER_CRITICAL=500)))
+    panels = _by_title(model)
+    assert _lines(panels["Temperature"]) == [75, 85]
+    assert _lines(panels["Power"]) == [400, 500]
+    assert "75 °C" in panels["Temperature"]["description"]
+
+
+def test_a_missing_rule_names_itself() -> None:
+    cfg = _fake_rules()
+    del cfg.alerts["POWER_SPIKE"]
+    with pytest.raises(DashboardConfigError, match="POWER_SPIKE.*power warning"):
+        Thresholds.from_rules(cfg, "custom.yaml")
+
+
+def test_provisioning_files_point_at_the_dashboard_and_a_prometheus() -> None:
+    import yaml
+
+    root = generate.HERE / "provisioning"
+    providers = yaml.safe_load((root / "dashboards" / "gpuwarden.yaml").read_text())
+    assert providers["apiVersion"] == 1
+    (provider,) = providers["providers"]
+    assert provider["type"] == "file" and provider["options"]["path"]
+    sources = yaml.safe_load((root / "datasources" / "prometheus.yaml").read_text())
+    (ds,) = sources["datasources"]
+    assert ds["type"] == "prometheus" and ds["url"].startswith("http")
+
+
+def test_grid_wraps_instead_of_overflowing() -> None:
+    grid = grafana.Grid()
+    a, b, c = grid.place(12, 8), grid.place(12, 4), grid.place(6, 4)
+    assert (a["x"], a["y"], b["x"], b["y"]) == (0, 0, 12, 0)
+    assert (c["x"], c["y"]) == (0, 8)  # below the taller of the two
+    with pytest.raises(ValueError, match="between 1 and 24"):
+        grid.place(25, 1)
+
+
+def test_substitute_and_variables_used() -> None:
+    expr = 'rate(x{instance=~"$instance", gpu=~"${gpu}"}[$__rate_interval])'
+    assert queries.variables_used(expr) == {"instance", "gpu", "__rate_interval"}
+    assert queries.substitute(expr, {"instance": ".*", "gpu": "0", "__rate_interval": "1m"}) == \
+        'rate(x{instance=~".*", gpu=~"0"}[1m])'
+    with pytest.raises(KeyError, match=r"\$gpu"):
+        queries.substitute(expr, {"instance": ".*", "__rate_interval": "1m"})
