@@ -1,0 +1,170 @@
+"""``POST /webhook/alertmanager``: authenticate, validate, store durably, answer 202.
+
+The request path does no remediation at all: it checks the caller, parses the body, inserts the
+notification and its alert instances in one fsync'd SQLite transaction and wakes the worker.
+Acting happens in the worker, so a slow power-limit call never makes Alertmanager time out and
+retry. Status codes follow Alertmanager's retry rules: 4xx is final (a bad token or a bad body
+will not get better by resending), 5xx is retried (the database was locked or full).
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+from scheduler_agent.remediation.errors import IntakeError, PolicyConfigError
+from scheduler_agent.remediation.payload import Notification, parse_notification
+from scheduler_agent.remediation.store import transaction
+
+log = logging.getLogger("gpuwarden.remediation")
+
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+
+
+def read_secret(path: Path | str, what: str) -> bytes:
+    """A secret from a file (trailing newline stripped); the error says which setting named it."""
+    try:
+        secret = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise PolicyConfigError(f"{what}: cannot read {path}: {exc.strerror}") from None
+    if not secret:
+        raise PolicyConfigError(f"{what}: {path} is empty; put the shared secret in it")
+    return secret
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a caller must present: a bearer token and/or a basic-auth user and password.
+
+    ``None`` for both means no authentication (tests and a loopback-only agent); the CLI refuses
+    to serve the webhook without it on a non-loopback address.
+    """
+
+    bearer_token: bytes | None = None
+    basic_user: bytes | None = None
+    basic_password: bytes | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.bearer_token is not None or self.basic_user is not None
+
+    def check(self, authorization: str | None) -> None:
+        """Raises ``IntakeError(401)`` unless ``authorization`` matches; compares in constant time."""
+        if not self.required:
+            return
+        header = (authorization or "").strip()
+        scheme, _, value = header.partition(" ")
+        scheme = scheme.lower()
+        if scheme == "bearer" and self.bearer_token is not None:
+            # compare_digest on bytes of any length: its time depends on the length only.
+            if hmac.compare_digest(value.strip().encode("utf-8", "replace"), self.bearer_token):
+                return
+        elif scheme == "basic" and self.basic_user is not None:
+            try:
+                user, _, password = base64.b64decode(value.strip(), validate=True).partition(b":")
+            except ValueError:
+                user, password = b"", b""
+            ok_user = hmac.compare_digest(user, self.basic_user)
+            ok_password = hmac.compare_digest(password, self.basic_password or b"")
+            if ok_user & ok_password:  # both compared always, no short-circuit on the user
+                return
+        raise IntakeError(401, "missing or wrong credentials (Authorization: Bearer <token> "
+                               "from the agent's token file, or basic auth)")
+
+
+@dataclass(frozen=True)
+class Accepted:
+    notification_id: int
+    alerts: int
+    new_events: int
+    truncated_alerts: int
+
+
+class Intake:
+    """Turns webhook requests into inbox rows. Thread-safe: one writer connection, one lock."""
+
+    def __init__(self, conn: sqlite3.Connection, credentials: Credentials,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 on_accepted: Callable[[], None] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+        self.credentials = credentials
+        self.max_body_bytes = max_body_bytes
+        self._on_accepted = on_accepted
+        self._clock = clock
+
+    def check_length(self, headers: Mapping[str, str]) -> int | None:
+        """Checks Content-Length before the body is read (413 early, 400 if unparsable)."""
+        raw = headers.get("Content-Length")
+        if raw is None:
+            return None
+        try:
+            length = int(raw)
+        except ValueError:
+            raise IntakeError(400, f"Content-Length: {raw[:32]!r} is not a number") from None
+        if length < 0:
+            raise IntakeError(400, "Content-Length: negative")
+        if length > self.max_body_bytes:
+            raise IntakeError(413, f"body of {length} bytes is over the limit of "
+                                   f"{self.max_body_bytes} bytes (remediation.max_body_bytes)")
+        return length
+
+    def accept(self, authorization: str | None, body: bytes) -> Accepted:
+        """Authenticates, validates and stores one delivery; returns once it is on disk."""
+        self.credentials.check(authorization)
+        if len(body) > self.max_body_bytes:
+            raise IntakeError(413, f"body over the limit of {self.max_body_bytes} bytes")
+        notification = parse_notification(body)
+        with self._lock:
+            accepted = transaction(self._conn, lambda c: self._store(c, notification))
+        assert isinstance(accepted, Accepted)
+        if notification.truncated_alerts:
+            # Alertmanager dropped alerts from this group to honour the receiver's max_alerts.
+            # Those instances are not here, so nothing can be done for them from this
+            # delivery; we keep the count on the notification row, log it and count it in
+            # the metrics, and act on what we got. The routing we ship sets max_alerts: 0.
+            log.warning(json.dumps({
+                "event": "remediation.truncated", "notification_id": accepted.notification_id,
+                "group_key": notification.group_key, "truncated_alerts":
+                notification.truncated_alerts, "hint": "set max_alerts: 0 on the webhook "
+                "receiver so that Alertmanager sends every alert of the group"}))
+        if self._on_accepted is not None and accepted.new_events:
+            self._on_accepted()
+        return accepted
+
+    def _store(self, conn: sqlite3.Connection, n: Notification) -> Accepted:
+        now = self._clock()
+        cur = conn.execute(
+            "INSERT INTO remediation_notifications (received_at, receiver, group_key, status, "
+            "alert_count, new_events, truncated_alerts, external_url) VALUES (?,?,?,?,?,0,?,?)",
+            (now, n.receiver, n.group_key, n.status, len(n.alerts), n.truncated_alerts,
+             n.external_url))
+        nid = cur.lastrowid
+        rows = []
+        for a in n.alerts:
+            labels = a.labels
+            rows.append((nid, a.fingerprint, a.starts_at, a.ends_at, a.status, a.rule,
+                         a.severity, labels.get("action", ""), labels.get("uuid", ""),
+                         labels.get("gpu", ""), labels.get("instance", ""),
+                         json.dumps(labels, sort_keys=True), now))
+        # Under BEGIN IMMEDIATE ids only grow, so the new rows are those past the last id.
+        last = conn.execute("SELECT coalesce(max(id), 0) FROM remediation_events").fetchone()[0]
+        conn.executemany(
+            "INSERT INTO remediation_events (notification_id, fingerprint, starts_at, ends_at, "
+            "status, rule, severity, action, uuid, gpu, instance, labels, received_at) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (fingerprint, starts_at, status) "
+            "DO UPDATE SET deliveries = deliveries + 1", rows)
+        new = conn.execute("SELECT count(*) FROM remediation_events WHERE id > ?",
+                           (last,)).fetchone()[0]
+        conn.execute("UPDATE remediation_notifications SET new_events = ? WHERE id = ?",
+                     (new, nid))
+        return Accepted(nid, len(n.alerts), new, n.truncated_alerts)

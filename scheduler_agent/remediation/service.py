@@ -1,0 +1,241 @@
+"""Remediation assembled: intake, worker, audit API, metrics, and the adapter to the scheduler.
+
+The agent's start-up does, in order::
+
+    rem = Remediation.create(db, config, SchedulerAdapter(scheduler), tracer_provider=tp)
+    rem.register_routes(app)              # /webhook/alertmanager, /api/v1/actions, breaker
+    registry.register(rem.collector)
+    rem.start()                           # the worker (resumes what a kill left pending)
+    ...
+    rem.stop()
+
+It uses its own SQLite connections to the agent's database file (``db.path``): one for the
+intake's writes (fsync'd: a 202 means the alert is on disk), one for the worker, one for reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from opentelemetry.trace import TracerProvider
+
+from scheduler_agent.remediation import budget as budget_mod
+from scheduler_agent.remediation import store
+from scheduler_agent.remediation.actuators import PowerActuator, from_config
+from scheduler_agent.remediation.config import RemediationConfig
+from scheduler_agent.remediation.errors import IntakeError
+from scheduler_agent.remediation.intake import Credentials, Intake, read_secret
+from scheduler_agent.remediation.metrics import RemediationCollector
+from scheduler_agent.remediation.port import SchedulerPort
+from scheduler_agent.remediation.worker import Worker
+
+if TYPE_CHECKING:
+    from scheduler_agent.http import App, Request, Response
+    from scheduler_agent.scheduler import Scheduler
+    from scheduler_agent.store import Database
+
+log = logging.getLogger("gpuwarden.remediation")
+
+OUTCOMES = ("pending", "acted", "recorded", "noop", "dry_run", "skipped_budget",
+            "skipped_breaker", "failed")
+
+
+class SchedulerAdapter:
+    """The embedded ``Scheduler`` seen through ``SchedulerPort``."""
+
+    def __init__(self, scheduler: "Scheduler", actor: str = "remediation") -> None:
+        self._s = scheduler
+        self._actor = actor
+
+    def quarantine(self, uuid: str, reason: str, actor: str) -> None:
+        # The worker preempts separately so that it can record which jobs it stopped.
+        self._s.quarantine(uuid, reason, actor, preempt=False)
+
+    def preempt_gpu(self, uuid: str, reason: str) -> list[int]:
+        return list(self._s.preempt_gpu(uuid, reason, self._actor))
+
+    def set_throttled(self, uuid: str, throttled: bool, reason: str) -> None:
+        self._s.set_throttled(uuid, throttled, reason)
+
+    def set_alert(self, uuid: str, rule: str, severity: str, firing: bool) -> None:
+        self._s.set_alert(uuid, rule, severity, firing)
+
+    def fleet(self) -> Mapping[str, str]:
+        return {g["uuid"]: "quarantined" if g.get("quarantined") else g["state"]
+                for g in self._s.list_gpus()}
+
+
+def credentials_from(config: RemediationConfig) -> Credentials:
+    token = (read_secret(config.bearer_token_file, "remediation.auth.bearer_token_file")
+             if config.bearer_token_file else None)
+    user = config.basic_username.encode() if config.basic_username else None
+    password = (read_secret(config.basic_password_file, "remediation.auth.basic_auth."
+                            "password_file") if config.basic_password_file else None)
+    return Credentials(token, user, password)
+
+
+@dataclass
+class Remediation:
+    config: RemediationConfig
+    intake: Intake
+    worker: Worker
+    collector: RemediationCollector
+    _read: sqlite3.Connection
+    _read_lock: threading.Lock
+    _conns: tuple[sqlite3.Connection, ...]
+    clock: Callable[[], float] = time.time
+
+    @classmethod
+    def create(cls, db: "Database | str", config: RemediationConfig, scheduler: SchedulerPort,
+               actuator: PowerActuator | None = None,
+               tracer_provider: TracerProvider | None = None,
+               credentials: Credentials | None = None,
+               clock: Callable[[], float] = time.time) -> "Remediation":
+        """Migrates our tables and builds the parts (nothing runs until ``start``).
+
+        ``db`` is the agent's ``Database`` (its migrations seam is used) or a file path.
+        """
+        if isinstance(db, str):
+            from scheduler_agent.store import Database  # noqa: PLC0415
+            shared = Database(db)
+            store.migrate(shared)
+            shared.close()
+            path = db
+        else:
+            store.migrate(db)
+            path = db.path
+        creds = credentials if credentials is not None else credentials_from(config)
+        w_conn, i_conn, r_conn = (store.connect(path) for _ in range(3))
+        worker = Worker(w_conn, config, scheduler, actuator or from_config(config.actuator),
+                        tracer_provider, clock)
+        intake = Intake(i_conn, creds, config.max_body_bytes, worker.wake, clock)
+        lock = threading.Lock()
+        return cls(config, intake, worker, RemediationCollector(r_conn, lock), r_conn, lock,
+                   (w_conn, i_conn, r_conn), clock)
+
+    def start(self) -> None:
+        self.worker.start()
+
+    def stop(self) -> None:
+        self.worker.stop()
+        for c in self._conns:
+            c.close()
+
+    # -- queries (API and CLI) --------------------------------------------------------------
+    def actions(self, limit: int = 100, uuid: str | None = None, outcome: str | None = None,
+                action: str | None = None, before_id: int | None = None) -> list[dict[str, Any]]:
+        """The audit trail, newest first."""
+        where, args = [], []
+        for column, value in (("uuid", uuid), ("outcome", outcome), ("action", action)):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if before_id is not None:
+            where.append("id < ?")
+            args.append(before_id)
+        sql = ("SELECT * FROM remediation_actions" + (" WHERE " + " AND ".join(where) if where
+                                                      else "") + " ORDER BY id DESC LIMIT ?")
+        with self._read_lock:
+            rows = self._read.execute(sql, (*args, limit)).fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["detail"] = json.loads(d["detail"])
+            d["detail"].pop("labels", None)
+            out.append(d)
+        return out
+
+    def breaker(self) -> dict[str, Any]:
+        with self._read_lock:
+            state = budget_mod.breaker(self._read).to_dict()
+            skipped = self._read.execute(
+                "SELECT count(*) FROM remediation_actions WHERE outcome IN "
+                "('skipped_budget', 'skipped_breaker') AND at >= coalesce(?, 0)",
+                (state["opened_at"] if state["state"] == "open" else None,)).fetchone()[0]
+        state["skipped_since_open" if state["state"] == "open" else "skipped_total"] = skipped
+        return state
+
+    def reset_breaker(self, actor: str) -> dict[str, Any]:
+        with self._read_lock:
+            was_open = budget_mod.reset_breaker(self._read, actor, self.clock())
+        self.worker.wake()
+        return {**self.breaker(), "was_open": was_open}
+
+    # -- HTTP -------------------------------------------------------------------------------
+    def register_routes(self, app: "App") -> None:
+        from scheduler_agent.http import Response  # noqa: PLC0415 - only with the agent's app
+
+        def webhook(req: "Request") -> "Response":
+            try:
+                a = self.intake.accept(req.headers.get("authorization"), req.body)
+            except IntakeError as exc:
+                headers = ({"WWW-Authenticate": 'Bearer realm="gpuwarden"'}
+                           if exc.status == 401 else {})
+                return Response(exc.status, {"error": exc.reason, "field": None}, headers=headers)
+            except sqlite3.Error as exc:
+                # Not stored: 503 makes Alertmanager retry, so nothing is lost.
+                log.error(json.dumps({"event": "remediation.intake_error", "error": str(exc)}))
+                return Response(503, {"error": f"could not store the notification: {exc}",
+                                      "field": None}, headers={"Retry-After": "5"})
+            return Response(202, {"status": "accepted", "notification_id": a.notification_id,
+                                  "alerts": a.alerts, "new": a.new_events,
+                                  "truncated_alerts": a.truncated_alerts})
+
+        def list_actions(req: "Request") -> "Response":
+            q = {k: v[-1] for k, v in req.query.items() if v}
+            try:
+                limit = int(q.get("limit", "100"))
+                before = int(q["before_id"]) if "before_id" in q else None
+            except ValueError:
+                return Response(400, {"error": "limit and before_id must be integers",
+                                      "field": "limit"})
+            if not 1 <= limit <= 10000:
+                return Response(400, {"error": "limit must be 1-10000", "field": "limit"})
+            if q.get("outcome") and q["outcome"] not in OUTCOMES:
+                return Response(400, {"error": f"outcome must be one of {', '.join(OUTCOMES)}",
+                                      "field": "outcome"})
+            return Response(200, {"actions": self.actions(limit, q.get("uuid"), q.get("outcome"),
+                                                          q.get("action"), before),
+                                  "breaker": self.breaker()})
+
+        def get_breaker(req: "Request") -> "Response":
+            return Response(200, self.breaker())
+
+        def reset(req: "Request") -> "Response":
+            actor = "api"
+            if req.body.strip():
+                try:
+                    doc = json.loads(req.body)
+                except ValueError:
+                    doc = None
+                if not isinstance(doc, dict) or not isinstance(doc.get("actor", ""), str):
+                    return Response(400, {"error": 'body must be {"actor": "<who>"}',
+                                          "field": "actor"})
+                actor = doc.get("actor") or actor
+            return Response(200, self.reset_breaker(actor))
+
+        app.add_route("POST", "/webhook/alertmanager", webhook, auth=False, openapi={
+            "summary": "Alertmanager webhook (v4): stored durably, acted on asynchronously",
+            "security": [{"bearer": []}],
+            "responses": {"202": {"description": "accepted"},
+                          "400": {"description": "malformed or invalid body (the reason)"},
+                          "401": {"description": "missing or wrong credentials"},
+                          "413": {"description": "body over remediation.max_body_bytes"}}})
+        app.add_route("GET", "/api/v1/actions", list_actions, openapi={
+            "summary": "Remediation audit trail, newest first",
+            "parameters": [{"name": n, "in": "query", "schema": {"type": t}} for n, t in
+                           (("limit", "integer"), ("before_id", "integer"), ("uuid", "string"),
+                            ("outcome", "string"), ("action", "string"))],
+            "responses": {"200": {"description": "actions and the breaker's state"}}})
+        app.add_route("GET", "/api/v1/remediation/breaker", get_breaker, openapi={
+            "summary": "The remediation budget's breaker",
+            "responses": {"200": {"description": "state, reason, skipped count"}}})
+        app.add_route("POST", "/api/v1/remediation/breaker/reset", reset, openapi={
+            "summary": "Close the breaker (a person decides the storm is over)",
+            "responses": {"200": {"description": "the breaker, now closed"}}})

@@ -1,0 +1,388 @@
+"""The asynchronous worker: turns inbox rows into decisions and actions, and restores limits.
+
+One thread, one SQLite connection. For each unprocessed alert instance, in arrival order:
+
+1. decide (policy: the action, escalation, dry-run, breaker, budget);
+2. a decision without side effects is recorded and the row marked processed in one transaction;
+3. a decision with side effects is first written as a ``pending`` action holding everything
+   needed to carry it out (target watts, the limit to restore), then carried out, then
+   completed together with the inbox row in one transaction.
+
+A kill between 1 and 3 leaves the ``pending`` row: at start the worker resumes pending actions
+first (same targets, so the side effects are idempotent: set a limit, quarantine, preempt what
+is on the GPU now) and only then decides new ones. The result: one decision per alert instance,
+and side effects that hold once however the process died.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from typing import Any, Callable
+
+from opentelemetry import trace
+from opentelemetry.trace import NoOpTracerProvider, TracerProvider
+
+from scheduler_agent.remediation import budget as budget_mod
+from scheduler_agent.remediation import command
+from scheduler_agent.remediation.actuators import GpuRef, PowerActuator
+from scheduler_agent.remediation.config import ACTIONS, RemediationConfig
+from scheduler_agent.remediation.errors import ActuatorError
+from scheduler_agent.remediation.port import SchedulerPort
+from scheduler_agent.remediation.store import transaction
+
+log = logging.getLogger("gpuwarden.remediation")
+
+RESTORE_RETRY_SECONDS = 30.0
+
+
+class Worker:
+    def __init__(self, conn: sqlite3.Connection, config: RemediationConfig,
+                 scheduler: SchedulerPort, actuator: PowerActuator,
+                 tracer_provider: TracerProvider | None = None,
+                 clock: Callable[[], float] = time.time, actor: str = "gpuwarden-agent") -> None:
+        self.conn = conn
+        self.cfg = config
+        self.scheduler = scheduler
+        self.actuator = actuator
+        self.tracer = (tracer_provider or NoOpTracerProvider()).get_tracer(
+            "scheduler_agent.remediation")
+        self.clock = clock
+        self.actor = actor
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._resumed = False
+
+    # -- thread ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="remediation-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        # The delay lets the scheduler reconcile its jobs after a restart before we act.
+        if self._stop.wait(self.cfg.start_delay_seconds):
+            return
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                busy = self.run_once()
+            except sqlite3.Error as exc:  # locked or full: the rows stay, retried next round
+                log.error(json.dumps({"event": "remediation.worker_error", "error": str(exc)}))
+                busy = 0
+            if not busy:
+                self._wake.wait(self.cfg.poll_interval_seconds)
+
+    def run_once(self, batch: int = 200) -> int:
+        """One round: resume pending actions (first round), decide new alerts, restore due
+        limits. Returns how many rows it handled (0 = idle). Tests call it directly."""
+        handled = 0
+        if not self._resumed:
+            for (aid,) in self.conn.execute(
+                    "SELECT id FROM remediation_actions WHERE outcome = 'pending' ORDER BY id"
+            ).fetchall():
+                self._execute(aid)
+                handled += 1
+            self._resumed = True
+        rows = self.conn.execute(
+            "SELECT * FROM remediation_events WHERE processed_at IS NULL ORDER BY id LIMIT ?",
+            (batch,)).fetchall()
+        for ev in rows:
+            if self._stop.is_set():
+                break
+            self._process(dict(ev))
+            handled += 1
+        handled += self._restore_due()
+        return handled
+
+    # -- deciding -------------------------------------------------------------------------
+    def _process(self, ev: dict[str, Any]) -> None:
+        action = self.cfg.rule_actions.get(ev["rule"]) or ev["action"] or "notify"
+        attrs = {"alert.rule": ev["rule"], "alert.severity": ev["severity"],
+                 "alert.status": ev["status"], "alert.fingerprint": ev["fingerprint"],
+                 "alert.starts_at": ev["starts_at"], "gpu.uuid": ev["uuid"],
+                 "remediation.action": action}
+        with self.tracer.start_as_current_span(f"alert.{ev['rule'] or 'unknown'}",
+                                               attributes=attrs):
+            if ev["uuid"] and not self.cfg.dry_run:
+                try:
+                    self.scheduler.set_alert(ev["uuid"], ev["rule"], ev["severity"],
+                                             ev["status"] == "firing")
+                except Exception as exc:  # noqa: BLE001 - the scheduler's own errors vary;
+                    # an unknown GPU must not stop the decision from being recorded.
+                    log.warning(json.dumps({"event": "remediation.set_alert_failed",
+                                            "uuid": ev["uuid"], "error": str(exc)}))
+            if action not in ACTIONS:
+                self._finish(ev, action, "failed", {}, f"action {action!r} is not one of "
+                             f"{', '.join(ACTIONS)} (the alert's action label or remediation.rules)")
+            elif ev["status"] == "firing":
+                self._firing(ev, action)
+            else:
+                self._resolved(ev, action)
+
+    def _firing(self, ev: dict[str, Any], action: str) -> None:
+        now = self.clock()
+        uuid = ev["uuid"]
+        if action == "notify":
+            return self._finish(ev, action, "recorded", {})
+        if not uuid:
+            return self._finish(ev, action, "failed", {},
+                                f"the alert has no uuid label, so there is no GPU to {action}")
+        if self.conn.execute(
+                "SELECT 1 FROM remediation_events WHERE fingerprint = ? AND starts_at = ? AND "
+                "status = 'resolved'", (ev["fingerprint"], ev["starts_at"])).fetchone():
+            # A late firing delivery (the other Alertmanager of a pair) after the resolve.
+            return self._finish(ev, action, "noop", {"reason": "this alert instance has "
+                                                               "already resolved"})
+        detail: dict[str, Any] = {}
+        esc = self.cfg.escalation
+        if action in ("throttle", "preempt") and esc.enabled:
+            prior = self.conn.execute(
+                "SELECT count(*) FROM remediation_actions WHERE uuid = ? AND at >= ? AND "
+                "action IN ('throttle', 'preempt') AND outcome IN ('acted', 'dry_run')",
+                (uuid, now - esc.window_seconds)).fetchone()[0]
+            if prior >= esc.count:
+                detail["escalated_from"] = action
+                detail["reason"] = (f"{prior} throttle/preempt actions on this GPU within "
+                                    f"{esc.window_seconds:g}s (escalation.count {esc.count})")
+                action = "quarantine"
+        fleet = dict(self.scheduler.fleet())
+        if action == "quarantine" and fleet.get(uuid) == "quarantined":
+            return self._finish(ev, action, "noop", {**detail, "reason": "already quarantined"})
+        gpu = GpuRef(uuid, ev["gpu"], ev["instance"], json.loads(ev["labels"]))
+        if action == "throttle":
+            try:
+                plan = self._throttle_plan(gpu)
+            except ActuatorError as exc:
+                return self._finish(ev, action, "failed", detail, str(exc))
+            if plan is None:
+                return self._finish(ev, action, "noop", {**detail, "reason":
+                                    "the power limit is already at or below the target"})
+            detail.update(plan)
+        if self.cfg.dry_run:
+            return self._finish(ev, action, "dry_run", detail)
+        state = budget_mod.breaker(self.conn)
+        if state.open:
+            return self._finish(ev, action, "skipped_breaker",
+                                {**detail, "breaker_reason": state.reason})
+        why = budget_mod.over_budget(self.conn, self.cfg.budget, action, uuid, fleet, now)
+        if why is not None:
+            return self._finish(ev, action, "skipped_budget", {**detail, "reason": why},
+                                open_breaker=why)
+        detail["labels"] = gpu.labels
+        aid = transaction(self.conn, lambda c: self._pending(c, ev, action, detail, gpu))
+        assert isinstance(aid, int)
+        self._execute(aid)
+
+    def _throttle_plan(self, gpu: GpuRef) -> dict[str, Any] | None:
+        held = self.conn.execute("SELECT previous_watts, applied_watts FROM "
+                                 "remediation_throttles WHERE uuid = ?", (gpu.uuid,)).fetchone()
+        if held is not None:  # already lowered by us: re-assert the same limit, keep the old one
+            return {"previous_watts": held[0], "target_watts": held[1], "already_throttled": True}
+        limits = self.actuator.read(gpu)
+        want = (self.cfg.throttle_watts if self.cfg.throttle_watts is not None
+                else limits.current_watts * (self.cfg.throttle_fraction or 1.0))
+        target = round(limits.clamp(want), 3)
+        if target >= limits.current_watts:
+            return None
+        return {"previous_watts": limits.current_watts, "target_watts": target,
+                "min_watts": limits.min_watts, "already_throttled": False}
+
+    def _resolved(self, ev: dict[str, Any], action: str) -> None:
+        if action == "quarantine":
+            return self._finish(ev, action, "noop", {"reason": "a quarantine holds until a "
+                                                               "person releases it"})
+        if action != "throttle":
+            return self._finish(ev, action, "recorded", {})
+        if self.cfg.dry_run:
+            return self._finish(ev, action, "dry_run", {"would": "restore the power limit "
+                                f"after {self.cfg.hold_down_seconds:g}s hold-down"})
+        key = [ev["fingerprint"], ev["starts_at"]]
+        now = self.clock()
+
+        def release(c: sqlite3.Connection) -> dict[str, Any]:
+            row = c.execute("SELECT holders FROM remediation_throttles WHERE uuid = ?",
+                            (ev["uuid"],)).fetchone()
+            if row is None:
+                return {"reason": "no throttle held on this GPU"}
+            holders = [h for h in json.loads(row[0]) if h != key]
+            restore_after = now + self.cfg.hold_down_seconds if not holders else None
+            c.execute("UPDATE remediation_throttles SET holders = ?, restore_after = ? "
+                      "WHERE uuid = ?", (json.dumps(holders), restore_after, ev["uuid"]))
+            return {"restore_after": restore_after, "still_held_by": len(holders)}
+
+        detail = transaction(self.conn, release)
+        assert isinstance(detail, dict)
+        self._finish(ev, action, "recorded", detail)
+
+    # -- recording ------------------------------------------------------------------------
+    def _finish(self, ev: dict[str, Any], action: str, outcome: str, detail: dict[str, Any],
+                error: str = "", open_breaker: str | None = None) -> None:
+        """Records a decision without side effects and marks its alert processed, atomically."""
+        now = self.clock()
+        trace_id = _trace_id()
+
+        def body(c: sqlite3.Connection) -> None:
+            if open_breaker is not None:
+                budget_mod.open_breaker(c, open_breaker, now)
+            c.execute(
+                "INSERT INTO remediation_actions (event_id, at, rule, severity, status, uuid, "
+                "instance, action, outcome, detail, error, trace_id) VALUES "
+                "(?,?,?,?,?,?,?,?,?,?,?,?)",
+                (ev["id"], now, ev["rule"], ev["severity"], ev["status"], ev["uuid"],
+                 ev["instance"], action, outcome, json.dumps(detail), error, trace_id))
+            c.execute("UPDATE remediation_events SET processed_at = ? WHERE id = ?",
+                      (now, ev["id"]))
+
+        transaction(self.conn, body)
+        _log_decision(ev, action, outcome, detail, error)
+
+    def _pending(self, c: sqlite3.Connection, ev: dict[str, Any], action: str,
+                 detail: dict[str, Any], gpu: GpuRef) -> int:
+        now = self.clock()
+        cur = c.execute(
+            "INSERT INTO remediation_actions (event_id, at, rule, severity, status, uuid, "
+            "instance, action, outcome, detail, trace_id) VALUES (?,?,?,?,?,?,?,?,'pending',?,?)",
+            (ev["id"], now, ev["rule"], ev["severity"], ev["status"], gpu.uuid, gpu.instance,
+             action, json.dumps({**detail, "gpu": gpu.gpu}), _trace_id()))
+        if action == "throttle":
+            holder = [ev["fingerprint"], ev["starts_at"]]
+            row = c.execute("SELECT holders FROM remediation_throttles WHERE uuid = ?",
+                            (gpu.uuid,)).fetchone()
+            if row is None:
+                c.execute("INSERT INTO remediation_throttles (uuid, gpu, instance, "
+                          "previous_watts, applied_watts, since, holders, restore_after) "
+                          "VALUES (?,?,?,?,?,?,?,NULL)",
+                          (gpu.uuid, gpu.gpu, gpu.instance, detail["previous_watts"],
+                           detail["target_watts"], now, json.dumps([holder])))
+            else:
+                holders = json.loads(row[0])
+                if holder not in holders:
+                    holders.append(holder)
+                c.execute("UPDATE remediation_throttles SET holders = ?, restore_after = NULL "
+                          "WHERE uuid = ?", (json.dumps(holders), gpu.uuid))
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    # -- acting ---------------------------------------------------------------------------
+    def _execute(self, aid: int) -> None:
+        """Carries out a pending action and completes it (with its alert) in one transaction."""
+        row = dict(self.conn.execute("SELECT * FROM remediation_actions WHERE id = ?",
+                                     (aid,)).fetchone())
+        detail = json.loads(row["detail"])
+        action, uuid = row["action"], row["uuid"]
+        gpu = GpuRef(uuid, str(detail.get("gpu", "")), row["instance"], detail.get("labels", {}))
+        reason = f"{row['rule'] or 'restore'}: {detail.get('reason', row['severity'])}"
+        error = ""
+        result: dict[str, Any] = {}
+        with self.tracer.start_as_current_span(f"remediation.{action}", attributes={
+                "gpu.uuid": uuid, "remediation.action": action, "remediation.action_id": aid}
+                ) as span:
+            try:
+                if action == "throttle":
+                    self.actuator.set_limit(gpu, detail["target_watts"])
+                    self.scheduler.set_throttled(uuid, True, reason)
+                    watts = detail["target_watts"]
+                elif action == "restore":
+                    self.actuator.set_limit(gpu, detail["previous_watts"])
+                    self.scheduler.set_throttled(uuid, False, "power limit restored")
+                    watts = detail["previous_watts"]
+                elif action == "preempt":
+                    result["preempted_jobs"] = self.scheduler.preempt_gpu(uuid, reason)
+                elif action == "quarantine":
+                    self.scheduler.quarantine(uuid, reason, self.actor)
+                    if self.cfg.quarantine_preempts:
+                        result["preempted_jobs"] = self.scheduler.preempt_gpu(uuid, reason)
+                hook = self.cfg.commands.get(action)
+                if hook:
+                    values = {**gpu.labels, "uuid": uuid, "gpu": gpu.gpu,
+                              "instance": gpu.instance, "action": action}
+                    if action in ("throttle", "restore"):
+                        values["watts"] = f"{watts:g}"
+                    command.run(command.render(hook, values))
+            except Exception as exc:  # noqa: BLE001 - actuator and scheduler errors alike are
+                # recorded as the action's failure; the worker must go on with the next alert.
+                error = str(exc) or type(exc).__name__
+                span.set_status(trace.Status(trace.StatusCode.ERROR, error))
+        outcome = "failed" if error else "acted"
+        now = self.clock()
+
+        def complete(c: sqlite3.Connection) -> None:
+            c.execute("UPDATE remediation_actions SET outcome = ?, detail = ?, error = ? "
+                      "WHERE id = ?", (outcome, json.dumps({**detail, **result}), error, aid))
+            if row["event_id"] is not None:
+                c.execute("UPDATE remediation_events SET processed_at = ? WHERE id = ?",
+                          (now, row["event_id"]))
+            if action == "restore":
+                if error:
+                    c.execute("UPDATE remediation_throttles SET restore_after = ? WHERE uuid = ?",
+                              (now + RESTORE_RETRY_SECONDS, uuid))
+                else:
+                    c.execute("DELETE FROM remediation_throttles WHERE uuid = ? AND holders = '[]'",
+                              (uuid,))
+            elif action == "throttle" and error and not detail.get("already_throttled"):
+                c.execute("DELETE FROM remediation_throttles WHERE uuid = ?", (uuid,))
+
+        transaction(self.conn, complete)
+        src = (self.conn.execute("SELECT fingerprint, starts_at FROM remediation_events WHERE "
+                                 "id = ?", (row["event_id"],)).fetchone()
+               if row["event_id"] is not None else None)
+        ev = {"rule": row["rule"], "severity": row["severity"], "status": row["status"],
+              "uuid": uuid, "fingerprint": src[0] if src else "",
+              "starts_at": src[1] if src else "", "id": row["event_id"]}
+        _log_decision(ev, action, outcome, {**detail, **result}, error)
+
+    def _restore_due(self) -> int:
+        now = self.clock()
+        due = self.conn.execute(
+            "SELECT uuid, gpu, instance, previous_watts FROM remediation_throttles WHERE "
+            "restore_after IS NOT NULL AND restore_after <= ? AND holders = '[]'",
+            (now,)).fetchall()
+        for uuid, gpu, instance, previous in due:
+            def pending(c: sqlite3.Connection) -> int:
+                cur = c.execute(
+                    "INSERT INTO remediation_actions (event_id, at, rule, severity, status, uuid, "
+                    "instance, action, outcome, detail) VALUES (NULL, ?, '', '', 'resolved', ?, ?, "
+                    "'restore', 'pending', ?)",
+                    (now, uuid, instance, json.dumps({"previous_watts": previous, "gpu": gpu,
+                                                      "reason": "alert resolved for the "
+                                                                "hold-down time"})))
+                # Taken off the due list now, so a failure is retried after a back-off only.
+                c.execute("UPDATE remediation_throttles SET restore_after = NULL WHERE uuid = ?",
+                          (uuid,))
+                assert cur.lastrowid is not None
+                return cur.lastrowid
+            aid = transaction(self.conn, pending)
+            assert isinstance(aid, int)
+            self._execute(aid)
+        return len(due)
+
+
+def _trace_id() -> str:
+    ctx = trace.get_current_span().get_span_context()
+    return trace.format_trace_id(ctx.trace_id) if ctx.is_valid else ""
+
+
+def _log_decision(ev: dict[str, Any], action: str, outcome: str, detail: dict[str, Any],
+                  error: str) -> None:
+    """One structured line per decision (JSON, so log pipelines need no parsing rules)."""
+    line = {"event": "remediation.decision", "rule": ev["rule"], "severity": ev["severity"],
+            "status": ev["status"], "uuid": ev["uuid"], "fingerprint": ev["fingerprint"],
+            "starts_at": ev["starts_at"], "action": action, "outcome": outcome,
+            "detail": {k: v for k, v in detail.items() if k != "labels"}}
+    if error:
+        line["error"] = error
+    log.log(logging.WARNING if outcome in ("failed", "skipped_budget") else logging.INFO,
+            json.dumps(line, default=str))
