@@ -430,7 +430,11 @@ class Scheduler(GpuOperations):
                                          "job.priority": job.priority})
                     with self.tracer.start_as_current_span("scheduler.placement") as pspan:
                         placement = self._index.place(job.gpus, self.risk)
-                        pspan.set_attribute("placement.found", placement is not None)
+                        pspan.set_attributes({"job.id": job.id, "job.gpus": job.gpus,
+                                              "placement.found": placement is not None})
+                        if placement is not None:
+                            pspan.set_attributes({"node": placement.node, "gpu.uuids": list(placement.uuids),
+                                                  "gpu.indexes": list(placement.indexes)})
                     if placement is None:
                         continue
                     self._index.take(placement)
@@ -445,7 +449,6 @@ class Scheduler(GpuOperations):
                     attrs = {"node": job.node, "gpu.uuids": list(job.uuids),
                              "gpu.indexes": list(job.indexes)}
                     span.set_attributes(attrs)
-                    pspan.set_attributes(attrs)
                     started.append((job, self._run_of(job)))
             # Committed: the placement survives a kill from here on. Now start the work.
             for job, run in started:

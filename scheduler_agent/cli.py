@@ -1,0 +1,171 @@
+"""``gpuwarden-agent``: serve the agent, or talk to a running one.
+
+  gpuwarden-agent serve --config FILE
+  gpuwarden-agent jobs submit --name N --gpus 2 [--priority P] [--time-limit S] [-- CMD ...]
+  gpuwarden-agent jobs list [--state S] | show ID | cancel ID
+  gpuwarden-agent gpus list | quarantine UUID [--reason R] | release UUID
+  gpuwarden-agent predict ...   (dispatched to scheduler_agent.predictor.cli:main when present)
+
+Client verbs take --url (default http://127.0.0.1:9787, or $GPUWARDEN_AGENT_URL) and
+--token-file (or $GPUWARDEN_TOKEN_FILE; needed for changes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any, Sequence
+
+from .client import ApiError, Client
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=os.environ.get("GPUWARDEN_AGENT_URL", "http://127.0.0.1:9787"))
+    p.add_argument("--token-file", default=os.environ.get("GPUWARDEN_TOKEN_FILE"))
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="gpuwarden-agent", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve", help="run the agent")
+    s.add_argument("--config", required=True)
+    s.add_argument("--log.level", dest="log_level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+
+    jobs = sub.add_parser("jobs").add_subparsers(dest="verb", required=True)
+    p = jobs.add_parser("submit")
+    _client_args(p)
+    p.add_argument("--name", required=True)
+    p.add_argument("--gpus", type=int, required=True)
+    p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--time-limit", type=float, dest="time_limit")
+    p.add_argument("--idempotency-key")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- argv (omit for tracking only)")
+    p = jobs.add_parser("list")
+    _client_args(p)
+    p.add_argument("--state")
+    for verb in ("show", "cancel"):
+        p = jobs.add_parser(verb)
+        _client_args(p)
+        p.add_argument("id", type=int)
+
+    gpus = sub.add_parser("gpus").add_subparsers(dest="verb", required=True)
+    p = gpus.add_parser("list")
+    _client_args(p)
+    p = gpus.add_parser("quarantine")
+    _client_args(p)
+    p.add_argument("uuid")
+    p.add_argument("--reason", default="manual quarantine")
+    p.add_argument("--no-preempt", action="store_true")
+    p = gpus.add_parser("release")
+    _client_args(p)
+    p.add_argument("uuid")
+    return ap
+
+
+def _table(rows: list[dict], cols: list[str]) -> str:
+    cells = [[("" if r.get(c) is None else (",".join(map(str, r[c])) if isinstance(r.get(c), list) else str(r[c])))
+              for c in cols] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load
+    from .inventory import InventoryError
+    from .server import Agent
+    from .store import StoreError
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        agent = Agent(load(args.config))
+        agent.start()
+    except (ConfigError, InventoryError, StoreError, ValueError, OSError) as exc:
+        print(f"gpuwarden-agent: {exc}", file=sys.stderr)
+        return 2
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    agent.close()
+    return 0
+
+
+def _client_main(args: argparse.Namespace) -> int:
+    try:
+        c = Client.from_token_file(args.url, args.token_file)
+    except OSError as exc:
+        print(f"gpuwarden-agent: --token-file: {exc}", file=sys.stderr)
+        return 2
+    out: Any
+    try:
+        if args.cmd == "jobs":
+            if args.verb == "submit":
+                cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+                body: dict[str, Any] = {"name": args.name, "gpus": args.gpus, "priority": args.priority}
+                if cmd:
+                    body["command"] = cmd
+                if args.time_limit:
+                    body["time_limit_seconds"] = args.time_limit
+                if args.idempotency_key:
+                    body["idempotency_key"] = args.idempotency_key
+                out = c.call("POST", "/api/v1/jobs", body)
+            elif args.verb == "list":
+                out = c.call("GET", "/api/v1/jobs" + (f"?state={args.state}" if args.state else ""))
+                if not args.json:
+                    print(_table(out, ["id", "name", "state", "priority", "gpus", "node", "gpu_indexes", "reason"]))
+                    return 0
+            elif args.verb == "show":
+                out = c.call("GET", f"/api/v1/jobs/{args.id}")
+            else:
+                out = c.call("DELETE", f"/api/v1/jobs/{args.id}")
+        else:
+            if args.verb == "list":
+                out = c.call("GET", "/api/v1/gpus")
+                if not args.json:
+                    print(_table(out, ["node", "index", "uuid", "state", "job_id", "quarantine_reason"]))
+                    return 0
+            elif args.verb == "quarantine":
+                out = c.call("POST", f"/api/v1/gpus/{args.uuid}/quarantine",
+                             {"reason": args.reason, "preempt": not args.no_preempt})
+            else:
+                out = c.call("POST", f"/api/v1/gpus/{args.uuid}/release", {})
+    except ApiError as exc:
+        print(f"gpuwarden-agent: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"gpuwarden-agent: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["predict"]:
+        try:
+            found = importlib.util.find_spec("scheduler_agent.predictor.cli") is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            print("gpuwarden-agent: predict: the predictor is not installed in this build", file=sys.stderr)
+            return 2
+        return int(importlib.import_module("scheduler_agent.predictor.cli").main(argv[1:]) or 0)
+    args = _parser().parse_args(argv)
+    if args.cmd == "serve":
+        return _serve(args)
+    return _client_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

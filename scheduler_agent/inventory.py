@@ -1,0 +1,130 @@
+"""Where the GPUs come from: a static list (config or file), or Prometheus (gpu_info, gpu_up).
+
+Static: ``nodes: [{name: node-a, gpus: [{index: 0, uuid: GPU-...}]}, {name: node-b, count: 8}]``
+(``count`` makes up uuids ``GPU-<node>-<index>``, for tests and demos).
+
+Prometheus: every ``refresh_seconds`` the agent queries ``gpu_info`` and ``gpu_up`` from the
+Prometheus HTTP API; a GPU's node is the ``node_label`` label (default ``instance``). The result
+goes through ``Scheduler.sync_inventory``: new GPUs join, ``gpu_up == 0`` or absence marks a GPU
+lost (its job preempted), and a GPU that comes back is marked up. A failed query changes nothing
+(logged): Prometheus being down is not the fleet being down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .models import GpuSpec
+
+log = logging.getLogger(__name__)
+
+
+class InventoryError(Exception):
+    pass
+
+
+def static_specs(nodes: list[dict[str, Any]], source: str = "inventory") -> list[GpuSpec]:
+    out: list[GpuSpec] = []
+    seen: set[str] = set()
+    for i, n in enumerate(nodes):
+        if not isinstance(n, dict) or not n.get("name"):
+            raise InventoryError(f"{source}: nodes[{i}].name: each node needs a name")
+        if "count" in n:
+            gpus = [{"index": k, "uuid": f"GPU-{n['name']}-{k}"} for k in range(int(n["count"]))]
+        else:
+            gpus = n.get("gpus") or []
+        for k, g in enumerate(gpus):
+            uuid = g.get("uuid")
+            if not uuid or uuid in seen:
+                raise InventoryError(f"{source}: nodes[{i}].gpus[{k}].uuid: missing or repeated ({uuid!r})")
+            seen.add(uuid)
+            out.append(GpuSpec(node=n["name"], index=int(g["index"]), uuid=uuid, name=g.get("name", "")))
+    return out
+
+
+def load_file(path: str | Path) -> list[GpuSpec]:
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InventoryError(f"{path}: cannot read the inventory: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), list):
+        raise InventoryError(f"{path}: nodes: expected a list of nodes")
+    return static_specs(doc["nodes"], str(path))
+
+
+def _query(url: str, expr: str, timeout: float) -> list[dict]:
+    full = url.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(full, timeout=timeout) as resp:
+        doc = json.load(resp)
+    if doc.get("status") != "success":
+        raise InventoryError(f"{full}: {doc.get('error', 'query failed')}")
+    return doc["data"]["result"]
+
+
+def prometheus_specs(url: str, node_label: str = "instance", timeout: float = 10.0) -> list[GpuSpec]:
+    info = _query(url, "gpu_info", timeout)
+    up = {}
+    for s in _query(url, "gpu_up", timeout):
+        m = s["metric"]
+        up[(m.get(node_label, ""), m.get("uuid", ""))] = float(s["value"][1]) >= 1
+    out, seen = [], set()
+    for s in info:
+        m = s["metric"]
+        node, uuid = m.get(node_label, ""), m.get("uuid", "")
+        if not node or not uuid or uuid in seen:
+            continue
+        seen.add(uuid)
+        try:
+            index = int(m.get("gpu", "0"))
+        except ValueError:
+            continue
+        out.append(GpuSpec(node=node, index=index, uuid=uuid, name=m.get("name", ""),
+                           up=up.get((node, uuid), False)))
+    return out
+
+
+class PrometheusDiscovery:
+    """Refreshes the inventory from Prometheus in a daemon thread."""
+
+    def __init__(self, sync: Callable[[list[GpuSpec], str], None], url: str, refresh_seconds: float = 30.0,
+                 node_label: str = "instance", timeout: float = 10.0) -> None:
+        self.sync, self.url, self.refresh = sync, url, refresh_seconds
+        self.node_label, self.timeout = node_label, timeout
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error: str | None = None
+
+    def refresh_once(self) -> bool:
+        try:
+            specs = prometheus_specs(self.url, self.node_label, self.timeout)
+        except (OSError, ValueError, KeyError, InventoryError) as exc:
+            self.last_error = str(exc)
+            log.warning("inventory: Prometheus discovery from %s failed (inventory unchanged): %s", self.url, exc)
+            return False
+        if not specs:
+            # An empty answer usually means the exporter is not scraped yet: never mark the fleet lost on it.
+            log.warning("inventory: %s returned no gpu_info series; inventory unchanged", self.url)
+            return False
+        self.sync(specs, "prometheus")
+        self.last_error = None
+        return True
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="inventory", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.refresh_once()
+            self._stop.wait(self.refresh)
+
+    def close(self) -> None:
+        self._stop.set()

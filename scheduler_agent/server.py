@@ -1,0 +1,102 @@
+"""Wires the agent together: database, scheduler, executor, HTTP app, metrics, tracing, plug-ins.
+
+Plug-in seam (remediation, predictor): if ``scheduler_agent.<name>.plugin`` exists it must define
+``install(agent: Agent) -> object | None``. ``install`` runs after the scheduler has recovered
+and before the HTTP server starts, so it can::
+
+    agent.db.migrate("remediation", MIGRATIONS)          # its own tables
+    agent.config.section("remediation")                  # its raw config (validate it yourself,
+    agent.config.error("remediation.budget", "...")      #   raising errors that name the line)
+    agent.app.add_route("POST", "/webhook/alertmanager", handler, auth=BearerAuth(path), openapi={...})
+    agent.registry.register(MyCollector(...))            # its metrics on the agent's registry
+    agent.scheduler.quarantine(...), .set_alert(...), .risk = fn, .subscribe(listener)
+    agent.tracer_provider.get_tracer("gpuwarden.remediation")
+
+If the returned object has ``start()`` it is called once the server listens, and ``close()`` at
+shutdown (plug-ins are closed before the scheduler).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from typing import Any
+
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
+
+from . import api
+from .config import AgentConfig
+from .executor import Executor, LocalExecutor, TrackingExecutor
+from .inventory import PrometheusDiscovery, load_file, static_specs
+from .metrics import SchedulerCollector
+from .scheduler import Scheduler, SchedulerOptions
+from .store import Database
+from .tracing import provider_from_env
+from .web import App, BearerAuth
+
+log = logging.getLogger(__name__)
+
+PLUGINS = ("predictor", "remediation")
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, tracer_provider: TracerProvider | None = None) -> None:
+        self.config = config
+        self.tracer_provider = tracer_provider or provider_from_env()
+        self.registry = CollectorRegistry()
+        self.db = Database(config.database_path, config.synchronous)
+        self.executor: Executor = (LocalExecutor(config.log_dir) if config.executor_kind == "local"
+                                   else TrackingExecutor())
+        opts = SchedulerOptions(**config.scheduler)
+        self.scheduler = Scheduler(self.db, self.executor, opts, tracer_provider=self.tracer_provider)
+        self.app = App(BearerAuth(config.token_file))
+        api.install(self.app, self.scheduler, self.registry)
+        self.registry.register(SchedulerCollector(self.scheduler))
+        self.discovery: PrometheusDiscovery | None = None
+        inv = config.inventory
+        if "nodes" in inv:
+            self.scheduler.sync_inventory(static_specs(inv["nodes"], f"{config.path}: inventory.nodes"))
+        if "file" in inv:
+            self.scheduler.sync_inventory(load_file(inv["file"]))
+        if "prometheus" in inv:
+            p = inv["prometheus"]
+            self.discovery = PrometheusDiscovery(self.scheduler.sync_inventory, p["url"],
+                                                 p.get("refresh_seconds", 30), p.get("node_label", "instance"),
+                                                 p.get("timeout_seconds", 10))
+        self.plugins: list[Any] = []
+        for name in PLUGINS:
+            mod = f"scheduler_agent.{name}.plugin"
+            try:
+                found = importlib.util.find_spec(mod) is not None
+            except ModuleNotFoundError:
+                found = False
+            if found:
+                plugin = importlib.import_module(mod).install(self)
+                if plugin is not None:
+                    self.plugins.append(plugin)
+
+    def start(self) -> tuple[str, int]:
+        host = self.config.listen_host
+        server = self.app.serve(host, self.config.listen_port)
+        self.scheduler.start()
+        if self.discovery is not None:
+            self.discovery.start()
+        for p in self.plugins:
+            if hasattr(p, "start"):
+                p.start()
+        addr = server.server_address
+        log.info("gpuwarden-agent listening on %s:%s", addr[0], addr[1])
+        return addr[0], addr[1]
+
+    def close(self) -> None:
+        self.app.shutdown()
+        if self.discovery is not None:
+            self.discovery.close()
+        for p in reversed(self.plugins):
+            if hasattr(p, "close"):
+                p.close()
+        self.scheduler.close()
+        self.tracer_provider.shutdown()
+        self.db.close()
