@@ -36,7 +36,7 @@ from scheduler_agent.remediation.port import SchedulerPort
 from scheduler_agent.remediation.worker import Worker
 
 if TYPE_CHECKING:
-    from scheduler_agent.http import App, Request, Response
+    from scheduler_agent.web import App, Request, Response
     from scheduler_agent.scheduler import Scheduler
     from scheduler_agent.store import Database
 
@@ -169,7 +169,7 @@ class Remediation:
 
     # -- HTTP -------------------------------------------------------------------------------
     def register_routes(self, app: "App") -> None:
-        from scheduler_agent.http import Response  # noqa: PLC0415 - only with the agent's app
+        from scheduler_agent.web import Response  # noqa: PLC0415 - only with the agent's app
 
         def webhook(req: "Request") -> "Response":
             try:

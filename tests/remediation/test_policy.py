@@ -1,0 +1,234 @@
+"""Policy: throttle/restore, preempt, quarantine, escalation, dry-run, budget and breaker."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry
+
+from scheduler_agent.remediation.config import parse
+from scheduler_agent.remediation.errors import PolicyConfigError
+from tests.remediation.conftest import TOKEN
+from tests.remediation.fakes import alert, notification
+
+
+def deliver(rem, *alerts, run=True):
+    rem.intake.accept(f"Bearer {TOKEN}", json.dumps(notification(*alerts)).encode())
+    if run:
+        rem.worker.run_once()
+
+
+def outcomes(rem, **kw):
+    return [(a["action"], a["outcome"]) for a in reversed(rem.actions(**kw))]
+
+
+def test_throttle_lowers_then_restores_after_hold_down(make_rem, clock):
+    rem = make_rem({"throttle": {"fraction": 0.8, "hold_down_seconds": 60}})
+    deliver(rem, alert("GPU-1"))
+    assert rem.act.limits["GPU-1"] == 320.0 and rem.sched.states["GPU-1"] == "throttled"
+    deliver(rem, alert("GPU-1", status="resolved"))
+    clock.t += 59
+    rem.worker.run_once()
+    assert rem.act.limits["GPU-1"] == 320.0, "restored before the hold-down ended"
+    clock.t += 2
+    rem.worker.run_once()
+    assert rem.act.limits["GPU-1"] == 400.0 and rem.sched.states["GPU-1"] == "healthy"
+    assert outcomes(rem) == [("throttle", "acted"), ("throttle", "recorded"),
+                             ("restore", "acted")]
+
+
+def test_throttle_clamped_to_nvml_minimum_and_watts_setting(make_rem):
+    rem = make_rem({"throttle": {"watts": 50}})
+    deliver(rem, alert("GPU-1"))
+    assert rem.act.limits["GPU-1"] == 100.0  # FakeActuator's minimum constraint
+
+
+def test_refire_during_hold_down_keeps_the_throttle_and_the_original_limit(make_rem, clock):
+    rem = make_rem({"throttle": {"fraction": 0.5, "hold_down_seconds": 60},
+                    "escalation": {"enabled": False}})
+    deliver(rem, alert("GPU-1"))
+    deliver(rem, alert("GPU-1", status="resolved"))
+    clock.t += 30
+    deliver(rem, alert("GPU-1", starts_at="2024-05-01T11:00:00Z"))
+    clock.t += 100
+    rem.worker.run_once()
+    assert rem.act.limits["GPU-1"] == 200.0, "restored while a new instance still fires"
+    deliver(rem, alert("GPU-1", status="resolved", starts_at="2024-05-01T11:00:00Z"))
+    clock.t += 61
+    rem.worker.run_once()
+    assert rem.act.limits["GPU-1"] == 400.0  # the limit from before the first throttle
+
+
+def test_preempt_stops_the_gpus_jobs(make_rem):
+    rem = make_rem()
+    rem.sched.jobs["GPU-3"] = [41, 42]
+    deliver(rem, alert("GPU-3", rule="POWER_CRITICAL", action="preempt"))
+    assert rem.actions()[0]["detail"]["preempted_jobs"] == [41, 42]
+
+
+def test_quarantine_holds_after_resolve(make_rem):
+    rem = make_rem({"budget": {"max_quarantined_ratio": 0.5}})
+    rem.sched.jobs["GPU-2"] = [7]
+    deliver(rem, alert("GPU-2", rule="ECC_UNCORRECTABLE", action="quarantine"))
+    deliver(rem, alert("GPU-2", rule="ECC_UNCORRECTABLE", action="quarantine", status="resolved"))
+    assert rem.sched.states["GPU-2"] == "quarantined"
+    assert rem.sched.count("preempt", "GPU-2") == 1
+    assert outcomes(rem) == [("quarantine", "acted"), ("quarantine", "noop")]
+    assert "person releases" in rem.actions()[0]["detail"]["reason"]
+
+
+def test_notify_only_records(make_rem):
+    rem = make_rem()
+    deliver(rem, alert("GPU-1", rule="THERMAL_WARNING", action="notify", severity="warning"))
+    assert rem.sched.calls == [] and rem.act.sets == []
+    assert outcomes(rem) == [("notify", "recorded")]
+
+
+def test_rule_override_from_config(make_rem):
+    rem = make_rem({"rules": {"THERMAL_CRITICAL": {"action": "notify"}}})
+    deliver(rem, alert("GPU-1"))
+    assert rem.act.sets == [] and outcomes(rem) == [("notify", "recorded")]
+
+
+def test_escalation_quarantines_a_gpu_throttled_repeatedly(make_rem, clock):
+    rem = make_rem({"escalation": {"count": 2, "window_seconds": 600},
+                    "budget": {"max_quarantined_ratio": 0.5}})
+    for i in range(3):
+        deliver(rem, alert("GPU-1", rule="POWER_CRITICAL", action="preempt",
+                           starts_at=f"2024-05-01T1{i}:00:00Z"))
+        clock.t += 60
+    assert outcomes(rem) == [("preempt", "acted"), ("preempt", "acted"), ("quarantine", "acted")]
+    assert rem.actions()[0]["detail"]["escalated_from"] == "preempt"
+    assert rem.sched.states["GPU-1"] == "quarantined"
+
+
+def test_escalation_window_expires(make_rem, clock):
+    rem = make_rem({"escalation": {"count": 1, "window_seconds": 100}})
+    deliver(rem, alert("GPU-1", action="preempt"))
+    clock.t += 101
+    deliver(rem, alert("GPU-1", action="preempt", starts_at="2024-05-01T11:00:00Z"))
+    assert outcomes(rem) == [("preempt", "acted"), ("preempt", "acted")]
+
+
+def test_dry_run_records_and_changes_nothing(make_rem):
+    rem = make_rem({"dry_run": True})
+    deliver(rem, alert("GPU-1"), alert("GPU-2", action="quarantine", rule="ECC_UNCORRECTABLE"),
+            alert("GPU-3", action="preempt", rule="POWER_CRITICAL"))
+    assert rem.sched.calls == [] and rem.act.sets == [] and rem.sched.alerts == {}
+    got = {a["action"]: a for a in rem.actions()}
+    assert {a["outcome"] for a in got.values()} == {"dry_run"}
+    assert got["throttle"]["detail"]["target_watts"] == 320.0
+
+
+def test_storm_of_1000_quarantines_is_stopped_by_the_budget(make_rem):
+    rem = make_rem({"budget": {"max_quarantined_ratio": 0.1, "max_actions_per_minute": 1000}},
+                   uuids=100)
+    storm = [alert(f"GPU-{i % 100}", rule="ECC_UNCORRECTABLE", action="quarantine",
+                   fingerprint=f"storm-{i}") for i in range(1000)]
+    for k in range(0, 1000, 100):
+        deliver(rem, *storm[k:k + 100], run=False)
+    while rem.worker.run_once():
+        pass
+    quarantined = [u for u, s in rem.sched.states.items() if s == "quarantined"]
+    assert len(quarantined) == 10  # 10 % of 100 GPUs, then the breaker opened
+    assert rem.breaker()["state"] == "open"
+    assert "max_quarantined_ratio" in rem.breaker()["reason"]
+    counts = {}
+    for a in rem.actions(limit=2000):
+        counts[a["outcome"]] = counts.get(a["outcome"], 0) + 1
+    assert counts["acted"] == 10 and counts["skipped_budget"] == 1
+    assert counts["skipped_breaker"] + counts.get("noop", 0) == 989
+    reg = CollectorRegistry()
+    reg.register(rem.collector)
+    assert reg.get_sample_value("remediation_breaker_open") == 1
+    assert reg.get_sample_value("remediation_actions_total",
+                                {"action": "quarantine", "outcome": "skipped_breaker"}) > 0
+    assert reg.get_sample_value("alerts_triggered_total",
+                                {"rule": "ECC_UNCORRECTABLE", "severity": "critical"}) == 1000
+
+
+def test_rate_cap_opens_breaker_and_reset_resumes(make_rem, clock):
+    rem = make_rem({"budget": {"max_actions_per_minute": 2}, "escalation": {"enabled": False}})
+    for i in range(4):
+        deliver(rem, alert(f"GPU-{i}", action="preempt", rule="POWER_CRITICAL"))
+    assert outcomes(rem) == [("preempt", "acted")] * 2 + [("preempt", "skipped_budget"),
+                                                          ("preempt", "skipped_breaker")]
+    clock.t += 120
+    deliver(rem, alert("GPU-5", action="preempt", rule="POWER_CRITICAL"))
+    assert rem.actions()[0]["outcome"] == "skipped_breaker", "the breaker closed by itself"
+    assert rem.reset_breaker("alice")["was_open"] is True
+    deliver(rem, alert("GPU-6", action="preempt", rule="POWER_CRITICAL"))
+    assert rem.actions()[0]["outcome"] == "acted"
+    assert rem.actions(action="breaker_reset")[0]["detail"]["actor"] == "alice"
+
+
+def test_throttled_share_cap(make_rem):
+    rem = make_rem({"budget": {"max_throttled_ratio": 0.25}}, uuids=4)
+    deliver(rem, alert("GPU-0", fingerprint="a"), alert("GPU-1", fingerprint="b"))
+    assert outcomes(rem) == [("throttle", "acted"), ("throttle", "skipped_budget")]
+
+
+def test_missing_uuid_and_unknown_action_fail_visibly(make_rem):
+    rem = make_rem()
+    a = alert("", fingerprint="nouuid")
+    b = alert("GPU-1", action="reboot", fingerprint="weird")
+    deliver(rem, a, b)
+    got = {x["event_id"]: x for x in rem.actions()}
+    assert got[1]["outcome"] == "failed" and "no uuid label" in got[1]["error"]
+    assert got[2]["outcome"] == "failed" and "'reboot'" in got[2]["error"]
+
+
+def test_actuator_failure_recorded_and_throttle_not_held(make_rem):
+    rem = make_rem()
+    rem.act.fail = True
+    deliver(rem, alert("GPU-1"))
+    a = rem.actions()[0]
+    assert a["outcome"] == "failed" and "fake actuator failure" in a["error"]
+    assert rem.worker.conn.execute("SELECT count(*) FROM remediation_throttles").fetchone()[0] == 0
+
+
+def test_late_firing_after_resolve_is_not_acted(make_rem):
+    rem = make_rem()
+    deliver(rem, alert("GPU-1", status="resolved"))
+    deliver(rem, alert("GPU-1"))
+    assert rem.act.sets == [] and outcomes(rem)[-1] == ("throttle", "noop")
+
+
+def test_spans_alert_rule_with_child_per_action(make_rem):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    rem = make_rem(tracer_provider=provider)
+    deliver(rem, alert("GPU-1"))
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    parent, child = spans["alert.THERMAL_CRITICAL"], spans["remediation.throttle"]
+    assert child.parent.span_id == parent.context.span_id
+    assert parent.attributes["gpu.uuid"] == "GPU-1"
+    assert rem.actions()[0]["trace_id"] == format(parent.context.trace_id, "032x")
+    provider.shutdown()
+
+
+def test_decision_logged_as_one_json_line(make_rem, caplog):
+    rem = make_rem()
+    with caplog.at_level("INFO", logger="gpuwarden.remediation"):
+        deliver(rem, alert("GPU-1"))
+    lines = [json.loads(r.message) for r in caplog.records
+             if '"remediation.decision"' in r.message]
+    assert len(lines) == 1 and lines[0]["outcome"] == "acted" and lines[0]["uuid"] == "GPU-1"
+
+
+@pytest.mark.parametrize("section,field", [
+    ({"budget": {"max_actions_per_minute": 0}}, "remediation.budget.max_actions_per_minute"),
+    ({"throttle": {"fraction": 1.5}}, "remediation.throttle.fraction"),
+    ({"actuator": {"kind": "command"}}, "remediation.actuator"),
+    ({"rules": {"X": {"action": "reboot"}}}, "remediation.rules.X.action"),
+    ({"bogus": 1}, "remediation"),
+])
+def test_config_errors_name_the_field(section, field):
+    with pytest.raises(PolicyConfigError) as e:
+        parse(section, "agent.yml")
+    assert f"agent.yml: {field}" in str(e.value)
