@@ -43,6 +43,7 @@ class GpuOperations:
                 self._record("gpu.moved", gpu=uuid, node=node, index=int(index))
             else:
                 return g.to_dict()
+            self._largest = None
             self._save_gpu(g)
             return g.to_dict()
 

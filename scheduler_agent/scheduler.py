@@ -84,6 +84,7 @@ class Scheduler(GpuOperations):
         self._counters = dict.fromkeys(COUNTERS, 0)
         self._listeners: list[Callable[[dict], None]] = []
         self._pending_events: list[dict] = []
+        self._largest: int | None = None
         self._run_spans: dict[int, trace.Span] = {}
         self._wake = threading.Event()
         self._closing = threading.Event()
@@ -295,10 +296,13 @@ class Scheduler(GpuOperations):
             return self._job_dict(c, job.id)
 
     def _largest_node(self) -> int:
-        sizes: dict[str, int] = {}
-        for g in self._gpus.values():
-            sizes[g.node] = sizes.get(g.node, 0) + 1
-        return max(sizes.values(), default=0)
+        """GPUs on the biggest node (cached: the inventory changes rarely, submits often)."""
+        if self._largest is None:
+            sizes: dict[str, int] = {}
+            for g in self._gpus.values():
+                sizes[g.node] = sizes.get(g.node, 0) + 1
+            self._largest = max(sizes.values(), default=0)
+        return self._largest
 
     def _job_dict(self, c, job_id: int) -> dict:
         r = c.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
