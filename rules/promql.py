@@ -1,0 +1,135 @@
+"""PromQL for every alert kind, built from the config's values (never repeated as literals).
+
+Threshold alerts read the raw exporter series only (no join with gpu_info, no recording rule in
+between), so they fire from the GPU's own series and keep its instance, gpu and uuid labels.
+Recording rules follow Prometheus' ``level:metric:operations`` convention with the level
+``instance_gpu`` (the output keeps one series per GPU of an instance).
+"""
+
+from __future__ import annotations
+
+from rules.config import AlertRule, Forecast, MonitoringAlert, RulesConfig
+
+LEVEL = "instance_gpu"
+# Labels that identify one GPU; alerts keep them and Alertmanager groups/inhibits on them.
+GPU_LABELS = ("instance", "gpu", "uuid")
+
+
+def number(value: float) -> str:
+    """A threshold as PromQL prints it: 80 not 80.0, 0.9 stays 0.9."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def duration(seconds: float) -> str:
+    """Seconds as the shortest exact Prometheus duration (600 -> 10m, 90 -> 90s)."""
+    s = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s and s % size == 0:
+            return f"{s // size}{unit}"
+    return f"{s}s"
+
+
+def selector(cfg: RulesConfig, **matchers: str) -> str:
+    """``{job="gpuwarden-exporter", ...}``; values ending in a regex marker use =~."""
+    parts = [f'job="{cfg.exporter_job}"']
+    for name, value in matchers.items():
+        if value.startswith("~"):
+            parts.append(f'{name}=~"{value[1:]}"')
+        else:
+            parts.append(f'{name}="{value}"')
+    return "{" + ", ".join(parts) + "}"
+
+
+def ratio_record(rule: AlertRule) -> str:
+    """Recording rule name of a ratio alert's value, e.g.
+    ``instance_gpu:gpu_memory_used_bytes_per_gpu_memory_total_bytes:ratio``."""
+    return f"{LEVEL}:{rule.metric}_per_{rule.denominator}:ratio"
+
+
+def value_expr(cfg: RulesConfig, rule: AlertRule) -> str:
+    """The expression whose value is compared with ``rule.threshold`` (raw series only)."""
+    sel = selector(cfg)
+    if rule.kind == "level":
+        return f"{rule.metric}{sel}"
+    if rule.kind == "ratio":
+        return f"{rule.metric}{sel} / ({rule.denominator}{sel} > 0)"
+    if rule.kind == "growth":
+        # A lower bound of the counter's growth within the window: exact (no extrapolation,
+        # unlike increase(), which can read 9 real errors as 10+) and never inflated by a counter
+        # reset: after a driver reload the counter drops, min_over_time follows it down, and
+        # only errors counted after the reset can reach the threshold.
+        window = duration(rule.window_seconds or 0)
+        return f"{rule.metric}{sel} - min_over_time({rule.metric}{sel}[{window}])"
+    if rule.kind == "any":
+        values = "|".join(rule.values)
+        inner = f"{rule.metric}{selector(cfg, **{str(rule.label): '~' + values})}"
+        return f"max without ({rule.label}) ({inner})"
+    raise ValueError(f"unknown alert kind {rule.kind!r}")
+
+
+def alert_expr(cfg: RulesConfig, rule: AlertRule) -> str:
+    value = value_expr(cfg, rule)
+    if rule.kind == "ratio":
+        value = f"({value})"
+    return f"{value} {rule.op} {number(rule.threshold)}"
+
+
+def forecast_source(cfg: RulesConfig, fc: Forecast) -> str:
+    """The gauge series predict_linear reads: the raw metric, or the recorded ratio."""
+    t = fc.target
+    return f"{t.metric}{selector(cfg)}" if t.kind == "level" else ratio_record(t)
+
+
+def forecast_record(fc: Forecast) -> str:
+    """e.g. ``instance_gpu:gpu_temperature_celsius:predict_linear10m_20m`` (fit over 10m, 20m
+    ahead); a forecast of a ratio keeps the ratio's name: ``..:predict_linear10m_15m_ratio``."""
+    t = fc.target
+    op = f"predict_linear{duration(fc.lookback_seconds)}_{duration(fc.horizon_seconds)}"
+    if t.kind == "level":
+        return f"{LEVEL}:{t.metric}:{op}"
+    return f"{LEVEL}:{t.metric}_per_{t.denominator}:{op}_ratio"
+
+
+def forecast_record_expr(cfg: RulesConfig, fc: Forecast) -> str:
+    return (f"predict_linear({forecast_source(cfg, fc)}[{duration(fc.lookback_seconds)}], "
+            f"{number(fc.horizon_seconds)})")
+
+
+def forecast_alert_expr(cfg: RulesConfig, fc: Forecast) -> str:
+    """Forecast past the threshold, while the current value is past the guard and the threshold
+    itself is not crossed yet (then the threshold alert speaks)."""
+    t = fc.target
+    current = value_expr(cfg, t)
+    if t.kind == "ratio":
+        current = f"({current})"
+    guard_op = ">=" if t.op in (">", ">=") else "<="
+    return (f"{forecast_record(fc)} {t.op} {number(t.threshold)}"
+            f" and {current} {guard_op} {number(fc.guard)}"
+            f" unless {current} {t.op} {number(t.threshold)}")
+
+
+def monitoring_expr(cfg: RulesConfig, m: MonitoringAlert) -> str:
+    sel = selector(cfg)
+    if m.kind == "target_down":
+        return f"up{sel} == 0"
+    if m.kind == "series_absent":
+        return f"absent(gpu_up{sel})"
+    if m.kind == "series_vanished":
+        # Seen within the lookback, gone now, while its exporter is scraped fine (a down exporter
+        # has its own alert; without this every GPU of it would "vanish" too).
+        return (f"(present_over_time(gpu_up{sel}[{m.lookback_text}])"
+                f" unless on ({', '.join(GPU_LABELS)}) gpu_up{sel})"
+                f" and on (instance) (up{sel} == 1)")
+    if m.kind == "nvml_down":
+        return f"gpuwarden_exporter_nvml_up{sel} == 0"
+    if m.kind == "gpu_down":
+        return f"gpu_up{sel} == 0"
+    if m.kind == "fatal_xid":
+        xsel = selector(cfg, xid="~" + "|".join(str(x) for x in m.xids))
+        series = f"gpu_xid_errors_total{xsel}"
+        # increase() > 0 is true only when the counter really grew (a reset back to 0 adds
+        # nothing); a series that first appears at 1 has no earlier sample for increase(),
+        # so a series absent `window` ago counts as new errors too.
+        return (f"increase({series}[{m.window_text}]) > 0"
+                f" or ({series} > 0 unless {series} offset {m.window_text})")
+    raise ValueError(f"unknown monitoring kind {m.kind!r}")

@@ -1,0 +1,180 @@
+"""Prometheus rule groups, annotations and the PrometheusRule manifest from a RulesConfig.
+
+Labels and annotations are added in one place (``_alert``) so that every alert carries
+``rule``, ``severity``, ``action``, ``family``, a summary, a description with the humanized
+value and a runbook link.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from rules import promql
+from rules.config import AlertRule, Forecast, MonitoringAlert, RulesConfig
+
+RECORDING_FILE = "gpuwarden-recording.rules.yml"
+ALERTS_FILE = "gpuwarden-alerts.rules.yml"
+MANIFEST_FILE = "gpuwarden.prometheusrule.yaml"
+
+_OP_WORDS = {">=": "at or above", ">": "above", "<=": "at or below", "<": "below",
+             "==": "equal to", "!=": "not equal to"}
+_GPU = "GPU {{ $labels.gpu }} ({{ $labels.uuid }}) on {{ $labels.instance }}"
+
+
+def shown(value: float, rule: AlertRule) -> str:
+    """A threshold as the description prints it, in the same style as the humanized value."""
+    if rule.humanize == "humanizePercentage":
+        return f"{value * 100:g}%"
+    return f"{value:g}{rule.unit}"
+
+
+def _value(humanize: str = "humanize") -> str:
+    return "{{ $value | " + humanize + " }}"
+
+
+def _held(for_text: str, seconds: float) -> str:
+    return f" for at least {for_text}" if seconds > 0 else ""
+
+
+def threshold_description(rule: AlertRule) -> str:
+    if rule.description:
+        return rule.description
+    v = _value(rule.humanize)
+    unit = "" if rule.humanize == "humanizePercentage" else rule.unit
+    cmp = f"{_OP_WORDS[rule.op]} {shown(rule.threshold, rule)}"
+    held = _held(rule.for_text, rule.for_seconds)
+    if rule.kind == "level":
+        text = f"{rule.metric} is {v}{unit}, {cmp}{held}."
+    elif rule.kind == "ratio":
+        text = f"{rule.metric} / {rule.denominator} is {v}, {cmp}{held}."
+    elif rule.kind == "growth":
+        text = (f"{rule.metric} grew by {v}{unit} within {rule.window_text}, {cmp}"
+                " (counted from the window's lowest value, so a counter reset never adds).")
+    else:
+        text = (f"{rule.metric} is {v} for one of {rule.label} {', '.join(rule.values)}, "
+                f"{cmp}{held}.")
+    return f"{_GPU}: {text} Action: {rule.action}."
+
+
+def forecast_description(fc: Forecast) -> str:
+    if fc.description:
+        return fc.description
+    t = fc.target
+    guard_words = "at or above" if t.op in (">", ">=") else "at or below"
+    unit = "" if t.humanize == "humanizePercentage" else t.unit
+    what = t.metric if t.kind == "level" else f"{t.metric} / {t.denominator}"
+    return (f"{_GPU}: {what} is forecast at {_value(t.humanize)}{unit} in {fc.horizon_text} "
+            f"(linear trend over {fc.lookback_text}), {_OP_WORDS[t.op]} {shown(t.threshold, t)} "
+            f"({t.rule}); it is already {guard_words} {shown(fc.guard, t)}. Action: {fc.action}.")
+
+
+def monitoring_description(cfg: RulesConfig, m: MonitoringAlert) -> str:
+    if m.description:
+        return m.description
+    v, job, held = _value(), cfg.exporter_job, _held(m.for_text, m.for_seconds)
+    text = {
+        "target_down": (f"Prometheus cannot scrape job {job} at {{{{ $labels.instance }}}} "
+                        f"(up = {v}){held}: its GPUs are unmonitored and get no remediation."),
+        "series_absent": (f"No gpu_up series from job {job}{held} (absent = {v}): the exporter "
+                          "is not scraped at all, or reports no GPU."),
+        "series_vanished": (f"{_GPU} reported gpu_up within the last {m.lookback_text} "
+                            f"(present = {v}) but no longer does, while its exporter is up."),
+        "nvml_down": (f"gpuwarden_exporter_nvml_up is {v} on {{{{ $labels.instance }}}}{held}: "
+                      "the exporter reads no GPU."),
+        "gpu_down": f"{_GPU}: gpu_up is {v}{held}: the GPU errors or fell off the bus.",
+        "fatal_xid": (f"{_GPU}: XID {{{{ $labels.xid }}}} reported ({v} within {m.window_text}); "
+                      f"fatal XIDs: {', '.join(str(x) for x in m.xids)}."),
+    }[m.kind]
+    return f"{text} Action: {m.action}."
+
+
+def summary(title: str, scope: str) -> str:
+    if scope == "gpu":
+        return f"{title} on GPU {{{{ $labels.gpu }}}} of {{{{ $labels.instance }}}}"
+    if scope == "instance":
+        return f"{title} on {{{{ $labels.instance }}}}"
+    return title
+
+
+def monitoring_scope(m: MonitoringAlert) -> str:
+    return {"target_down": "instance", "nvml_down": "instance", "series_absent": "global"}.get(m.kind, "gpu")
+
+
+def _alert(cfg: RulesConfig, a: AlertRule | Forecast | MonitoringAlert, expr: str,
+           description: str, scope: str) -> dict[str, Any]:
+    return {
+        "alert": a.alert,
+        "expr": expr,
+        "for": promql.duration(a.for_seconds),
+        "labels": {"rule": a.rule, "severity": a.severity, "action": a.action, "family": a.family},
+        "annotations": {
+            "summary": summary(a.title, scope),
+            "description": description,
+            "runbook_url": cfg.runbook_url(a.alert),
+        },
+    }
+
+
+def alert_rule(cfg: RulesConfig, a: AlertRule | Forecast | MonitoringAlert) -> dict[str, Any]:
+    """The Prometheus alerting rule of any kind of configured alert."""
+    if isinstance(a, AlertRule):
+        return _alert(cfg, a, promql.alert_expr(cfg, a), threshold_description(a), "gpu")
+    if isinstance(a, Forecast):
+        return _alert(cfg, a, promql.forecast_alert_expr(cfg, a), forecast_description(a), "gpu")
+    return _alert(cfg, a, promql.monitoring_expr(cfg, a), monitoring_description(cfg, a),
+                  monitoring_scope(a))
+
+
+def recording_groups(cfg: RulesConfig) -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = []
+    for a in cfg.alerts.values():
+        if a.kind == "ratio":
+            rules.append({"record": promql.ratio_record(a), "expr": promql.value_expr(cfg, a)})
+    for fc in cfg.forecasts.values():
+        rules.append({"record": promql.forecast_record(fc), "expr": promql.forecast_record_expr(cfg, fc)})
+    return [_group(cfg, "gpuwarden.recording", rules)] if rules else []
+
+
+def alert_groups(cfg: RulesConfig) -> list[dict[str, Any]]:
+    sections = (("gpuwarden.thresholds", cfg.alerts), ("gpuwarden.forecasts", cfg.forecasts),
+                ("gpuwarden.monitoring", cfg.monitoring))
+    return [_group(cfg, name, [alert_rule(cfg, a) for a in entries.values()])
+            for name, entries in sections if entries]
+
+
+def _group(cfg: RulesConfig, name: str, rules: list[dict[str, Any]]) -> dict[str, Any]:
+    group: dict[str, Any] = {"name": name}
+    if cfg.evaluation_interval:
+        group["interval"] = cfg.evaluation_interval
+    group["rules"] = rules
+    return group
+
+
+def manifest(cfg: RulesConfig) -> dict[str, Any]:
+    """A PrometheusRule (Prometheus Operator) holding every group."""
+    meta: dict[str, Any] = {"name": cfg.prometheus_rule["name"]}
+    if cfg.prometheus_rule.get("namespace"):
+        meta["namespace"] = cfg.prometheus_rule["namespace"]
+    if cfg.prometheus_rule.get("labels"):
+        meta["labels"] = dict(cfg.prometheus_rule["labels"])
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": meta,
+        "spec": {"groups": recording_groups(cfg) + alert_groups(cfg)},
+    }
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style, no anchors: output that diffs well and reads like hand-written rules."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dump(header: str, doc: Any) -> str:
+    body = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=10_000,
+                     default_flow_style=False)
+    return header + body

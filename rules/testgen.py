@@ -1,0 +1,375 @@
+"""promtool unit tests generated from the config, so edited thresholds get tests that follow.
+
+For every alert: the moment before its ``for`` (pending, not firing), the moment it fires, both
+sides of its boundary (the exact threshold value included), a series going stale, and per kind:
+counter resets and gradual growth (growth), unlisted reasons (any), a ramp that the forecast
+flags before the threshold is crossed and one the guard holds back (forecasts), vanished and
+absent series, new XID series (monitoring). Expected annotations are expanded here the way
+Prometheus' templates do it (``humanize`` reproduced exactly for the values used).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from functools import reduce
+from typing import Any
+
+from rules import promql, render
+from rules.config import AlertRule, Forecast, MonitoringAlert, RulesConfig
+
+TEST_FILE = "gpuwarden-alerts.test.yml"
+INSTANCE = "gpu-node-1:9786"
+TOTAL_BYTES = 80 * 1024**3  # an 80 GiB GPU for ratio tests
+KNOWN_REASONS = ("gpu_idle", "applications_clocks_setting", "sw_power_cap", "hw_slowdown",
+                 "sync_boost", "sw_thermal_slowdown", "hw_thermal_slowdown",
+                 "hw_power_brake_slowdown", "display_clock_setting")
+
+Labels = dict[str, str]
+
+
+class TestGenError(ValueError):
+    """The config is valid but one of its alerts cannot be tested as generated (says why)."""
+
+
+# --- Go template behaviour -----------------------------------------------------------------
+
+
+def go_g4(v: float) -> str:
+    """Go's fmt %.4g (same rules as C's, which Python follows)."""
+    return "%.4g" % v
+
+
+def humanize(v: float) -> str:
+    """Prometheus' ``humanize`` template function."""
+    if v == 0 or math.isnan(v) or math.isinf(v):
+        return go_g4(v)
+    prefix = ""
+    if abs(v) >= 1:
+        for p in ("k", "M", "G", "T", "P", "E", "Z", "Y"):
+            if abs(v) < 1000:
+                break
+            prefix, v = p, v / 1000
+        return go_g4(v) + prefix
+    for p in ("m", "u", "n", "p", "f", "a", "z", "y"):
+        if abs(v) >= 1:
+            break
+        prefix, v = p, v * 1000
+    return go_g4(v) + prefix
+
+
+def humanize1024(v: float) -> str:
+    if abs(v) <= 1:
+        return go_g4(v)
+    prefix = ""
+    for p in ("ki", "Mi", "Gi", "Ti", "Pi", "Ei", "Zi", "Yi"):
+        if abs(v) < 1024:
+            break
+        prefix, v = p, v / 1024
+    return go_g4(v) + prefix
+
+
+FUNCS = {"humanize": humanize, "humanizePercentage": lambda v: go_g4(v * 100) + "%",
+         "humanize1024": humanize1024}
+_TEMPLATE = re.compile(r"\{\{\s*(.*?)\s*\}\}")
+
+
+def expand(template: str, labels: Labels, value: float) -> str:
+    """Expands the template forms the generator emits: $labels.x, $value, $value | f."""
+
+    def one(m: re.Match[str]) -> str:
+        expr = m.group(1)
+        if expr.startswith("$labels."):
+            return labels.get(expr[len("$labels."):], "")
+        parts = [p.strip() for p in expr.split("|")]
+        if parts[0] == "$value" and len(parts) == 1:
+            return go_g4(value) if not float(value).is_integer() else str(int(value))
+        if parts[0] == "$value" and len(parts) == 2 and parts[1] in FUNCS:
+            return FUNCS[parts[1]](value)
+        raise TestGenError(f"template {m.group(0)!r} is beyond what generated tests expand: "
+                           "use $labels.<name>, $value or $value | humanize* in descriptions")
+
+    return _TEMPLATE.sub(one, template)
+
+
+# --- building blocks -----------------------------------------------------------------------
+
+
+def gpu_labels(cfg: RulesConfig, i: int) -> Labels:
+    return {"job": cfg.exporter_job, "instance": INSTANCE, "gpu": str(i), "uuid": f"GPU-{i:08d}"}
+
+
+def series(metric: str, labels: Labels) -> str:
+    inner = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    return f"{metric}{{{inner}}}"
+
+
+def values(samples: list[float | None]) -> str:
+    """promtool's notation: numbers, ``_`` for no sample, ``stale`` for a staleness marker."""
+    out = []
+    for s in samples:
+        if s is None:
+            out.append("_")
+        elif isinstance(s, str):
+            out.append(s)
+        else:
+            out.append(promql.number(s))
+    return " ".join(out)
+
+
+def expected(cfg: RulesConfig, a: AlertRule | Forecast | MonitoringAlert, labels: Labels,
+             value: float) -> dict[str, Any]:
+    rendered = render.alert_rule(cfg, a)
+    full = {**labels, **rendered["labels"]}
+    ann = {k: expand(v, full, value) for k, v in rendered["annotations"].items()}
+    return {"exp_labels": full, "exp_annotations": ann}
+
+
+def check(alertname: str, t: float, alerts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"eval_time": promql.duration(t) if t else "0s", "alertname": alertname, "exp_alerts": alerts}
+
+
+def step_for(cfg: RulesConfig) -> int:
+    """Evaluation step of the tests: divides every duration, at most 5s."""
+    secs = [5]
+    for a in cfg.all_alerts():
+        secs.append(int(a.for_seconds))
+    for r in cfg.alerts.values():
+        if r.window_seconds:
+            secs.append(int(r.window_seconds))
+    for f in cfg.forecasts.values():
+        secs += [int(f.lookback_seconds), int(f.horizon_seconds)]
+    return max(1, reduce(math.gcd, secs))
+
+
+# --- per-kind cases ------------------------------------------------------------------------
+
+
+def _epsilon(rule: AlertRule) -> float:
+    if rule.metric.endswith("_total"):
+        return 1.0  # counters count whole events
+    if rule.kind == "ratio":
+        return 0.001
+    magnitude = abs(rule.threshold) or 1.0
+    return 10.0 ** (math.floor(math.log10(magnitude)) - 2) * 10
+
+
+def boundary_values(rule: AlertRule) -> tuple[float, float]:
+    """(fires, quiet): the two values either side of the boundary, one being the threshold."""
+    eps, thr = _epsilon(rule), rule.threshold
+    fires, quiet = {">=": (thr, thr - eps), ">": (thr + eps, thr), "<=": (thr, thr + eps),
+                    "<": (thr - eps, thr), "==": (thr, thr + eps), "!=": (thr + eps, thr)}[rule.op]
+    fires, quiet = round(fires, 9), round(quiet, 9)
+    if not rule.breached(fires) or rule.breached(quiet):
+        raise TestGenError(f"{rule.rule}: cannot find values either side of {rule.op} {thr:g}")
+    return fires, quiet
+
+
+def _gauge_inputs(cfg: RulesConfig, rule: AlertRule, i: int, samples: list[Any]) -> tuple[list[dict[str, Any]], Any]:
+    """Input series making the rule's value follow ``samples``; returns (inputs, value at fire)."""
+    labels = gpu_labels(cfg, i)
+    if rule.kind == "level":
+        return [{"series": series(rule.metric, labels), "values": values(samples)}], None
+    used = [s if isinstance(s, str) or s is None else _used_for(rule, s) for s in samples]
+    return [{"series": series(rule.metric, labels), "values": values(used)},
+            {"series": series(str(rule.denominator), labels),
+             "values": values([TOTAL_BYTES if not isinstance(s, str) else s for s in samples])}], None
+
+
+def _used_for(rule: AlertRule, ratio: float) -> float:
+    """Whole bytes giving ``ratio`` of TOTAL_BYTES on the same side of the threshold."""
+    side = rule.breached(ratio)
+    for used in (math.ceil(TOTAL_BYTES * ratio), math.floor(TOTAL_BYTES * ratio)):
+        if rule.breached(used / TOTAL_BYTES) == side:
+            return float(used)
+    raise TestGenError(f"{rule.rule}: no byte count gives ratio {ratio}")
+
+
+def _shown_value(rule: AlertRule, v: float) -> float:
+    return _used_for(rule, v) / TOTAL_BYTES if rule.kind == "ratio" else v
+
+
+def threshold_cases(cfg: RulesConfig, rule: AlertRule, s: int) -> list[dict[str, Any]]:
+    if rule.kind in ("level", "ratio"):
+        return [_level_case(cfg, rule, s)]
+    if rule.kind == "growth":
+        return [_growth_case(cfg, rule, s)]
+    return [_any_case(cfg, rule, s)]
+
+
+def _level_case(cfg: RulesConfig, rule: AlertRule, s: int) -> dict[str, Any]:
+    """GPU 0 sits exactly on the firing side of the boundary, GPU 1 on the quiet side; GPU 0
+    fires after `for`, not before, and resolves once its series goes stale."""
+    fires, quiet = boundary_values(rule)
+    F = int(rule.for_seconds)
+    n = F // s + 2
+    inputs, _ = _gauge_inputs(cfg, rule, 0, [fires] * (n + 1) + ["stale"])
+    more, _ = _gauge_inputs(cfg, rule, 1, [quiet] * (n + 3))
+    firing = [expected(cfg, rule, gpu_labels(cfg, 0), _shown_value(rule, fires))]
+    checks = [check(rule.alert, F, firing), check(rule.alert, (n + 2) * s, [])]
+    if F:
+        checks.insert(0, check(rule.alert, F - s, []))
+    return {"interval": f"{s}s", "input_series": inputs + more, "alert_rule_test": checks}
+
+
+def _growth_case(cfg: RulesConfig, rule: AlertRule, s: int) -> dict[str, Any]:
+    """GPU 0 gains exactly the threshold's count at once: fires. GPU 1 gains one less, one at a
+    time (increase() would extrapolate that to more): quiet. GPU 2's counter resets (driver
+    reload) and stays low: quiet. GPU 3 resets, then gains the threshold's count: fires."""
+    F, w = int(rule.for_seconds), int(rule.window_seconds or 0) // s
+    g = math.ceil(rule.threshold) if rule.op == ">=" else math.floor(rule.threshold) + 1
+    if not rule.breached(g) or rule.breached(g - 1):
+        raise TestGenError(f"{rule.rule}: growth threshold {rule.threshold:g} not testable")
+    j = 11  # step of the jump / reset
+    length = j + w + F // s + 4
+    gpu0 = [100.0 if k < j else 100.0 + g for k in range(length)]
+    gpu1 = [200.0 + min(max(k - j + 1, 0), g - 1) for k in range(length)]
+    gpu2 = [500.0 if k < j else 0.0 for k in range(length)]
+    gpu3 = [500.0 if k < j else (0.0 if k == j else float(g)) for k in range(length)]
+    inputs = [{"series": series(rule.metric, gpu_labels(cfg, i)), "values": values(v)}
+              for i, v in enumerate((gpu0, gpu1, gpu2, gpu3))]
+    both = [expected(cfg, rule, gpu_labels(cfg, 0), g), expected(cfg, rule, gpu_labels(cfg, 3), g)]
+    checks = [check(rule.alert, (j - 1) * s, []),
+              check(rule.alert, (j + g) * s + F, both),  # GPU 1 has its g-1 by now
+              check(rule.alert, (j + w + 2) * s + F, [])]
+    if F:
+        checks.insert(1, check(rule.alert, j * s + F - s, []))
+    return {"interval": f"{s}s", "input_series": inputs, "alert_rule_test": checks}
+
+
+def _any_case(cfg: RulesConfig, rule: AlertRule, s: int) -> dict[str, Any]:
+    """GPU 0 has the first listed reason active, GPU 2 the last; GPU 1 only an unlisted one."""
+    if not rule.breached(1) or rule.breached(0):
+        raise TestGenError(f"{rule.rule}: kind any expects 1 (active) to breach and 0 not")
+    F = int(rule.for_seconds)
+    n = F // s + 2
+    others = [r for r in KNOWN_REASONS if r not in rule.values] or ["not_listed"]
+    label = str(rule.label)
+    inputs = []
+    for i, active in ((0, rule.values[0]), (1, others[0]), (2, rule.values[-1])):
+        for reason in (*rule.values, others[0]):
+            inputs.append({"series": series(rule.metric, {**gpu_labels(cfg, i), label: reason}),
+                           "values": values([1.0 if reason == active else 0.0] * (n + 1))})
+    firing = [expected(cfg, rule, gpu_labels(cfg, i), 1.0) for i in (0, 2)]
+    checks = [check(rule.alert, F, firing)]
+    if F:
+        checks.insert(0, check(rule.alert, F - s, []))
+    return {"interval": f"{s}s", "input_series": inputs, "alert_rule_test": checks}
+
+
+def forecast_case(cfg: RulesConfig, fc: Forecast, s: int) -> dict[str, Any]:
+    """GPU 0 ramps up and is flagged while still short of the threshold; GPU 1 sits flat at the
+    guard; GPU 2 ramps as fast but is still below the guard."""
+    t = fc.target
+    T, G, H, L, F = t.threshold, fc.guard, fc.horizon_seconds, fc.lookback_seconds, fc.for_seconds
+    if F + s >= H:
+        raise TestGenError(f"{fc.rule}: `for` must be shorter than the horizon to be testable")
+    rate = (T - G) * (1 / H + 1 / (F + s)) / 2  # past the threshold in H, not before F+s
+    t_guard = L
+    t_fire = t_guard + F + s
+    v0 = G - rate * t_guard
+    n = int(t_fire // s) + 2
+    ramp = [v0 + rate * k * s for k in range(n + 1)]
+    flat = [G] * (n + 1)
+    low = [v - rate * (F + 3 * s) for v in ramp]
+    inputs: list[dict[str, Any]] = []
+    for i, samples in enumerate((ramp, flat, low)):
+        if t.kind == "ratio":
+            inputs += [{"series": series(t.metric, gpu_labels(cfg, i)),
+                        "values": values([TOTAL_BYTES * v for v in samples])},
+                       {"series": series(str(t.denominator), gpu_labels(cfg, i)),
+                        "values": values([TOTAL_BYTES] * len(samples))}]
+        else:
+            inputs.append({"series": series(t.metric, gpu_labels(cfg, i)), "values": values(samples)})
+    # group_eval_order (below) evaluates the recording group first, so the alert reads the
+    # forecast of the same timestamp (in Prometheus it may read one evaluation older).
+    predicted = v0 + rate * t_fire + rate * H
+    if t.breached(v0 + rate * t_fire) or not t.breached(predicted):
+        raise TestGenError(f"{fc.rule}: no ramp crosses {t.rule}'s threshold late enough to test")
+    checks = [check(fc.alert, t_guard + F - s, []),
+              check(fc.alert, t_fire, [expected(cfg, fc, gpu_labels(cfg, 0), predicted)]),
+              check(t.alert, t_fire, [])]
+    return {"interval": f"{s}s", "input_series": inputs, "alert_rule_test": checks}
+
+
+def monitoring_cases(cfg: RulesConfig, m: MonitoringAlert, s: int) -> list[dict[str, Any]]:
+    F = int(m.for_seconds)
+    n = F // s + 3
+    job, inst = cfg.exporter_job, {"job": cfg.exporter_job, "instance": INSTANCE}
+
+    def before_and_at(start: float, firing: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = [check(m.alert, start + F, firing)]
+        if F or start:
+            out.insert(0, check(m.alert, start + F - s, []))
+        return out
+
+    if m.kind in ("target_down", "nvml_down"):
+        metric = "up" if m.kind == "target_down" else "gpuwarden_exporter_nvml_up"
+        return [{"interval": f"{s}s",
+                 "input_series": [{"series": series(metric, inst), "values": values([1.0] + [0.0] * n)}],
+                 "alert_rule_test": before_and_at(s, [expected(cfg, m, inst, 0.0)])}]
+    if m.kind == "series_absent":
+        return [
+            {"interval": f"{s}s", "input_series": [{"series": series("up", inst), "values": values([1.0] * n)}],
+             "alert_rule_test": before_and_at(0, [expected(cfg, m, {"job": job}, 1.0)])},
+            {"interval": f"{s}s",
+             "input_series": [{"series": series("gpu_up", gpu_labels(cfg, 0)), "values": values([1.0] * n)}],
+             "alert_rule_test": [check(m.alert, F + s, [])]},
+        ]
+    if m.kind == "series_vanished":
+        k = 3
+        return [{"interval": f"{s}s", "input_series": [
+            {"series": series("up", inst), "values": values([1.0] * (k + n + 1))},
+            {"series": series("gpu_up", gpu_labels(cfg, 0)), "values": values([1.0] * k + ["stale"])},
+            {"series": series("gpu_up", gpu_labels(cfg, 1)), "values": values([1.0] * (k + n + 1))}],
+            "alert_rule_test": before_and_at(k * s, [expected(cfg, m, gpu_labels(cfg, 0), 1.0)])}]
+    if m.kind == "gpu_down":
+        return [{"interval": f"{s}s", "input_series": [
+            {"series": series("gpu_up", gpu_labels(cfg, 0)), "values": values([1.0] + [0.0] * n)},
+            {"series": series("gpu_up", gpu_labels(cfg, 1)), "values": values([1.0] * (n + 1))}],
+            "alert_rule_test": before_and_at(s, [expected(cfg, m, gpu_labels(cfg, 0), 0.0)])}]
+    if m.kind == "fatal_xid":
+        return [_xid_case(cfg, m, s)]
+    raise TestGenError(f"{m.rule}: no generated test for kind {m.kind}")
+
+
+def _xid_case(cfg: RulesConfig, m: MonitoringAlert, s: int) -> dict[str, Any]:
+    """GPU 0: a listed XID's series appears at 1 (a new series must fire). GPU 1: an unlisted
+    XID appears. GPU 2: a listed XID counted long ago, then its counter resets to 0."""
+    from rules.config import parse_duration
+
+    F, w = int(m.for_seconds), int(parse_duration(str(m.window_text))) // s
+    a = w + 10  # every older series is older than the window by then
+    length = a + w + F // s + 4
+    fatal = str(m.xids[0])
+    other = str(next(x for x in range(13, 10_000) if x not in m.xids))
+    xl = lambda i, x: {**gpu_labels(cfg, i), "xid": x}  # noqa: E731 - local shorthand
+    appear: list[Any] = [None] * a + [1.0] * (length - a)
+    inputs = [
+        {"series": series("gpu_xid_errors_total", xl(0, fatal)), "values": values(appear)},
+        {"series": series("gpu_xid_errors_total", xl(1, other)), "values": values(appear)},
+        {"series": series("gpu_xid_errors_total", xl(2, fatal)),
+         "values": values([3.0] * a + [0.0] * (length - a))},
+    ]
+    checks = [check(m.alert, (a - 1) * s, []),
+              check(m.alert, a * s + F, [expected(cfg, m, xl(0, fatal), 1.0)]),
+              check(m.alert, (a + w + 2) * s + F, [])]
+    if F:
+        checks.insert(1, check(m.alert, a * s + F - s, []))
+    return {"interval": f"{s}s", "input_series": inputs, "alert_rule_test": checks}
+
+
+def test_files(cfg: RulesConfig) -> dict[str, Any]:
+    """{file name: promtool test document}; rule_files are relative to the test file."""
+    s = step_for(cfg)
+    tests: list[dict[str, Any]] = []
+    for rule in cfg.alerts.values():
+        tests += threshold_cases(cfg, rule, s)
+    for fc in cfg.forecasts.values():
+        tests.append(forecast_case(cfg, fc, s))
+    for m in cfg.monitoring.values():
+        tests += monitoring_cases(cfg, m, s)
+    groups = [g["name"] for g in render.recording_groups(cfg) + render.alert_groups(cfg)]
+    doc = {"rule_files": [render.RECORDING_FILE, render.ALERTS_FILE],
+           "evaluation_interval": f"{s}s", "group_eval_order": groups, "tests": tests}
+    return {TEST_FILE: doc}
