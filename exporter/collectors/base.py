@@ -1,0 +1,105 @@
+"""What every collector module is made of.
+
+A collector covers one concern (power, thermal, ECC, ...). It declares, once, at module level:
+the metric families it exports (name, help, labels), the NVML field ids it reads through the one
+``nvmlDeviceGetFieldValues`` call per GPU (with a per-field fallback call for libraries that lack
+the field), and the other calls it makes. A scrape only fills in values: ``read`` runs on the
+GPU's worker thread and puts base-unit numbers in the sample; ``export`` builds fresh families.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from exporter.nvml import Reader
+
+GPU_LABELS = ("gpu", "uuid")
+
+Sample = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class GpuView:
+    """One GPU in one scrape: identity, whether it answered, and what it answered."""
+
+    gpu: str            # index as a string
+    uuid: str
+    up: bool
+    stale: bool
+    sample: Sample
+
+
+@dataclass(frozen=True)
+class FieldRead:
+    """A value read through nvmlDeviceGetFieldValues: ``sample[key] = raw * scale``."""
+
+    key: str
+    field_id: int
+    scale: float = 1.0
+    fallback: Callable[[Reader], float | None] | None = None   # an individual call, base units
+
+
+@dataclass(frozen=True)
+class GpuMetric:
+    """A per-GPU metric whose value is ``sample[key]`` (skipped where the key is missing)."""
+
+    name: str
+    help: str
+    key: str
+    counter: bool = False
+
+    def family(self, gpus: Sequence[GpuView]) -> Metric:
+        fam = (CounterMetricFamily if self.counter else GaugeMetricFamily)(self.name, self.help, labels=GPU_LABELS)
+        key = self.key
+        for g in gpus:
+            v = g.sample.get(key)
+            if v is not None:
+                fam.add_metric((g.gpu, g.uuid), v)
+        return fam
+
+
+@dataclass(frozen=True)
+class LabelledGpuMetric:
+    """A per-GPU metric with one extra label: ``sample[key]`` is a {label value: number} dict."""
+
+    name: str
+    help: str
+    key: str
+    label: str
+    counter: bool = False
+
+    def family(self, gpus: Sequence[GpuView]) -> Metric:
+        cls = CounterMetricFamily if self.counter else GaugeMetricFamily
+        fam = cls(self.name, self.help, labels=GPU_LABELS + (self.label,))
+        for g in gpus:
+            values = g.sample.get(self.key)
+            if values:
+                for lv, v in values.items():
+                    fam.add_metric((g.gpu, g.uuid, lv), v)
+        return fam
+
+
+@dataclass
+class Collector:
+    """One concern. ``reads`` makes individual NVML calls; ``fields`` go through the field API."""
+
+    name: str
+    help: str
+    metrics: tuple[GpuMetric | LabelledGpuMetric, ...]
+    fields: tuple[FieldRead, ...] = ()
+    reads: Callable[[Reader, Sample], None] | None = None
+    default_enabled: bool = True
+    extra_families: Callable[[Sequence[GpuView]], Iterable[Metric]] | None = field(default=None)
+
+    def read(self, reader: Reader, sample: Sample) -> None:
+        if self.reads is not None:
+            self.reads(reader, sample)
+
+    def export(self, gpus: Sequence[GpuView]) -> Iterator[Metric]:
+        for m in self.metrics:
+            yield m.family(gpus)
+        if self.extra_families is not None:
+            yield from self.extra_families(gpus)

@@ -1,0 +1,25 @@
+"""Device memory used and total."""
+
+from __future__ import annotations
+
+import pynvml
+
+from exporter.collectors.base import Collector, GpuMetric, Sample
+from exporter.nvml import Reader
+
+USED = GpuMetric("gpu_memory_used_bytes", "Device memory in use, in bytes.", "memory_used")
+TOTAL = GpuMetric("gpu_memory_total_bytes", "Device memory, in bytes.", "memory_total")
+
+
+def _read(r: Reader, s: Sample) -> None:
+    h = r.device.handle
+    # v2 excludes the driver's reserved memory from "used"; older libraries only have v1.
+    m = r.call("nvmlDeviceGetMemoryInfo_v2", pynvml.nvmlDeviceGetMemoryInfo, h, pynvml.nvmlMemory_v2)
+    if m is None and "nvmlDeviceGetMemoryInfo_v2" in r.device.unsupported:
+        m = r.call("nvmlDeviceGetMemoryInfo", pynvml.nvmlDeviceGetMemoryInfo, h)
+    if m is not None:
+        s["memory_used"] = float(m.used)                 # NVML: bytes
+        s["memory_total"] = float(m.total)
+
+
+COLLECTOR = Collector(name="memory", help="device memory", metrics=(USED, TOTAL), reads=_read)

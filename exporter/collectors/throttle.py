@@ -1,0 +1,39 @@
+"""Clock-event (throttle) reasons, one 0/1 series per reason."""
+
+from __future__ import annotations
+
+import pynvml
+
+from exporter.collectors.base import Collector, LabelledGpuMetric, Sample
+from exporter.nvml import Reader
+
+# reason label -> NVML bit (nvmlClocksEventReason*, same bits as the older ...ThrottleReason*)
+REASONS: tuple[tuple[str, int], ...] = (
+    ("gpu_idle", 0x1),
+    ("applications_clocks_setting", 0x2),
+    ("sw_power_cap", 0x4),
+    ("hw_slowdown", 0x8),
+    ("sync_boost", 0x10),
+    ("sw_thermal_slowdown", 0x20),
+    ("hw_thermal_slowdown", 0x40),
+    ("hw_power_brake_slowdown", 0x80),
+    ("display_clock_setting", 0x100),
+)
+
+ACTIVE = LabelledGpuMetric("gpu_throttle_active",
+                           "1 while NVML reports this clock-event (throttle) reason active, else 0.",
+                           "throttle", "reason")
+
+
+def _read(r: Reader, s: Sample) -> None:
+    h = r.device.handle
+    # The "...ClocksEventReasons" name arrived in driver 535; older libraries have the other.
+    bits = r.call("nvmlDeviceGetCurrentClocksEventReasons", pynvml.nvmlDeviceGetCurrentClocksEventReasons, h)
+    if bits is None and "nvmlDeviceGetCurrentClocksEventReasons" in r.device.unsupported:
+        bits = r.call("nvmlDeviceGetCurrentClocksThrottleReasons",
+                      pynvml.nvmlDeviceGetCurrentClocksThrottleReasons, h)
+    if bits is not None:
+        s["throttle"] = {name: 1.0 if bits & bit else 0.0 for name, bit in REASONS}
+
+
+COLLECTOR = Collector(name="throttle", help="clock-event (throttle) reasons", metrics=(ACTIVE,), reads=_read)

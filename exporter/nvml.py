@@ -1,0 +1,166 @@
+"""The NVML boundary: error codes, per-(GPU, call) memory of what a GPU cannot answer, and the
+session that initialises NVML with backoff and discovers GPUs.
+
+Everything here runs off the scrape thread: a call into libnvidia-ml may block for seconds (or
+forever on a wedged GPU), so only worker threads ever call it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pynvml
+
+log = logging.getLogger("gpuwarden.exporter")
+
+# Answers that will not change until the driver changes: ask once, then never again.
+UNSUPPORTED_CODES = frozenset({
+    pynvml.NVML_ERROR_NOT_SUPPORTED,
+    pynvml.NVML_ERROR_FUNCTION_NOT_FOUND,
+    pynvml.NVML_ERROR_NO_PERMISSION,
+    pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH,
+})
+
+_CODE_NAMES = {getattr(pynvml, n): n[len("NVML_ERROR_"):].lower()
+               for n in dir(pynvml) if n.startswith("NVML_ERROR_") and isinstance(getattr(pynvml, n), int)}
+
+
+def code_name(code: int) -> str:
+    """``15`` -> ``gpu_is_lost``: the label value used in gpuwarden_exporter_nvml_errors_total."""
+    return _CODE_NAMES.get(code, str(code))
+
+
+class GpuLost(Exception):
+    """The GPU answered NVML_ERROR_GPU_IS_LOST: stop reading it for this collection."""
+
+
+class ErrorLog:
+    """Counts NVML errors by (call, code) for gpuwarden_exporter_nvml_errors_total."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def add(self, call: str, code: int) -> None:
+        key = (call, code_name(code))
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+@dataclass
+class Device:
+    """One GPU as the exporter knows it. Only its own worker thread mutates it."""
+
+    index: int
+    handle: Any
+    uuid: str = ""
+    name: str = ""
+    pci_bus_id: str = ""
+    unsupported: set[str] = field(default_factory=set)    # call keys answered NOT_SUPPORTED & co
+    field_fallback: set[str] = field(default_factory=set)  # sample keys the field API cannot give
+    calls: int = 0                                         # NVML calls made for this GPU
+
+    @property
+    def handle_value(self) -> int | None:
+        import ctypes
+        return ctypes.cast(self.handle, ctypes.c_void_p).value
+
+
+class Reader:
+    """One collection of one GPU: makes NVML calls, remembers what is unsupported.
+
+    ``call`` returns None when the value cannot be had (unsupported, or an error that is counted
+    and logged) and raises GpuLost when the GPU is gone, ending the read.
+    """
+
+    def __init__(self, device: Device, errors: ErrorLog) -> None:
+        self.device = device
+        self.errors = errors
+        self.failures = 0
+        self.successes = 0
+
+    def call(self, name: str, fn: Callable[..., Any], *args: Any, key: str | None = None) -> Any:
+        key = key or name
+        dev = self.device
+        if key in dev.unsupported:
+            return None
+        dev.calls += 1
+        try:
+            value = fn(*args)
+        except pynvml.NVMLError as exc:
+            self.note_error(name, exc.value, key)
+            return None
+        self.successes += 1
+        return value
+
+    def note_error(self, name: str, code: int, key: str | None = None) -> None:
+        """Records an NVML error code for call ``name``; raises GpuLost for a lost GPU."""
+        self.errors.add(name, code)
+        if code in UNSUPPORTED_CODES:
+            self.device.unsupported.add(key or name)
+            log.debug("GPU %d: %s answered %s; not asking again", self.device.index, key or name, code_name(code))
+            return
+        if code == pynvml.NVML_ERROR_GPU_IS_LOST:
+            raise GpuLost()
+        self.failures += 1
+        log.warning("GPU %d: %s failed: %s", self.device.index, name, code_name(code))
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def read_identity(reader: Reader) -> None:
+    """Name, UUID and PCI bus id, read once (retried each collection until they answer)."""
+    dev = reader.device
+    h = dev.handle
+    if not dev.uuid:
+        uuid = reader.call("nvmlDeviceGetUUID", pynvml.nvmlDeviceGetUUID, h)
+        dev.uuid = _text(uuid) if uuid is not None else ""
+    if not dev.name:
+        name = reader.call("nvmlDeviceGetName", pynvml.nvmlDeviceGetName, h)
+        dev.name = _text(name) if name is not None else ""
+    if not dev.pci_bus_id:
+        pci = reader.call("nvmlDeviceGetPciInfo", pynvml.nvmlDeviceGetPciInfo, h)
+        dev.pci_bus_id = _text(pci.busId) if pci is not None else ""
+
+
+@dataclass
+class Discovery:
+    driver_version: str
+    devices: list[Device]
+
+
+def init_and_discover(errors: ErrorLog) -> Discovery:
+    """nvmlInit, the driver version and a handle per GPU. Raises NVMLError when NVML is unusable."""
+    pynvml.nvmlInit()
+    try:
+        driver = _text(pynvml.nvmlSystemGetDriverVersion())
+    except pynvml.NVMLError as exc:
+        errors.add("nvmlSystemGetDriverVersion", exc.value)
+        driver = ""
+    count = pynvml.nvmlDeviceGetCount()
+    devices = []
+    for i in range(count):
+        try:
+            devices.append(Device(index=i, handle=pynvml.nvmlDeviceGetHandleByIndex(i)))
+        except pynvml.NVMLError as exc:
+            # A GPU without a handle is still one of ours: keep its slot, reported as down.
+            errors.add("nvmlDeviceGetHandleByIndex", exc.value)
+            log.warning("GPU %d: no handle (%s); reporting it down", i, code_name(exc.value))
+            devices.append(Device(index=i, handle=None))
+    return Discovery(driver_version=driver, devices=devices)
+
+
+def shutdown_quietly() -> None:
+    try:
+        pynvml.nvmlShutdown()
+    except pynvml.NVMLError:
+        pass
