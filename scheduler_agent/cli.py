@@ -4,6 +4,7 @@
   gpuwarden-agent jobs submit --name N --gpus 2 [--priority P] [--time-limit S] [-- CMD ...]
   gpuwarden-agent jobs list [--state S] | show ID | cancel ID
   gpuwarden-agent gpus list | quarantine UUID [--reason R] | release UUID
+  gpuwarden-agent actions list | breaker show | breaker reset   (scheduler_agent.remediation.cli)
   gpuwarden-agent predict ...   (dispatched to scheduler_agent.predictor.cli:main when present)
 
 Client verbs take --url (default http://127.0.0.1:9787, or $GPUWARDEN_AGENT_URL) and
@@ -161,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("gpuwarden-agent: predict: the predictor is not installed in this build", file=sys.stderr)
             return 2
         return int(importlib.import_module("scheduler_agent.predictor.cli").main(argv[1:]) or 0)
+    if argv[:1] in (["actions"], ["breaker"]):  # remediation's verbs live in its package
+        return int(importlib.import_module("scheduler_agent.remediation.cli").main(argv) or 0)
     args = _parser().parse_args(argv)
     if args.cmd == "serve":
         return _serve(args)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jsonschema
 
@@ -72,22 +72,32 @@ class RemediationConfig:
 
 
 def _where(error: jsonschema.ValidationError) -> str:
-    path = "remediation"
-    for part in error.absolute_path:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return path
+    """The field's dotted path (``remediation.commands.quarantine.0``), as the agent's config
+    errors spell it so that its line lookup finds it."""
+    return ".".join(["remediation", *map(str, error.absolute_path)])
 
 
-def parse(section: Mapping[str, Any] | None, source: str = "<config>") -> RemediationConfig:
-    """Validates the section (``None`` = all defaults) and returns the settings."""
+ErrorFactory = Callable[[str, str], Exception]
+
+
+def parse(section: Mapping[str, Any] | None, source: str = "<config>",
+          error: ErrorFactory | None = None) -> RemediationConfig:
+    """Validates the section (``None`` = all defaults) and returns the settings.
+
+    ``error(field, message)`` builds the exception to raise (the agent passes
+    ``AgentConfig.error``, which adds the file and line); by default ``PolicyConfigError``
+    naming ``source`` and the field.
+    """
+    make = error or (lambda f, m: PolicyConfigError(f"{source}: {f}: {m}"))
     doc = {} if section is None else section
     if not isinstance(doc, Mapping):
-        raise PolicyConfigError(f"{source}: remediation: expected a mapping, got {type(doc).__name__}")
+        raise make("remediation", f"expected a mapping, got {type(doc).__name__}")
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(dict(doc)), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
-        lines = [f"{source}: {_where(e)}: {e.message}" for e in errors]
-        raise PolicyConfigError("invalid remediation config:\n  " + "\n  ".join(lines))
+        first = errors[0]
+        more = "".join(f"; also {_where(e)}: {e.message}" for e in errors[1:5])
+        raise make(_where(first), first.message + more)
     auth = doc.get("auth", {})
     basic = auth.get("basic_auth", {})
     throttle = doc.get("throttle", {})

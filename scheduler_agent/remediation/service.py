@@ -127,6 +127,8 @@ class Remediation:
         for c in self._conns:
             c.close()
 
+    close = stop  # the agent's plug-in seam calls close()
+
     # -- queries (API and CLI) --------------------------------------------------------------
     def actions(self, limit: int = 100, uuid: str | None = None, outcome: str | None = None,
                 action: str | None = None, before_id: int | None = None) -> list[dict[str, Any]]:

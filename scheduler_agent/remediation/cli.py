@@ -1,0 +1,84 @@
+"""``gpuwarden-agent actions ...`` and ``gpuwarden-agent breaker ...`` (talk to a running agent).
+
+  gpuwarden-agent actions list [--uuid U] [--outcome O] [--action A] [--limit N] [--json]
+  gpuwarden-agent breaker show
+  gpuwarden-agent breaker reset [--actor NAME]     (needs --token-file: it changes state)
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+import time
+import urllib.parse
+from typing import Any, Sequence
+
+from scheduler_agent.client import ApiError, Client
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=os.environ.get("GPUWARDEN_AGENT_URL", "http://127.0.0.1:9787"))
+    p.add_argument("--token-file", default=os.environ.get("GPUWARDEN_TOKEN_FILE"))
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="gpuwarden-agent", description="remediation audit and breaker")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    actions = sub.add_parser("actions").add_subparsers(dest="verb", required=True)
+    p = actions.add_parser("list", help="the remediation audit trail, newest first")
+    _client_args(p)
+    p.add_argument("--uuid")
+    p.add_argument("--outcome")
+    p.add_argument("--action")
+    p.add_argument("--limit", type=int, default=50)
+    breaker = sub.add_parser("breaker").add_subparsers(dest="verb", required=True)
+    p = breaker.add_parser("show")
+    _client_args(p)
+    p = breaker.add_parser("reset", help="close the breaker: remediation acts again")
+    _client_args(p)
+    p.add_argument("--actor", default=None, help="who resets it (default: your user name)")
+    return ap
+
+
+def _when(t: Any) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        c = Client.from_token_file(args.url, args.token_file)
+    except OSError as exc:
+        print(f"gpuwarden-agent: --token-file: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.cmd == "actions":
+            q = {k: v for k, v in (("uuid", args.uuid), ("outcome", args.outcome),
+                                   ("action", args.action), ("limit", args.limit)) if v}
+            out = c.call("GET", "/api/v1/actions?" + urllib.parse.urlencode(q))
+            if not args.json:
+                b = out["breaker"]
+                print(f"breaker: {b['state']}" + (f" since {_when(b['opened_at'])}: {b['reason']}"
+                                                  if b["state"] == "open" else ""))
+                for a in out["actions"]:
+                    why = a["error"] or a["detail"].get("reason", "")
+                    print(f"{a['id']:>6}  {_when(a['at'])}  {a['action']:<10} {a['outcome']:<15} "
+                          f"{a['rule'] or '-':<18} {a['uuid'] or '-'}  {why}".rstrip())
+                return 0
+        elif args.verb == "show":
+            out = c.call("GET", "/api/v1/remediation/breaker")
+        else:
+            actor = args.actor or getpass.getuser()
+            out = c.call("POST", "/api/v1/remediation/breaker/reset", {"actor": actor})
+    except ApiError as exc:
+        print(f"gpuwarden-agent: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"gpuwarden-agent: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(out, indent=2))
+    return 0
