@@ -22,7 +22,8 @@ WAIT_MS = 1000
 
 
 class XidWatcher:
-    def __init__(self, devices: Sequence[Device], errors: ErrorLog) -> None:
+    def __init__(self, devices: Sequence[Device], errors: ErrorLog, wait_ms: int = WAIT_MS) -> None:
+        self._wait_ms = wait_ms
         self._devices = {d.handle_value: d.index for d in devices if d.handle is not None}
         self._handles = [(d.index, d.handle) for d in devices if d.handle is not None]
         self._errors = errors
@@ -37,8 +38,10 @@ class XidWatcher:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, join: float = 0.0) -> None:
         self._stop.set()
+        if join and self._thread.is_alive():
+            self._thread.join(join)
 
     def counts(self, gpu: int) -> dict[str, float]:
         with self._lock:
@@ -68,7 +71,7 @@ class XidWatcher:
         try:
             while not self._stop.is_set():
                 try:
-                    data = pynvml.nvmlEventSetWait_v2(event_set, WAIT_MS)
+                    data = pynvml.nvmlEventSetWait_v2(event_set, self._wait_ms)
                 except pynvml.NVMLError as exc:
                     if exc.value == pynvml.NVML_ERROR_TIMEOUT:
                         continue

@@ -28,7 +28,7 @@ class ExporterService:
 
     def __init__(self, collectors: Sequence[Collector], timeout: float = DEFAULT_TIMEOUT,
                  loader: Callable[[], None] | None = None, retry_initial: float = 1.0,
-                 retry_max: float = 60.0) -> None:
+                 retry_max: float = 60.0, event_wait_ms: int = 1000) -> None:
         if timeout <= 0:
             raise ValueError(f"collection timeout must be positive, got {timeout}")
         self.collectors = list(collectors)
@@ -40,6 +40,7 @@ class ExporterService:
         self.init_attempts = 0
         self._loader = loader
         self._retry = (retry_initial, retry_max)
+        self._event_wait_ms = event_wait_ms
         self._stop = threading.Event()
         self._first_attempt = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="nvml-init", daemon=True)
@@ -73,7 +74,7 @@ class ExporterService:
             self.discovery = disc
             log.info("NVML up: driver %s, %d GPU(s)", disc.driver_version or "?", len(disc.devices))
             if any(c.name == "xid" for c in self.collectors):
-                self.xid = XidWatcher(disc.devices, self.errors).start()
+                self.xid = XidWatcher(disc.devices, self.errors, self._event_wait_ms).start()
             self.sampler = Sampler(disc.devices, self.collectors, self.errors, self.timeout)
             self._first_attempt.set()
             return
@@ -86,7 +87,7 @@ class ExporterService:
     def stop(self) -> None:
         self._stop.set()
         if self.xid is not None:
-            self.xid.stop()
+            self.xid.stop()   # returns from its wait within event_wait_ms
         if self.sampler is not None:
             self.sampler.stop()
             shutdown_quietly()

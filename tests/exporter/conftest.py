@@ -1,0 +1,74 @@
+"""A simulated exporter in-process: fleet on a manual clock, the real pynvml wrappers over the
+simulated library, the real service and collector, a fresh registry per test."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import pynvml
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter import collectors
+from exporter.collector import GpuCollector
+from exporter.service import ExporterService
+from exporter.sim.clock import ManualClock
+from exporter.sim.fleet import Fleet
+from exporter.sim.library import SimLibrary, install
+
+
+@dataclass
+class Harness:
+    fleet: Fleet
+    clock: ManualClock
+    lib: SimLibrary
+    service: ExporterService
+    registry: CollectorRegistry
+
+    def text(self) -> str:
+        return generate_latest(self.registry).decode()
+
+    def scrape(self) -> dict[str, Any]:
+        """name -> Metric family from one scrape."""
+        return {f.name: f for f in text_string_to_metric_families(self.text())}
+
+    def values(self, fams: dict[str, Any], name: str, **labels: str) -> dict[str, float]:
+        """{gpu: value} for samples of ``name`` matching ``labels``."""
+        out = {}
+        for fam in fams.values():
+            for s in fam.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    out[s.labels.get("gpu", "")] = s.value
+        return out
+
+
+@pytest.fixture
+def make_exporter() -> Iterator[Callable[..., Harness]]:
+    made: list[Harness] = []
+
+    def make(count: int = 8, model: str = "h100", missing: frozenset[str] = frozenset(),
+             timeout: float = 5.0, latency_s: float = 0.0, enabled: dict[str, bool] | None = None,
+             loader: Callable[[], None] | None = None, **service_kw: Any) -> Harness:
+        clock = ManualClock()
+        fleet = Fleet(count, clock, model=model)
+        lib = SimLibrary(fleet, missing=missing, latency_s=latency_s)
+        service = ExporterService(collectors.enabled(enabled), timeout=timeout,
+                                  loader=loader or (lambda: install(lib)), event_wait_ms=50, **service_kw)
+        service.start(wait=5.0)
+        registry = CollectorRegistry()
+        registry.register(GpuCollector(service))
+        h = Harness(fleet, clock, lib, service, registry)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.fleet.clear("all")          # releases calls blocked by hang faults
+        h.service.stop()
+        if h.service.xid is not None:
+            h.service.xid.stop(join=2.0)
+    install(None)
+    pynvml._nvmlLib_refcount = 0
