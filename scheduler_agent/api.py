@@ -22,6 +22,8 @@ SCHEMAS: dict[str, dict] = {
               "properties": {"error": {"type": "string"}, "field": {"type": ["string", "null"]}}},
     "JobRequest": {
         "type": "object", "required": ["name", "gpus"], "additionalProperties": False,
+        "examples": [{"name": "train-resnet", "gpus": 2, "priority": 5, "time_limit_seconds": 3600},
+                     {"name": "tracked", "gpus": 1, "idempotency_key": "batch-42"}],
         "properties": {
             "name": {"type": "string", "minLength": 1, "maxLength": 200},
             "gpus": {"type": "integer", "minimum": 1, "maximum": 1024},
