@@ -111,7 +111,8 @@ class Remediation:
             store.migrate(db)
             path = db.path
         creds = credentials if credentials is not None else credentials_from(config)
-        w_conn, i_conn, r_conn = (store.connect(path) for _ in range(3))
+        w_conn = store.connect(path, "NORMAL")
+        i_conn, r_conn = store.connect(path), store.connect(path)
         worker = Worker(w_conn, config, scheduler, actuator or from_config(config.actuator),
                         tracer_provider, clock)
         intake = Intake(i_conn, creds, config.max_body_bytes, worker.wake, clock)

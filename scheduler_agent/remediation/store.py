@@ -17,8 +17,9 @@ Every component of the agent owns its tables and records its migrations in the s
 - ``remediation_breaker``: the budget's circuit breaker (one row); it survives restarts, so an
   open breaker stays open until a person resets it.
 
-Commits are durable: WAL with ``synchronous=FULL`` fsyncs the log on every commit, so a 202 is
-only sent for a notification that survives power loss.
+The intake's commits are durable: WAL with ``synchronous=FULL`` fsyncs the log on every commit,
+so a 202 is only sent for a notification that survives power loss. The worker commits with
+``synchronous=NORMAL`` (see ``connect``).
 """
 
 from __future__ import annotations
@@ -108,14 +109,20 @@ MIGRATIONS: list[str] = [
 ]
 
 
-def connect(path: Path | str) -> sqlite3.Connection:
-    """A connection set up the way every remediation connection must be: WAL, fsync on every
-    commit, a busy timeout (the scheduler writes to the same file), autocommit off via explicit
-    BEGIN in callers (``isolation_level=None``)."""
+def connect(path: Path | str, synchronous: str = "FULL") -> sqlite3.Connection:
+    """A connection set up the way remediation's connections must be: WAL, a busy timeout (the
+    scheduler writes to the same file), transactions by explicit BEGIN (``isolation_level=None``).
+
+    ``synchronous``: FULL (the intake: fsync on every commit, so a 202 survives power loss) or
+    NORMAL (the worker: a kill -9 loses nothing, a power cut may lose the last decisions, whose
+    alerts are then still unprocessed and are decided again; their actions are idempotent).
+    """
+    if synchronous not in ("FULL", "NORMAL"):
+        raise ValueError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
     conn = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=10000")
     return conn
 
