@@ -1,7 +1,7 @@
 """The "GPU fleet" dashboard: the seed's panels, the forecasts and XID errors, as Grafana JSON.
 
-Exporter series are filtered by the ``instance`` and ``gpu`` variables; the agent's per-GPU
-series (gpu_state, risk, forecasts) by ``gpu`` only, since one agent serves the host it runs on.
+Exporter series are filtered by the ``instance`` and ``gpu`` variables; the agent's gpu_state by
+its ``node`` and ``gpu``; the predictor's series (risk, forecasts) carry no node, so by ``gpu`` only.
 Threshold lines come from the alert rules (``Thresholds.from_rules``), never from literals here,
 so editing rules/thresholds.yaml and regenerating moves the lines with the alerts.
 """
@@ -19,6 +19,9 @@ TITLE = "GPU fleet (gpuwarden)"
 
 GPU = '{instance=~"$instance", gpu=~"$gpu"}'
 AGENT_GPU = '{gpu=~"$gpu"}'
+# gpu_state names the GPU's node, which is the exporter's instance when the agent's inventory
+# comes from Prometheus (its default node_label).
+AGENT_NODE_GPU = '{node=~"$instance", gpu=~"$gpu"}'
 WHO = "{{instance}} GPU {{gpu}}"
 
 # DESIGN.md: throttling = any of these clock-event reasons (the others are benign).
@@ -79,8 +82,10 @@ def build(th: Thresholds) -> dict[str, Any]:
     # 1. Cluster GPU status (four stats) + 6. job queue status (three stats) + firing alerts.
     section("Fleet")
     panels += [
+        # The agent exports the seed's cluster_gpus_total as the gauge cluster_gpus (a gauge
+        # may not end in _total).
         g.stat("GPUs total", "GPUs the agent's scheduler knows about.", grid.place(3, 4),
-               Target("sum(cluster_gpus_total)", instant=True), thresholds=[Threshold(None, INFO)]),
+               Target("sum(cluster_gpus)", instant=True), thresholds=[Threshold(None, INFO)]),
         g.stat("GPUs available", "GPUs free for new jobs: healthy, not quarantined, not allocated.",
                grid.place(3, 4), Target("sum(cluster_gpus_available)", instant=True),
                thresholds=[Threshold(None, WARN), Threshold(1, OK)]),
@@ -92,10 +97,8 @@ def build(th: Thresholds) -> dict[str, Any]:
         g.stat("Jobs pending", "Jobs waiting in the queue, preempted jobs included.",
                grid.place(3, 4), Target("sum(jobs_pending)", instant=True),
                thresholds=[Threshold(None, OK), Threshold(10, WARN)]),
-        g.stat("Jobs completed", "Jobs that finished successfully in the selected time range.",
-               grid.place(3, 4),
-               Target("sum(increase(jobs_completed_total[$__range]))", instant=True),
-               thresholds=[Threshold(None, INFO)]),
+        g.stat("Jobs running", "Jobs holding GPUs now.", grid.place(3, 4),
+               Target("sum(jobs_running)", instant=True), thresholds=[Threshold(None, INFO)]),
         g.stat("Jobs failed", "Jobs that exited with an error in the selected time range.",
                grid.place(3, 4), Target("sum(increase(jobs_failed_total[$__range]))", instant=True),
                thresholds=[Threshold(None, OK), Threshold(1, CRIT)]),
@@ -199,7 +202,7 @@ def build(th: Thresholds) -> dict[str, Any]:
             minimum=0),
         g.piechart("GPU state distribution", "GPUs per scheduler state (the agent's gpu_state).",
                    grid.place(6, 8),
-                   Target(f"sum by (state) (gpu_state{AGENT_GPU})", "{{state}}", instant=True)),
+                   Target(f"sum by (state) (gpu_state{AGENT_NODE_GPU})", "{{state}}", instant=True)),
     ]
 
     # Forecasts: the agent's predictor and Prometheus' own linear extrapolation.

@@ -110,7 +110,7 @@ def test_exporter_queries_filter_by_instance_and_gpu(committed: dict[str, Any]) 
 def test_the_seeds_panels_forecasts_and_xid_are_there(committed: dict[str, Any]) -> None:
     panels = _by_title(committed)
     fleet_stats = [p for p in _panels(committed) if p["type"] == "stat"]
-    cluster = [p for p in fleet_stats if p["targets"][0]["expr"].startswith("sum(cluster_gpus_")]
+    cluster = [p for p in fleet_stats if p["targets"][0]["expr"].startswith("sum(cluster_gpus")]
     jobs = [p for p in fleet_stats if "jobs_" in p["targets"][0]["expr"]]
     assert len(cluster) == 4 and len(jobs) == 3
     assert panels["GPU state distribution"]["type"] == "piechart"
