@@ -1,0 +1,125 @@
+"""Per-GPU health from forecast series: combined risk, migration decisions (pure functions).
+
+Risk of a GPU is a noisy-OR over its metrics' risks (forecast.risk_score) and its recent errors:
+an uncorrectable ECC error within the window is 1.0 (the GPU is about to be quarantined), an XID
+error 0.5. Noisy-OR because each is an independent way to fail: two metrics at 0.5 make 0.75.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from scheduler_agent.predictor.forecast import MIN_CONFIDENCE, Forecast, forecast_series
+from scheduler_agent.predictor.specs import MetricSpec
+from scheduler_agent.predictor.trend import InsufficientData
+
+UNCORRECTABLE_RISK = 1.0
+XID_RISK = 0.5
+
+
+@dataclass(frozen=True)
+class GpuHealth:
+    """Forecasts of one GPU as of ``at`` (epoch seconds)."""
+
+    uuid: str
+    gpu: str
+    instance: str
+    at: float
+    forecasts: dict[str, Forecast] = field(default_factory=dict)  # by MetricSpec.name
+    recent_errors: dict[str, float] = field(default_factory=dict)  # "uncorrectable", "xid": increase in window
+    risk: float = 0.0
+
+    def soonest(self, specs: Sequence[MetricSpec], migrate_only: bool = False) -> tuple[MetricSpec, Forecast] | None:
+        """The metric predicted to cross first (None when none is predicted)."""
+        best: tuple[MetricSpec, Forecast] | None = None
+        for spec in specs:
+            f = self.forecasts.get(spec.name)
+            if f is None or f.seconds_to_threshold is None or (migrate_only and not spec.migrate):
+                continue
+            if best is None or f.seconds_to_threshold < best[1].seconds_to_threshold:  # type: ignore[operator]
+                best = (spec, f)
+        return best
+
+
+def combine_risk(metric_risks: Sequence[float], recent_errors: Mapping[str, float]) -> float:
+    """Noisy-OR of metric risks and error risks, 0-1."""
+    parts = list(metric_risks)
+    if recent_errors.get("uncorrectable", 0.0) > 0:
+        parts.append(UNCORRECTABLE_RISK)
+    if recent_errors.get("xid", 0.0) > 0:
+        parts.append(XID_RISK)
+    survive = 1.0
+    for r in parts:
+        survive *= 1.0 - min(1.0, max(0.0, r))
+    return 1.0 - survive
+
+
+def counter_increase(values: np.ndarray) -> float:
+    """Increase of a counter over its samples, counting a drop as a reset (like PromQL increase)."""
+    v = values[np.isfinite(values)]
+    if v.size < 2:
+        return 0.0
+    d = np.diff(v)
+    return float(np.where(d >= 0, d, v[1:]).sum())
+
+
+def gpu_key(labels: Mapping[str, str]) -> tuple[str, str, str]:
+    """(uuid, gpu index, instance) of a series; the uuid identifies a GPU across restarts."""
+    gpu = labels.get("gpu", "")
+    inst = labels.get("instance", "")
+    return labels.get("uuid") or f"{inst}/{gpu}", gpu, inst
+
+
+SeriesRows = Sequence[tuple[Mapping[str, str], np.ndarray, np.ndarray]]
+
+
+def evaluate(specs: Sequence[MetricSpec], series: Mapping[str, SeriesRows], errors: Mapping[str, SeriesRows],
+             at: float, window: float, min_confidence: float = MIN_CONFIDENCE) -> dict[str, GpuHealth]:
+    """GpuHealth per uuid from range-query rows: ``series[spec.name]`` and ``errors[kind]``."""
+    fc: dict[str, dict[str, Forecast]] = {}
+    ident: dict[str, tuple[str, str]] = {}
+    for spec in specs:
+        for labels, t, v in series.get(spec.name, ()):
+            uuid, gpu, inst = gpu_key(labels)
+            ident.setdefault(uuid, (gpu, inst))
+            try:
+                fc.setdefault(uuid, {})[spec.name] = forecast_series(t, v, spec.threshold, window, min_confidence)
+            except InsufficientData:
+                continue
+    errs: dict[str, dict[str, float]] = {}
+    for kind, rows in errors.items():
+        for labels, _t, v in rows:
+            uuid, gpu, inst = gpu_key(labels)
+            ident.setdefault(uuid, (gpu, inst))
+            e = errs.setdefault(uuid, {})
+            e[kind] = e.get(kind, 0.0) + counter_increase(v)
+    out: dict[str, GpuHealth] = {}
+    for uuid, (gpu, inst) in ident.items():
+        forecasts = fc.get(uuid, {})
+        recent = errs.get(uuid, {})
+        risk = combine_risk([f.risk for f in forecasts.values()], recent)
+        out[uuid] = GpuHealth(uuid, gpu, inst, at, forecasts, recent, risk)
+    return out
+
+
+def migration_candidates(gpus: Mapping[str, GpuHealth], specs: Sequence[MetricSpec],
+                         lead_time: float) -> dict[str, str]:
+    """uuid -> reason, for GPUs predicted to cross a migrating metric's threshold within lead_time.
+
+    Forecasts below the confidence gate carry no seconds_to_threshold, so they never migrate.
+    A metric already over its threshold (0 s) is included: the alert path acts on it too, and
+    preempting twice is a no-op for the scheduler.
+    """
+    out: dict[str, str] = {}
+    for uuid, h in gpus.items():
+        hit = h.soonest(specs, migrate_only=True)
+        if hit is None:
+            continue
+        spec, f = hit
+        if f.seconds_to_threshold is not None and f.seconds_to_threshold <= lead_time:
+            out[uuid] = (f"predicted {spec.rule}: {spec.name} reaches {spec.threshold:g} in "
+                         f"{f.seconds_to_threshold:.0f}s (confidence {f.confidence:.2f}, lead time {lead_time:g}s)")
+    return out

@@ -1,0 +1,72 @@
+"""Plug-in seam (scheduler_agent.server): wires PredictorService into the agent.
+
+Enabled by a ``predictor:`` section in the agent's config::
+
+    predictor:
+      prometheus_url: http://127.0.0.1:9090   # required
+      period_seconds: 30        # how often to forecast
+      window_seconds: 600       # trend window
+      step_seconds: 15          # query_range step (the scrape interval)
+      lead_time_seconds: 300    # migrate jobs when critical is predicted this soon
+      timeout_seconds: 10       # per Prometheus request
+      migrate: true             # false: forecast and score risk, never preempt
+      rules_file: null          # thresholds file (default: the shipped rules/thresholds.yaml)
+
+The scheduler's ``risk`` hook becomes ``service.risk``; migrations call
+``scheduler.preempt_gpu(uuid, reason, actor="predictor")``; metrics land on the agent's registry;
+spans come from the agent's tracer provider.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scheduler_agent.predictor.service import PredictorService
+
+_NUMBERS = {"period_seconds": 30.0, "window_seconds": 600.0, "step_seconds": 15.0,
+            "lead_time_seconds": 300.0, "timeout_seconds": 10.0}
+_KEYS = {"prometheus_url", "migrate", "rules_file", *_NUMBERS}
+
+
+def install(agent: Any) -> PredictorService | None:
+    section = agent.config.section("predictor")
+    if not section:
+        return None
+    for key in section:
+        if key not in _KEYS:
+            raise agent.config.error(f"predictor.{key}", f"unknown key; expected one of {', '.join(sorted(_KEYS))}")
+    url = section.get("prometheus_url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise agent.config.error("predictor.prometheus_url", f"needs an http(s) URL of Prometheus, got {url!r}")
+    nums: dict[str, float] = {}
+    for key, default in _NUMBERS.items():
+        v = section.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (v == 0 and key != "lead_time_seconds"):
+            raise agent.config.error(f"predictor.{key}", f"must be a positive number of seconds, got {v!r}")
+        nums[key] = float(v)
+    migrate = section.get("migrate", True)
+    if not isinstance(migrate, bool):
+        raise agent.config.error("predictor.migrate", f"must be true or false, got {migrate!r}")
+    rules_file = section.get("rules_file")
+    from rules import config as rules_config
+    try:
+        cfg = rules_config.load(agent.config.resolve(rules_file) if rules_file else None)
+    except rules_config.ConfigError as exc:
+        raise agent.config.error("predictor.rules_file", str(exc)) from None
+    scheduler = agent.scheduler
+
+    def migrate_off(uuid: str, reason: str) -> None:
+        scheduler.preempt_gpu(uuid, reason, actor="predictor")
+
+    from scheduler_agent.predictor.prom import PrometheusClient
+    try:
+        svc = PredictorService(PrometheusClient(url, nums["timeout_seconds"]), cfg, period=nums["period_seconds"],
+                               lead_time=nums["lead_time_seconds"], window=nums["window_seconds"],
+                               step=nums["step_seconds"], on_migrate=migrate_off if migrate else None,
+                               tracer_provider=agent.tracer_provider,
+                               error_selector=f'{{job="{cfg.exporter_job}"}}')
+    except ValueError as exc:
+        raise agent.config.error("predictor", str(exc)) from None
+    scheduler.risk = svc.risk
+    agent.registry.register(svc.collector())
+    return svc

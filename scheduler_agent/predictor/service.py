@@ -1,0 +1,254 @@
+"""PredictorService: the periodic runner the agent embeds, its metrics and its migrations.
+
+Every ``period`` seconds one run (span ``health.check``) range-queries Prometheus for the last
+``window`` seconds of every MetricSpec, forecasts each GPU (health.evaluate), publishes the
+result for the scheduler's risk hook (``service.risk``) and the collector, and migrates ahead of
+time: a GPU predicted to cross a migrating metric's threshold within ``lead_time`` gets
+``on_migrate(uuid, reason)`` (wired to ``scheduler.preempt_gpu``) once per episode, re-armed
+when the prediction clears.
+
+Prometheus down, slow (each request is bounded by ``timeout``) or erroring never raises out of
+a run: the last good result stays published, marked stale, ``gpuwarden_predictor_up`` drops to
+0 and the error is logged and carried in the snapshot. Stale data never triggers a migration.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from scheduler_agent.predictor.forecast import MIN_CONFIDENCE
+from scheduler_agent.predictor.health import GpuHealth, evaluate, migration_candidates
+from scheduler_agent.predictor.prom import PrometheusClient, PrometheusError
+from scheduler_agent.predictor.specs import MetricSpec, load_specs, specs_from_rules
+
+log = logging.getLogger(__name__)
+
+# Counters read for "recent errors" (metric names are the exporter's contract, DESIGN.md).
+ERROR_QUERIES = {
+    "uncorrectable": "gpu_ecc_errors_uncorrectable_total{sel}",
+    "xid": "sum by (instance, gpu, uuid) (gpu_xid_errors_total{sel})",
+}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The published result: the last good forecasts, and whether the latest run failed."""
+
+    gpus: dict[str, GpuHealth] = field(default_factory=dict)
+    at: float | None = None  # data time of the forecasts
+    last_success: float | None = None
+    ok: bool = False
+    error: str | None = None
+    runs: int = 0
+
+    @property
+    def stale(self) -> bool:
+        return not self.ok
+
+
+def _as_specs(thresholds: Any) -> list[MetricSpec]:
+    if thresholds is None:
+        return load_specs()
+    if isinstance(thresholds, (str, Path)):
+        return load_specs(thresholds)
+    if hasattr(thresholds, "alerts"):
+        return specs_from_rules(thresholds)
+    specs = list(thresholds)
+    if not all(isinstance(s, MetricSpec) for s in specs):
+        raise TypeError("thresholds must be None, a rules file path, a RulesConfig or MetricSpecs")
+    return specs
+
+
+class PredictorService:
+    """Periodic predictor. ``risk`` is the scheduler's hook; ``collector()`` its metrics.
+
+    ``thresholds``: None (the shipped rules/thresholds.yaml), a path to a thresholds file, a
+    loaded ``rules.config.RulesConfig``, or MetricSpecs.
+    """
+
+    def __init__(self, prom_url: str | PrometheusClient, thresholds: Any = None, *, period: float = 30.0,
+                 lead_time: float = 300.0, window: float = 600.0, step: float = 15.0,
+                 timeout: float | None = None, min_confidence: float = MIN_CONFIDENCE,
+                 on_risk: Callable[[str, float], None] | None = None,
+                 on_migrate: Callable[[str, str], Any] | None = None,
+                 tracer_provider: Any = None, clock: Callable[[], float] = time.time,
+                 error_selector: str = "") -> None:
+        if period <= 0 or window <= 0 or step <= 0 or lead_time < 0:
+            raise ValueError(f"period ({period}), window ({window}) and step ({step}) must be > 0, "
+                             f"lead_time ({lead_time}) >= 0")
+        if window < 5 * step:
+            raise ValueError(f"window {window:g}s holds fewer than 5 steps of {step:g}s; widen it")
+        self.specs = _as_specs(thresholds)
+        self.client = prom_url if isinstance(prom_url, PrometheusClient) else PrometheusClient(
+            prom_url, timeout if timeout is not None else max(1.0, min(10.0, 0.8 * period)))
+        self.period, self.lead_time, self.window, self.step = period, lead_time, window, step
+        self.min_confidence = min_confidence
+        self.on_risk, self.on_migrate = on_risk, on_migrate
+        provider = tracer_provider if tracer_provider is not None else trace.NoOpTracerProvider()
+        self._tracer = provider.get_tracer("gpuwarden.predictor")
+        self._clock = clock
+        self._error_selector = error_selector
+        self._lock = threading.Lock()
+        self._snapshot = Snapshot()
+        self._migrated: set[str] = set()
+        self._runs = {"ok": 0, "error": 0}
+        self._last_duration = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- results -------------------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            return self._snapshot
+
+    def risk(self, uuid: str) -> float:
+        """The scheduler's risk hook: 0-1, 0 for a GPU the predictor has not seen."""
+        h = self.snapshot.gpus.get(uuid)
+        return h.risk if h is not None else 0.0
+
+    # --- one run -------------------------------------------------------------------------
+
+    def fetch(self, now: float) -> dict[str, GpuHealth]:
+        """Range-queries Prometheus and evaluates every GPU as of ``now`` (raises PrometheusError)."""
+        start = now - self.window
+        series = {s.name: [(r.labels, r.times, r.values) for r in self.client.query_range(s.query, start, now, self.step)]
+                  for s in self.specs}
+        errors = {k: [(r.labels, r.times, r.values)
+                      for r in self.client.query_range(q.format(sel=self._error_selector), start, now, self.step)]
+                  for k, q in ERROR_QUERIES.items()}
+        return evaluate(self.specs, series, errors, now, self.window, self.min_confidence)
+
+    def run_once(self) -> Snapshot:
+        """One health check; never raises for Prometheus trouble (see the module docstring)."""
+        t0 = time.monotonic()
+        now = self._clock()
+        with self._tracer.start_as_current_span("health.check") as span:
+            try:
+                gpus = self.fetch(now)
+            except PrometheusError as exc:
+                snap = self._fail(str(exc))
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                span.set_attribute("gpuwarden.stale", True)
+                self._last_duration = time.monotonic() - t0
+                return snap
+            with self._lock:
+                snap = Snapshot(gpus, now, now, True, None, self._snapshot.runs + 1)
+                self._snapshot = snap
+                self._runs["ok"] += 1
+            cands = migration_candidates(gpus, self.specs, self.lead_time)
+            span.set_attribute("gpuwarden.gpus", len(gpus))
+            span.set_attribute("gpuwarden.migrations", len(set(cands) - self._migrated))
+            span.set_attribute("gpuwarden.stale", False)
+            span.set_attribute("gpuwarden.max_risk", max((h.risk for h in gpus.values()), default=0.0))
+        self._publish(gpus, cands)
+        self._last_duration = time.monotonic() - t0
+        return snap
+
+    def _fail(self, message: str) -> Snapshot:
+        with self._lock:
+            old = self._snapshot
+            snap = Snapshot(old.gpus, old.at, old.last_success, False, message, old.runs + 1)
+            self._snapshot = snap
+            self._runs["error"] += 1
+        kept = f"keeping the result from {time.strftime('%H:%M:%S', time.localtime(old.at))}" if old.at else "no result yet"
+        log.warning("predictor: %s; %s", message, kept)
+        return snap
+
+    def _publish(self, gpus: dict[str, GpuHealth], cands: dict[str, str]) -> None:
+        if self.on_risk is not None:
+            for uuid, h in gpus.items():
+                try:
+                    self.on_risk(uuid, h.risk)
+                except Exception:  # noqa: BLE001 - a hook's failure must not stop the predictor
+                    log.exception("predictor: on_risk(%s) failed", uuid)
+        self._migrated &= set(cands)  # re-arm GPUs whose prediction cleared
+        for uuid, reason in cands.items():
+            if uuid in self._migrated or self.on_migrate is None:
+                continue
+            try:
+                self.on_migrate(uuid, reason)
+            except Exception:  # noqa: BLE001 - e.g. a GPU the scheduler does not know; retried next run
+                log.exception("predictor: migrating jobs off %s failed", uuid)
+                continue
+            log.info("predictor: migrated jobs off %s: %s", uuid, reason)
+            self._migrated.add(uuid)
+
+    # --- periodic runner -----------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="gpuwarden-predictor", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception as exc:  # noqa: BLE001 - the agent outlives any predictor bug
+                log.exception("predictor: run failed")
+                self._fail(f"internal error: {exc!r}")
+            self._stop.wait(self.period)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.client.timeout * (2 + len(self.specs)) + 1)
+            self._thread = None
+
+    stop = close
+
+    def collector(self) -> Collector:
+        return PredictorCollector(self)
+
+
+class PredictorCollector(Collector):
+    """gpu_failure_risk_score, gpu_predicted_seconds_to_threshold and the predictor's own health."""
+
+    def __init__(self, service: PredictorService) -> None:
+        self._svc = service
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._svc.snapshot
+        risk = GaugeMetricFamily("gpu_failure_risk_score", "Predicted failure risk of the GPU, 0-1 "
+                                 "(forecasts toward critical thresholds and recent errors).", labels=["gpu", "uuid"])
+        ttt = GaugeMetricFamily("gpu_predicted_seconds_to_threshold", "Predicted seconds until the metric "
+                                "crosses its critical threshold (absent when no crossing is predicted).",
+                                labels=["gpu", "uuid", "metric"])
+        for uuid, h in sorted(snap.gpus.items()):
+            risk.add_metric([h.gpu, uuid], h.risk)
+            for spec in self._svc.specs:
+                f = h.forecasts.get(spec.name)
+                if f is not None and f.seconds_to_threshold is not None:
+                    ttt.add_metric([h.gpu, uuid, spec.name], f.seconds_to_threshold)
+        yield risk
+        yield ttt
+        up = GaugeMetricFamily("gpuwarden_predictor_up", "1 when the predictor's last run read Prometheus, "
+                               "0 when it failed and the last result is stale.")
+        up.add_metric([], 1.0 if snap.ok else 0.0)
+        yield up
+        last = GaugeMetricFamily("gpuwarden_predictor_last_success_timestamp_seconds",
+                                 "When the published forecasts were computed (Unix time).")
+        if snap.last_success is not None:
+            last.add_metric([], snap.last_success)
+        yield last
+        runs = CounterMetricFamily("gpuwarden_predictor_runs", "Predictor runs by result.", labels=["result"])
+        for k, v in sorted(self._svc._runs.items()):
+            runs.add_metric([k], v)
+        yield runs
+        dur = GaugeMetricFamily("gpuwarden_predictor_run_duration_seconds", "Duration of the last run.")
+        dur.add_metric([], self._svc._last_duration)
+        yield dur
