@@ -32,13 +32,15 @@ with its GPUs freed; tracking-only jobs (no command) stay placed, since nothing 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import logging
+import sqlite3
 import threading
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 from opentelemetry import trace
 
@@ -163,33 +165,22 @@ class Scheduler(GpuOperations):
             "INSERT INTO scheduler_counters(name, value) VALUES (?, ?) "
             "ON CONFLICT(name) DO UPDATE SET value=value+excluded.value", (name, n))
 
-    def _commit(self):
-        """A transaction whose events reach listeners only after it commits."""
-        sched = self
-
-        class _Tx:
-            def __enter__(self):
-                self._cm = sched.db.transaction()
-                c = self._cm.__enter__()
-                self._outer = sched.db._depth > 1   # read under the lock the transaction holds
-                if not self._outer:
-                    sched._pending_events = []
-                return c
-
-            def __exit__(self, *exc):
-                ok = self._cm.__exit__(*exc)
-                if not self._outer:
-                    events, sched._pending_events = sched._pending_events, []
-                    if exc[0] is None:
-                        for e in events:
-                            for fn in list(sched._listeners):
-                                try:
-                                    fn(e)
-                                except Exception:  # noqa: BLE001 - a listener must not undo a commit
-                                    log.exception("scheduler listener failed on %s", e["kind"])
-                return ok
-
-        return _Tx()
+    @contextlib.contextmanager
+    def _commit(self) -> Iterator[sqlite3.Connection]:
+        """A transaction whose events reach listeners only after it commits (outermost only)."""
+        with self.db.transaction() as c:
+            outer = self.db._depth == 1          # read under the lock the transaction holds
+            if outer:
+                self._pending_events = []
+            yield c
+        if outer:
+            events, self._pending_events = self._pending_events, []
+            for e in events:
+                for fn in list(self._listeners):
+                    try:
+                        fn(e)
+                    except Exception:  # noqa: BLE001 - a listener must not undo a commit
+                        log.exception("scheduler listener failed on %s", e["kind"])
 
     def subscribe(self, listener: Callable[[dict], None]) -> None:
         """Calls ``listener(event)`` after each committed event (from the committing thread)."""
@@ -448,13 +439,16 @@ class Scheduler(GpuOperations):
                     job.runs += 1
                     self._hold(job)
                     self._save_job(job, handle=None)
-                    self._count("scheduled")
                     self._record("job.scheduled", job.id, node=job.node, gpus=list(job.uuids))
                     attrs = {"node": job.node, "gpu.uuids": list(job.uuids),
                              "gpu.indexes": list(job.indexes)}
                     span.set_attributes(attrs)
                     started.append((job, self._run_of(job)))
-            # Committed: the placement survives a kill from here on. Now start the work.
+            if started:
+                self._count("scheduled", len(started))
+        # Committed: the placement survives a kill from here on. Now start the work; the
+        # handles commit together (a kill before that is recovered by the job's key).
+        with self._commit():
             for job, run in started:
                 self._launch(job, run)
         return [job.id for job, _ in started]
