@@ -9,7 +9,8 @@ instance (its own fingerprint), so every one is an insert, never a dedupe hit. T
 during the measurement (notify alerts: it records each), as it does in the agent.
 
 Measured side by side, interleaved round by round:
-  durable   the real intake (auth, v4 validation, fsync'd commit)
+  durable   the real intake (auth, v4 validation, fsync'd commit), worker running
+  durable-paused-worker  the same with the worker not started (the intake's own cost)
   baseline  the same server and validation, answering 202 without storing anything
 and reported as alerts/s and the ratio durable/baseline, at 1 and at 100 alerts per POST.
 Target (issue 5): >= 2,000 alerts/s at 100 per POST with p99 < 100 ms.
@@ -36,6 +37,7 @@ from scheduler_agent.remediation.service import Remediation
 from scheduler_agent.web import App, Response
 
 TOKEN = "bench-token"
+MODES = ("durable", "durable-paused-worker", "baseline")
 
 
 class _NoScheduler:
@@ -71,11 +73,12 @@ def _body(n: int) -> bytes:
 def _server(mode: str, folder: Path) -> tuple[App, int, Remediation | None]:
     app = App(auth=None)
     rem = None
-    if mode == "durable":
+    if mode.startswith("durable"):
         rem = Remediation.create(str(folder / f"agent-{next(_seq)}.db"), parse(None), _NoScheduler(),
                                  credentials=Credentials(TOKEN.encode()))
         rem.register_routes(app)
-        rem.start()
+        if mode == "durable":
+            rem.start()
     else:
         creds = Credentials(TOKEN.encode())
 
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-intake-", dir=None) as tmp:
         for _ in range(args.rounds):
             for per_post in (1, 100):
-                for mode in ("durable", "baseline"):
+                for mode in MODES:
                     app, port, rem = _server(mode, Path(tmp))
                     try:
                         results.setdefault((mode, per_post), []).append(
@@ -156,11 +159,11 @@ def main(argv: list[str] | None = None) -> int:
              "|---:|---|---:|---:|---:|---:|---:|"]
     for per_post in (1, 100):
         base = statistics.median(r[0] for r in results[("baseline", per_post)])
-        for mode in ("durable", "baseline"):
+        for mode in MODES:
             runs = results[(mode, per_post)]
             rate = statistics.median(r[0] for r in runs)
             lat = [x for r in runs for x in r[1]]
-            ratio = f"{rate / base:.2f}" if mode == "durable" else ""
+            ratio = f"{rate / base:.2f}" if mode != "baseline" else ""
             lines.append(f"| {per_post} | {mode} | {rate:,.0f} | {rate / per_post:,.0f} | "
                          f"{_pct(lat, 0.5):.1f} | {_pct(lat, 0.99):.1f} | {ratio} |")
     text = "\n".join(lines)
