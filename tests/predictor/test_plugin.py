@@ -1,0 +1,83 @@
+"""The agent plug-in: config validation and wiring (risk hook, metrics, migration to preempt_gpu)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry, generate_latest
+
+from scheduler_agent.predictor import plugin
+from tests.predictor.fakeprom import FakePrometheus
+
+
+class FakeConfig:
+    def __init__(self, section: dict[str, Any]) -> None:
+        self.raw = {"predictor": section} if section else {}
+        self.path = Path("/etc/gpuwarden/agent.yml")
+
+    def section(self, name: str) -> dict[str, Any]:
+        return dict(self.raw.get(name) or {})
+
+    def error(self, field: str, message: str) -> Exception:
+        return ValueError(f"{self.path}: {field}: {message}")
+
+    def resolve(self, p: str) -> Path:
+        return Path(p)
+
+
+class FakeScheduler:
+    def __init__(self) -> None:
+        self.risk = lambda uuid: 0.0
+        self.preempted: list[tuple[str, str, str]] = []
+
+    def preempt_gpu(self, uuid: str, reason: str, actor: str = "scheduler") -> list[int]:
+        self.preempted.append((uuid, reason, actor))
+        return [7]
+
+
+class FakeAgent:
+    def __init__(self, section: dict[str, Any]) -> None:
+        self.config = FakeConfig(section)
+        self.scheduler = FakeScheduler()
+        self.registry = CollectorRegistry()
+        self.tracer_provider = TracerProvider()
+
+
+@pytest.fixture
+def prom() -> Iterator[FakePrometheus]:
+    p = FakePrometheus()
+    yield p
+    p.close()
+
+
+def test_absent_section_disables_the_predictor() -> None:
+    assert plugin.install(FakeAgent({})) is None
+
+
+@pytest.mark.parametrize("section, field", [
+    ({"prometheus_url": "localhost:9090"}, "predictor.prometheus_url"),
+    ({"prometheus_url": "http://x", "period_seconds": 0}, "predictor.period_seconds"),
+    ({"prometheus_url": "http://x", "lead_time_seconds": "5m"}, "predictor.lead_time_seconds"),
+    ({"prometheus_url": "http://x", "migrate": "yes"}, "predictor.migrate"),
+    ({"prometheus_url": "http://x", "perod_seconds": 5}, "predictor.perod_seconds"),
+])
+def test_bad_config_names_the_field(section: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        plugin.install(FakeAgent(section))
+
+
+def test_wires_risk_hook_metrics_and_migration(prom: FakePrometheus) -> None:
+    import time
+    now = time.time()
+    prom.add("gpu_temperature_celsius", {"gpu": "0", "uuid": "GPU-a"}, lambda t: 80 + (t - now) / 60)
+    agent = FakeAgent({"prometheus_url": prom.url, "lead_time_seconds": 600, "period_seconds": 30})
+    svc = plugin.install(agent)
+    assert svc is not None
+    svc.run_once()
+    assert agent.scheduler.risk("GPU-a") > 0.5
+    assert [(u, a) for u, _, a in agent.scheduler.preempted] == [("GPU-a", "predictor")]
+    assert "gpu_failure_risk_score" in generate_latest(agent.registry).decode()
+    svc.close()
