@@ -192,3 +192,31 @@ def gpu_state_in_db(db: Path, uuid: str):
                             (uuid,)).fetchone()
     finally:
         conn.close()
+
+
+def test_breaker_shown_in_api_and_metrics_and_reset_by_cli(spawn, tmp_path: Path):
+    import subprocess
+    port = free_port()
+    cfg = write_agent_config(tmp_path, port, "  budget: {max_actions_per_minute: 1}")
+    cfg.write_text(cfg.read_text().replace("  budget: {max_quarantined_ratio: 0.5}\n", ""))
+    start_agent(spawn, cfg, port)
+    url = f"http://127.0.0.1:{port}/webhook/alertmanager"
+    assert post(url, notification(alert("GPU-n0-0", action="preempt", fingerprint="a"),
+                                  alert("GPU-n0-1", action="preempt", fingerprint="b")))[0] == 202
+    wait_until(lambda: api(port, "/api/v1/remediation/breaker")["state"] == "open", 10,
+               what="breaker open")
+    assert _metric(port, "remediation_breaker_open") == 1
+    cli = [console_script("gpuwarden-agent")]
+    base = ["--url", f"http://127.0.0.1:{port}"]
+    listed = subprocess.run(cli + ["actions", "list"] + base, capture_output=True, text=True,
+                            timeout=30)
+    assert listed.returncode == 0 and "breaker: open" in listed.stdout
+    assert "skipped_budget" in listed.stdout and "max_actions_per_minute" in listed.stdout
+    denied = subprocess.run(cli + ["breaker", "reset"] + base, capture_output=True, text=True,
+                            timeout=30)
+    assert denied.returncode == 1 and "401" in denied.stderr
+    ok = subprocess.run(cli + ["breaker", "reset", "--actor", "oncall"] + base +
+                        ["--token-file", str(tmp_path / "token")], capture_output=True,
+                        text=True, timeout=30)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["state"] == "closed"
+    assert _metric(port, "remediation_breaker_open") == 0
