@@ -1,0 +1,121 @@
+"""The files ``gpuwarden up`` writes under its working directory.
+
+Prometheus gets the generated rules and a scrape job for the exporter and one for the agent;
+Alertmanager gets the shipped routing tree with the agent's URL and token wired in, and its
+on-call and chat receivers pointed at the stack's local notification sink (no PagerDuty or Slack
+secrets on a demo host); the agent gets a config that discovers GPUs from Prometheus and acts
+through the simulator's control endpoint or NVML.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import rules
+
+REPO = Path(__file__).resolve().parents[2]
+RULES_DIR = Path(rules.__file__).resolve().parent / "generated"
+ALERTMANAGER_DIR = REPO / "alertmanager"
+
+
+@dataclass(frozen=True)
+class Ports:
+    exporter: int
+    agent: int
+    prometheus: int
+    alertmanager: int
+    sim_control: int
+    sink: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What ``gpuwarden up`` was asked for; intervals are Prometheus duration strings."""
+
+    scrape_interval: str = "5s"
+    evaluation_interval: str = "5s"
+    simulated: bool = True
+    throttle_hold_down_seconds: float = 30.0
+
+
+def write_token(workdir: Path) -> Path:
+    path = workdir / "agent-webhook.token"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32) + "\n")
+        path.chmod(0o600)
+    return path
+
+
+def prometheus_config(ports: Ports, settings: Settings) -> dict[str, Any]:
+    rule_files = sorted(str(p) for p in RULES_DIR.glob("*.rules.yml"))
+    if not rule_files:
+        raise FileNotFoundError(f"no generated rules in {RULES_DIR}: run 'gpuwarden-rules generate'")
+    return {
+        "global": {"scrape_interval": settings.scrape_interval,
+                   "evaluation_interval": settings.evaluation_interval},
+        "rule_files": rule_files,
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{ports.alertmanager}"]}]}]},
+        "scrape_configs": [
+            {"job_name": "gpuwarden-exporter", "static_configs": [{"targets": [f"127.0.0.1:{ports.exporter}"]}]},
+            {"job_name": "gpuwarden-agent", "static_configs": [{"targets": [f"127.0.0.1:{ports.agent}"]}]},
+        ],
+    }
+
+
+def alertmanager_config(ports: Ports, token_file: Path, shipped: Path | None = None) -> dict[str, Any]:
+    """The shipped routing tree, unchanged but for where its receivers deliver."""
+    shipped = shipped or ALERTMANAGER_DIR / "alertmanager.yml"
+    doc = yaml.safe_load(shipped.read_text())
+    doc["templates"] = [str(shipped.parent / t) for t in doc.get("templates", [])]
+    for receiver in doc["receivers"]:
+        if receiver["name"] == "gpuwarden-agent":
+            for hook in receiver["webhook_configs"]:
+                hook["url"] = f"http://127.0.0.1:{ports.agent}/webhook/alertmanager"
+                hook["http_config"]["authorization"]["credentials_file"] = str(token_file)
+        else:
+            # Pages and chat messages land in the stack's sink, which the live view shows.
+            name = receiver["name"]
+            receiver.clear()
+            receiver.update({"name": name, "webhook_configs": [
+                {"url": f"http://127.0.0.1:{ports.sink}/{name}", "send_resolved": True}]})
+    return doc
+
+
+def agent_config(workdir: Path, ports: Ports, token_file: Path, settings: Settings) -> dict[str, Any]:
+    agent_dir = workdir / "agent"
+    actuator = ({"kind": "sim", "sim_url": f"http://127.0.0.1:{ports.sim_control}"} if settings.simulated
+                else {"kind": "nvml"})
+    return {
+        "web": {"listen_address": f"127.0.0.1:{ports.agent}", "token_file": str(token_file)},
+        "database": {"path": str(agent_dir / "agent.db")},
+        "inventory": {"prometheus": {"url": f"http://127.0.0.1:{ports.prometheus}", "refresh_seconds": 5}},
+        "executor": {"kind": "local", "log_dir": str(agent_dir / "job-logs")},
+        "remediation": {
+            "auth": {"bearer_token_file": str(token_file)},
+            "actuator": actuator,
+            "throttle": {"fraction": 0.7, "hold_down_seconds": settings.throttle_hold_down_seconds},
+        },
+    }
+
+
+def write_all(workdir: Path, ports: Ports, settings: Settings) -> dict[str, Path]:
+    """Writes every config; returns their paths by component."""
+    for sub in ("prometheus/data", "alertmanager/data", "agent", "logs"):
+        (workdir / sub).mkdir(parents=True, exist_ok=True)
+    token = write_token(workdir)
+    paths = {
+        "prometheus": workdir / "prometheus" / "prometheus.yml",
+        "alertmanager": workdir / "alertmanager" / "alertmanager.yml",
+        "agent": workdir / "agent" / "agent.yaml",
+        "token": token,
+    }
+    header = "# Written by 'gpuwarden up'; rewritten at every start.\n"
+    paths["prometheus"].write_text(header + yaml.safe_dump(prometheus_config(ports, settings), sort_keys=False))
+    paths["alertmanager"].write_text(header + yaml.safe_dump(alertmanager_config(ports, token), sort_keys=False))
+    paths["agent"].write_text(header + yaml.safe_dump(agent_config(workdir, ports, token, settings), sort_keys=False))
+    return paths

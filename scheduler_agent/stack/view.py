@@ -1,0 +1,186 @@
+"""What ``gpuwarden up`` shows: a notification sink for on-call/chat, and the live view.
+
+The live view polls the agent (GPU states, jobs, actions) and Prometheus (alerts). On a
+terminal it redraws one screen every interval; otherwise (a pipe, CI, a log file) it prints one
+line per change, so the same run reads well in both.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, TextIO
+
+
+def get_json(url: str, token: str | None = None, timeout: float = 3.0) -> Any:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.load(resp)
+
+
+class NotificationSink:
+    """Receives Alertmanager's on-call and chat webhooks on a demo host (receiver = URL path)."""
+
+    def __init__(self, port: int) -> None:
+        self.received: collections.deque[dict[str, Any]] = collections.deque(maxlen=200)
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    doc = json.loads(body)
+                    for alert in doc.get("alerts", []):
+                        sink.received.append({"at": time.time(), "receiver": self.path.strip("/"),
+                                              "status": alert.get("status"), "labels": alert.get("labels", {})})
+                except (ValueError, AttributeError):
+                    pass
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, fmt: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="sink", daemon=True)
+
+    def start(self) -> "NotificationSink":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _short(uuid: str) -> str:
+    return uuid if len(uuid) <= 14 else uuid[:14] + "…"
+
+
+def _gpu_label(labels: dict[str, Any]) -> str:
+    return f"gpu {labels.get('gpu', '?')}"
+
+
+class LiveView:
+    """Polls the stack and renders it; ``step()`` does one poll (the caller owns the loop)."""
+
+    def __init__(self, agent_url: str, prometheus_url: str, token: str, sink: NotificationSink,
+                 header: list[str], out: TextIO = sys.stdout, redraw: bool | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.agent_url, self.prometheus_url, self.token = agent_url, prometheus_url, token
+        self.sink, self.header, self.out, self.clock = sink, header, out, clock
+        self.redraw = out.isatty() if redraw is None else redraw
+        self._seen_actions: set[Any] = set()
+        self._seen_notes = 0
+        self._last_states: dict[str, str] = {}
+        self._last_alerts: set[tuple[str, str, str]] = set()
+
+    def _poll(self) -> dict[str, Any]:
+        snap: dict[str, Any] = {"gpus": [], "jobs": [], "alerts": [], "actions": [], "breaker": None, "errors": []}
+        try:
+            snap["gpus"] = get_json(f"{self.agent_url}/api/v1/gpus", self.token)
+            snap["jobs"] = get_json(f"{self.agent_url}/api/v1/jobs?limit=1000", self.token)
+            acts = get_json(f"{self.agent_url}/api/v1/actions?limit=50", self.token)
+            snap["actions"], snap["breaker"] = acts.get("actions", []), acts.get("breaker")
+        except OSError as exc:
+            snap["errors"].append(f"agent: {exc}")
+        try:
+            doc = get_json(f"{self.prometheus_url}/api/v1/alerts")
+            snap["alerts"] = [a for a in doc["data"]["alerts"]]
+        except OSError as exc:
+            snap["errors"].append(f"prometheus: {exc}")
+        return snap
+
+    def step(self) -> dict[str, Any]:
+        snap = self._poll()
+        if self.redraw:
+            self.out.write("\x1b[H\x1b[2J" + self.render(snap))
+        else:
+            for line in self.changes(snap):
+                self.out.write(line + "\n")
+        self.out.flush()
+        return snap
+
+    @staticmethod
+    def _jobs_by_gpu(jobs: list[dict[str, Any]]) -> dict[str, str]:
+        by_gpu: dict[str, str] = {}
+        for job in jobs:
+            if job.get("state") in ("running", "stopping"):
+                for uuid in job.get("gpu_uuids") or []:
+                    by_gpu[uuid] = f"{job['name']}#{job['id']}"
+        return by_gpu
+
+    def render(self, snap: dict[str, Any]) -> str:
+        lines = list(self.header) + [""]
+        by_gpu = self._jobs_by_gpu(snap["jobs"])
+        lines.append(f"{'GPU':<4} {'UUID':<16} {'STATE':<12} {'JOB':<16} ALERTS")
+        for g in sorted(snap["gpus"], key=lambda g: (g.get("node", ""), g.get("index", 0))):
+            alerts = ",".join(a["rule"] for a in g.get("alerts", []))
+            lines.append(f"{g.get('index', '?'):<4} {_short(g['uuid']):<16} {g.get('state', '?'):<12} "
+                         f"{by_gpu.get(g['uuid'], '-'):<16} {alerts}")
+        pending = sum(1 for j in snap["jobs"] if j.get("state") == "pending")
+        lines += ["", f"jobs: {sum(1 for j in snap['jobs'] if j.get('state') == 'running')} running, {pending} pending"]
+        lines += ["", "alerts (Prometheus):"]
+        for a in sorted(snap["alerts"], key=lambda a: (a["labels"].get("gpu", ""), a["labels"].get("alertname", ""))):
+            lab = a["labels"]
+            lines.append(f"  {a['state']:<8} {lab.get('rule', lab.get('alertname')):<20} {_gpu_label(lab):<7} "
+                         f"{lab.get('severity', ''):<9} action={lab.get('action', '')}")
+        breaker = snap.get("breaker") or {}
+        lines += ["", f"actions (agent; breaker {breaker.get('state', '?')}):"]
+        for act in snap["actions"][:10]:
+            lines.append("  " + self._action_line(act))
+        lines += ["", "notifications (Alertmanager → on-call / chat):"]
+        for note in list(self.sink.received)[-6:]:
+            lines.append("  " + self._note_line(note))
+        lines += [f"  ! {e}" for e in snap["errors"]]
+        lines += ["", "Ctrl-C stops everything."]
+        return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def _action_line(act: dict[str, Any]) -> str:
+        when = time.strftime("%H:%M:%S", time.localtime(act.get("at") or act.get("created_at") or 0))
+        detail = act.get("error") or ""
+        return (f"{when} {act.get('rule', '?'):<18} {act.get('status', ''):<8} {act.get('action', '?'):<10} "
+                f"{act.get('outcome', '?'):<14} {_short(act.get('uuid', '') or '')} {detail}").rstrip()
+
+    @staticmethod
+    def _note_line(note: dict[str, Any]) -> str:
+        when = time.strftime("%H:%M:%S", time.localtime(note["at"]))
+        lab = note["labels"]
+        return f"{when} {note['receiver']:<7} {note['status']:<8} {lab.get('rule', lab.get('alertname'))} {_gpu_label(lab)}"
+
+    def changes(self, snap: dict[str, Any]) -> list[str]:
+        """One line per change since the last poll (for output that is not a terminal)."""
+        out: list[str] = []
+        stamp = time.strftime("%H:%M:%S", time.localtime(self.clock()))
+        for g in snap["gpus"]:
+            state = g.get("state", "?")
+            if self._last_states.get(g["uuid"]) != state:
+                if g["uuid"] in self._last_states or state != "healthy":
+                    out.append(f"{stamp} gpu {g.get('index')} ({_short(g['uuid'])}) is {state}")
+                self._last_states[g["uuid"]] = state
+        alerts = {(a["labels"].get("rule", a["labels"].get("alertname", "")), a["labels"].get("gpu", ""), a["state"])
+                  for a in snap["alerts"]}
+        for rule, gpu, state in sorted(alerts - self._last_alerts):
+            out.append(f"{stamp} alert {rule} gpu {gpu} {state}")
+        for rule, gpu, state in sorted(self._last_alerts - alerts):
+            if state == "firing" and (rule, gpu, "firing") not in alerts:
+                out.append(f"{stamp} alert {rule} gpu {gpu} resolved")
+        self._last_alerts = alerts
+        for act in reversed(snap["actions"]):
+            key = act.get("id", json.dumps(act, sort_keys=True, default=str))
+            if key not in self._seen_actions:
+                self._seen_actions.add(key)
+                out.append(f"{stamp} action " + self._action_line(act))
+        notes = list(self.sink.received)
+        for note in notes[self._seen_notes:]:
+            out.append(f"{stamp} notify " + self._note_line(note))
+        self._seen_notes = len(notes)
+        out += [f"{stamp} ! {e}" for e in snap["errors"]]
+        return out
