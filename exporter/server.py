@@ -8,11 +8,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import generate_latest
+
+from exporter.exposition import CONTENT_TYPE, TextRenderer
 
 log = logging.getLogger("gpuwarden.exporter.http")
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LANDING = b"""<html><head><title>gpuwarden exporter</title></head><body>
 <h1>gpuwarden exporter</h1><p><a href="/metrics">Metrics</a></p></body></html>
 """
@@ -45,7 +45,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == self.server.metrics_path:
             try:
-                body = generate_latest(self.server.registry)
+                body = self.server.renderer.render(self.server.registry)
             except Exception:  # noqa: BLE001 - report, never drop the connection silently
                 log.exception("collecting metrics failed")
                 return self._reply(500, "text/plain; charset=utf-8", b"collection failed; see the exporter log\n")
@@ -63,6 +63,7 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, addr: tuple[str, int], registry: CollectorRegistry, metrics_path: str) -> None:
         self.registry = registry
+        self.renderer = TextRenderer()
         self.metrics_path = metrics_path
         super().__init__(addr, _Handler)
 

@@ -329,6 +329,21 @@ def nvmlDeviceGetComputeRunningProcesses_v3(lib: "SimLibrary", g: SimGpu, count:
     return SUCCESS
 
 
+@_c(c_void_p, c_void_p, c_void_p, names=("nvmlDeviceGetDecoderUtilization",))
+def nvmlDeviceGetEncoderUtilization(lib: "SimLibrary", g: SimGpu, util: int, period_us: int) -> int:
+    _put(c_uint, util, 0)              # the simulated jobs do no video work
+    _put(c_uint, period_us, 167000)
+    return SUCCESS
+
+
+@_c(c_void_p, c_uint, c_void_p)
+def nvmlDeviceGetPcieThroughput(lib: "SimLibrary", g: SimGpu, counter: int, out: int) -> int:
+    if counter not in (0, 1):          # TX, RX
+        return ERROR_INVALID_ARGUMENT
+    _put(c_uint, out, int(g.utilization * 2_000_000))   # KB/s, traffic tracks the load
+    return SUCCESS
+
+
 # ---- ECC and memory repair ------------------------------------------------------------------
 @_c(c_void_p, c_void_p, c_void_p)
 def nvmlDeviceGetEccMode(lib: "SimLibrary", g: SimGpu, current: int, pending: int) -> int:

@@ -3,17 +3,17 @@ simulated library, the real service and collector, a fresh registry per test."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import pynvml
 import pytest
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import collectors
 from exporter.collector import GpuCollector
+from exporter.exposition import TextRenderer
 from exporter.service import ExporterService
 from exporter.sim.clock import ManualClock
 from exporter.sim.fleet import Fleet
@@ -27,9 +27,11 @@ class Harness:
     lib: SimLibrary
     service: ExporterService
     registry: CollectorRegistry
+    renderer: TextRenderer = field(default_factory=TextRenderer)
 
     def text(self) -> str:
-        return generate_latest(self.registry).decode()
+        """One scrape, rendered the way GET /metrics renders it."""
+        return self.renderer.render(self.registry).decode()
 
     def scrape(self) -> dict[str, Any]:
         """name -> Metric family from one scrape."""

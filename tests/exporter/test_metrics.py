@@ -161,3 +161,17 @@ def test_promtool_check_metrics_is_silent_on_everything_we_export(make_exporter,
     assert "gpu_xid_errors_total{" in text and "gpuwarden_exporter_nvml_errors_total{" in text
     res = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30)
     assert res.returncode == 0 and res.stdout == b"" and res.stderr == b"", res.stdout + res.stderr
+
+
+def test_fast_renderer_says_what_prometheus_client_says(make_exporter):
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+    h = make_exporter(3)
+    h.fleet.inject(1, {"kind": "lost"})
+    h.fleet.inject(2, {"kind": "xid", "xid": 13, "lose_gpu": False})
+    from tests.helpers import wait_until
+    wait_until(lambda: "gpu_xid_errors_total{" in h.text(), what="XID 13 counted")
+    h.service.snapshot = lambda snap=h.service.snapshot(): snap    # both render one collection
+    ours = list(text_string_to_metric_families(h.text()))
+    theirs = list(text_string_to_metric_families(generate_latest(h.registry).decode()))
+    assert ours == theirs
