@@ -23,6 +23,7 @@ AGENT_GPU = '{gpu=~"$gpu"}'
 # comes from Prometheus (its default node_label).
 AGENT_NODE_GPU = '{node=~"$instance", gpu=~"$gpu"}'
 WHO = "{{instance}} GPU {{gpu}}"
+AGENT_ACTIVE = "agent: alerts active"
 
 # DESIGN.md: throttling = any of these clock-event reasons (the others are benign).
 THROTTLING_REASONS = ("sw_power_cap", "hw_slowdown", "sw_thermal_slowdown",
@@ -160,11 +161,11 @@ def build(th: Thresholds) -> dict[str, Any]:
             [Target(f"sum by (instance, gpu, xid) (increase(gpu_xid_errors_total{GPU}"
                     "[$__rate_interval]))", WHO + " XID {{xid}}")], "short", minimum=0, bars=True),
         g.timeseries(
-            "Throttling", "Clock-event reasons that mean throttling (1 = active). The THROTTLING "
-            "alert fires when any stays active.", grid.place(8, 8),
-            [Target(f'max by (instance, gpu, reason) (gpu_throttle_active{{instance=~"$instance", '
-                    f'gpu=~"$gpu", reason=~"{reasons}"}})', WHO + " {{reason}}")], "short",
-            minimum=0, maximum=1),
+            "Throttling", "How many clock-event reasons that mean throttling are active per GPU "
+            f"({', '.join(THROTTLING_REASONS)}). The THROTTLING alert fires when any stays "
+            "active; gpu_throttle_active{reason} on the node says which.", grid.place(8, 8),
+            [Target(f'sum by (instance, gpu) (gpu_throttle_active{{instance=~"$instance", '
+                    f'gpu=~"$gpu", reason=~"{reasons}"}})', WHO)], "short", minimum=0),
     ]
 
     # 8. Active alerts.
@@ -176,7 +177,14 @@ def build(th: Thresholds) -> dict[str, Any]:
             grid.place(12, 8),
             [Target('count by (rule, severity) (ALERTS{alertstate="firing", rule!="", '
                     'instance=~"$instance", gpu=~"$gpu"})', "{{rule}} ({{severity}})"),
-             Target("sum(alerts_active)", "agent: active")], "short", minimum=0, stack=False),
+             Target("sum(alerts_active)", AGENT_ACTIVE)], "short", minimum=0, stack=True),
+    ]
+    panels[-1]["fieldConfig"]["overrides"].append({  # the agent's count is a total, not a layer
+        "matcher": {"id": "byName", "options": AGENT_ACTIVE},
+        "properties": [{"id": "custom.stacking", "value": {"mode": "none", "group": "A"}},
+                       {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}],
+    })
+    panels += [
         g.table(
             "Firing alerts", "Every firing alert with its GPU and the action it asks the agent for.",
             grid.place(12, 8),

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
 import time
 from datetime import datetime, timezone
@@ -29,6 +31,7 @@ MAIN_PANELS = ("Temperature", "Power", "Utilization", "Memory pressure", "Thrott
 HEADER_STATS = ("GPUs total", "GPUs available", "GPUs unhealthy", "Jobs pending", "Alerts firing")
 
 _COLORS = {"green": "tab:green", "blue": "tab:blue", "orange": "tab:orange", "red": "tab:red"}
+_LEGEND_MAX = 10  # more series than this: the legend lists the non-zero ones
 _POINTS = 240  # samples per series across the range, like a Grafana panel of medium width
 
 
@@ -84,27 +87,58 @@ def _format_axis(ax: Any, unit: str) -> None:
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}{suffix}"))
 
 
+def _stacked(panel: dict[str, Any], name: str) -> bool:
+    """Whether Grafana would stack this series: the panel's default, unless an override says not."""
+    fc = panel["fieldConfig"]
+    mode = fc["defaults"].get("custom", {}).get("stacking", {}).get("mode", "none")
+    for o in fc.get("overrides", []):
+        m = o["matcher"]
+        hit = (m["id"] == "byName" and m["options"] == name) or (
+            m["id"] == "byRegexp" and re.fullmatch(m["options"], name) is not None)
+        for prop in o["properties"] if hit else []:
+            if prop["id"] == "custom.stacking":
+                mode = prop["value"].get("mode", "none")
+    return mode != "none"
+
+
 def _draw_panel(ax: Any, panel: dict[str, Any], series: list[tuple[str, Series]]) -> None:
     import matplotlib.dates as mdates
 
     defaults = panel["fieldConfig"]["defaults"]
     ax.set_title(panel["title"], loc="left", fontsize=11, fontweight="bold")
     ax.grid(True, alpha=0.3)
+    # Stacked series add up point by point (query_range answers share one time grid).
+    base: dict[float, float] = {}
+    crowded = len(series) > _LEGEND_MAX
+    shown = 0
     for name, s in series:
+        values = s.values
+        if _stacked(panel, name):
+            values = [v + base.get(t, 0.0) if not math.isnan(v) else math.nan
+                      for t, v in zip(s.times, s.values)]
+            for t, v in zip(s.times, s.values):
+                base[t] = base.get(t, 0.0) + (0.0 if math.isnan(v) else v)
         times = [datetime.fromtimestamp(t, tz=timezone.utc) for t in s.times]
-        style = "--" if name.endswith(" limit") else "-"
-        ax.plot(times, s.values, style, linewidth=1.2, label=name)
+        # A crowded legend lists only the series that ever left zero (the ones worth reading).
+        quiet = crowded and all(math.isnan(v) or v == 0 for v in s.values)
+        shown += not quiet
+        style = "--" if name.endswith(" limit") or name.startswith("agent:") else "-"
+        ax.plot(times, values, style, linewidth=1.2, label="_" + name if quiet else name)
     for value, color in _threshold_lines(panel):
         ax.axhline(value, color=color, linestyle="--", linewidth=1, alpha=0.9)
     if "min" in defaults or "max" in defaults:
         ax.set_ylim(defaults.get("min"), defaults.get("max"))
     _format_axis(ax, defaults.get("unit", "short"))
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=timezone.utc))
-    if series:
-        ax.legend(loc="upper left", fontsize=7, ncol=2 if len(series) > 4 else 1, framealpha=0.6)
-    else:
+    if shown:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, framealpha=0.6,
+                  ncol=1 if shown <= 12 else 2, borderaxespad=0)
+    if not series:
         ax.text(0.5, 0.5, "No data", transform=ax.transAxes, ha="center", va="center",
                 fontsize=14, color="grey")
+    elif crowded and len(series) > shown:
+        ax.text(1.01, 0.0, f"{len(series) - shown} series at 0 not listed", transform=ax.transAxes,
+                fontsize=7, color="grey", va="bottom")
 
 
 def render(prom: Prometheus, out: Path, range_s: float, end: float | None = None,
@@ -128,7 +162,7 @@ def render(prom: Prometheus, out: Path, range_s: float, end: float | None = None
 
     cols = 2
     rows = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(16, 3.6 * rows + 0.8), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(20, 3.4 * rows + 0.8), squeeze=False)
     drawn: dict[str, int] = {}
     try:
         for ax, title in zip(axes.flat, panels):

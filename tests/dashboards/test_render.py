@@ -110,3 +110,9 @@ def test_bad_duration_says_what_to_write() -> None:
     with pytest.raises(ValueError, match="expected e.g. 15s"):
         parse_duration("15 minutes")
     assert format_duration(0.2) == "1s"
+
+
+def test_alert_layers_stack_but_the_agents_total_does_not(committed: dict[str, Any]) -> None:
+    panel = next(p for p in committed["panels"] if p["title"] == "Active alerts")
+    assert render._stacked(panel, "THERMAL_CRITICAL (critical)")
+    assert not render._stacked(panel, "agent: alerts active")
