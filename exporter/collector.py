@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.samples import Sample as PromSample
 
 from exporter.collectors.base import GPU_LABELS, GpuView
 from exporter.service import ExporterService
@@ -49,10 +50,10 @@ class GpuCollector:
                 if xid is not None:
                     sample = dict(sample)
                     sample["xid"] = xid.counts(d.index)
-                views.append(GpuView(gpu, d.uuid, st.up, st.stale, sample))
+                views.append(GpuView(d, st.up, st.stale, sample))
                 info.add_metric((gpu, d.uuid, d.name, d.pci_bus_id, driver), 1.0)
-                up.add_metric((gpu, d.uuid), 1.0 if st.up else 0.0)
-                stale.add_metric((gpu, d.uuid), 1.0 if st.stale else 0.0)
+                up.samples.append(PromSample("gpu_up", d.labels(), 1.0 if st.up else 0.0))
+                stale.samples.append(PromSample(STALE[0], d.labels(), 1.0 if st.stale else 0.0))
             yield info
             yield up
             for c in svc.collectors:

@@ -7,6 +7,7 @@ forever on a wedged GPU), so only worker threads ever call it.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -31,6 +32,42 @@ _CODE_NAMES = {getattr(pynvml, n): n[len("NVML_ERROR_"):].lower()
 def code_name(code: int) -> str:
     """``15`` -> ``gpu_is_lost``: the label value used in gpuwarden_exporter_nvml_errors_total."""
     return _CODE_NAMES.get(code, str(code))
+
+
+class FieldValue(ctypes.Structure):
+    """nvmlFieldValue_t with pynvml's exact layout, as a plain ctypes struct.
+
+    pynvml's own struct class routes every attribute access through Python-level
+    __getattribute__/__setattr__ hooks; with ten fields per GPU per scrape that was a third of
+    the read cost. Same memory layout, so the C library cannot tell the difference.
+    """
+
+    _fields_ = pynvml.c_nvmlFieldValue_t._fields_
+
+
+_VALUE_MEMBER = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
+
+
+def field_buffer(field_ids: list[int]) -> ctypes.Array:
+    """A reusable nvmlFieldValue_t array with the field ids filled in (one per GPU worker)."""
+    buf = (FieldValue * len(field_ids))()
+    for slot, fid in zip(buf, field_ids):
+        slot.fieldId = fid
+    return buf
+
+
+def get_field_values(handle: Any, buf: ctypes.Array) -> ctypes.Array:
+    """nvmlDeviceGetFieldValues into ``buf`` (the C entry point, called like pynvml calls it)."""
+    fn = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetFieldValues")
+    for slot in buf:
+        slot.nvmlReturn = pynvml.NVML_ERROR_UNKNOWN   # a library that skips a slot does not pass it as success
+    pynvml._nvmlCheckReturn(fn(handle, ctypes.c_int32(len(buf)), ctypes.byref(buf)))
+    return buf
+
+
+def field_value(slot: FieldValue) -> float:
+    """The number in a field slot, read through the member its valueType names."""
+    return getattr(slot.value, _VALUE_MEMBER.get(slot.valueType, "ullVal"))
 
 
 class GpuLost(Exception):
@@ -66,6 +103,26 @@ class Device:
     unsupported: set[str] = field(default_factory=set)    # call keys answered NOT_SUPPORTED & co
     field_fallback: set[str] = field(default_factory=set)  # sample keys the field API cannot give
     calls: int = 0                                         # NVML calls made for this GPU
+    field_buf: Any = field(default=None, repr=False)       # reused nvmlFieldValue_t array
+    field_buf_ids: list[int] = field(default_factory=list, repr=False)
+    _labels: dict[str, str] | None = field(default=None, repr=False)
+    _labels_with: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict, repr=False)
+
+    def labels(self) -> dict[str, str]:
+        """{"gpu", "uuid"}, built once per identity and shared by every sample (never mutate it)."""
+        lab = self._labels
+        if lab is None or lab["uuid"] != self.uuid:
+            lab = self._labels = {"gpu": str(self.index), "uuid": self.uuid}
+            self._labels_with.clear()
+        return lab
+
+    def labels_with(self, name: str, value: str) -> dict[str, str]:
+        """labels() plus one more label, cached the same way."""
+        base = self.labels()
+        lab = self._labels_with.get((name, value))
+        if lab is None:
+            lab = self._labels_with[(name, value)] = {**base, name: value}
+        return lab
 
     @property
     def handle_value(self) -> int | None:

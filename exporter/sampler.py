@@ -20,20 +20,26 @@ from typing import Sequence
 import pynvml
 
 from exporter.collectors.base import Collector, FieldRead, Sample
-from exporter.nvml import UNSUPPORTED_CODES, Device, ErrorLog, GpuLost, Reader, read_identity
+from exporter.nvml import (UNSUPPORTED_CODES, Device, ErrorLog, GpuLost, Reader, field_buffer, field_value,
+                           get_field_values, read_identity)
 
 log = logging.getLogger("gpuwarden.exporter")
 
-_VALUE_MEMBER = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
 FIELD_CALL = "nvmlDeviceGetFieldValues"
 
 
-def _read_fields(r: Reader, fields: Sequence[FieldRead], s: Sample) -> None:
+def _read_fields(r: Reader, fields: Sequence[FieldRead], field_ids: list[int], s: Sample) -> None:
     dev = r.device
-    active = [f for f in fields if f.key not in dev.field_fallback]
-    fallback = [f for f in fields if f.key in dev.field_fallback]
+    if dev.field_fallback:
+        active = [f for f in fields if f.key not in dev.field_fallback]
+        fallback = [f for f in fields if f.key in dev.field_fallback]
+        field_ids = [f.field_id for f in active]
+    else:
+        active, fallback = list(fields), []
     if active and FIELD_CALL not in dev.unsupported:
-        values = r.call(FIELD_CALL, pynvml.nvmlDeviceGetFieldValues, dev.handle, [f.field_id for f in active])
+        if dev.field_buf is None or dev.field_buf_ids != field_ids:
+            dev.field_buf, dev.field_buf_ids = field_buffer(field_ids), list(field_ids)
+        values = r.call(FIELD_CALL, get_field_values, dev.handle, dev.field_buf)
         if values is None:
             if FIELD_CALL in dev.unsupported:     # no field API in this library: individual calls
                 fallback = list(fields)
@@ -41,7 +47,7 @@ def _read_fields(r: Reader, fields: Sequence[FieldRead], s: Sample) -> None:
             for f, fv in zip(active, values):
                 rc = fv.nvmlReturn
                 if rc == pynvml.NVML_SUCCESS:
-                    s[f.key] = getattr(fv.value, _VALUE_MEMBER.get(fv.valueType, "ullVal")) * f.scale
+                    s[f.key] = field_value(fv) * f.scale
                 elif rc in UNSUPPORTED_CODES or rc == pynvml.NVML_ERROR_INVALID_ARGUMENT:
                     # An older library may not know the field id: use the individual call from now on.
                     r.errors.add(FIELD_CALL, rc)
@@ -59,7 +65,7 @@ def _read_fields(r: Reader, fields: Sequence[FieldRead], s: Sample) -> None:
 
 
 def read_gpu(dev: Device, collectors: Sequence[Collector], fields: Sequence[FieldRead],
-             errors: ErrorLog) -> tuple[bool, Sample]:
+             errors: ErrorLog, field_ids: list[int] | None = None) -> tuple[bool, Sample]:
     """Reads one GPU. Returns (up, sample); up is False when the GPU is lost or nothing answered."""
     if dev.handle is None:
         return False, {}
@@ -68,7 +74,7 @@ def read_gpu(dev: Device, collectors: Sequence[Collector], fields: Sequence[Fiel
     try:
         read_identity(r)
         if fields:
-            _read_fields(r, fields, sample)
+            _read_fields(r, fields, field_ids if field_ids is not None else [f.field_id for f in fields], sample)
         for c in collectors:
             c.read(r, sample)
     except GpuLost:
@@ -132,7 +138,7 @@ class _Worker:
             if rnd is None:
                 return
             try:
-                up, sample = read_gpu(self.dev, s.collectors, s.fields, s.errors)
+                up, sample = read_gpu(self.dev, s.collectors, s.fields, s.errors, s.field_ids)
             except Exception:  # noqa: BLE001 - a bug reading one GPU must not kill its worker
                 log.exception("GPU %d: read failed", self.dev.index)
                 up, sample = False, {}
@@ -164,6 +170,7 @@ class Sampler:
                  timeout: float) -> None:
         self.collectors = list(collectors)
         self.fields = [f for c in self.collectors for f in c.fields]
+        self.field_ids = [f.field_id for f in self.fields]
         self.errors = errors
         self.timeout = timeout
         self.devices = list(devices)

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.samples import Sample as PromSample
 
-from exporter.nvml import Reader
+from exporter.nvml import Device, Reader
 
 GPU_LABELS = ("gpu", "uuid")
 
@@ -25,11 +26,32 @@ Sample = dict[str, Any]
 class GpuView:
     """One GPU in one scrape: identity, whether it answered, and what it answered."""
 
-    gpu: str            # index as a string
-    uuid: str
+    device: Device
     up: bool
     stale: bool
     sample: Sample
+
+    @property
+    def gpu(self) -> str:
+        return str(self.device.index)
+
+    @property
+    def uuid(self) -> str:
+        return self.device.uuid
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return self.device.labels()
+
+
+def new_family(name: str, help: str, counter: bool, labels: Sequence[str] = GPU_LABELS) -> tuple[Metric, str]:
+    """An empty family and the name its samples carry (counters' samples end in _total).
+
+    Samples are appended directly with the GPU's cached label dict: building a label dict per
+    sample per scrape (``add_metric``) was a fifth of a scrape's CPU.
+    """
+    fam = (CounterMetricFamily if counter else GaugeMetricFamily)(name, help, labels=labels)
+    return fam, fam.name + "_total" if counter else fam.name
 
 
 @dataclass(frozen=True)
@@ -52,12 +74,12 @@ class GpuMetric:
     counter: bool = False
 
     def family(self, gpus: Sequence[GpuView]) -> Metric:
-        fam = (CounterMetricFamily if self.counter else GaugeMetricFamily)(self.name, self.help, labels=GPU_LABELS)
-        key = self.key
+        fam, sample_name = new_family(self.name, self.help, self.counter)
+        key, append = self.key, fam.samples.append
         for g in gpus:
             v = g.sample.get(key)
             if v is not None:
-                fam.add_metric((g.gpu, g.uuid), v)
+                append(PromSample(sample_name, g.device.labels(), v))
         return fam
 
 
@@ -72,13 +94,13 @@ class LabelledGpuMetric:
     counter: bool = False
 
     def family(self, gpus: Sequence[GpuView]) -> Metric:
-        cls = CounterMetricFamily if self.counter else GaugeMetricFamily
-        fam = cls(self.name, self.help, labels=GPU_LABELS + (self.label,))
+        fam, sample_name = new_family(self.name, self.help, self.counter, GPU_LABELS + (self.label,))
+        append, label = fam.samples.append, self.label
         for g in gpus:
             values = g.sample.get(self.key)
             if values:
                 for lv, v in values.items():
-                    fam.add_metric((g.gpu, g.uuid, lv), v)
+                    append(PromSample(sample_name, g.device.labels_with(label, lv), v))
         return fam
 
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Iterator, Sequence
 
 import pynvml
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
+from prometheus_client.samples import Sample as PromSample
 
-from exporter.collectors.base import GPU_LABELS, Collector, FieldRead, GpuMetric, GpuView
+from exporter.collectors.base import GPU_LABELS, Collector, FieldRead, GpuMetric, GpuView, new_family
 from exporter.nvml import Reader
 
 CORRECTABLE = GpuMetric("gpu_ecc_errors_correctable_total",
@@ -49,12 +50,12 @@ def _repairs(gpus: Sequence[GpuView]) -> Iterator[Metric]:
         (RETIRED_NAME, RETIRED_HELP, (("single_bit", "retired_sbe"), ("double_bit", "retired_dbe"))),
         (REMAPPED_NAME, REMAPPED_HELP, (("correctable", "remapped_cor"), ("uncorrectable", "remapped_unc"))),
     ):
-        fam = GaugeMetricFamily(name, help_, labels=GPU_LABELS + ("cause",))
+        fam, sample_name = new_family(name, help_, False, GPU_LABELS + ("cause",))
         for g in gpus:
             for cause, key in keys:
                 v = g.sample.get(key)
                 if v is not None:
-                    fam.add_metric((g.gpu, g.uuid, cause), v)
+                    fam.samples.append(PromSample(sample_name, g.device.labels_with("cause", cause), v))
         yield fam
 
 

@@ -101,10 +101,11 @@ class Fleet:
     def sync(self, force: bool = False) -> None:
         """Brings the fleet up to ``clock.now()``, applying due scenario actions in order."""
         now = self.clock.now()
-        with self.lock:
-            due = bool(self._timeline) and self._timeline[0].at <= now
-            if not force and not due and now - self._t < SYNC_QUANTUM_SECONDS:
+        if not force and now - self._t < SYNC_QUANTUM_SECONDS:
+            timeline = self._timeline   # read without the lock: the common case must stay cheap
+            if not timeline or timeline[0].at > now:
                 return
+        with self.lock:
             while self._timeline and self._timeline[0].at <= now:
                 act = self._timeline.pop(0)
                 self._advance_to(act.at)

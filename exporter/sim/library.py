@@ -419,9 +419,15 @@ def _field(g: SimGpu, fid: int) -> tuple[int, int] | None:
     return None
 
 
+class _FieldValue(ctypes.Structure):
+    """nvmlFieldValue_t's layout without pynvml's per-attribute Python hooks (C pays no such cost)."""
+
+    _fields_ = pynvml.c_nvmlFieldValue_t._fields_
+
+
 @_c(c_void_p, c_int, c_void_p)
 def nvmlDeviceGetFieldValues(lib: "SimLibrary", g: SimGpu, count: int, values: int) -> int:
-    arr = (pynvml.c_nvmlFieldValue_t * count).from_address(values)
+    arr = (_FieldValue * count).from_address(values)
     stamp = int(time.time() * 1e6)
     for fv in arr:
         got = _field(g, fv.fieldId)
