@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import statistics
 import subprocess
 import sys
@@ -26,6 +27,8 @@ import time
 from typing import Callable
 
 CONTENDERS = ("gpuwarden", "nvitop (gpu only)", "nvitop (with host)")
+# Per-GPU health signals beyond plain telemetry (what operators alert on).
+HEALTH = re.compile(r"ecc|throttle|xid|retired|remapped|replay|_up$|stale|energy|memory_temperature")
 
 
 def _percentile(xs: list[float], q: float) -> float:
@@ -81,8 +84,9 @@ def _one_size(gpus: int, rounds: int, per_round: int, latency_us: float) -> dict
         for _ in range(5):
             text = fn().decode()
         series = [ln for ln in text.splitlines() if not ln.startswith("#") and f'"{first_uuid}"' in ln]
-        out[name] = {"series_per_gpu": len(series),
-                     "metrics_per_gpu": len({ln.split("{", 1)[0] for ln in series})}
+        names = {ln.split("{", 1)[0] for ln in series}
+        out[name] = {"series_per_gpu": len(series), "metrics_per_gpu": len(names),
+                     "health_per_gpu": len([n for n in names if HEALTH.search(n)])}
     for _ in range(rounds):
         for name, fn in fns.items():
             st = stats[name]
@@ -107,13 +111,13 @@ def _one_size(gpus: int, rounds: int, per_round: int, latency_us: float) -> dict
 
 
 def _table(results: dict[int, dict]) -> str:
-    lines = ["| GPUs | exporter | CPU ms/scrape | p50 ms | p99 ms | NVML calls/scrape | series/GPU | metrics/GPU |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| GPUs | exporter | CPU ms/scrape | p50 ms | p99 ms | NVML calls/scrape | series/GPU | metrics/GPU | health metrics/GPU |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for gpus, res in results.items():
         for name in CONTENDERS:
             r = res[name]
             lines.append(f"| {gpus} | {name} | {r['cpu_ms']:.3f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
-                         f"{r['calls']:.0f} | {r['series_per_gpu']} | {r['metrics_per_gpu']} |")
+                         f"{r['calls']:.0f} | {r['series_per_gpu']} | {r['metrics_per_gpu']} | {r['health_per_gpu']} |")
     lines.append("")
     lines.append("| GPUs | CPU ratio nvitop(gpu only)/gpuwarden | CPU ratio nvitop(with host)/gpuwarden | "
                  "NVML calls ratio | gpuwarden p99 ms |")

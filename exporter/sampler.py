@@ -10,7 +10,9 @@ next collection skips that worker until its call returns. NVML is never called o
 
 from __future__ import annotations
 
+import collections
 import logging
+import math
 import queue
 import threading
 import time
@@ -91,38 +93,40 @@ class GpuResult:
 
 
 class _Round:
-    """One collection; scrapes that arrive while it runs share it."""
+    """One collection; scrapes that arrive while it runs share it.
 
-    def __init__(self, expected: int, deadline: float) -> None:
+    GPUs wait in ``pending``; reader threads take them one at a time (under the sampler's lock,
+    so no GPU is ever read by two threads at once).
+    """
+
+    def __init__(self, indices: list[int], deadline: float) -> None:
         self.deadline = deadline
         self.started = time.monotonic()
-        self.finished: float | None = None
+        self.pending: collections.deque[int] = collections.deque(indices)
         self.results: dict[int, GpuResult] = {}
-        self._pending = expected
+        self.progress = 0                      # GPUs finished; a scrape watches it for stalls
+        self._remaining = len(indices)
         self._lock = threading.Lock()
         self.done = threading.Event()
-        if expected == 0:
-            self.finished = self.started
+        if not indices:
             self.done.set()
 
     def deliver(self, index: int, result: GpuResult) -> None:
         with self._lock:
             self.results[index] = result
-            self._pending -= 1
-            if self._pending == 0:
-                self.finished = time.monotonic()
+            self.progress += 1
+            self._remaining -= 1
+            if self._remaining == 0:
                 self.done.set()
 
 
-class _Worker:
-    """A thread that owns one GPU: only it calls NVML for that GPU's readings."""
+class _Reader:
+    """A thread that reads GPUs for collections; the only kind of thread that calls NVML."""
 
-    def __init__(self, dev: Device, sampler: "Sampler") -> None:
-        self.dev = dev
-        self.busy = False                   # set by the sampler under its lock, cleared here
+    def __init__(self, sampler: "Sampler", n: int) -> None:
         self._sampler = sampler
         self._q: queue.SimpleQueue[_Round | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=f"gpu{dev.index}-reader", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"nvml-reader-{n}", daemon=True)
         self._thread.start()
 
     def submit(self, rnd: _Round) -> None:
@@ -137,16 +141,22 @@ class _Worker:
             rnd = self._q.get()
             if rnd is None:
                 return
-            try:
-                up, sample = read_gpu(self.dev, s.collectors, s.fields, s.errors, s.field_ids)
-            except Exception:  # noqa: BLE001 - a bug reading one GPU must not kill its worker
-                log.exception("GPU %d: read failed", self.dev.index)
-                up, sample = False, {}
-            result = GpuResult(up, sample, time.monotonic())
+            while (dev := s._take(rnd)) is not None:
+                t0 = time.monotonic()
+                try:
+                    up, sample = read_gpu(dev, s.collectors, s.fields, s.errors, s.field_ids)
+                except Exception:  # noqa: BLE001 - a bug reading one GPU must not kill the reader
+                    log.exception("GPU %d: read failed", dev.index)
+                    up, sample = False, {}
+                now = time.monotonic()
+                result = GpuResult(up, sample, now)
+                with s._lock:
+                    s._last[dev.index] = result
+                    s._reading.discard(dev.index)
+                    s._gpu_seconds += 0.2 * ((now - t0) - s._gpu_seconds)   # moving average
+                rnd.deliver(dev.index, result)
             with s._lock:
-                s._last[self.dev.index] = result
-                self.busy = False
-            rnd.deliver(self.dev.index, result)
+                s._idle.append(self)
 
 
 @dataclass(frozen=True)
@@ -164,7 +174,16 @@ class Snapshot:
 
 
 class Sampler:
-    """Per-GPU workers plus single-flight collections with a deadline."""
+    """Reader threads plus single-flight collections with a deadline.
+
+    How many readers a collection wakes adapts to how long a GPU takes to read: with NVML
+    answering in microseconds one reader goes through every GPU (waking eight threads would cost
+    more than the reads); with slow calls (real drivers, ctypes releases the GIL) GPUs are read in
+    parallel. A reader that makes no progress for ``stall`` seconds (a hung call) gets a
+    helper for the GPUs still waiting, so one wedged GPU never holds back the others.
+    """
+
+    TARGET_SECONDS = 0.002   # a reader should get through a collection's share in about this
 
     def __init__(self, devices: Sequence[Device], collectors: Sequence[Collector], errors: ErrorLog,
                  timeout: float) -> None:
@@ -173,24 +192,59 @@ class Sampler:
         self.field_ids = [f.field_id for f in self.fields]
         self.errors = errors
         self.timeout = timeout
+        self.stall = min(0.05, timeout / 4)
         self.devices = list(devices)
+        self._by_index = {d.index: d for d in self.devices}
         self._lock = threading.Lock()
         self._last: dict[int, GpuResult] = {}
         self._round: _Round | None = None
-        self._workers = [_Worker(d, self) for d in self.devices]
+        self._reading: set[int] = set()        # GPUs inside a reader right now (maybe hung)
+        self._idle: list[_Reader] = []
+        self._readers: list[_Reader] = []
+        self._gpu_seconds = 1.0                # unknown at first: the first collection goes wide
+
+    def _take(self, rnd: _Round) -> Device | None:
+        """The next GPU of ``rnd`` no other reader is inside, or None when the round is over."""
+        with self._lock:
+            if time.monotonic() >= rnd.deadline:
+                return None                    # back from a hang: a newer round owns these GPUs
+            while rnd.pending:
+                index = rnd.pending.popleft()
+                if index not in self._reading:
+                    self._reading.add(index)
+                    return self._by_index[index]
+            return None
+
+    def _wake(self, rnd: _Round) -> None:
+        """Hands ``rnd`` to an idle reader, starting one if none is idle (call with the lock)."""
+        if self._idle:
+            reader = self._idle.pop()
+        else:
+            reader = _Reader(self, len(self._readers))
+            self._readers.append(reader)
+        reader.submit(rnd)
 
     def collect(self) -> Snapshot:
         t0 = time.monotonic()
         with self._lock:
             rnd = self._round
             if rnd is None or rnd.done.is_set() or t0 >= rnd.deadline:
-                idle = [w for w in self._workers if not w.busy]
-                rnd = _Round(len(idle), t0 + self.timeout)
-                for w in idle:
-                    w.busy = True
-                    w.submit(rnd)
+                indices = [d.index for d in self.devices if d.index not in self._reading]
+                rnd = _Round(indices, t0 + self.timeout)
+                wanted = math.ceil(len(indices) * self._gpu_seconds / self.TARGET_SECONDS)
+                for _ in range(max(1, min(len(indices), wanted)) if indices else 0):
+                    self._wake(rnd)
                 self._round = rnd
-        rnd.done.wait(max(0.0, rnd.deadline - time.monotonic()))
+        while True:
+            remaining = rnd.deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            seen = rnd.progress
+            if rnd.done.wait(min(remaining, self.stall)):
+                break
+            if rnd.progress == seen and rnd.pending:
+                with self._lock:
+                    self._wake(rnd)            # nothing finished for a while: a call is stuck
         with self._lock:
             last = dict(self._last)
         fresh = dict(rnd.results)
@@ -200,7 +254,7 @@ class Sampler:
             if res is not None:
                 states.append(GpuState(d, res.up, False, res.sample))
             else:
-                # Its worker is still inside NVML: serve the last good values, flagged stale.
+                # Still inside NVML (or queued behind a GPU that is): serve its last good values, flagged.
                 prev = last.get(d.index)
                 states.append(GpuState(d, False, True, prev.sample if prev else {}))
         return Snapshot(states, time.monotonic() - t0)
@@ -209,5 +263,5 @@ class Sampler:
         return sum(d.calls for d in self.devices)
 
     def stop(self) -> None:
-        for w in self._workers:
-            w.stop()
+        for r in self._readers:
+            r.stop()
