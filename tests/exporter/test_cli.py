@@ -85,3 +85,39 @@ def test_prometheus_scrapes_all_8_simulated_gpus(spawn, tmp_path: Path):
     temps = query("gpu_temperature_celsius")
     assert len(temps) == 8 and all(20 < float(r["value"][1]) < 100 for r in temps)
     assert len({r["metric"]["uuid"] for r in temps}) == 8
+
+
+def test_independent_nvml_library_with_a_lost_gpu(spawn, tmp_path):
+    """A C implementation of NVML's ABI (older API, GPU 1 lost) loaded through LD_LIBRARY_PATH."""
+    cc = require_binary("cc")
+    lib = tmp_path / "libnvidia-ml.so.1"
+    src = Path(__file__).parent / "fixtures" / "fake_nvml.c"
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", str(lib), str(src)], check=True, timeout=60)
+    env = dict(os.environ, LD_LIBRARY_PATH=str(tmp_path))
+    proc, url = _start(spawn, env=env)
+    def scraped() -> str | None:
+        t = http_get(url)[1].decode()
+        return t if "gpu_up{" in t else None
+
+    text = wait_until(scraped, timeout=10,
+                      what=f"GPUs from the fake library\n{proc.output()}")
+    lines = set(text.splitlines())
+    assert "gpuwarden_exporter_nvml_up 1.0" in lines
+    assert 'gpu_up{gpu="0",uuid="GPU-fake-0"} 1.0' in lines
+    assert 'gpu_up{gpu="1",uuid=""} 0.0' in lines                 # lost before its UUID was read
+    assert 'gpu_up{gpu="2",uuid="GPU-fake-2"} 1.0' in lines
+    for line in ('gpu_temperature_celsius{gpu="2",uuid="GPU-fake-2"} 42.0',
+                 'gpu_power_watts{gpu="2",uuid="GPU-fake-2"} 72.0',                # individual call
+                 'gpu_energy_joules_total{gpu="0",uuid="GPU-fake-0"} 5000.0',
+                 'gpu_memory_used_bytes{gpu="0",uuid="GPU-fake-0"} 1073741824.0',  # v1 memory info
+                 'gpu_throttle_active{gpu="0",uuid="GPU-fake-0",reason="sw_power_cap"} 1.0',
+                 'gpu_ecc_errors_correctable_total{gpu="0",uuid="GPU-fake-0"} 3.0',
+                 'gpu_pcie_replays_total{gpu="0",uuid="GPU-fake-0"} 7.0',
+                 'gpu_memory_clock_hertz{gpu="0",uuid="GPU-fake-0"} 5001000000.0'):
+        assert line in lines, line
+    assert "gpu_fan_speed_ratio{" not in text
+    assert 'code="function_not_found"' in text and 'call="nvmlDeviceGetFieldValues"' in text
+    assert proc.alive()
+    promtool = require_binary("promtool")
+    res = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30)
+    assert res.returncode == 0 and not res.stdout and not res.stderr, res.stdout + res.stderr
