@@ -38,7 +38,8 @@ from .web import App, BearerAuth
 
 log = logging.getLogger(__name__)
 
-PLUGINS = ("predictor", "remediation")
+# slurm before remediation: it sets agent.scheduler_port, which remediation then acts through.
+PLUGINS = ("predictor", "slurm", "remediation")
 
 
 class Agent:

@@ -35,7 +35,9 @@ def install(agent: "Agent") -> Remediation:
         creds = credentials_from(rc)
     except PolicyConfigError as exc:
         raise cfg.error("remediation.auth", str(exc)) from None
-    rem = Remediation.create(agent.db, rc, SchedulerAdapter(agent.scheduler),
+    # A cluster backend plug-in (scheduler_agent.slurm) may have set its own port.
+    port = getattr(agent, "scheduler_port", None) or SchedulerAdapter(agent.scheduler)
+    rem = Remediation.create(agent.db, rc, port,
                              tracer_provider=agent.tracer_provider, credentials=creds)
     rem.register_routes(agent.app)
     agent.registry.register(rem.collector)

@@ -8,12 +8,19 @@ worker repeats an operation that a kill interrupted before its outcome was recor
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Mapping, Protocol
+
+from scheduler_agent.remediation.actuators import GpuRef
 
 
 class SchedulerPort(Protocol):
-    def quarantine(self, uuid: str, reason: str, actor: str) -> None:
-        """Takes the GPU out of scheduling until a person releases it (no-op if already)."""
+    def quarantine(self, uuid: str, reason: str, actor: str) -> Mapping[str, Any] | None:
+        """Takes the GPU out of scheduling until a person releases it (no-op if already).
+
+        May return details worth keeping in the action's audit entry (the worker merges them
+        into its ``detail``), e.g. that a cluster scheduler drained a whole node."""
 
     def preempt_gpu(self, uuid: str, reason: str) -> list[int]:
         """Stops the jobs on the GPU and requeues them; returns their ids ([] when idle)."""
@@ -26,3 +33,20 @@ class SchedulerPort(Protocol):
 
     def fleet(self) -> Mapping[str, str]:
         """Every known GPU's state by UUID (``healthy``, ``throttled``, ``quarantined``, ...)."""
+
+
+@dataclass(frozen=True)
+class ActionContext:
+    """The action the worker is carrying out while it calls a port: its audit row id (stable
+    across a kill and the resume that repeats the call) and the GPU as the alert named it
+    (instance, index, labels). A port whose operations are not naturally idempotent (a cluster
+    scheduler's requeue) keys its own journal on ``action_id``; one that only knows nodes, not
+    UUIDs, finds the GPU through ``gpu``."""
+
+    action_id: int
+    gpu: GpuRef
+
+
+# Set by the worker around each action's calls to the port; None outside an action.
+CURRENT_ACTION: ContextVar[ActionContext | None] = ContextVar("gpuwarden_current_action",
+                                                              default=None)

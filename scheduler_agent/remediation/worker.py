@@ -31,7 +31,7 @@ from scheduler_agent.remediation import command
 from scheduler_agent.remediation.actuators import GpuRef, PowerActuator
 from scheduler_agent.remediation.config import ACTIONS, RemediationConfig
 from scheduler_agent.remediation.errors import ActuatorError
-from scheduler_agent.remediation.port import SchedulerPort
+from scheduler_agent.remediation.port import CURRENT_ACTION, ActionContext, SchedulerPort
 from scheduler_agent.remediation.store import transaction
 
 log = logging.getLogger("gpuwarden.remediation")
@@ -290,6 +290,7 @@ class Worker:
         with self.tracer.start_as_current_span(f"remediation.{action}", attributes={
                 "gpu.uuid": uuid, "remediation.action": action, "remediation.action_id": aid}
                 ) as span:
+            ctx = CURRENT_ACTION.set(ActionContext(aid, gpu))
             try:
                 if action == "throttle":
                     self.actuator.set_limit(gpu, detail["target_watts"])
@@ -302,7 +303,7 @@ class Worker:
                 elif action == "preempt":
                     result["preempted_jobs"] = self.scheduler.preempt_gpu(uuid, reason)
                 elif action == "quarantine":
-                    self.scheduler.quarantine(uuid, reason, self.actor)
+                    result.update(self.scheduler.quarantine(uuid, reason, self.actor) or {})
                     if self.cfg.quarantine_preempts:
                         result["preempted_jobs"] = self.scheduler.preempt_gpu(uuid, reason)
                 hook = self.cfg.commands.get(action)
@@ -316,6 +317,8 @@ class Worker:
                 # recorded as the action's failure; the worker must go on with the next alert.
                 error = str(exc) or type(exc).__name__
                 span.set_status(trace.Status(trace.StatusCode.ERROR, error))
+            finally:
+                CURRENT_ACTION.reset(ctx)
         outcome = "failed" if error else "acted"
         now = self.clock()
 

@@ -1,0 +1,18 @@
+"""Slurm as the cluster engine behind the agent's actions (``slurm:`` in the agent's config).
+
+When the section is present the remediation worker acts through ``SlurmPort`` instead of the
+embedded scheduler: preempt = ``scontrol requeue`` of the Slurm jobs holding that GPU (then
+``StartTime=now`` so they may start again at once rather than ~120 s later), quarantine = drain
+of the GPU's node with a reason naming the rule, GPU index and UUID (Slurm 22.05 cannot drain a
+single GPU), release = ``State=RESUME`` only while the drain reason is ours. Throttling stays with
+the power-limit actuator. Modules:
+
+- ``errors``: ``SlurmError`` and ``UnknownNode``.
+- ``config``: the ``slurm:`` section, validated by ``config.schema.json``.
+- ``parse``: ``scontrol show node -d`` / ``show job -d`` output, hostlists, GRES indices.
+- ``runner``: scontrol as argument lists with a timeout, retries with back-off, journaled.
+- ``journal``: the ``slurm_commands`` table: every command, its attempts and outcome.
+- ``nodemap``: Prometheus ``instance`` (or a ``node`` label) to the Slurm node name.
+- ``backend``: ``SlurmPort``, the remediation ``SchedulerPort`` backed by Slurm.
+- ``plugin``: the agent's plug-in entry point.
+"""

@@ -1,0 +1,126 @@
+"""``slurm_commands``: every command that changes Slurm, before and after it runs.
+
+A row is written ``pending`` (with what the decision was based on, e.g. the job's ``Restarts``
+count before a requeue) before the command runs and completed ``ok``/``failed`` after, with the
+attempts, exit status and Slurm's words. Rows carry the remediation action id (``action_id``)
+they belong to, so an action the worker repeats after a kill finds what it already did and
+repeats no command: an ``ok`` row is skipped, and a ``pending`` row (killed mid-command) is
+settled by asking Slurm whether the effect is there. Failures after every retry stay here and
+in the remediation audit entry (the worker records the ``SlurmError``).
+
+Our own SQLite connection to the agent's file (component ``slurm`` in ``schema_migrations``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from scheduler_agent.store import Database
+
+COMPONENT = "slurm"
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE slurm_commands (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        action_id INTEGER,
+        op TEXT NOT NULL,
+        target TEXT NOT NULL,
+        argv TEXT NOT NULL,
+        before TEXT NOT NULL DEFAULT '{}',
+        outcome TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        rc INTEGER,
+        output TEXT NOT NULL DEFAULT '',
+        error TEXT NOT NULL DEFAULT '',
+        finished_at REAL
+    );
+    CREATE INDEX slurm_commands_action ON slurm_commands(action_id, op, target);
+    CREATE TABLE slurm_plans (
+        action_id INTEGER NOT NULL,
+        op TEXT NOT NULL,
+        plan TEXT NOT NULL,
+        PRIMARY KEY (action_id, op)
+    );
+    """,
+]
+
+OUTCOMES = ("pending", "ok", "failed", "skipped")
+
+
+class Journal:
+    def __init__(self, db: "Database", clock: Callable[[], float] = time.time) -> None:
+        db.migrate(COMPONENT, MIGRATIONS)
+        self.conn = sqlite3.connect(db.path, timeout=10.0, isolation_level=None,
+                                    check_same_thread=False)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA busy_timeout=10000")
+        self.lock = threading.Lock()
+        self.clock = clock
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def begin(self, action_id: int | None, op: str, target: str, argv: list[str],
+              before: dict[str, Any] | None = None) -> int:
+        with self.lock:
+            cur = self.conn.execute(
+                "INSERT INTO slurm_commands (at, action_id, op, target, argv, before, outcome) "
+                "VALUES (?,?,?,?,?,?,'pending')",
+                (self.clock(), action_id, op, target, json.dumps(argv),
+                 json.dumps(before or {})))
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+    def finish(self, row: int, outcome: str, attempts: int, rc: int | None, output: str = "",
+               error: str = "") -> None:
+        assert outcome in OUTCOMES
+        with self.lock:
+            self.conn.execute(
+                "UPDATE slurm_commands SET outcome=?, attempts=?, rc=?, output=?, error=?, "
+                "finished_at=? WHERE id=?",
+                (outcome, attempts, rc, output[-2000:], error[-2000:], self.clock(), row))
+
+    def previous(self, action_id: int | None, op: str, target: str) -> sqlite3.Row | None:
+        """The latest row of this action for (op, target) that is done or may be (pending)."""
+        if action_id is None:
+            return None
+        with self.lock:
+            return self.conn.execute(
+                "SELECT * FROM slurm_commands WHERE action_id=? AND op=? AND target=? AND "
+                "outcome IN ('ok', 'pending', 'skipped') ORDER BY id DESC LIMIT 1",
+                (action_id, op, target)).fetchone()
+
+    def plan(self, action_id: int | None, op: str, make: Callable[[], Any]) -> Any:
+        """The plan this action made before (e.g. which jobs to requeue), or ``make()``'s,
+        stored now: a repeated action works on what it decided the first time."""
+        if action_id is None:
+            return make()
+        with self.lock:
+            row = self.conn.execute("SELECT plan FROM slurm_plans WHERE action_id=? AND op=?",
+                                    (action_id, op)).fetchone()
+        if row is not None:
+            return json.loads(row[0])
+        value = make()
+        with self.lock:
+            self.conn.execute("INSERT OR IGNORE INTO slurm_plans VALUES (?,?,?)",
+                              (action_id, op, json.dumps(value)))
+        return value
+
+    def rows(self, limit: int = 100) -> list[dict[str, Any]]:
+        with self.lock:
+            rows = self.conn.execute("SELECT * FROM slurm_commands ORDER BY id DESC LIMIT ?",
+                                     (limit,)).fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["argv"] = json.loads(d["argv"])
+            d["before"] = json.loads(d["before"])
+            out.append(d)
+        return out

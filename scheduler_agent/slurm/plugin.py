@@ -1,0 +1,66 @@
+"""The agent's plug-in entry point (see ``scheduler_agent.server``): ``install(agent)``.
+
+With a ``slurm:`` section (and ``enabled`` not false) it builds the ``SlurmPort`` and sets it as
+``agent.scheduler_port``, which the remediation plug-in (installed after this one) acts through
+instead of the embedded scheduler. It also follows the embedded scheduler's quarantine/release
+events (operators using ``/api/v1/gpus/{uuid}/release``) and adds two routes:
+
+  GET  /api/v1/slurm/commands                 the journal of Slurm commands, newest first
+  POST /api/v1/slurm/gpus/{uuid}/release      release in Slurm (and in the agent), with the answer
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from scheduler_agent.slurm.backend import SlurmPort
+from scheduler_agent.slurm.config import parse
+from scheduler_agent.slurm.errors import SlurmError
+from scheduler_agent.slurm.journal import Journal
+from scheduler_agent.slurm.nodemap import NodeMap
+from scheduler_agent.slurm.runner import Runner
+
+if TYPE_CHECKING:
+    from scheduler_agent.server import Agent
+
+
+def install(agent: "Agent") -> SlurmPort | None:
+    cfg = agent.config
+    if "slurm" not in cfg.raw:
+        return None
+    sc = parse(cfg.section("slurm"), error=cfg.error)
+    if not sc.enabled:
+        return None
+    runner = Runner(sc.scontrol, str(cfg.resolve(sc.slurm_conf)) if sc.slurm_conf else None,
+                    sc.timeout_seconds, sc.attempts, sc.backoff_seconds)
+    port = SlurmPort(runner, Journal(agent.db), NodeMap(sc.nodes, sc.node_label),
+                     agent.scheduler, sc.start_requeued_now)
+    agent.scheduler_port = port  # type: ignore[attr-defined] - read by the remediation plug-in
+    agent.scheduler.subscribe(port.on_event)
+    _routes(agent, port)
+    return port
+
+
+def _routes(agent: "Agent", port: SlurmPort) -> None:
+    from scheduler_agent.web import Response  # noqa: PLC0415
+
+    def commands(req):  # type: ignore[no-untyped-def]
+        try:
+            limit = int((req.query.get("limit") or ["100"])[-1])
+        except ValueError:
+            return Response(400, {"error": "limit must be an integer", "field": "limit"})
+        return Response(200, {"commands": port.journal.rows(max(1, min(limit, 10000)))})
+
+    def release(req):  # type: ignore[no-untyped-def]
+        try:
+            return Response(200, port.release(req.params["uuid"], "api"))
+        except SlurmError as exc:
+            return Response(502, {"error": str(exc), "field": None})
+
+    agent.app.add_route("GET", "/api/v1/slurm/commands", commands, openapi={
+        "summary": "Slurm commands the agent ran (journal), newest first",
+        "responses": {"200": {"description": "commands with attempts and outcome"}}})
+    agent.app.add_route("POST", "/api/v1/slurm/gpus/{uuid}/release", release, openapi={
+        "summary": "Release a quarantined GPU: resume its node when our drain holds no other GPU",
+        "responses": {"200": {"description": "what was done in Slurm"},
+                      "502": {"description": "scontrol failed (the error says how)"}}})
