@@ -105,6 +105,7 @@ class _Round:
         self.pending: collections.deque[int] = collections.deque(indices)
         self.results: dict[int, GpuResult] = {}
         self.progress = 0                      # GPUs finished; a scrape watches it for stalls
+        self.readers = 0                       # reader threads working on this round
         self._remaining = len(indices)
         self._lock = threading.Lock()
         self.done = threading.Event()
@@ -150,10 +151,15 @@ class _Reader:
                     up, sample = False, {}
                 now = time.monotonic()
                 result = GpuResult(up, sample, now)
+                took = now - t0
                 with s._lock:
                     s._last[dev.index] = result
                     s._reading.discard(dev.index)
-                    s._gpu_seconds += 0.2 * ((now - t0) - s._gpu_seconds)   # moving average
+                    # Moving average of one GPU's read time. Readers running side by side slow
+                    # each other (the GIL), so their times may only pull the estimate down;
+                    # otherwise wide collections would measure themselves slow and stay wide.
+                    if rnd.readers == 1 or took < s._gpu_seconds:
+                        s._gpu_seconds += 0.2 * (took - s._gpu_seconds)
                 rnd.deliver(dev.index, result)
             with s._lock:
                 s._idle.append(self)
@@ -201,7 +207,7 @@ class Sampler:
         self._reading: set[int] = set()        # GPUs inside a reader right now (maybe hung)
         self._idle: list[_Reader] = []
         self._readers: list[_Reader] = []
-        self._gpu_seconds = 1.0                # unknown at first: the first collection goes wide
+        self._gpu_seconds = 0.0                # learnt from single-reader collections
 
     def _take(self, rnd: _Round) -> Device | None:
         """The next GPU of ``rnd`` no other reader is inside, or None when the round is over."""
@@ -222,6 +228,7 @@ class Sampler:
         else:
             reader = _Reader(self, len(self._readers))
             self._readers.append(reader)
+        rnd.readers += 1
         reader.submit(rnd)
 
     def collect(self) -> Snapshot:

@@ -156,3 +156,20 @@ def test_concurrent_scrapes_share_one_collection(make_exporter):
         t.join(10)
     assert len(results) == 8
     assert h.lib.calls["nvmlDeviceGetFieldValues"] == 8   # one per GPU, not one per GPU per scrape
+
+
+def test_slow_nvml_is_read_in_parallel_fast_nvml_by_one_reader(make_exporter):
+    h = make_exporter(8, latency_s=0.005)                 # ~45 ms a GPU: 360 ms one after another
+    for _ in range(3):
+        h.scrape()                                        # learns how slow a GPU is
+    t0 = time.monotonic()
+    h.scrape()
+    assert time.monotonic() - t0 < 0.2
+    h.lib.latency_s = 0.0
+    for _ in range(60):
+        h.scrape()                                        # fast again: the estimate comes down
+    before = threading.active_count()
+    readers = h.service.sampler._round.readers
+    h.scrape()
+    assert h.service.sampler._round.readers == 1 and readers == 1
+    assert threading.active_count() == before             # no thread started per scrape
