@@ -45,7 +45,7 @@ PREFIX = "gpuwarden:"
 NODE_SCOPE_NOTE = ("Slurm 22.05 cannot drain a single GPU: the whole node {node} ({gpus} GPUs) "
                    "is drained, so it takes no new jobs on any GPU until released")
 RUNNING = ("RUNNING", "SUSPENDED", "CONFIGURING")
-_ENTRY = re.compile(r"(\S+) gpu (\d+) (\S+)")
+_ENTRY = re.compile(r"([^\s;]+) gpu (\d+) ([^\s;]+)")
 
 
 @dataclass(frozen=True)

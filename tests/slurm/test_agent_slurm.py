@@ -246,3 +246,24 @@ def test_the_agent_killed_mid_requeue_repeats_no_command(clean_slurm, spawn, tmp
     assert len([x for x in agent.actions(action="preempt")]) == 1
     ops = [(c["op"], c["outcome"]) for c in reversed(agent.commands())]
     assert ops == [("requeue", "ok"), ("start_now", "ok")], agent.commands()
+
+
+def test_two_quarantined_gpus_share_the_drain_until_both_are_released(
+        clean_slurm, spawn, tmp_path, scontrol_wrapper):
+    slurm = clean_slurm
+    wrapper, _ = scontrol_wrapper
+    agent = Agent(spawn, tmp_path, slurm, wrapper).start()
+    agent.notify("ECC_UNCORRECTABLE", "quarantine", gpu=1)
+    agent.decided("quarantine", uuid_of(1))
+    agent.notify("ECC_UNCORRECTABLE", "quarantine", gpu=2)
+    agent.decided("quarantine", uuid_of(2))
+    assert slurm.node_info()["Reason"] == (f"gpuwarden: ECC_UNCORRECTABLE gpu 1 {uuid_of(1)}; "
+                                           f"ECC_UNCORRECTABLE gpu 2 {uuid_of(2)}")
+    status, body = agent.request("POST", f"/api/v1/slurm/gpus/{uuid_of(1)}/release")
+    assert status == 200 and body["resumed"] is False, body
+    node = slurm.node_info()
+    assert "DRAIN" in node["State"]
+    assert node["Reason"] == f"gpuwarden: ECC_UNCORRECTABLE gpu 2 {uuid_of(2)}"
+    status, body = agent.request("POST", f"/api/v1/slurm/gpus/{uuid_of(2)}/release")
+    assert status == 200 and body["resumed"] is True, body
+    assert "DRAIN" not in slurm.node_info()["State"]
