@@ -267,3 +267,18 @@ def test_two_quarantined_gpus_share_the_drain_until_both_are_released(
     status, body = agent.request("POST", f"/api/v1/slurm/gpus/{uuid_of(2)}/release")
     assert status == 200 and body["resumed"] is True, body
     assert "DRAIN" not in slurm.node_info()["State"]
+
+
+def test_a_manual_quarantine_through_the_agents_api_drains_in_slurm(
+        clean_slurm, spawn, tmp_path, scontrol_wrapper):
+    slurm = clean_slurm
+    wrapper, _ = scontrol_wrapper
+    agent = Agent(spawn, tmp_path, slurm, wrapper).start()
+    status, body = agent.request("POST", f"/api/v1/gpus/{uuid_of(7)}/quarantine",
+                                 {"reason": "fan noise"})
+    assert status == 200, body
+    assert slurm.node_info()["Reason"] == f"gpuwarden: manual gpu 7 {uuid_of(7)}"
+    status, body = agent.request("POST", f"/api/v1/gpus/{uuid_of(7)}/release", {})
+    assert status == 200, body
+    assert "DRAIN" not in slurm.node_info()["State"]
+    assert [c["op"] for c in reversed(agent.commands())] == ["drain", "resume"]
