@@ -1,5 +1,6 @@
 # Every target sets itself up: a virtualenv in .venv, pip install, and the Debian packages for
-# Prometheus, promtool, Alertmanager and amtool when they are missing.
+# Prometheus, promtool, Alertmanager and amtool (and Slurm and munge, for the Slurm backend's
+# tests) when they are missing.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
@@ -15,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 
 binaries:
 	@bash .ci/install-binaries
+	@bash .ci/install-slurm
 
 # Brings the whole loop up on this host (real GPUs when NVML finds them, else the simulated fleet).
 up: setup binaries
