@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 import pynvml
 
+from exporter.exposition import LabelSet
+
 log = logging.getLogger("gpuwarden.exporter")
 
 # Answers that will not change until the driver changes: ask once, then never again.
@@ -112,7 +114,7 @@ class Device:
         """{"gpu", "uuid"}, built once per identity and shared by every sample (never mutate it)."""
         lab = self._labels
         if lab is None or lab["uuid"] != self.uuid:
-            lab = self._labels = {"gpu": str(self.index), "uuid": self.uuid}
+            lab = self._labels = LabelSet({"gpu": str(self.index), "uuid": self.uuid})
             self._labels_with.clear()
         return lab
 
@@ -121,7 +123,7 @@ class Device:
         base = self.labels()
         lab = self._labels_with.get((name, value))
         if lab is None:
-            lab = self._labels_with[(name, value)] = {**base, name: value}
+            lab = self._labels_with[(name, value)] = LabelSet({**base, name: value})
         return lab
 
     @property
