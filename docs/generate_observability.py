@@ -1,0 +1,223 @@
+"""Writes docs/OBSERVABILITY.md from what the code and the config actually produce.
+
+    python docs/generate_observability.py           # rewrite docs/OBSERVABILITY.md
+    python docs/generate_observability.py --check   # exit 1 when the committed file is stale
+
+Metrics come from real /metrics pages: the exporter (``gpuwarden-exporter --simulate 2``) and the
+agent (``gpuwarden-agent serve`` with every plug-in enabled) are started on free ports and scraped
+once; each family's name, type, help and label names are read from the exposition. Alerts and
+recording rules come from the generated rule files in rules/generated (themselves generated from
+rules/thresholds.yaml), so neither list can drift from what is shipped. Lives beside the doc, not
+inside a package, because it depends on all three packages and none of them should depend on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parent.parent
+DOC = REPO / "docs" / "OBSERVABILITY.md"
+RULES_DIR = REPO / "rules" / "generated"
+GPUS = 2
+# Label names a histogram/summary adds to its samples; not labels a user selects on.
+_SAMPLE_LABELS = {"le", "quantile"}
+
+
+@dataclass
+class Family:
+    name: str
+    type: str
+    help: str
+    labels: set[str] = field(default_factory=set)
+
+
+def _script(name: str) -> str:
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if not found:
+        raise SystemExit(f"{name} not installed: run 'pip install -e .' first")
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scrape(argv: list[str], url: str, cwd: Path, ready: str | None = None) -> str:
+    """Starts ``argv``, waits for ``ready`` (default ``url``) to answer, returns ``url``'s body,
+    and stops the process (its whole group, by pid) whatever happens."""
+    log = open(cwd / "child.log", "ab")
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"{argv[0]} exited ({proc.returncode}); see {cwd / 'child.log'}")
+            try:
+                with urllib.request.urlopen(ready or url, timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{argv[0]} did not answer {ready or url} within 30s") from None
+                time.sleep(0.1)
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.read().decode()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def families(text: str) -> list[Family]:
+    out: dict[str, Family] = {}
+    for fam in text_string_to_metric_families(text):
+        # prometheus_client's parser names a counter family without its _total suffix.
+        name = fam.name + "_total" if fam.type == "counter" else fam.name
+        f = out.setdefault(name, Family(name, fam.type, fam.documentation))
+        for sample in fam.samples:
+            f.labels |= set(sample.labels) - _SAMPLE_LABELS
+    return sorted(out.values(), key=lambda f: f.name)
+
+
+def exporter_metrics(tmp: Path) -> list[Family]:
+    port = _free_port()
+    text = _scrape([_script("gpuwarden-exporter"), f"--web.listen-address=127.0.0.1:{port}",
+                    f"--simulate={GPUS}", "--sim.control-address="], f"http://127.0.0.1:{port}/metrics", tmp)
+    return families(text)
+
+
+def agent_metrics(tmp: Path) -> list[Family]:
+    """The agent with its scheduler, remediation and predictor plug-ins (the predictor pointed
+    at a Prometheus that is not there: its families exist all the same)."""
+    port = _free_port()
+    (tmp / "token").write_text("generate-observability\n")
+    config = {
+        "web": {"listen_address": f"127.0.0.1:{port}", "token_file": "token"},
+        "database": {"path": "agent.db"},
+        "inventory": {"nodes": [{"name": "node-a", "count": GPUS}]},
+        "executor": {"kind": "tracking"},
+        "remediation": {"auth": {"bearer_token_file": "token"}},
+        "predictor": {"prometheus_url": f"http://127.0.0.1:{_free_port()}", "timeout_seconds": 1},
+    }
+    (tmp / "agent.yaml").write_text(yaml.safe_dump(config))
+    text = _scrape([_script("gpuwarden-agent"), "serve", "--config=agent.yaml"], f"http://127.0.0.1:{port}/metrics",
+                   tmp, ready=f"http://127.0.0.1:{port}/healthz")
+    return families(text)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _metric_table(fams: list[Family]) -> list[str]:
+    rows = ["| metric | type | labels | help |", "|---|---|---|---|"]
+    for f in fams:
+        labels = ", ".join(f"`{x}`" for x in sorted(f.labels)) or "—"
+        rows.append(f"| `{f.name}` | {f.type} | {labels} | {_cell(f.help)} |")
+    return rows
+
+
+def _rule_groups() -> list[tuple[str, dict]]:
+    out = []
+    for path in sorted(RULES_DIR.glob("*.rules.yml")):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                out.append((f"{path.name} / {group['name']}", rule))
+    return out
+
+
+def render(exporter: list[Family], agent: list[Family]) -> str:
+    rules = _rule_groups()
+    alerts = [(src, r) for src, r in rules if "alert" in r]
+    records = [(src, r) for src, r in rules if "record" in r]
+    lines = [
+        "<!-- Generated by docs/generate_observability.py from the exporter's and the agent's /metrics",
+        "     and rules/generated/*.rules.yml. Do not edit: run `python docs/generate_observability.py`",
+        "     (tests/deploy/test_observability.py fails when this file is stale). -->",
+        "# Observability: every metric and every alert",
+        "",
+        "What gpuwarden exposes and what it alerts on, read from the running code and the shipped "
+        "rules. Per-GPU series carry `gpu` (the index on its node) and `uuid`; Prometheus adds "
+        "`instance` and `job` (`gpuwarden-exporter`, `gpuwarden-agent`) when it scrapes.",
+        "",
+        f"## Exporter metrics (`gpuwarden-exporter`, default port 9786): {len(exporter)} families",
+        "",
+        "Scraped from `gpuwarden-exporter --simulate` (the same NVML code path as on real GPUs). "
+        "Families whose label column is empty but that carry labels (e.g. per-XID counters) get "
+        "their series on the first event.",
+        "",
+        *_metric_table(exporter),
+        "",
+        f"## Agent metrics (`gpuwarden-agent`, default port 9787): {len(agent)} families",
+        "",
+        "Scraped from `gpuwarden-agent serve` with the scheduler, remediation and predictor enabled.",
+        "",
+        *_metric_table(agent),
+        "",
+        f"## Alerts: {len(alerts)}",
+        "",
+        "From rules/generated (edit rules/thresholds.yaml and run `gpuwarden-rules generate`). Every "
+        "alert carries `rule`, `severity`, `action` and `family`, keeps the GPU's `instance`, `gpu`, "
+        "`uuid`, and links its runbook.",
+        "",
+        "| alert | rule | severity | action | for | fires when | runbook |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for _src, r in alerts:
+        labels = r.get("labels", {})
+        runbook = r.get("annotations", {}).get("runbook_url", "")
+        rel = f"[{r['alert']}](runbooks/{runbook.rsplit('/', 1)[-1]})" if runbook else "—"
+        lines.append(f"| `{r['alert']}` | {labels.get('rule', '—')} | {labels.get('severity', '—')} | "
+                     f"{labels.get('action', '—')} | {r.get('for', '0s')} | `{_cell(r['expr'])}` | {rel} |")
+    lines += ["", f"## Recording rules: {len(records)}", "", "| record | expression |", "|---|---|"]
+    for _src, r in records:
+        lines.append(f"| `{r['record']}` | `{_cell(r['expr'])}` |")
+    return "\n".join(lines) + "\n"
+
+
+def generate() -> str:
+    with tempfile.TemporaryDirectory(prefix="gpuwarden-obs-") as tmp:
+        exp_dir, agent_dir = Path(tmp, "exporter"), Path(tmp, "agent")
+        exp_dir.mkdir()
+        agent_dir.mkdir()
+        return render(exporter_metrics(exp_dir), agent_metrics(agent_dir))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 when docs/OBSERVABILITY.md is stale")
+    args = parser.parse_args(argv)
+    text = generate()
+    if args.check:
+        if not DOC.exists() or DOC.read_text() != text:
+            print(f"{DOC.relative_to(REPO)} is stale: run 'python docs/generate_observability.py'", file=sys.stderr)
+            return 1
+        return 0
+    DOC.write_text(text)
+    print(f"wrote {DOC.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Shared by the deploy tests: the manifests and units, parsed once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scheduler_agent import config as agent_config
+from scheduler_agent.remediation import config as remediation_config
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+EXPORTER_PORT = 9786   # BRIEF.md: default ports
+AGENT_PORT = 9787
+
+
+def k8s_docs(name: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((DEPLOY / "kubernetes" / name).read_text()) if d is not None]
+
+
+def check_agent_config(text: str, tmp: Path, source: str) -> dict[str, Any]:
+    """Loads an agent config the way ``gpuwarden-agent serve`` does (schema, then the remediation
+    plug-in's schema); the token file it names is made to exist under ``tmp`` first (the real
+    one is a deployment secret). Returns the parsed document."""
+    doc = yaml.safe_load(text)
+    token = tmp / "token"
+    token.write_text("t\n")
+    local = {**doc, "web": {**doc["web"], "token_file": str(token)}}
+    path = tmp / "agent.yaml"
+    path.write_text(yaml.safe_dump(local))
+    agent_config.load(path)
+    remediation_config.parse(doc.get("remediation"), source)
+    return doc

@@ -1,0 +1,152 @@
+"""deploy/kubernetes: every manifest parsed; labels, selectors, ports and references consistent
+with each other and with the exporter's (9786) and agent's (9787) defaults; the PrometheusRule is
+the generated one; the agent's ConfigMap is a config the agent accepts."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import rules.config
+from tests.deploy.conftest import AGENT_PORT, DEPLOY, EXPORTER_PORT, REPO, check_agent_config, k8s_docs
+
+K8S = DEPLOY / "kubernetes"
+MANIFESTS = sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def _all() -> list[dict[str, Any]]:
+    return [d for name in MANIFESTS for d in k8s_docs(name)]
+
+
+def _one(kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in _all() if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name} in deploy/kubernetes, found {len(found)}"
+    return found[0]
+
+
+def _subset(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def _container(workload: dict[str, Any]) -> dict[str, Any]:
+    containers = workload["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+@pytest.mark.parametrize("doc", _all(), ids=lambda d: f"{d.get('kind')}/{d.get('metadata', {}).get('name')}")
+def test_required_fields(doc: dict[str, Any]) -> None:
+    assert doc["apiVersion"] and doc["kind"] and doc["metadata"]["name"]
+    assert "namespace" not in doc["metadata"], "the namespace comes from kustomization.yaml"
+    if doc["kind"] not in ("Namespace",):
+        assert doc["metadata"]["labels"]["app.kubernetes.io/name"].startswith("gpuwarden")
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    """And, where kubectl is installed, renders (client-side only: no cluster is contacted)."""
+    kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert sorted(kust["resources"]) == MANIFESTS
+    assert kust["namespace"] == _one("Namespace", "gpuwarden")["metadata"]["name"]
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        return   # not a skip: the files were parsed and cross-checked here and below
+    out = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert len(docs) == len(_all())
+    assert all(d["metadata"].get("namespace") == kust["namespace"] for d in docs if d["kind"] != "Namespace")
+
+
+def test_prometheusrule_is_the_generated_one() -> None:
+    generated = REPO / "rules" / "generated" / "gpuwarden.prometheusrule.yaml"
+    assert (K8S / "prometheusrule.yaml").read_bytes() == generated.read_bytes(), (
+        "deploy/kubernetes/prometheusrule.yaml differs from the generated rules: "
+        "cp rules/generated/gpuwarden.prometheusrule.yaml deploy/kubernetes/prometheusrule.yaml")
+
+
+@pytest.mark.parametrize("kind,name,port,port_name", [
+    ("DaemonSet", "gpuwarden-exporter", EXPORTER_PORT, "metrics"),
+    ("Deployment", "gpuwarden-agent", AGENT_PORT, "http"),
+])
+def test_workload_service_and_servicemonitor_agree(kind: str, name: str, port: int, port_name: str) -> None:
+    workload = _one(kind, name)
+    pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+    assert _subset(workload["spec"]["selector"]["matchLabels"], pod_labels)
+    ports = {p["name"]: p["containerPort"] for p in _container(workload)["ports"]}
+    assert ports == {port_name: port}
+
+    service = _one("Service", name)
+    assert _subset(service["spec"]["selector"], pod_labels)
+    [sport] = service["spec"]["ports"]
+    assert (sport["name"], sport["port"], sport["targetPort"]) == (port_name, port, port_name)
+
+    monitor = _one("ServiceMonitor", name)
+    assert _subset(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == [port_name]
+    # No jobLabel: the Prometheus job is the Service's name, which the rules and dashboards select.
+    assert "jobLabel" not in monitor["spec"]
+
+
+def test_exporter_job_matches_the_rules() -> None:
+    """Every generated rule selects job=<settings.exporter_job>; the ServiceMonitor's job is the
+    Service's name, so the two must be equal or no alert can ever fire."""
+    job = rules.config.load().exporter_job
+    assert _one("Service", "gpuwarden-exporter")["metadata"]["name"] == job
+    generated = (K8S / "prometheusrule.yaml").read_text()
+    assert f'job="{job}"' in generated
+
+
+def test_exporter_daemonset() -> None:
+    ds = _one("DaemonSet", "gpuwarden-exporter")
+    c = _container(ds)
+    assert c["command"] == ["gpuwarden-exporter"]
+    assert f"--web.listen-address=:{EXPORTER_PORT}" in c["args"]
+    assert not any(a.startswith("--simulate") or a.startswith("--scenario") for a in c["args"])
+    # Sees every GPU without taking any from the device plugin.
+    assert "nvidia.com/gpu" not in str(c.get("resources", {}))
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
+    assert c["readinessProbe"]["httpGet"]["port"] == "metrics"
+    monitor = _one("ServiceMonitor", "gpuwarden-exporter")
+    [relabel] = monitor["spec"]["endpoints"][0]["relabelings"]
+    assert relabel == {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "instance"}
+
+
+def test_agent_deployment_config_and_references(tmp_path: Path) -> None:
+    dep = _one("Deployment", "gpuwarden-agent")
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate", \
+        "one writer of the SQLite state"
+    pod = dep["spec"]["template"]["spec"]
+    c = _container(dep)
+    assert c["command"] == ["gpuwarden-agent"] and c["args"][0] == "serve"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert set(mounts) == set(volumes)
+
+    cm_name = volumes["config"]["configMap"]["name"]
+    cm = _one("ConfigMap", cm_name)
+    config_path = mounts["config"]["mountPath"]
+    assert c["args"][1] == f"--config={config_path}"
+    doc = check_agent_config(cm["data"][mounts["config"]["subPath"]], tmp_path, f"ConfigMap/{cm_name}")
+
+    assert doc["web"]["listen_address"] == f":{AGENT_PORT}"
+    secret = volumes["webhook-token"]["secret"]
+    token_path = f"{mounts['webhook-token']['mountPath']}/{secret['items'][0]['path']}"
+    assert doc["web"]["token_file"] == token_path == doc["remediation"]["auth"]["bearer_token_file"]
+    # The Secret is created by the operator (never shipped with a value); the comment says how.
+    assert not [d for d in _all() if d["kind"] == "Secret"]
+    assert f"create secret generic {secret['secretName']}" in (K8S / "agent.yaml").read_text()
+    assert secret["items"][0]["key"] == "token"
+
+    claim = volumes["state"]["persistentVolumeClaim"]["claimName"]
+    _one("PersistentVolumeClaim", claim)
+    assert doc["database"]["path"].startswith(mounts["state"]["mountPath"] + "/")
+    assert doc["executor"]["kind"] == "tracking", "a pod cannot run jobs on the GPU nodes itself"
+    assert doc["inventory"]["prometheus"]["node_label"] == "instance"
+
+
