@@ -150,3 +150,14 @@ def test_agent_deployment_config_and_references(tmp_path: Path) -> None:
     assert doc["inventory"]["prometheus"]["node_label"] == "instance"
 
 
+
+
+def test_image_is_built_from_this_repository() -> None:
+    """The manifests' image is the one deploy/Dockerfile builds: it copies every package the
+    console scripts import (so `gpuwarden-exporter` and `gpuwarden-agent` exist in it)."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    images = {_container(_one(k, n))["image"] for k, n in (("DaemonSet", "gpuwarden-exporter"),
+                                                            ("Deployment", "gpuwarden-agent"))}
+    assert len(images) == 1 and next(iter(images)) in dockerfile
+    for package in ("exporter", "rules", "scheduler_agent", "dashboards"):
+        assert f"COPY {package} ./{package}" in dockerfile
