@@ -40,11 +40,11 @@ def _duration(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpuwarden-exporter", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN,
+    p.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN, metavar="ADDRESS",
                    help="address to serve /metrics on (default %(default)s)")
-    p.add_argument("--web.telemetry-path", dest="metrics_path", default="/metrics",
+    p.add_argument("--web.telemetry-path", dest="metrics_path", default="/metrics", metavar="PATH",
                    help="path of the metrics page (default %(default)s)")
-    p.add_argument("--collector.timeout", dest="timeout", type=_duration, default=DEFAULT_TIMEOUT,
+    p.add_argument("--collector.timeout", dest="timeout", type=_duration, default=DEFAULT_TIMEOUT, metavar="DURATION",
                    help="longest a scrape waits for NVML; GPUs still being read are served stale "
                         "(default %(default)ss; keep it under Prometheus' scrape_timeout)")
     for name, c in collectors.COLLECTORS.items():
@@ -56,10 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--scenario", metavar="FILE",
                      help="play this scenario on the simulated fleet (implies --simulate; "
                           "fleet size from the scenario's 'gpus', else 8)")
-    sim.add_argument("--sim.model", dest="sim_model", default="h100", help="simulated board (h100, v100)")
-    sim.add_argument("--sim.control-address", dest="control", default=DEFAULT_CONTROL,
+    sim.add_argument("--sim.model", dest="sim_model", default="h100", metavar="MODEL", help="simulated board (h100, v100)")
+    sim.add_argument("--sim.control-address", dest="control", default=DEFAULT_CONTROL, metavar="ADDRESS",
                      help="simulator control endpoint (default %(default)s; '' disables it)")
-    p.add_argument("--log.level", dest="log_level", default="info",
+    p.add_argument("--log.level", dest="log_level", default="info", metavar="LEVEL",
                    choices=("debug", "info", "warn", "error"), help="(default %(default)s)")
     return p
 

@@ -173,3 +173,21 @@ def test_slow_nvml_is_read_in_parallel_fast_nvml_by_one_reader(make_exporter):
     h.scrape()
     assert h.service.sampler._round.readers == 1 and readers == 1
     assert threading.active_count() == before             # no thread started per scrape
+
+
+def test_a_disabled_collector_makes_no_calls_and_exports_nothing(make_exporter):
+    h = make_exporter(2, enabled={"ecc": False, "clocks": False})
+    fams = h.scrape()
+    h.lib.calls.clear()
+    fams = h.scrape()
+    assert not any(n.startswith(("gpu_ecc", "gpu_remapped", "gpu_retired", "gpu_sm_clock")) for n in fams)
+    assert h.lib.calls["nvmlDeviceGetClockInfo"] == 0
+    assert set(h.values(fams, "gpu_temperature_celsius")) == {"0", "1"}
+
+
+def test_cli_parses_durations_and_collector_flags():
+    from exporter.cli import build_parser
+    args = build_parser().parse_args(["--collector.timeout=250ms", "--no-collector.xid", "--collector.ecc"])
+    assert args.timeout == 0.25 and args.collector_xid is False and args.collector_ecc is True
+    assert build_parser().parse_args(["--collector.timeout=3"]).timeout == 3.0
+    assert build_parser().parse_args([]).listen == ":9786"
