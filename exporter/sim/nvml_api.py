@@ -1,0 +1,479 @@
+"""The simulated NVML entry points, one Python function per C function.
+
+Each is declared with its C argument types (``@_c(...)``); ``library.SimLibrary`` wraps them in
+``ctypes.CFUNCTYPE`` callables. Output arguments arrive as addresses and get C values written
+into them, as the real library would.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from ctypes import c_char_p, c_int, c_uint, c_ulonglong, c_void_p, memmove
+from typing import TYPE_CHECKING, Any, Callable
+
+import pynvml
+
+from exporter.sim.physics import SimGpu
+
+if TYPE_CHECKING:
+    from exporter.sim.library import SimLibrary
+
+SUCCESS = 0
+ERROR_UNINITIALIZED = 1
+ERROR_INVALID_ARGUMENT = 2
+ERROR_NOT_SUPPORTED = 3
+ERROR_NOT_FOUND = 6
+ERROR_INSUFFICIENT_SIZE = 7
+ERROR_TIMEOUT = 10
+ERROR_GPU_IS_LOST = 15
+ERROR_ARGUMENT_VERSION_MISMATCH = 25
+ERROR_UNKNOWN = 999
+
+HANDLE_BASE = 0x6770_0000     # handle of GPU i is HANDLE_BASE + 16 * i (any non-null value works)
+EVENT_SET_BASE = 0x6771_0000
+SUPPORTED_EVENTS = 0x8        # nvmlEventTypeXidCriticalError
+
+# name -> (argument types, python function, is it a device call (first arg a handle)?)
+FUNCTIONS: dict[str, tuple[tuple[Any, ...], Callable[..., int], bool]] = {}
+
+
+def _c(*argtypes: Any, device: bool = True, names: tuple[str, ...] = ()) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Declares a C entry point (named like the function, plus aliases in ``names``)."""
+    def deco(fn: Callable[..., int]) -> Callable[..., int]:
+        for n in (fn.__name__,) + names:
+            FUNCTIONS[n] = (argtypes, fn, device)
+        return fn
+    return deco
+
+
+def _put(ctype: Any, addr: int | None, value: Any) -> None:
+    if addr:
+        ctype.from_address(addr).value = value
+
+
+def _put_str(addr: int | None, size: int, text: str) -> int:
+    data = text.encode() + b"\0"
+    if not addr or len(data) > size:
+        return ERROR_INSUFFICIENT_SIZE
+    memmove(addr, data, len(data))
+    return SUCCESS
+
+
+# ---- library-wide calls ---------------------------------------------------------------------
+@_c(c_uint, device=False)
+def nvmlInitWithFlags(lib: "SimLibrary", flags: int) -> int:
+    lib.initialized += 1
+    return SUCCESS
+
+
+@_c(device=False, names=("nvmlInit",))
+def nvmlInit_v2(lib: "SimLibrary") -> int:
+    lib.initialized += 1
+    return SUCCESS
+
+
+@_c(device=False)
+def nvmlShutdown(lib: "SimLibrary") -> int:
+    if not lib.initialized:
+        return ERROR_UNINITIALIZED
+    lib.initialized -= 1
+    return SUCCESS
+
+
+@_c(c_void_p, c_uint, device=False)
+def nvmlSystemGetDriverVersion(lib: "SimLibrary", buf: int, size: int) -> int:
+    return _put_str(buf, size, lib.fleet.driver_version)
+
+
+@_c(c_void_p, c_uint, device=False)
+def nvmlSystemGetNVMLVersion(lib: "SimLibrary", buf: int, size: int) -> int:
+    return _put_str(buf, size, "12." + lib.fleet.driver_version)
+
+
+@_c(c_void_p, device=False, names=("nvmlSystemGetCudaDriverVersion_v2",))
+def nvmlSystemGetCudaDriverVersion(lib: "SimLibrary", out: int) -> int:
+    _put(c_int, out, 12040)
+    return SUCCESS
+
+
+@_c(c_void_p, device=False, names=("nvmlDeviceGetCount",))
+def nvmlDeviceGetCount_v2(lib: "SimLibrary", out: int) -> int:
+    _put(c_uint, out, len(lib.fleet.gpus))
+    return SUCCESS
+
+
+@_c(c_uint, c_void_p, device=False, names=("nvmlDeviceGetHandleByIndex",))
+def nvmlDeviceGetHandleByIndex_v2(lib: "SimLibrary", index: int, out: int) -> int:
+    if index >= len(lib.fleet.gpus):
+        return ERROR_INVALID_ARGUMENT
+    _put(c_void_p, out, HANDLE_BASE + 16 * index)
+    return SUCCESS
+
+
+@_c(c_char_p, c_void_p, device=False)
+def nvmlDeviceGetHandleByUUID(lib: "SimLibrary", uuid: bytes, out: int) -> int:
+    for g in lib.fleet.gpus:
+        if g.uuid.encode() == uuid:
+            _put(c_void_p, out, HANDLE_BASE + 16 * g.index)
+            return SUCCESS
+    return ERROR_NOT_FOUND
+
+
+# ---- identity -------------------------------------------------------------------------------
+@_c(c_void_p, c_void_p)
+def nvmlDeviceGetIndex(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+    _put(c_uint, out, g.index)
+    return SUCCESS
+
+
+@_c(c_void_p, c_void_p)
+def nvmlDeviceGetMinorNumber(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+    _put(c_uint, out, g.index)
+    return SUCCESS
+
+
+@_c(c_void_p, c_void_p, c_uint)
+def nvmlDeviceGetName(lib: "SimLibrary", g: SimGpu, buf: int, size: int) -> int:
+    return _put_str(buf, size, g.model.name)
+
+
+@_c(c_void_p, c_void_p, c_uint)
+def nvmlDeviceGetUUID(lib: "SimLibrary", g: SimGpu, buf: int, size: int) -> int:
+    return _put_str(buf, size, g.uuid)
+
+
+@_c(c_void_p, c_void_p, c_uint)
+def nvmlDeviceGetSerial(lib: "SimLibrary", g: SimGpu, buf: int, size: int) -> int:
+    return _put_str(buf, size, g.serial)
+
+
+@_c(c_void_p, c_void_p, names=("nvmlDeviceGetPciInfo_v2",))
+def nvmlDeviceGetPciInfo_v3(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+    info = pynvml.nvmlPciInfo_t.from_address(out)
+    bus = g.pci_bus_id.encode()
+    info.busId = bus
+    info.busIdLegacy = bus[-12:]   # the legacy 16-byte field holds the short form
+    info.domain, info.bus, info.device = 0, int(g.pci_bus_id[9:11], 16), 0
+    info.pciDeviceId = 0x233010DE
+    info.pciSubSystemId = 0x16C110DE
+    return SUCCESS
+
+
+# ---- sensors --------------------------------------------------------------------------------
+@_c(c_void_p, c_uint, c_void_p)
+def nvmlDeviceGetTemperature(lib: "SimLibrary", g: SimGpu, sensor: int, out: int) -> int:
+    if sensor != 0:
+        return ERROR_INVALID_ARGUMENT
+    _put(c_uint, out, int(g.temperature))
+    return SUCCESS
+
+
+@_c(c_void_p, c_uint, c_void_p)
+def nvmlDeviceGetTemperatureThreshold(lib: "SimLibrary", g: SimGpu, kind: int, out: int) -> int:
+    values = {0: g.model.hw_slowdown_celsius + 5, 1: g.model.slowdown_celsius,
+              2: 95.0, 3: g.model.slowdown_celsius - 3}
+    if kind not in values:
+        return ERROR_NOT_SUPPORTED
+    _put(c_uint, out, int(values[kind]))
+    return SUCCESS
+
+
+@_c(c_void_p, c_void_p)
+def nvmlDeviceGetPowerUsage(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+    _put(c_uint, out, int(g.power_watts * 1000))   # milliwatts
+    return SUCCESS
+
+
+@_c(c_void_p, c_void_p, names=("nvmlDeviceGetPowerManagementLimit",))
+def nvmlDeviceGetEnforcedPowerLimit(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+    _put(c_uint, out, int(g.power_limit_watts * 1000))
+    return SUCCESS
+
+
+@_c(c_void_p, c_void_p)
+def nvmlDeviceGetPowerManagementDefaultLimit(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+    _put(c_uint, out, int(g.model.default_limit_watts * 1000))
+    return SUCCESS
+
+
+@_c(c_void_p, c_void_p, c_void_p)
+def nvmlDeviceGetPowerManagementLimitConstraints(lib: "SimLibrary", g: SimGpu, lo: int, hi: int) -> int:
+    _put(c_uint, lo, int(g.model.min_limit_watts * 1000))
+    _put(c_uint, hi, int(g.model.max_limit_watts * 1000))
+    return SUCCESS
+
+
+@_c(c_void_p, c_uint)
+def nvmlDeviceSetPowerManagementLimit(lib: "SimLibrary", g: SimGpu, milliwatts: int) -> int:
+    try:
+        with lib.fleet.lock:
+            lib.fleet.sync(force=True)
+            g.set_power_limit(milliwatts / 1000.0)
+    except ValueError:
+        return ERROR_INVALID_ARGUMENT
+    return SUCCESS
+
+
+@_c(c_void_p, c_void_p)
+def nvmlDeviceGetTotalEnergyConsumption(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+    _put(c_ulonglong, out, int(g.energy_mj))
+    return SUCCESS
+
+
+@_c(c_void_p, c_void_p)
+def nvmlDeviceGetUtilizationRates(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+    u = pynvml.c_nvmlUtilization_t.from_address(out)
+    u.gpu = int(round(g.utilization * 100))
+    u.memory = int(round(g.utilization * 60))   # memory controller busy share tracks the load
+    return SUCCESS
+
+
+@_c(c_void_p, c_void_p)
+def nvmlDeviceGetMemoryInfo(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+    m = pynvml.c_nvmlMemory_t.from_address(out)
+    m.total, m.used = g.memory_total, g.memory_used
+    m.free = m.total - m.used
+    return SUCCESS
+
+
+@_c(c_void_p, c_void_p)
+def nvmlDeviceGetMemoryInfo_v2(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+    m = pynvml.c_nvmlMemory_v2_t.from_address(out)
+    if m.version != pynvml.nvmlMemory_v2:
+        return ERROR_ARGUMENT_VERSION_MISMATCH
+    m.total, m.used, m.reserved = g.memory_total, g.memory_used, 0
+    m.free = m.total - m.used
+    return SUCCESS
+
+
+@_c(c_void_p, c_void_p, names=("nvmlDeviceGetCurrentClocksThrottleReasons",))
+def nvmlDeviceGetCurrentClocksEventReasons(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+    _put(c_ulonglong, out, g.reasons)
+    return SUCCESS
+
+
+@_c(c_void_p, c_void_p, names=("nvmlDeviceGetSupportedClocksThrottleReasons",))
+def nvmlDeviceGetSupportedClocksEventReasons(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+    _put(c_ulonglong, out, 0x1FF)
+    return SUCCESS
+
+
+@_c(c_void_p, c_uint, c_void_p)
+def nvmlDeviceGetClockInfo(lib: "SimLibrary", g: SimGpu, kind: int, out: int) -> int:
+    if kind in (0, 1):          # graphics, SM
+        _put(c_uint, out, g.sm_clock_mhz)
+    elif kind == 2:             # memory
+        _put(c_uint, out, g.model.mem_mhz)
+    elif kind == 3:             # video
+        _put(c_uint, out, int(g.sm_clock_mhz * 0.9))
+    else:
+        return ERROR_INVALID_ARGUMENT
+    return SUCCESS
+
+
+@_c(c_void_p, c_uint, c_void_p)
+def nvmlDeviceGetMaxClockInfo(lib: "SimLibrary", g: SimGpu, kind: int, out: int) -> int:
+    _put(c_uint, out, g.model.mem_mhz if kind == 2 else g.model.max_sm_mhz)
+    return SUCCESS
+
+
+@_c(c_void_p, c_void_p)
+def nvmlDeviceGetFanSpeed(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+    if not g.model.has_fan:
+        return ERROR_NOT_SUPPORTED
+    _put(c_uint, out, g.fan_percent)
+    return SUCCESS
+
+
+@_c(c_void_p, c_uint, c_void_p)
+def nvmlDeviceGetFanSpeed_v2(lib: "SimLibrary", g: SimGpu, fan: int, out: int) -> int:
+    if not g.model.has_fan:
+        return ERROR_NOT_SUPPORTED
+    if fan != 0:
+        return ERROR_INVALID_ARGUMENT
+    _put(c_uint, out, g.fan_percent)
+    return SUCCESS
+
+
+@_c(c_void_p, c_void_p)
+def nvmlDeviceGetNumFans(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+    _put(c_uint, out, 1 if g.model.has_fan else 0)
+    return SUCCESS
+
+
+@_c(c_void_p, c_void_p)
+def nvmlDeviceGetPerformanceState(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+    _put(c_uint, out, 8 if g.reasons & 0x1 else 0)
+    return SUCCESS
+
+
+@_c(c_void_p, c_void_p)
+def nvmlDeviceGetPersistenceMode(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+    _put(c_uint, out, 1)
+    return SUCCESS
+
+
+@_c(c_void_p, c_void_p, c_void_p, names=("nvmlDeviceGetComputeRunningProcesses_v2",
+                                          "nvmlDeviceGetGraphicsRunningProcesses_v3",
+                                          "nvmlDeviceGetGraphicsRunningProcesses_v2"))
+def nvmlDeviceGetComputeRunningProcesses_v3(lib: "SimLibrary", g: SimGpu, count: int, infos: int) -> int:
+    _put(c_uint, count, 0)       # the simulator runs no processes of its own
+    return SUCCESS
+
+
+@_c(c_void_p, c_void_p, c_void_p, names=("nvmlDeviceGetDecoderUtilization",))
+def nvmlDeviceGetEncoderUtilization(lib: "SimLibrary", g: SimGpu, util: int, period_us: int) -> int:
+    _put(c_uint, util, 0)              # the simulated jobs do no video work
+    _put(c_uint, period_us, 167000)
+    return SUCCESS
+
+
+@_c(c_void_p, c_uint, c_void_p)
+def nvmlDeviceGetPcieThroughput(lib: "SimLibrary", g: SimGpu, counter: int, out: int) -> int:
+    if counter not in (0, 1):          # TX, RX
+        return ERROR_INVALID_ARGUMENT
+    _put(c_uint, out, int(g.utilization * 2_000_000))   # KB/s, traffic tracks the load
+    return SUCCESS
+
+
+# ---- ECC and memory repair ------------------------------------------------------------------
+@_c(c_void_p, c_void_p, c_void_p)
+def nvmlDeviceGetEccMode(lib: "SimLibrary", g: SimGpu, current: int, pending: int) -> int:
+    _put(c_uint, current, 1)
+    _put(c_uint, pending, 1)
+    return SUCCESS
+
+
+@_c(c_void_p, c_uint, c_uint, c_void_p)
+def nvmlDeviceGetTotalEccErrors(lib: "SimLibrary", g: SimGpu, error_type: int, counter: int, out: int) -> int:
+    if error_type not in (0, 1) or counter not in (0, 1):
+        return ERROR_INVALID_ARGUMENT
+    _put(c_ulonglong, out, g.ecc_correctable if error_type == 0 else g.ecc_uncorrectable)
+    return SUCCESS
+
+
+@_c(c_void_p, c_uint, c_void_p, c_void_p)
+def nvmlDeviceGetRetiredPages(lib: "SimLibrary", g: SimGpu, cause: int, count: int, addrs: int | None) -> int:
+    if g.model.memory_repair != "retirement":
+        return ERROR_NOT_SUPPORTED
+    n = g.retired_sbe if cause == 0 else g.retired_dbe
+    room = ctypes.c_uint.from_address(count).value
+    if addrs:
+        pages = (c_ulonglong * room).from_address(addrs)
+        for i in range(min(room, n)):
+            pages[i] = 0x1000 * (i + 1)
+    _put(c_uint, count, n)
+    return SUCCESS if (addrs is None or room >= n) else ERROR_INSUFFICIENT_SIZE
+
+
+@_c(c_void_p, c_void_p, c_void_p, c_void_p, c_void_p)
+def nvmlDeviceGetRemappedRows(lib: "SimLibrary", g: SimGpu, corr: int, unc: int, pending: int, failure: int) -> int:
+    if g.model.memory_repair != "remapping":
+        return ERROR_NOT_SUPPORTED
+    _put(c_uint, corr, g.remapped_correctable)
+    _put(c_uint, unc, g.remapped_uncorrectable)
+    _put(c_uint, pending, 1 if g.remapped_uncorrectable else 0)
+    _put(c_uint, failure, 0)
+    return SUCCESS
+
+
+@_c(c_void_p, c_void_p)
+def nvmlDeviceGetPcieReplayCounter(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+    _put(c_uint, out, g.pcie_replays)
+    return SUCCESS
+
+
+# ---- field values ---------------------------------------------------------------------------
+def _field(g: SimGpu, fid: int) -> tuple[int, int] | None:
+    """(NVML value type, value) of field ``fid`` on ``g``; None when the board lacks it."""
+    UI, ULL = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT, pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+    remap = g.model.memory_repair == "remapping"
+    if fid == 1 or fid == 2:        # ECC mode current/pending
+        return UI, 1
+    if fid == 3:
+        return ULL, g.ecc_correctable
+    if fid == 4:
+        return ULL, g.ecc_uncorrectable
+    if fid in (29, 30) and not remap:
+        return ULL, g.retired_sbe if fid == 29 else g.retired_dbe
+    if fid in (142, 143) and remap:
+        return UI, g.remapped_correctable if fid == 142 else g.remapped_uncorrectable
+    if fid == 82:
+        return UI, int(g.memory_temperature)
+    if fid == 83:
+        return ULL, int(g.energy_mj)
+    if fid in (185, 186):
+        return UI, int(g.power_watts * 1000)
+    if fid == 190:
+        return UI, int(g.power_limit_watts * 1000)
+    if fid == 94:
+        return UI, g.pcie_replays
+    return None
+
+
+class _FieldValue(ctypes.Structure):
+    """nvmlFieldValue_t's layout without pynvml's per-attribute Python hooks (C pays no such cost)."""
+
+    _fields_ = pynvml.c_nvmlFieldValue_t._fields_
+
+
+@_c(c_void_p, c_int, c_void_p)
+def nvmlDeviceGetFieldValues(lib: "SimLibrary", g: SimGpu, count: int, values: int) -> int:
+    arr = (_FieldValue * count).from_address(values)
+    stamp = int(time.time() * 1e6)
+    for fv in arr:
+        got = _field(g, fv.fieldId)
+        fv.timestamp, fv.latencyUsec = stamp, 0
+        if got is None:
+            fv.nvmlReturn = ERROR_NOT_SUPPORTED
+            continue
+        fv.nvmlReturn = SUCCESS
+        fv.valueType = got[0]
+        if got[0] == pynvml.NVML_VALUE_TYPE_UNSIGNED_INT:
+            fv.value.uiVal = got[1]
+        else:
+            fv.value.ullVal = got[1]
+    return SUCCESS
+
+
+# ---- events ---------------------------------------------------------------------------------
+@_c(c_void_p, device=False)
+def nvmlEventSetCreate(lib: "SimLibrary", out: int) -> int:
+    _put(c_void_p, out, EVENT_SET_BASE + lib.fleet.event_set_create())
+    return SUCCESS
+
+
+@_c(c_void_p, c_ulonglong, c_void_p)
+def nvmlDeviceRegisterEvents(lib: "SimLibrary", g: SimGpu, types: int, event_set: int | None) -> int:
+    if types & ~SUPPORTED_EVENTS:
+        return ERROR_NOT_SUPPORTED
+    ok = lib.fleet.event_set_register((event_set or 0) - EVENT_SET_BASE, g.index, types)
+    return SUCCESS if ok else ERROR_INVALID_ARGUMENT
+
+
+@_c(c_void_p, c_void_p)
+def nvmlDeviceGetSupportedEventTypes(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+    _put(c_ulonglong, out, SUPPORTED_EVENTS)
+    return SUCCESS
+
+
+@_c(c_void_p, c_void_p, c_uint, device=False, names=("nvmlEventSetWait",))
+def nvmlEventSetWait_v2(lib: "SimLibrary", event_set: int | None, out: int, timeout_ms: int) -> int:
+    got = lib.fleet.event_set_wait((event_set or 0) - EVENT_SET_BASE, timeout_ms / 1000.0,
+                                   time.monotonic() + timeout_ms / 1000.0)
+    if got is None:
+        return ERROR_TIMEOUT
+    gpu, etype, data = got
+    ev = pynvml.c_nvmlEventData_t.from_address(out)
+    c_void_p.from_address(out).value = HANDLE_BASE + 16 * gpu   # .device is the first member
+    ev.eventType, ev.eventData = etype, data
+    ev.gpuInstanceId = ev.computeInstanceId = 0xFFFFFFFF
+    return SUCCESS
+
+
+@_c(c_void_p, device=False)
+def nvmlEventSetFree(lib: "SimLibrary", event_set: int | None) -> int:
+    return SUCCESS if lib.fleet.event_set_free((event_set or 0) - EVENT_SET_BASE) else ERROR_INVALID_ARGUMENT
+
+
