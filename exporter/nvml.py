@@ -209,7 +209,13 @@ def init_and_discover(errors: ErrorLog) -> Discovery:
     devices = []
     for i in range(count):
         try:
-            devices.append(Device(index=i, handle=pynvml.nvmlDeviceGetHandleByIndex(i)))
+            dev = Device(index=i, handle=pynvml.nvmlDeviceGetHandleByIndex(i))
+            # Identity now, while the GPU answers: a GPU lost later still shows which one it was.
+            try:
+                read_identity(Reader(dev, errors))
+            except GpuLost:
+                log.warning("GPU %d: lost before its identity could be read", i)
+            devices.append(dev)
         except pynvml.NVMLError as exc:
             # A GPU without a handle is still one of ours: keep its slot, reported as down.
             errors.add("nvmlDeviceGetHandleByIndex", exc.value)

@@ -18,6 +18,7 @@ from exporter.service import ExporterService
 from exporter.sim.clock import ManualClock
 from exporter.sim.fleet import Fleet
 from exporter.sim.library import SimLibrary, install
+from tests.helpers import wait_until
 
 
 @dataclass
@@ -60,6 +61,8 @@ def make_exporter() -> Iterator[Callable[..., Harness]]:
         service = ExporterService(collectors.enabled(enabled), timeout=timeout,
                                   loader=loader or (lambda: install(lib)), event_wait_ms=50, **service_kw)
         service.start(wait=5.0)
+        if service.xid is not None:   # XIDs raised before registration are missed, as on a real driver
+            wait_until(lambda: service.xid.running, timeout=5, what="XID watcher registered")
         registry = CollectorRegistry()
         registry.register(GpuCollector(service))
         h = Harness(fleet, clock, lib, service, registry)

@@ -191,3 +191,13 @@ def test_cli_parses_durations_and_collector_flags():
     assert args.timeout == 0.25 and args.collector_xid is False and args.collector_ecc is True
     assert build_parser().parse_args(["--collector.timeout=3"]).timeout == 3.0
     assert build_parser().parse_args([]).listen == ":9786"
+
+
+def test_gpu_lost_before_the_first_scrape_keeps_its_identity(make_exporter):
+    h = make_exporter(2)
+    h.fleet.inject(1, {"kind": "xid", "xid": 79})
+    wait_until(lambda: h.values(h.scrape(), "gpu_xid_errors_total", xid="79"), what="XID 79 counted")
+    fams = h.scrape()
+    uuid = h.fleet.gpus[1].uuid
+    assert [s.labels["uuid"] for s in fams["gpu_up"].samples if s.labels["gpu"] == "1"] == [uuid]
+    assert [s.labels["uuid"] for s in fams["gpu_xid_errors"].samples] == [uuid]
