@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.traces import DURATION, STEP, Trace, generate
-from scheduler_agent.predictor.forecast import forecast_series
+from scheduler_agent.predictor.forecast import PERSIST, Forecast, confirm, forecast_series, raw_forecast
 from scheduler_agent.predictor.trend import InsufficientData
 
 METRIC = "bench_trace"
@@ -48,19 +48,43 @@ METRIC = "bench_trace"
 # --- ours ---------------------------------------------------------------------------------
 
 def ours_ttt(trace: Trace, window: float) -> dict[float, float | None]:
-    """seconds_to_threshold at every scrape time once the window is full (keyed by time)."""
-    out: dict[float, float | None] = {}
+    """seconds_to_threshold at every scrape time once the window is full (keyed by time).
+
+    The same as ``forecast_series`` on each prefix of the trace (what ``predict --csv`` reports
+    for a file ending at that scrape; checked on a sample in main()), computed once per scrape
+    and confirmed against the previous PERSIST scrapes' raw forecasts instead of refitting them.
+    """
     t, y = trace.times, trace.values
+    raw: dict[int, Forecast | None] = {}
+    out: dict[float, float | None] = {}
     for i in range(t.size):
         now = float(t[i])
-        if now < window:
+        if now < window - PERSIST * STEP:
             continue
         lo = int(np.searchsorted(t, now - window, side="left"))
         try:
-            out[now] = forecast_series(t[lo:i + 1], y[lo:i + 1], trace.threshold).seconds_to_threshold
+            raw[i] = raw_forecast(t[lo:i + 1], y[lo:i + 1], trace.threshold, window)
         except InsufficientData:
-            out[now] = None
+            raw[i] = None
+        if now >= window:
+            cur = raw[i]
+            f = confirm(cur, [raw.get(i - k) for k in range(1, PERSIST + 1)]) if cur is not None else None
+            out[now] = f.seconds_to_threshold if f is not None else None
     return out
+
+
+def check_equivalence(traces: list[Trace], window: float, ours: dict[str, dict[float, float | None]],
+                      n: int = 40) -> None:
+    """Spot-checks that the bench scores what the CSV interface would report."""
+    rng = np.random.default_rng(0)
+    for k in rng.choice(len(traces), size=min(n, len(traces)), replace=False):
+        tr = traces[int(k)]
+        i = int(rng.integers(int(window / STEP), tr.times.size))
+        lo = int(np.searchsorted(tr.times, tr.times[i] - window - PERSIST * STEP, side="left"))
+        got = forecast_series(tr.times[lo:i + 1], tr.values[lo:i + 1], tr.threshold, window).seconds_to_threshold
+        want = ours[tr.name][float(tr.times[i])]
+        if (got is None) != (want is None) or (got is not None and abs(got - want) > 1e-6):  # type: ignore[operator]
+            raise AssertionError(f"{tr.name} at {tr.times[i]}: bench {want} != forecast_series {got}")
 
 
 # --- predict_linear in a real Prometheus ------------------------------------------------------
@@ -209,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     ours = {tr.name: ours_ttt(tr, W) for tr in traces}
     t_ours = time.perf_counter() - t0
+    check_equivalence(traces, W, ours)
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpuwarden-predeval-") as tmp:

@@ -22,11 +22,13 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-from scheduler_agent.predictor.trend import Trend, fit_trend
+from scheduler_agent.predictor.trend import InsufficientData, Trend, fit_trend
 
 # Forecasts less sure than this are withheld (seconds_to_threshold None). Chosen on the
 # bench's traces (bench/predictor_eval.py); 0.9 ≈ slope significant at p < 0.1.
 MIN_CONFIDENCE = 0.9
+# Earlier scrapes whose forecasts must also predict a crossing (see confirm()).
+PERSIST = 2
 # Urgency scale of the risk score, seconds.
 RISK_SCALE = 3600.0
 # Proximity band: within this fraction of the threshold a flat metric still carries some risk.
@@ -126,11 +128,53 @@ def forecast(trend: Trend, threshold: float, recent_values: Sequence[float] | No
                     trend.model, reason)
 
 
+def raw_forecast(t: np.ndarray, y: np.ndarray, threshold: float, window: float | None,
+                 min_confidence: float = MIN_CONFIDENCE) -> Forecast:
+    """One forecast as of the last of the (sorted, finite) samples, without persistence."""
+    return forecast(fit_trend(t, y, window), threshold, y[-3:], min_confidence)
+
+
+def confirm(current: Forecast, earlier: Sequence[Forecast | None]) -> Forecast:
+    """Withholds a predicted crossing unless the forecasts at the ``earlier`` scrapes predicted one too.
+
+    A crossing predicted from one window only is most often noise lining up; requiring the
+    previous PERSIST scrapes to agree (like an alert's ``for:``, but judged from history already
+    in hand, so no warning is delayed by the wait) removes those at the cost of nothing on a
+    real trend. None in ``earlier`` (too little history then) counts as agreeing; "over the
+    threshold now" needs no confirmation.
+    """
+    if current.seconds_to_threshold is None or current.seconds_to_threshold == 0.0:
+        return current
+    for f in earlier:
+        if f is not None and f.seconds_to_threshold is None:
+            return Forecast(current.threshold, current.current, current.last_value, current.slope_per_second,
+                            None, current.confidence,
+                            risk_score(None, current.confidence, current.current, current.threshold),
+                            current.model, f"not confirmed by the previous {len(earlier)} scrapes ({current.reason})")
+    return current
+
+
 def forecast_series(times: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray,
                     threshold: float, window: float | None = None,
-                    min_confidence: float = MIN_CONFIDENCE) -> Forecast:
-    """fit_trend + forecast on raw samples (as of the last sample)."""
-    trend = fit_trend(times, values, window)
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    return forecast(trend, threshold, v[-3:], min_confidence)
+                    min_confidence: float = MIN_CONFIDENCE, persist: int = PERSIST) -> Forecast:
+    """Forecast as of the last sample, confirmed by the ``persist`` scrapes before it.
+
+    Raises trend.InsufficientData when the last window holds too few samples.
+    """
+    t = np.asarray(times, dtype=float)
+    y = np.asarray(values, dtype=float)
+    ok = np.isfinite(t) & np.isfinite(y)
+    t, y = t[ok], y[ok]
+    if t.size and np.any(np.diff(t) < 0):
+        order = np.argsort(t, kind="stable")
+        t, y = t[order], y[order]
+    current = raw_forecast(t, y, threshold, window, min_confidence)
+    if current.seconds_to_threshold is None or current.seconds_to_threshold == 0.0:
+        return current
+    earlier: list[Forecast | None] = []
+    for k in range(1, persist + 1):
+        try:
+            earlier.append(raw_forecast(t[:-k], y[:-k], threshold, window, min_confidence))
+        except InsufficientData:
+            earlier.append(None)
+    return confirm(current, earlier)

@@ -26,7 +26,7 @@ from opentelemetry.trace import Status, StatusCode
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from scheduler_agent.predictor.forecast import MIN_CONFIDENCE
+from scheduler_agent.predictor.forecast import MIN_CONFIDENCE, PERSIST
 from scheduler_agent.predictor.health import GpuHealth, evaluate, migration_candidates
 from scheduler_agent.predictor.prom import PrometheusClient, PrometheusError
 from scheduler_agent.predictor.specs import MetricSpec, load_specs, specs_from_rules
@@ -122,7 +122,8 @@ class PredictorService:
 
     def fetch(self, now: float) -> dict[str, GpuHealth]:
         """Range-queries Prometheus and evaluates every GPU as of ``now`` (raises PrometheusError)."""
-        start = now - self.window
+        # PERSIST extra steps: forecasts are confirmed against the windows ending at earlier scrapes.
+        start = now - self.window - PERSIST * self.step
         series = {s.name: [(r.labels, r.times, r.values) for r in self.client.query_range(s.query, start, now, self.step)]
                   for s in self.specs}
         errors = {k: [(r.labels, r.times, r.values)

@@ -16,12 +16,14 @@ recent half, then one of three models is chosen. Why this and not least squares
   critical line: temperature follows power through a first-order thermal time constant, so the
   approach is exponential. A straight line over the whole window still sees the rise and keeps
   forecasting a crossing. Comparing the recent half's slope with the whole window's detects
-  the deceleration; when the recent slope is significantly smaller (its upper confidence bound
-  below the window's slope) we fit the exponential approach ``A - (A - y) e^(-t/tau)`` from the
-  two slopes and forecast a crossing only if the asymptote ``A`` lies beyond the threshold. When
-  the recent slope is significantly larger (a runaway that accelerates) the recent fit is used,
-  which warns earlier than a line over the whole window. Otherwise the whole window's line
-  stands: more samples, narrower interval.
+  the deceleration; when the recent slope is clearly smaller (DECEL_Z standard errors below, and
+  under DECEL_RATIO of it, so noise on a steep ramp rarely trips it) we fit the exponential
+  approach ``A - (A - y) e^(-t/tau)`` from the two slopes and forecast a crossing only if the
+  asymptote ``A`` lies beyond the threshold. Otherwise the slope is the whole window's (more
+  samples, narrower interval) and the level the recent half's line at the last sample (no lag
+  when the climb bends upward). A third model, extrapolating the recent half's steeper slope on
+  an accelerating climb, was tried and dropped: it warned ~1.5 min earlier on runaways but
+  mistook slow load wander for runaways as often (bench/predictor_eval.py).
 
 Alternatives weighed: Siegel's repeated medians (``scipy.stats.siegelslopes``) has a 50 %
 breakdown point but no confidence interval in scipy and a noisier slope on clean Gaussian noise;
@@ -60,8 +62,8 @@ class Trend:
 
     ``slope`` is in value units per second, ``slope_low``/``slope_high`` its CI_LEVEL interval.
     ``level`` is the robust estimate of the value at ``t_last`` (not the raw last sample).
-    ``model`` is ``linear``, ``accelerating`` (the recent half's line) or ``decelerating``
-    (exponential approach to ``asymptote`` with time constant ``tau`` seconds).
+    ``model`` is ``linear`` or ``decelerating`` (exponential approach to ``asymptote`` with time
+    constant ``tau`` seconds).
     """
 
     slope: float
@@ -170,8 +172,7 @@ def fit_trend(times: Sequence[float] | np.ndarray, values: Sequence[float] | np.
         asymptote = recent.level + recent.slope * tau
         return Trend(recent.slope, recent.low, recent.high, recent.level, model="decelerating",
                      asymptote=asymptote, tau=tau, **base)
-    if recent.low > full.slope and full.low > 0:
-        # Only a window that rises as a whole can accelerate: a burst inside a flat window
-        # (a windowed error count ramps for exactly its window length) is not a runaway.
-        return Trend(recent.slope, recent.low, recent.high, recent.level, model="accelerating", **base)
-    return Trend(full.slope, full.low, full.high, full.level, **base)
+    # Slope from the whole window (twice the samples: the narrower interval), level from the
+    # recent half's line: on a climb that bends upward the whole window's line lags below the
+    # data at its end, the recent line does not.
+    return Trend(full.slope, full.low, full.high, recent.level, **base)

@@ -116,14 +116,13 @@ def test_approach_to_an_asymptote_above_threshold_is_predicted() -> None:
     assert 0.6 * true_eta <= f.seconds_to_threshold <= true_eta
 
 
-def test_accelerating_runaway_warns_sooner_than_whole_window_line() -> None:
+def test_accelerating_runaway_warns_sooner_than_whole_window_line_from_recent_level() -> None:
     t = np.arange(0, 600 + STEP / 2, STEP)
     y = 70 + 0.5 * (np.exp(t / 200) - 1)
     f = forecast_series(t, y, 85)
     slope, icpt = np.polyfit(t, y, 1)
     line_eta = (85 - (slope * t[-1] + icpt)) / slope
     true_eta = 200 * math.log((85 - 70) / 0.5 + 1) - t[-1]
-    assert f.model == "accelerating"
     assert f.seconds_to_threshold is not None and f.seconds_to_threshold < line_eta
     assert abs(f.seconds_to_threshold - true_eta) < abs(line_eta - true_eta)
 
@@ -145,3 +144,23 @@ def test_risk_score_orders_by_urgency_and_confidence() -> None:
     assert risk_score(1200, 0.85, 75, 85) == pytest.approx(0.85 * math.exp(-1 / 3), abs=1e-9)
     assert risk_score(300, 0.9, 75, 85) > risk_score(1200, 0.9, 75, 85) > risk_score(1200, 0.5, 75, 85)
     assert 0 < risk_score(None, 0.0, 84, 85) <= 0.3  # close to the line, no trend
+
+
+def test_a_crossing_seen_from_one_window_only_is_withheld() -> None:
+    """On a noisy plateau with slow wander, scrapes whose window alone forecasts a crossing but
+    whose predecessors did not are withheld; once three windows in a row agree it is reported."""
+    from scheduler_agent.predictor.forecast import raw_forecast
+    rng = np.random.default_rng(11)
+    t = np.arange(0, 2400 + STEP / 2, STEP)
+    y = 82 + 1.5 * np.sin(2 * np.pi * t / 1200) + rng.normal(0, 0.8, t.size)
+    raw = [raw_forecast(t[: i + 1], y[: i + 1], 85, 600).seconds_to_threshold if t[i] >= 600 else None
+           for i in range(t.size)]
+    fresh = [i for i in range(42, t.size) if raw[i] is not None and raw[i - 1] is None]
+    steady = [i for i in range(42, t.size) if None not in raw[i - 2:i + 1] and raw[i] != 0.0]
+    assert fresh and steady
+    for i in fresh:
+        f = forecast_series(t[: i + 1], y[: i + 1], 85, window=600)
+        assert f.seconds_to_threshold is None and "not confirmed" in f.reason
+        assert forecast_series(t[: i + 1], y[: i + 1], 85, window=600, persist=0).seconds_to_threshold == raw[i]
+    for i in steady:
+        assert forecast_series(t[: i + 1], y[: i + 1], 85, window=600).seconds_to_threshold == raw[i]
