@@ -26,12 +26,17 @@ up: setup binaries
 test: setup binaries
 	$(PY) -m pytest $(ARGS)
 
-# Regenerates the committed Prometheus rules from rules/thresholds.yaml.
+# Regenerates the committed Prometheus rules from rules/thresholds.yaml, then what is derived
+# from them and from the code: the Kubernetes copy of the PrometheusRule, docs/OBSERVABILITY.md.
 generate: setup
 	$(VENV)/bin/gpuwarden-rules generate
+	cp rules/generated/gpuwarden.prometheusrule.yaml deploy/kubernetes/prometheusrule.yaml
+	$(PY) docs/generate_observability.py
 
 check: setup
 	$(VENV)/bin/gpuwarden-rules check
+	cmp rules/generated/gpuwarden.prometheusrule.yaml deploy/kubernetes/prometheusrule.yaml
+	$(PY) docs/generate_observability.py --check
 
 bench: setup
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test,bench]'
