@@ -7,7 +7,11 @@ so an editor's mistake is found without reading a stack trace. Nothing here writ
 
 ``RulesConfig.alerts`` holds the threshold alerts (the seed's eight and any a user adds), keyed
 by rule id; each has ``.metric``, ``.op``, ``.threshold`` (base unit), ``.for_seconds``,
-``.severity`` and ``.action``. The agent's predictor and the dashboard generator read them.
+``.severity`` and ``.action``: the DEFAULT profile's values, the ones a GPU whose model no profile
+matches (or whose gpu_info is missing) is judged by. The agent's predictor and the dashboard
+generator read them. ``RulesConfig.profiles`` holds the per-GPU-model profiles (first match on
+gpu_info's ``name`` wins); ``RulesConfig.rule_for(rule_id, gpu_name)`` answers the rule one GPU
+is actually judged by.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import json
 import math
 import operator
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -29,6 +33,17 @@ SCHEMA_PATH = Path(__file__).resolve().with_name("schema.json")
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt,
     "==": operator.eq, "!=": operator.ne,
+}
+
+# Limits a profile's threshold may be relative to: name -> (series, extra matchers, unit suffix of
+# the metrics it may be compared with). The exporter publishes these per GPU (DESIGN.md).
+LIMITS: dict[str, tuple[str, tuple[tuple[str, str], ...], str]] = {
+    "power_limit": ("gpu_power_limit_watts", (), "_watts"),                  # enforced limit
+    "power_limit_default": ("gpu_power_limit_default_watts", (), "_watts"),  # the board's default
+    "temperature_slowdown": ("gpu_temperature_threshold_celsius", (("threshold", "slowdown"),), "_celsius"),
+    "temperature_shutdown": ("gpu_temperature_threshold_celsius", (("threshold", "shutdown"),), "_celsius"),
+    "temperature_gpu_max": ("gpu_temperature_threshold_celsius", (("threshold", "gpu_max"),), "_celsius"),
+    "memory_temperature_max": ("gpu_temperature_threshold_celsius", (("threshold", "memory_max"),), "_celsius"),
 }
 
 _DURATION_RE = re.compile(
@@ -75,12 +90,38 @@ def parse_duration(text: str) -> float:
 
 
 @dataclass(frozen=True)
+class Relative:
+    """A threshold of ``factor * <the GPU's own limit> + offset``, e.g. 0.95 x the enforced power
+    limit, or the slowdown temperature - 3 °C. ``limit`` is a key of ``LIMITS``."""
+
+    limit: str
+    factor: float = 1.0
+    offset: float = 0.0
+
+    @property
+    def metric(self) -> str:
+        return LIMITS[self.limit][0]
+
+    @property
+    def matchers(self) -> tuple[tuple[str, str], ...]:
+        return LIMITS[self.limit][1]
+
+    def threshold(self, limit_value: float) -> float:
+        """The threshold for a GPU whose limit reads ``limit_value`` (same arithmetic as PromQL)."""
+        return self.factor * limit_value + self.offset
+
+
+@dataclass(frozen=True)
 class AlertRule:
     """A threshold alert: ``value(metric) op threshold`` held for ``for_seconds``.
 
     ``kind`` says how the compared value is built from the raw series ``metric``:
     level (the series itself), ratio (``metric / denominator``), growth (counter growth within
     ``window_seconds``, a reset-safe lower bound) or any (max over ``values`` of ``label``).
+
+    A profile's version of a rule has ``profile`` set (its name, also the alert's ``profile``
+    label) and may have ``relative``: then the GPU's own limit gives the threshold and
+    ``threshold`` is the fallback for a GPU that does not report that limit.
     """
 
     rule: str
@@ -103,6 +144,9 @@ class AlertRule:
     label: str | None = None
     values: tuple[str, ...] = ()
     description: str | None = None
+    profile: str | None = None
+    relative: Relative | None = None
+    source: str | None = None
 
     def breached(self, value: float) -> bool:
         """Whether ``value`` (in the compared unit) is on the alerting side of the threshold."""
@@ -154,6 +198,24 @@ class MonitoringAlert:
 
 
 @dataclass(frozen=True)
+class Profile:
+    """Thresholds for the GPU models whose gpu_info ``name`` fully matches ``match`` (a Prometheus
+    RE2 regex). ``alerts`` holds the profile's version of each rule it overrides; the rest of the
+    rules judge its GPUs with the default values. ``index`` is its place in the file: a GPU is
+    judged by the first profile it matches."""
+
+    name: str
+    match: str
+    index: int
+    examples: tuple[str, ...]
+    alerts: dict[str, AlertRule]
+    description: str | None = None
+
+    def matches(self, gpu_name: str) -> bool:
+        return re.fullmatch(self.match, gpu_name) is not None
+
+
+@dataclass(frozen=True)
 class RulesConfig:
     path: Path
     exporter_job: str
@@ -163,6 +225,24 @@ class RulesConfig:
     alerts: dict[str, AlertRule]
     forecasts: dict[str, Forecast] = field(default_factory=dict)
     monitoring: dict[str, MonitoringAlert] = field(default_factory=dict)
+    profiles: dict[str, Profile] = field(default_factory=dict)
+
+    def profile_for(self, gpu_name: str | None) -> Profile | None:
+        """The profile judging a GPU of this model (first match in file order), or None."""
+        if gpu_name is None:
+            return None
+        return next((p for p in self.profiles.values() if p.matches(gpu_name)), None)
+
+    def rule_for(self, rule_id: str, gpu_name: str | None) -> AlertRule:
+        """The version of ``rule_id`` a GPU named ``gpu_name`` is judged by (the default one when
+        no profile matches, the profile does not override it, or the name is unknown)."""
+        profile = self.profile_for(gpu_name)
+        if profile is not None and rule_id in profile.alerts:
+            return profile.alerts[rule_id]
+        return self.alerts[rule_id]
+
+    def profiles_overriding(self, rule_id: str) -> list[Profile]:
+        return [p for p in self.profiles.values() if rule_id in p.alerts]
 
     def all_alerts(self) -> list[AlertRule | Forecast | MonitoringAlert]:
         """Every alert in file order: thresholds, forecasts, monitoring."""
@@ -342,6 +422,60 @@ def _semantic_problems(data: dict[str, Any], marks: Mapping[FieldPath, int], fil
                                    "the guard must sit on the safe side of the threshold")
         if parse_duration(entry["horizon"]) <= 0 or parse_duration(entry["lookback"]) <= 0:
             bad(path + ("horizon",), "lookback and horizon must be longer than 0s")
+    problems += _profile_problems(data, marks, file)
+    return problems
+
+
+def _profile_problems(data: dict[str, Any], marks: Mapping[FieldPath, int], file: str) -> list[Problem]:
+    """Profiles: a regex that compiles, overrides of rules that exist, relative thresholds only
+    on levels compared with a limit of the same unit, and examples each judged by its profile."""
+    problems: list[Problem] = []
+
+    def bad(path: FieldPath, message: str) -> None:
+        problems.append(Problem(file, _line(marks, path), _dotted(path), message))
+
+    alerts: dict[str, Any] = data.get("alerts", {})
+    compiled: list[tuple[str, re.Pattern[str] | None]] = []
+    for name, prof in (data.get("profiles") or {}).items():
+        path = ("profiles", name)
+        try:
+            rx: re.Pattern[str] | None = re.compile(prof["match"])
+        except re.error as exc:
+            bad(path + ("match",), f"not a regular expression: {exc}")
+            rx = None
+        for i, example in enumerate(prof.get("examples", ())):
+            if rx is not None and not rx.fullmatch(example):
+                bad(path + ("examples", i), f"{example!r} does not fully match {prof['match']!r}")
+            earlier = next((n for n, r in compiled if r is not None and r.fullmatch(example)), None)
+            if earlier:
+                bad(path + ("examples", i), f"{example!r} is judged by the earlier profile {earlier!r} "
+                                            "(first match wins): narrow that profile's match or move this one up")
+        compiled.append((name, rx))
+        for rule_id, override in prof["alerts"].items():
+            rpath = path + ("alerts", rule_id)
+            base = alerts.get(rule_id)
+            if base is None:
+                bad(rpath, f"no alert {rule_id!r} under alerts to override (known: {', '.join(alerts)})")
+                continue
+            if "for" in override:
+                try:
+                    parse_duration(override["for"])
+                except ValueError as exc:
+                    bad(rpath + ("for",), str(exc))
+            if "threshold" in override and not math.isfinite(float(override["threshold"])):
+                bad(rpath + ("threshold",), "must be a finite number")
+            rel = override.get("relative")
+            if rel is None:
+                continue
+            kind = base.get("kind", "level")
+            if kind != "level":
+                bad(rpath + ("relative",), f"{rule_id} is of kind {kind}: only a level (the raw series "
+                                           "itself) can be compared with a GPU limit")
+                continue
+            suffix = LIMITS[rel["to"]][2]
+            if not base["metric"].endswith(suffix):
+                bad(rpath + ("relative", "to"), f"{rel['to']} is in {suffix[1:]} but {rule_id} compares "
+                                                f"{base['metric']}: pick a limit in the metric's unit")
     return problems
 
 
@@ -358,6 +492,24 @@ def _alert_rule(rule_id: str, e: dict[str, Any]) -> AlertRule:
         window_seconds=parse_duration(e["window"]) if "window" in e else None,
         window_text=e.get("window"), label=e.get("label"), values=tuple(e.get("values", ())),
         description=e.get("description"))
+
+
+def _profile(name: str, index: int, e: dict[str, Any], alerts: dict[str, AlertRule]) -> Profile:
+    rules: dict[str, AlertRule] = {}
+    for rule_id, o in e["alerts"].items():
+        base = alerts[rule_id]
+        changes: dict[str, Any] = {"profile": name, "source": o.get("source")}
+        if "threshold" in o:
+            changes["threshold"] = float(o["threshold"])
+        if "for" in o:
+            changes["for_seconds"], changes["for_text"] = parse_duration(o["for"]), o["for"]
+        if "relative" in o:
+            r = o["relative"]
+            changes["relative"] = Relative(limit=r["to"], factor=float(r.get("factor", 1.0)),
+                                           offset=float(r.get("offset", 0.0)))
+        rules[rule_id] = replace(base, **changes)
+    return Profile(name=name, match=e["match"], index=index, examples=tuple(e.get("examples", ())),
+                   alerts=rules, description=e.get("description"))
 
 
 def load(path: Path | str | None = None) -> RulesConfig:
@@ -394,4 +546,6 @@ def load(path: Path | str | None = None) -> RulesConfig:
         runbook_base_url=settings["runbook_base_url"],
         evaluation_interval=settings.get("evaluation_interval"),
         prometheus_rule=settings.get("prometheus_rule", {"name": "gpuwarden"}),
-        alerts=alerts, forecasts=forecasts, monitoring=monitoring)
+        alerts=alerts, forecasts=forecasts, monitoring=monitoring,
+        profiles={name: _profile(name, i, e, alerts)
+                  for i, (name, e) in enumerate((data.get("profiles") or {}).items())})

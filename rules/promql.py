@@ -1,18 +1,26 @@
 """PromQL for every alert kind, built from the config's values (never repeated as literals).
 
-Threshold alerts read the raw exporter series only (no join with gpu_info, no recording rule in
-between), so they fire from the GPU's own series and keep its instance, gpu and uuid labels.
+Threshold alerts read the raw exporter series (no recording rule in between), so they fire from
+the GPU's own series and keep its instance, gpu and uuid labels. Profiles only narrow: the
+default version of a rule fires from the raw series alone, ``unless`` the GPU's gpu_info names a
+model whose profile overrides the rule; a profile's version fires only ``and on(instance, gpu)``
+gpu_info names one of its models. A GPU without gpu_info is therefore judged by the default,
+and every GPU by exactly one version. A relative threshold joins the GPU's own limit series
+(``group_left``, so the left side's labels stay) and falls back to an absolute threshold when
+the GPU does not report that limit.
 Recording rules follow Prometheus' ``level:metric:operations`` convention with the level
 ``instance_gpu`` (the output keeps one series per GPU of an instance).
 """
 
 from __future__ import annotations
 
-from rules.config import AlertRule, Forecast, MonitoringAlert, RulesConfig
+from rules.config import AlertRule, Forecast, MonitoringAlert, Profile, RulesConfig
 
 LEVEL = "instance_gpu"
 # Labels that identify one GPU; alerts keep them and Alertmanager groups/inhibits on them.
 GPU_LABELS = ("instance", "gpu", "uuid")
+# Labels a profile join matches on: one GPU of one exporter (uuid is on both sides anyway).
+JOIN = "on (instance, gpu)"
 
 
 def number(value: float) -> str:
@@ -38,6 +46,54 @@ def selector(cfg: RulesConfig, **matchers: str) -> str:
         else:
             parts.append(f'{name}="{value}"')
     return "{" + ", ".join(parts) + "}"
+
+
+def promql_string(text: str) -> str:
+    """``text`` as a double-quoted PromQL string (a regex's backslashes survive)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _first_match(cfg: RulesConfig, profile: Profile) -> str:
+    """gpu_info of the GPUs judged by ``profile``: its regex, minus earlier profiles' (first match
+    wins; one selector can hold two matchers on the same label)."""
+    matchers = [f'job="{cfg.exporter_job}"', f"name=~{promql_string(profile.match)}"]
+    earlier = [p.match for p in cfg.profiles.values() if p.index < profile.index]
+    if earlier:
+        matchers.append(f"name!~{promql_string('|'.join(earlier))}")
+    return "gpu_info{" + ", ".join(matchers) + "}"
+
+
+def profile_exclusion(cfg: RulesConfig, rule_id: str) -> list[str]:
+    """gpu_info selectors of the GPUs that a profile's version of ``rule_id`` judges, so that
+    the default version leaves them out. One selector when the overriding profiles come first."""
+    overriding = cfg.profiles_overriding(rule_id)
+    if not overriding:
+        return []
+    last = max(p.index for p in overriding)
+    if all(rule_id in p.alerts for p in cfg.profiles.values() if p.index <= last):
+        regex = "|".join(p.match for p in overriding)
+        return [f'gpu_info{{job="{cfg.exporter_job}", name=~{promql_string(regex)}}}']
+    return [_first_match(cfg, p) for p in overriding]
+
+
+def limit_selector(cfg: RulesConfig, rule: AlertRule) -> str:
+    rel = rule.relative
+    assert rel is not None
+    return f"{rel.metric}{selector(cfg, **dict(rel.matchers))}"
+
+
+def relative_threshold(cfg: RulesConfig, rule: AlertRule) -> str:
+    """``0.95 * gpu_power_limit_watts{...}`` / ``gpu_temperature_threshold_celsius{...} - 3``."""
+    rel = rule.relative
+    assert rel is not None
+    expr = limit_selector(cfg, rule)
+    if rel.factor != 1:
+        expr = f"{number(rel.factor)} * {expr}"
+    if rel.offset > 0:
+        expr = f"{expr} + {number(rel.offset)}"
+    elif rel.offset < 0:
+        expr = f"{expr} - {number(-rel.offset)}"
+    return expr
 
 
 def ratio_record(rule: AlertRule) -> str:
@@ -71,7 +127,18 @@ def alert_expr(cfg: RulesConfig, rule: AlertRule) -> str:
     value = value_expr(cfg, rule)
     if rule.kind == "ratio":
         value = f"({value})"
-    return f"{value} {rule.op} {number(rule.threshold)}"
+    cmp = f"{value} {rule.op} {number(rule.threshold)}"
+    if rule.profile is None:
+        for excluded in profile_exclusion(cfg, rule.rule):
+            cmp += f" unless {JOIN} {excluded}"
+        return cmp
+    if rule.relative is not None:
+        # Against the GPU's own limit; where the GPU does not report it, against `threshold`.
+        cmp = (f"({value} {rule.op} {JOIN} group_left () ({relative_threshold(cfg, rule)})"
+               f" or {cmp} unless {JOIN} {limit_selector(cfg, rule)})")
+    elif rule.kind in ("ratio", "growth", "any"):
+        cmp = f"({cmp})"
+    return f"{cmp} and {JOIN} {_first_match(cfg, cfg.profiles[rule.profile])}"
 
 
 def forecast_source(cfg: RulesConfig, fc: Forecast) -> str:

@@ -2,7 +2,9 @@
 
 Labels and annotations are added in one place (``_alert``) so that every alert carries
 ``rule``, ``severity``, ``action``, ``family``, a summary, a description with the humanized
-value and a runbook link.
+value and a runbook link. A profile's version of a rule carries one more label, ``profile``
+(its name): it tells the operator which figures judged the GPU, and keeps the versions apart
+for promtool's duplicate-rule lint; routing and the agent read only the labels above.
 """
 
 from __future__ import annotations
@@ -38,12 +40,35 @@ def _held(for_text: str, seconds: float) -> str:
     return f" for at least {for_text}" if seconds > 0 else ""
 
 
+_LIMIT_WORDS = {
+    "power_limit": "its enforced power limit", "power_limit_default": "its default power limit",
+    "temperature_slowdown": "its slowdown temperature", "temperature_shutdown": "its shutdown temperature",
+    "temperature_gpu_max": "its maximum operating temperature",
+    "memory_temperature_max": "its memory's maximum operating temperature",
+}
+
+
+def relative_words(rule: AlertRule) -> str:
+    """``112.5% of its enforced power limit`` / ``its slowdown temperature - 3°C``."""
+    rel = rule.relative
+    assert rel is not None
+    words = _LIMIT_WORDS[rel.limit]
+    if rel.factor != 1:
+        words = f"{rel.factor * 100:g}% of {words}"
+    if rel.offset:
+        words += f" {'+' if rel.offset > 0 else '-'} {shown(abs(rel.offset), rule)}"
+    return f"{words} ({rel.metric})"
+
+
 def threshold_description(rule: AlertRule) -> str:
     if rule.description:
         return rule.description
     v = _value(rule.humanize)
     unit = "" if rule.humanize == "humanizePercentage" else rule.unit
     cmp = f"{_OP_WORDS[rule.op]} {shown(rule.threshold, rule)}"
+    if rule.relative is not None:
+        cmp = (f"{_OP_WORDS[rule.op]} {relative_words(rule)} (or {shown(rule.threshold, rule)} "
+               "where the GPU does not report that limit)")
     held = _held(rule.for_text, rule.for_seconds)
     if rule.kind == "level":
         text = f"{rule.metric} is {v}{unit}, {cmp}{held}."
@@ -55,7 +80,8 @@ def threshold_description(rule: AlertRule) -> str:
     else:
         text = (f"{rule.metric} is {v} for one of {rule.label} {', '.join(rule.values)}, "
                 f"{cmp}{held}.")
-    return f"{_GPU}: {text} Action: {rule.action}."
+    judged = f" Thresholds of profile {rule.profile}." if rule.profile else ""
+    return f"{_GPU}: {text}{judged} Action: {rule.action}."
 
 
 def forecast_description(fc: Forecast) -> str:
@@ -108,7 +134,8 @@ def _alert(cfg: RulesConfig, a: AlertRule | Forecast | MonitoringAlert, expr: st
         "alert": a.alert,
         "expr": expr,
         "for": promql.duration(a.for_seconds),
-        "labels": {"rule": a.rule, "severity": a.severity, "action": a.action, "family": a.family},
+        "labels": {"rule": a.rule, "severity": a.severity, "action": a.action, "family": a.family,
+                   **({"profile": a.profile} if isinstance(a, AlertRule) and a.profile else {})},
         "annotations": {
             "summary": summary(a.title, scope),
             "description": description,
@@ -137,10 +164,17 @@ def recording_groups(cfg: RulesConfig) -> list[dict[str, Any]]:
     return [_group(cfg, "gpuwarden.recording", rules)] if rules else []
 
 
+def threshold_rules(cfg: RulesConfig) -> list[AlertRule]:
+    """Each rule's default version followed by its profiles' versions, in file order."""
+    return [version for rule in cfg.alerts.values()
+            for version in (rule, *(p.alerts[rule.rule] for p in cfg.profiles_overriding(rule.rule)))]
+
+
 def alert_groups(cfg: RulesConfig) -> list[dict[str, Any]]:
-    sections = (("gpuwarden.thresholds", cfg.alerts), ("gpuwarden.forecasts", cfg.forecasts),
-                ("gpuwarden.monitoring", cfg.monitoring))
-    return [_group(cfg, name, [alert_rule(cfg, a) for a in entries.values()])
+    sections: tuple[tuple[str, list[Any]], ...] = (
+        ("gpuwarden.thresholds", threshold_rules(cfg)), ("gpuwarden.forecasts", list(cfg.forecasts.values())),
+        ("gpuwarden.monitoring", list(cfg.monitoring.values())))
+    return [_group(cfg, name, [alert_rule(cfg, a) for a in entries])
             for name, entries in sections if entries]
 
 

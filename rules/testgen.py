@@ -4,14 +4,19 @@ For every alert: the moment before its ``for`` (pending, not firing), the moment
 sides of its boundary (the exact threshold value included), a series going stale, and per kind:
 counter resets and gradual growth (growth), unlisted reasons (any), a ramp that the forecast
 flags before the threshold is crossed and one the guard holds back (forecasts), vanished and
-absent series, new XID series (monitoring). Expected annotations are expanded here the way
-Prometheus' templates do it (``humanize`` reproduced exactly for the values used).
+absent series, new XID series (monitoring). Every profile's version of a rule gets the same
+cases on GPUs whose gpu_info names the profile's first example (the default's cases run without
+gpu_info, so they also show a GPU without gpu_info judged by the default); a relative threshold
+is tested with a limit that moves it away from its fallback, and beside a GPU without the limit
+series (judged by the fallback). Expected annotations are expanded here the way Prometheus'
+templates do it (``humanize`` reproduced exactly for the values used).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 from functools import reduce
 from typing import Any
 
@@ -359,12 +364,59 @@ def _xid_case(cfg: RulesConfig, m: MonitoringAlert, s: int) -> dict[str, Any]:
     return {"interval": f"{s}s", "input_series": inputs, "alert_rule_test": checks}
 
 
+def _info_series(cfg: RulesConfig, i: int, name: str) -> dict[str, Any]:
+    return {"series": series("gpu_info", {**gpu_labels(cfg, i), "name": name}), "values": "1+0x200"}
+
+
+def profile_cases(cfg: RulesConfig, rule: AlertRule, s: int) -> list[dict[str, Any]]:
+    """A profile's version of ``rule``: the default's cases on GPUs of the profile's model, or
+    for a relative threshold: GPU 0 on the firing side of factor x limit + offset with a limit
+    that puts that threshold away from the fallback, GPU 1 on the quiet side, GPU 2 without the
+    limit series on the firing side of the fallback."""
+    prof = cfg.profiles[str(rule.profile)]
+    if not prof.examples:
+        raise TestGenError(f"profile {prof.name}: add `examples` (gpu_info names) to generate its tests")
+    model = prof.examples[0]
+    if rule.relative is None:
+        cases = threshold_cases(cfg, rule, s)
+        for case in cases:
+            case["input_series"] += [_info_series(cfg, i, model) for i in range(4)]
+        return cases
+    rel = rule.relative
+    limit = float(math.floor((rule.threshold - rel.offset) / rel.factor * 0.9))
+    judged = replace(rule, threshold=rel.threshold(limit))
+    fires, quiet = boundary_values(judged)
+    fallback, _ = boundary_values(rule)
+    if rule.breached(fires):
+        raise TestGenError(f"{rule.rule} ({prof.name}): the relative threshold cannot be told from the fallback")
+    F = int(rule.for_seconds)
+    n = F // s + 2
+    limit_series = series(rel.metric, {**gpu_labels(cfg, 0), **dict(rel.matchers)})
+    inputs = [
+        {"series": series(rule.metric, gpu_labels(cfg, 0)), "values": values([fires] * (n + 1) + ["stale"])},
+        {"series": series(rule.metric, gpu_labels(cfg, 1)), "values": values([quiet] * (n + 3))},
+        {"series": series(rule.metric, gpu_labels(cfg, 2)), "values": values([fallback] * (n + 1) + ["stale"])},
+        {"series": limit_series, "values": values([limit] * (n + 3))},
+        {"series": limit_series.replace('gpu="0",uuid="GPU-00000000"', 'gpu="1",uuid="GPU-00000001"'),
+         "values": values([limit] * (n + 3))},
+        *(_info_series(cfg, i, model) for i in range(3)),
+    ]
+    firing = [expected(cfg, rule, gpu_labels(cfg, 0), fires), expected(cfg, rule, gpu_labels(cfg, 2), fallback)]
+    checks = [check(rule.alert, F, firing), check(rule.alert, (n + 2) * s, [])]
+    if F:
+        checks.insert(0, check(rule.alert, F - s, []))
+    return [{"interval": f"{s}s", "input_series": inputs, "alert_rule_test": checks}]
+
+
 def test_files(cfg: RulesConfig) -> dict[str, Any]:
     """{file name: promtool test document}; rule_files are relative to the test file."""
     s = step_for(cfg)
     tests: list[dict[str, Any]] = []
     for rule in cfg.alerts.values():
         tests += threshold_cases(cfg, rule, s)
+    for rule in render.threshold_rules(cfg):
+        if rule.profile is not None:
+            tests += profile_cases(cfg, rule, s)
     for fc in cfg.forecasts.values():
         tests.append(forecast_case(cfg, fc, s))
     for m in cfg.monitoring.values():

@@ -48,8 +48,8 @@ def test_check_prints_the_diff_when_stale(tmp_path: Path) -> None:
     res = _run("check", "--out", str(out))
     assert res.returncode == 1
     expr = re.escape('expr: gpu_temperature_celsius{job="gpuwarden-exporter"} >= ')
-    assert re.search(rf"^-\s+{expr}81$", res.stdout, re.M), res.stdout
-    assert re.search(rf"^\+\s+{expr}80$", res.stdout, re.M), res.stdout
+    assert re.search(rf"^-\s+{expr}81\b", res.stdout, re.M), res.stdout
+    assert re.search(rf"^\+\s+{expr}80\b", res.stdout, re.M), res.stdout
     assert "gpuwarden-rules generate" in res.stderr
 
 
@@ -77,9 +77,12 @@ def _all_rules() -> list[dict]:
 
 def test_every_alert_carries_the_contract_labels_annotations_and_a_runbook() -> None:
     rules = _all_rules()
-    assert len(rules) == 16
+    cfg = config.load()
+    profile_versions = sum(len(p.alerts) for p in cfg.profiles.values())
+    assert len(rules) == 16 + profile_versions
     for r in rules:
-        assert set(r["labels"]) == {"rule", "severity", "action", "family"}
+        # A profile's version carries `profile` besides the contract's labels (nothing routes on it).
+        assert set(r["labels"]) - {"profile"} == {"rule", "severity", "action", "family"}
         assert r["labels"]["severity"] in ("info", "warning", "critical")
         assert r["labels"]["action"] in ("notify", "throttle", "preempt", "quarantine")
         ann = r["annotations"]
@@ -92,11 +95,17 @@ def test_every_alert_carries_the_contract_labels_annotations_and_a_runbook() -> 
             assert section in body, f"{runbook}: no {section}"
 
 
+_PROFILE_NARROWING = re.compile(r' unless on \(instance, gpu\) gpu_info\{job="gpuwarden-exporter", name=~"[^"]+"\}')
+
+
 def test_threshold_alerts_read_raw_series_and_keep_gpu_labels() -> None:
-    """No join, no recording rule, no aggregation that drops instance/gpu/uuid."""
+    """No recording rule, no aggregation that drops instance/gpu/uuid; the default version's only
+    join is an `unless` on gpu_info, so it fires from the raw series alone (no gpu_info needed)."""
     cfg = config.load()
     for a in cfg.alerts.values():
-        expr = render.alert_rule(cfg, a)["expr"]
+        full = render.alert_rule(cfg, a)["expr"]
+        expr = _PROFILE_NARROWING.sub("", full)
+        assert (expr != full) == bool(cfg.profiles_overriding(a.rule)), full
         metrics = set(re.findall(r"\b([a-z_:]+)\{", expr))
         assert metrics <= EXPORTER_METRICS, expr
         assert ":" not in expr.split("{")[0] and "gpu_info" not in expr
@@ -137,13 +146,15 @@ def test_prometheusrule_manifest_holds_valid_groups(tmp_path: Path) -> None:
     res = subprocess.run([promtool, "check", "rules", "--lint-fatal", str(spec)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "SUCCESS: 19 rules found" in res.stdout
+    cfg = config.load()
+    assert f"SUCCESS: {19 + sum(len(p.alerts) for p in cfg.profiles.values())} rules found" in res.stdout
 
 
 @pytest.mark.binaries
 @pytest.mark.parametrize("test_file", [
     "rules/generated/gpuwarden-alerts.test.yml",
     "rules/tests/edge-cases.test.yml",
+    "rules/tests/profiles.test.yml",
     "tests/rules/promtool/contract.test.yml",
 ])
 def test_promtool_unit_tests_pass(test_file: str) -> None:
