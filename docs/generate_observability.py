@@ -3,9 +3,10 @@
     python docs/generate_observability.py           # rewrite docs/OBSERVABILITY.md
     python docs/generate_observability.py --check   # exit 1 when the committed file is stale
 
-Metrics come from real /metrics pages: the exporter (``gpuwarden-exporter --simulate 2``) and the
-agent (``gpuwarden-agent serve`` with every plug-in enabled) are started on free ports and scraped
-once; each family's name, type, help and label names are read from the exposition. Alerts and
+Metrics come from real /metrics pages: the exporter (``gpuwarden-exporter --simulate 2``, both
+simulated boards) and the agent (``gpuwarden-agent serve`` with every plug-in enabled) are started
+on free ports, given one event each (an XID; a webhook delivery) so that labelled counters have a
+series, and scraped; each family's name, type, help and label names are read from the exposition. Alerts and
 recording rules come from the generated rule files in rules/generated (themselves generated from
 rules/thresholds.yaml), so neither list can drift from what is shipped. Lives beside the doc, not
 inside a package, because it depends on all three packages and none of them should depend on it.
@@ -14,6 +15,7 @@ inside a package, because it depends on all three packages and none of them shou
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -25,7 +27,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -60,9 +62,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _scrape(argv: list[str], url: str, cwd: Path, ready: str | None = None) -> str:
-    """Starts ``argv``, waits for ``ready`` (default ``url``) to answer, returns ``url``'s body,
-    and stops the process (its whole group, by pid) whatever happens."""
+def _get(url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> str:
+    req = urllib.request.Request(url, data=body, headers=headers or {}, method="POST" if body is not None else "GET")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.read().decode()
+
+
+def _scrape(argv: list[str], url: str, cwd: Path, ready: str | None = None,
+            prepare: Callable[[], None] | None = None, until: str | None = None) -> str:
+    """Starts ``argv``, waits for ``ready`` (default ``url``) to answer, runs ``prepare`` (events
+    that make labelled families show their series), returns ``url``'s body once it contains
+    ``until``, and stops the process (its whole group, by pid) whatever happens."""
     log = open(cwd / "child.log", "ab")
     proc = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -71,14 +81,21 @@ def _scrape(argv: list[str], url: str, cwd: Path, ready: str | None = None) -> s
             if proc.poll() is not None:
                 raise SystemExit(f"{argv[0]} exited ({proc.returncode}); see {cwd / 'child.log'}")
             try:
-                with urllib.request.urlopen(ready or url, timeout=2):
-                    break
+                _get(ready or url)
+                break
             except OSError:
                 if time.monotonic() > deadline:
                     raise SystemExit(f"{argv[0]} did not answer {ready or url} within 30s") from None
                 time.sleep(0.1)
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return resp.read().decode()
+        if prepare is not None:
+            prepare()
+        while True:
+            text = _get(url)
+            if until is None or until in text:
+                return text
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{url} never showed {until!r} within 30s; see {cwd / 'child.log'}")
+            time.sleep(0.1)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -101,17 +118,26 @@ def families(text: str) -> list[Family]:
 
 
 def exporter_metrics(tmp: Path) -> list[Family]:
-    port = _free_port()
-    text = _scrape([_script("gpuwarden-exporter"), f"--web.listen-address=127.0.0.1:{port}",
-                    f"--simulate={GPUS}", "--sim.control-address="], f"http://127.0.0.1:{port}/metrics", tmp)
+    """Both simulated boards (H100 reports remapped rows, V100 retired pages), each after one
+    non-fatal XID so that the per-XID counter has a series."""
+    text = ""
+    for model in ("h100", "v100"):
+        port, control = _free_port(), _free_port()
+        xid = lambda: _get(f"http://127.0.0.1:{control}/api/v1/gpus/0/faults",  # noqa: E731
+                           json.dumps({"kind": "xid", "xid": 13}).encode(), {"Content-Type": "application/json"})
+        text += _scrape([_script("gpuwarden-exporter"), f"--web.listen-address=127.0.0.1:{port}",
+                         f"--simulate={GPUS}", f"--sim.model={model}", f"--sim.control-address=127.0.0.1:{control}"],
+                        f"http://127.0.0.1:{port}/metrics", tmp, prepare=xid, until='gpu_xid_errors_total{')
     return families(text)
 
 
 def agent_metrics(tmp: Path) -> list[Family]:
     """The agent with its scheduler, remediation and predictor plug-ins (the predictor pointed
-    at a Prometheus that is not there: its families exist all the same)."""
+    at a Prometheus that is not there: its families exist all the same), after one webhook
+    delivery so that the per-action counters have a series."""
     port = _free_port()
-    (tmp / "token").write_text("generate-observability\n")
+    token = "generate-observability"
+    (tmp / "token").write_text(token + "\n")
     config = {
         "web": {"listen_address": f"127.0.0.1:{port}", "token_file": "token"},
         "database": {"path": "agent.db"},
@@ -121,8 +147,17 @@ def agent_metrics(tmp: Path) -> list[Family]:
         "predictor": {"prometheus_url": f"http://127.0.0.1:{_free_port()}", "timeout_seconds": 1},
     }
     (tmp / "agent.yaml").write_text(yaml.safe_dump(config))
+    alert = {"status": "firing", "labels": {"alertname": "GPUThermalWarning", "rule": "THERMAL_WARNING",
+                                            "severity": "warning", "action": "notify", "instance": "node-a",
+                                            "gpu": "0", "uuid": "GPU-node-a-0"},
+             "annotations": {}, "startsAt": "2026-01-01T00:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+             "generatorURL": "", "fingerprint": "0000000000000001"}
+    body = {"version": "4", "groupKey": "{}:{}", "truncatedAlerts": 0, "status": "firing", "receiver": "gpuwarden-agent",
+            "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "", "alerts": [alert]}
+    deliver = lambda: _get(f"http://127.0.0.1:{port}/webhook/alertmanager", json.dumps(body).encode(),  # noqa: E731
+                           {"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
     text = _scrape([_script("gpuwarden-agent"), "serve", "--config=agent.yaml"], f"http://127.0.0.1:{port}/metrics",
-                   tmp, ready=f"http://127.0.0.1:{port}/healthz")
+                   tmp, ready=f"http://127.0.0.1:{port}/healthz", prepare=deliver, until="remediation_actions_total{")
     return families(text)
 
 
@@ -163,15 +198,16 @@ def render(exporter: list[Family], agent: list[Family]) -> str:
         "",
         f"## Exporter metrics (`gpuwarden-exporter`, default port 9786): {len(exporter)} families",
         "",
-        "Scraped from `gpuwarden-exporter --simulate` (the same NVML code path as on real GPUs). "
-        "Families whose label column is empty but that carry labels (e.g. per-XID counters) get "
-        "their series on the first event.",
+        "Scraped from `gpuwarden-exporter --simulate` on both simulated boards (H100: remapped rows; "
+        "V100: retired pages), after one XID; the same NVML code path runs on real GPUs.",
         "",
         *_metric_table(exporter),
         "",
         f"## Agent metrics (`gpuwarden-agent`, default port 9787): {len(agent)} families",
         "",
-        "Scraped from `gpuwarden-agent serve` with the scheduler, remediation and predictor enabled.",
+        "Scraped from `gpuwarden-agent serve` with the scheduler, remediation and predictor enabled, "
+        "after one webhook delivery. The predictor's per-GPU families (no label shown) get their "
+        "series (`gpu`, `uuid`; the forecast also `metric`) once it has read Prometheus.",
         "",
         *_metric_table(agent),
         "",
