@@ -49,17 +49,12 @@ def _script(name: str) -> str:
 
 
 def detect_gpus() -> tuple[int, str]:
-    """(GPU count, why) from the real NVML; 0 when NVML cannot be loaded or finds none."""
-    import pynvml
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as exc:
-        return 0, f"NVML not available ({exc})"
-    try:
-        count = pynvml.nvmlDeviceGetCount()
-        return count, f"NVML found {count} GPU(s), driver {pynvml.nvmlSystemGetDriverVersion()}"
-    finally:
-        pynvml.nvmlShutdown()
+    """(GPU count, why) from the real NVML; 0 when NVML cannot be loaded, hangs or finds none."""
+    from exporter.probe import nvml_gpu_count
+    count = nvml_gpu_count()
+    if not count:
+        return 0, "NVML found no GPU (libnvidia-ml missing, failing or without devices)"
+    return count, f"NVML found {count} GPU(s)"
 
 
 def _scenario_file(name: str) -> Path:
