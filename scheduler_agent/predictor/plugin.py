@@ -55,8 +55,8 @@ def install(agent: Any) -> PredictorService | None:
         raise agent.config.error("predictor.rules_file", str(exc)) from None
     scheduler = agent.scheduler
 
-    def migrate_off(uuid: str, reason: str) -> None:
-        scheduler.preempt_gpu(uuid, reason, actor="predictor")
+    def migrate_off(uuid: str, reason: str) -> list[int]:
+        return scheduler.preempt_gpu(uuid, reason, actor="predictor")
 
     from scheduler_agent.predictor.prom import PrometheusClient
     try:

@@ -4,8 +4,9 @@ Every ``period`` seconds one run (span ``health.check``) range-queries Prometheu
 ``window`` seconds of every MetricSpec, forecasts each GPU (health.evaluate), publishes the
 result for the scheduler's risk hook (``service.risk``) and the collector, and migrates ahead of
 time: a GPU predicted to cross a migrating metric's threshold within ``lead_time`` gets
-``on_migrate(uuid, reason)`` (wired to ``scheduler.preempt_gpu``) once per episode, re-armed
-when the prediction clears.
+``on_migrate(uuid, reason)`` (wired to ``scheduler.preempt_gpu``) every run until it returns
+something other than an empty list (jobs moved), then not again until the prediction clears,
+so a requeued job that lands back on the only free GPU is not bounced every period.
 
 Prometheus down, slow (each request is bounded by ``timeout``) or erroring never raises out of
 a run: the last good result stays published, marked stale, ``gpuwarden_predictor_up`` drops to
@@ -179,11 +180,13 @@ class PredictorService:
             if uuid in self._migrated or self.on_migrate is None:
                 continue
             try:
-                self.on_migrate(uuid, reason)
+                moved = self.on_migrate(uuid, reason)
             except Exception:  # noqa: BLE001 - e.g. a GPU the scheduler does not know; retried next run
                 log.exception("predictor: migrating jobs off %s failed", uuid)
                 continue
-            log.info("predictor: migrated jobs off %s: %s", uuid, reason)
+            if moved is not None and not moved:
+                continue  # nothing ran there (preempt_gpu -> []): a job placed later still moves
+            log.info("predictor: migrated jobs off %s (%s): %s", uuid, moved, reason)
             self._migrated.add(uuid)
 
     # --- periodic runner -----------------------------------------------------------------
