@@ -104,6 +104,7 @@ class Device:
     pci_bus_id: str = ""
     unsupported: set[str] = field(default_factory=set)    # call keys answered NOT_SUPPORTED & co
     field_fallback: set[str] = field(default_factory=set)  # sample keys the field API cannot give
+    static: dict[str, Any] = field(default_factory=dict)   # fixed figures (limits, thresholds): read once
     calls: int = 0                                         # NVML calls made for this GPU
     field_buf: Any = field(default=None, repr=False)       # reused nvmlFieldValue_t array
     field_buf_ids: list[int] = field(default_factory=list, repr=False)

@@ -201,3 +201,22 @@ def test_gpu_lost_before_the_first_scrape_keeps_its_identity(make_exporter):
     uuid = h.fleet.gpus[1].uuid
     assert [s.labels["uuid"] for s in fams["gpu_up"].samples if s.labels["gpu"] == "1"] == [uuid]
     assert [s.labels["uuid"] for s in fams["gpu_xid_errors"].samples] == [uuid]
+
+
+def test_gpu_limits_are_read_once_and_not_supported_is_cached_per_gpu(make_exporter):
+    """The GPU's own limits (relative alert thresholds read them) are fixed: asked once per GPU;
+    a GPU answering NOT_SUPPORTED for the temperature thresholds is not asked again either."""
+    h = make_exporter(3)
+    h.fleet.inject(1, {"kind": "not_supported", "call": "nvmlDeviceGetTemperatureThreshold"})
+    fams = h.scrape()
+    slowdown = {k: v for k, v in h.values(fams, "gpu_temperature_threshold_celsius", threshold="slowdown").items()}
+    assert set(slowdown) == {"0", "2"} and slowdown["0"] == 88.0        # the simulated H100's figure
+    assert h.values(fams, "gpu_power_limit_default_watts") == {"0": 700.0, "1": 700.0, "2": 700.0}
+    assert h.values(fams, "gpu_up")["1"] == 1
+    h.lib.calls.clear()
+    for _ in range(3):
+        fams = h.scrape()
+    for call in ("nvmlDeviceGetTemperatureThreshold", "nvmlDeviceGetPowerManagementDefaultLimit",
+                 "nvmlDeviceGetPowerManagementLimitConstraints"):
+        assert h.lib.calls[call] == 0, call
+    assert set(h.values(fams, "gpu_temperature_threshold_celsius", threshold="slowdown")) == {"0", "2"}
