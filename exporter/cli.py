@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from exporter import collectors
 from exporter.collector import GpuCollector
+from exporter.sim.models import DEFAULT_MODEL, MODELS
 from exporter.server import MetricsServer, parse_listen_address
 from exporter.service import DEFAULT_TIMEOUT, ExporterService
 
@@ -56,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--scenario", metavar="FILE",
                      help="play this scenario on the simulated fleet (implies --simulate; "
                           "fleet size from the scenario's 'gpus', else 8)")
-    sim.add_argument("--sim.model", dest="sim_model", default="h100", metavar="MODEL", help="simulated board (h100, v100)")
+    sim.add_argument("--sim.model", dest="sim_model", default=DEFAULT_MODEL, metavar="MODEL",
+                     help=f"simulated board ({', '.join(MODELS)}; default {DEFAULT_MODEL}, judged by the default thresholds)")
     sim.add_argument("--sim.control-address", dest="control", default=DEFAULT_CONTROL, metavar="ADDRESS",
                      help="simulator control endpoint (default %(default)s; '' disables it)")
     p.add_argument("--log.level", dest="log_level", default="info", metavar="LEVEL",
