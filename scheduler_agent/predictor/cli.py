@@ -111,8 +111,7 @@ def predict_prometheus(args: argparse.Namespace, out: TextIO) -> int:
         print(f"gpuwarden-agent predict: {exc}", file=sys.stderr)
         return 2
     svc = PredictorService(PrometheusClient(args.prometheus_url, args.timeout), cfg, lead_time=args.lead_time,
-                           window=args.window, step=args.step, min_confidence=args.min_confidence,
-                           error_selector=f'{{job="{cfg.exporter_job}"}}')
+                           window=args.window, step=args.step, min_confidence=args.min_confidence)
     try:
         gpus = svc.fetch(time.time())
     except PrometheusError as exc:

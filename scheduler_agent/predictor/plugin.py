@@ -63,8 +63,7 @@ def install(agent: Any) -> PredictorService | None:
         svc = PredictorService(PrometheusClient(url, nums["timeout_seconds"]), cfg, period=nums["period_seconds"],
                                lead_time=nums["lead_time_seconds"], window=nums["window_seconds"],
                                step=nums["step_seconds"], on_migrate=migrate_off if migrate else None,
-                               tracer_provider=agent.tracer_provider,
-                               error_selector=f'{{job="{cfg.exporter_job}"}}')
+                               tracer_provider=agent.tracer_provider)
     except ValueError as exc:
         raise agent.config.error("predictor", str(exc)) from None
     scheduler.risk = svc.risk

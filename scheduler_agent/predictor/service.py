@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 from scheduler_agent.predictor.forecast import MIN_CONFIDENCE, PERSIST
 from scheduler_agent.predictor.health import GpuHealth, evaluate, migration_candidates
 from scheduler_agent.predictor.prom import PrometheusClient, PrometheusError
-from scheduler_agent.predictor.specs import MetricSpec, load_specs, specs_from_rules
+from scheduler_agent.predictor.specs import MetricSpec, specs_from_rules
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +57,17 @@ class Snapshot:
         return not self.ok
 
 
-def _as_specs(thresholds: Any) -> list[MetricSpec]:
-    if thresholds is None:
-        return load_specs()
-    if isinstance(thresholds, (str, Path)):
-        return load_specs(thresholds)
+def _as_specs(thresholds: Any) -> tuple[list[MetricSpec], str | None]:
+    """MetricSpecs and the exporter's scrape job (None when given bare MetricSpecs)."""
+    if thresholds is None or isinstance(thresholds, (str, Path)):
+        from rules import config as rules_config
+        thresholds = rules_config.load(Path(thresholds) if thresholds is not None else None)
     if hasattr(thresholds, "alerts"):
-        return specs_from_rules(thresholds)
+        return specs_from_rules(thresholds), getattr(thresholds, "exporter_job", None)
     specs = list(thresholds)
     if not all(isinstance(s, MetricSpec) for s in specs):
         raise TypeError("thresholds must be None, a rules file path, a RulesConfig or MetricSpecs")
-    return specs
+    return specs, None
 
 
 class PredictorService:
@@ -83,13 +83,15 @@ class PredictorService:
                  on_risk: Callable[[str, float], None] | None = None,
                  on_migrate: Callable[[str, str], Any] | None = None,
                  tracer_provider: Any = None, clock: Callable[[], float] = time.time,
-                 error_selector: str = "") -> None:
+                 error_selector: str | None = None) -> None:
         if period <= 0 or window <= 0 or step <= 0 or lead_time < 0:
             raise ValueError(f"period ({period}), window ({window}) and step ({step}) must be > 0, "
                              f"lead_time ({lead_time}) >= 0")
         if window < 5 * step:
             raise ValueError(f"window {window:g}s holds fewer than 5 steps of {step:g}s; widen it")
-        self.specs = _as_specs(thresholds)
+        self.specs, job = _as_specs(thresholds)
+        if error_selector is None:
+            error_selector = f'{{job="{job}"}}' if job else ""
         self.client = prom_url if isinstance(prom_url, PrometheusClient) else PrometheusClient(
             prom_url, timeout if timeout is not None else max(1.0, min(10.0, 0.8 * period)))
         self.period, self.lead_time, self.window, self.step = period, lead_time, window, step

@@ -198,3 +198,10 @@ def test_thresholds_come_from_rules_config(tmp_path) -> None:  # type: ignore[no
     assert shipped["memory"].threshold == 0.9
     assert shipped["ecc"].threshold == pytest.approx(10 / 300)
     assert 'job="gpuwarden-exporter"' in shipped["temperature"].query
+
+
+def test_shipped_rules_select_the_exporter_job_everywhere(prom: FakePrometheus) -> None:
+    svc = PredictorService(prom.url, None, clock=lambda: NOW)
+    assert svc.run_once().ok
+    assert len(prom.queries) == len(svc.specs) + 2
+    assert all('job="gpuwarden-exporter"' in q for q in prom.queries), prom.queries
