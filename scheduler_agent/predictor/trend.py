@@ -1,13 +1,15 @@
 """Robust trend estimation over a recent window of samples.
 
 Estimator: Theil–Sen (``scipy.stats.theilslopes``), fitted twice, on the whole window and on its
-recent half, then one of three models is chosen. Why this and not least squares
+recent half, then one of two models is chosen (a line, or an exponential approach). Why this and not least squares
 (what Prometheus' ``predict_linear`` does):
 
 * Noise. GPU gauges jitter by a degree or a few watts from one scrape to the next. Theil–Sen's
   slope is the median of all pairwise slopes; on Gaussian noise it is almost as efficient as
   least squares (about 91 %), and scipy gives it a confidence interval (Sen's normal
-  approximation, ties handled), which is what turns a slope into a *confidence* below.
+  approximation, ties handled), which is what turns a slope into a *confidence* below. The
+  interval is widened for lag-1 autocorrelated residuals (slow wander, windowed counts), which
+  Sen's interval otherwise treats as independent evidence.
 * Outliers. A single scrape taken during a kernel launch, or a short spike, moves a least-squares
   line arbitrarily far (breakdown point 0); Theil–Sen tolerates about 29 % outliers. Last-sample
   spikes matter most because ``predict_linear`` extrapolates from the window's end; the level we
@@ -23,7 +25,8 @@ recent half, then one of three models is chosen. Why this and not least squares
   samples, narrower interval) and the level the recent half's line at the last sample (no lag
   when the climb bends upward). A third model, extrapolating the recent half's steeper slope on
   an accelerating climb, was tried and dropped: it warned ~1.5 min earlier on runaways but
-  mistook slow load wander for runaways as often (bench/predictor_eval.py).
+  mistook slow load wander for runaways as often (bench/predictor_eval.py). Persistence across
+  scrapes and the confidence gate live in forecast.py.
 
 Alternatives weighed: Siegel's repeated medians (``scipy.stats.siegelslopes``) has a 50 %
 breakdown point but no confidence interval in scipy and a noisier slope on clean Gaussian noise;
