@@ -100,6 +100,11 @@ def agent_config(workdir: Path, ports: Ports, token_file: Path, settings: Settin
             "actuator": actuator,
             "throttle": {"fraction": 0.7, "hold_down_seconds": settings.throttle_hold_down_seconds},
         },
+        # Risk scores for placement, the dashboard and `gpuwarden-agent predict`. Migrating ahead
+        # of an alert stays off here so that what the demo shows is the alert-driven loop; turn
+        # it on with `migrate: true` in a real deployment's agent config.
+        "predictor": {"prometheus_url": f"http://127.0.0.1:{ports.prometheus}", "period_seconds": 15,
+                      "migrate": False},
     }
 
 
