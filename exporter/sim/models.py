@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -27,15 +27,6 @@ class GpuModel:
 
 
 MODELS: dict[str, GpuModel] = {
-    # The default: an SXM-class 700 W board under a name no profile in rules/thresholds.yaml
-    # matches, so the simulated fleet is judged by the seed's default thresholds (400/450 W,
-    # 80/85 °C). `--sim.model h100` plays the same board as an H100, judged by the H100 profile.
-    "sim": GpuModel(name="gpuwarden Simulated GPU", idle_watts=70.0, max_watts=700.0,
-                    default_limit_watts=700.0, min_limit_watts=200.0, max_limit_watts=700.0,
-                    memory_bytes=80 * 1024**3, ambient_celsius=30.0, thermal_resistance=0.08,
-                    thermal_tau_seconds=20.0, slowdown_celsius=88.0, hw_slowdown_celsius=93.0,
-                    max_sm_mhz=1980, idle_sm_mhz=345, mem_mhz=2619, memory_repair="remapping",
-                    has_fan=True),
     # SXM-class board; the simulated one reports a fan reading so dashboards have one to show.
     "h100": GpuModel(name="NVIDIA H100 80GB HBM3", idle_watts=70.0, max_watts=700.0,
                      default_limit_watts=700.0, min_limit_watts=200.0, max_limit_watts=700.0,
@@ -51,5 +42,10 @@ MODELS: dict[str, GpuModel] = {
                      max_sm_mhz=1530, idle_sm_mhz=135, mem_mhz=877, memory_repair="retirement",
                      has_fan=False),
 }
+
+# The default: the h100 board under a name no profile in rules/thresholds.yaml matches, so the
+# simulated fleet is judged by the seed's default thresholds (400/450 W, 80/85 °C).
+# `--sim.model h100` plays the same board as an H100, judged by the H100 profile.
+MODELS["sim"] = replace(MODELS["h100"], name="gpuwarden Simulated GPU")
 
 DEFAULT_MODEL = "sim"
