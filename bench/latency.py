@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import rules.config
 from tests.e2e import loop as L
 
 TARGET_MARGIN = 5.0
@@ -61,12 +60,11 @@ def _action_at(run: L.Run, rule: str, receiver: str) -> float | None:
 
 
 def one_round(workdir: Path, timeout: float = 240.0) -> list[dict[str, Any]]:
-    cfg = rules.config.load()
     loop = L.start(workdir, _binary("prometheus"), _binary("prometheus-alertmanager", "alertmanager"),
                    _script("gpuwarden-exporter"), _script("gpuwarden-agent"))
     try:
         run = L.inject_all(loop)
-        receivers = {r: L.receiver_for(cfg.alerts[r]) for r in L.SEED_RULES}
+        receivers = {r: L.receiver_for(run.specs[r]) for r in L.SEED_RULES}
         acted: dict[str, float] = {}
         deadline = time.monotonic() + timeout
         while len(acted) < len(L.SEED_RULES) and time.monotonic() < deadline:
@@ -82,7 +80,7 @@ def one_round(workdir: Path, timeout: float = 240.0) -> list[dict[str, Any]]:
         loop.stop()
     rows = []
     for rule in L.SEED_RULES:
-        spec = cfg.alerts[rule]
+        spec = run.specs[rule]   # the version of the rule (profile) judging the rule's GPU
         floor = L.floor_seconds(spec, receivers[rule])
         at, crossed = acted.get(rule), run.crossed_at.get(rule)
         rows.append({

@@ -148,7 +148,22 @@ def shipped_faults() -> dict[str, Fault]:
     return out
 
 
-def crossed(rule: rules.config.AlertRule, gpu: dict[str, Any], baseline: dict[str, Any]) -> bool:
+def threshold_now(rule: rules.config.AlertRule, gpu: dict[str, Any], slowdown: float | None) -> float:
+    """``rule``'s threshold for this GPU now: a profile's relative threshold from the GPU's own
+    limit (as the generated PromQL computes it), else the fixed one (also the rules' fallback for
+    a GPU that does not report the limit)."""
+    rel = getattr(rule, "relative", None)
+    if rel is None:
+        return float(rule.threshold)
+    if rel.limit == "power_limit":
+        return rel.threshold(float(gpu["power_limit_watts"]))
+    if rel.limit == "temperature_slowdown" and slowdown is not None:
+        return rel.threshold(slowdown)
+    return float(rule.threshold)
+
+
+def crossed(rule: rules.config.AlertRule, gpu: dict[str, Any], baseline: dict[str, Any],
+            slowdown: float | None = None) -> bool:
     """Whether the simulator's raw state of ``gpu`` is past ``rule``'s threshold now (the moment
     the fault is visible to NVML, from which detection latency counts)."""
     ops = {">=": float.__ge__, ">": float.__gt__, "<=": float.__le__, "<": float.__lt__}
@@ -167,7 +182,7 @@ def crossed(rule: rules.config.AlertRule, gpu: dict[str, Any], baseline: dict[st
         value = gpu["memory_ratio"]
     else:
         raise LoopError(f"no simulator field for {rule.rule}'s metric {rule.metric}")
-    return op(float(value), float(rule.threshold))
+    return op(float(value), threshold_now(rule, gpu, slowdown))
 
 
 @dataclass
@@ -227,13 +242,13 @@ class Loop:
         _request("POST", self.sim_url + "/api/v1/scenario", doc)
 
     # -- exporter and Prometheus ------------------------------------------------------------
-    def exporter_value(self, metric: str, gpu: int) -> float | None:
-        """One per-GPU gauge as the exporter serves it now (read through NVML from the sim)."""
+    def exporter_value(self, metric: str, gpu: int, **labels: str) -> float | None:
+        """One per-GPU series as the exporter serves it now (read through NVML from the sim)."""
         with urllib.request.urlopen(self.exporter_url + "/metrics", timeout=5) as resp:
             text = resp.read().decode()
-        needle = f'gpu="{gpu}"'
+        needles = [f'gpu="{gpu}"', *(f'{k}="{v}"' for k, v in labels.items())]
         for line in text.splitlines():
-            if line.startswith(metric + "{") and needle in line.split("}", 1)[0]:
+            if line.startswith(metric + "{") and all(n in line.split("}", 1)[0] for n in needles):
                 return float(line.rsplit(" ", 1)[1])
         return None
 
@@ -306,6 +321,7 @@ class Run:
     faults: dict[str, Fault] = field(default_factory=dict)
     cleared: set[str] = field(default_factory=set)
     latencies: dict[str, dict[str, float]] = field(default_factory=dict)   # filled in by the tests
+    specs: dict[str, rules.config.AlertRule] = field(default_factory=dict)  # rule -> version judging its GPU
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def clear(self, rule: str) -> float:
@@ -334,11 +350,15 @@ def inject_all(loop: Loop) -> Run:
         gpu[rule] = index
     index_uuid = {g["index"]: u for u, g in by_uuid.items()}
     baseline = {g["index"]: g for g in by_uuid.values()}
+    # The rules judge each GPU by its model's profile (rules/thresholds.yaml: profiles).
+    specs = {r: cfg.rule_for(r, baseline[i]["name"]) for r, i in gpu.items()}
+    slowdown = {i: loop.exporter_value("gpu_temperature_threshold_celsius", i, threshold="slowdown")
+                for i in gpu.values()}
     injected: dict[str, float] = {}
     for rule in SEED_RULES:
         injected[rule] = time.time()
         loop.play(faults[rule].doc(gpu[rule]))
-    run = Run(loop, gpu, {r: index_uuid[i] for r, i in gpu.items()}, job_id, injected, faults=faults)
+    run = Run(loop, gpu, {r: index_uuid[i] for r, i in gpu.items()}, job_id, injected, faults=faults, specs=specs)
 
     def watch() -> None:
         while not run._stop.is_set():
@@ -348,7 +368,7 @@ def inject_all(loop: Loop) -> Run:
                 return   # the loop is stopping
             now = time.time()
             for rule, index in gpu.items():
-                if rule not in run.crossed_at and crossed(cfg.alerts[rule], state[index], baseline[index]):
+                if rule not in run.crossed_at and crossed(specs[rule], state[index], baseline[index], slowdown[index]):
                     run.crossed_at[rule] = now
             if len(run.crossed_at) == len(gpu):
                 return

@@ -30,13 +30,13 @@ SLACK = 60.0   # beyond a rule's floor: heating up to the threshold, a loaded 2-
 
 def _remaining(run: L.Run, rule: str) -> float:
     """Seconds left until the rule's action is overdue (floor + slack after the injection)."""
-    spec = CFG.alerts[rule]
+    spec = run.specs[rule]
     due = run.injected_at[rule] + L.floor_seconds(spec, L.receiver_for(spec)) + SLACK
     return max(5.0, due - time.time())
 
 
 def _record(run: L.Run, rule: str, at: float) -> None:
-    spec = CFG.alerts[rule]
+    spec = run.specs[rule]
     crossed = run.crossed_at.get(rule)
     run.latencies[rule] = {
         "floor_seconds": L.floor_seconds(spec, L.receiver_for(spec)),
@@ -58,7 +58,7 @@ def _action(run: L.Run, rule: str, action: str) -> dict[str, Any]:
     assert len(rows) == 1, f"one alert instance, one decision: {rows}"
     row = rows[0]
     assert (row["action"], row["outcome"], row["error"]) == (action, "acted", ""), row
-    assert row["severity"] == CFG.alerts[rule].severity
+    assert row["severity"] == run.specs[rule].severity
     _record(run, rule, row["at"])
     return row
 
@@ -77,7 +77,7 @@ def _power_limit_is(run: L.Run, rule: str, watts: float) -> bool:
 
 def _notify(run: L.Run, rule: str) -> None:
     """A notify rule: delivered by Alertmanager to its receiver, and nothing done to the GPU."""
-    spec = CFG.alerts[rule]
+    spec = run.specs[rule]
     receiver = L.receiver_for(spec)
     assert receiver != L.AGENT_RECEIVER and spec.action == "notify"
     notes = wait_until(lambda: run.loop.notifications(rule, run.gpu[rule]), _remaining(run, rule), 0.2,
@@ -125,7 +125,8 @@ def test_power_critical_preempts_the_job_which_runs_again_elsewhere(run: L.Run) 
     uuid = run.uuid[rule]
     row = _action(run, rule, "preempt")
     assert row["detail"]["preempted_jobs"] == [run.job_id]
-    assert _sim_gpu(run, rule)["power_watts"] >= CFG.alerts[rule].threshold
+    sim = _sim_gpu(run, rule)
+    assert sim["power_watts"] >= L.threshold_now(run.specs[rule], sim, None)
 
     job = wait_until(lambda: (j := loop.job(run.job_id))["state"] == "running" and j, 30, 0.2,
                      f"job {run.job_id} to run again")
@@ -189,7 +190,11 @@ def test_memory_pressure_notifies(run: L.Run) -> None:
 
 def test_thermal_warning_notifies(run: L.Run) -> None:
     _notify(run, "THERMAL_WARNING")
-    assert _sim_gpu(run, "THERMAL_WARNING")["temperature_celsius"] <= CFG.alerts["THERMAL_CRITICAL"].threshold
+    gpu = run.gpu["THERMAL_WARNING"]
+    sim = _sim_gpu(run, "THERMAL_WARNING")
+    slowdown = run.loop.exporter_value("gpu_temperature_threshold_celsius", gpu, threshold="slowdown")
+    spec = CFG.rule_for("THERMAL_CRITICAL", sim["name"])
+    assert sim["temperature_celsius"] <= L.threshold_now(spec, sim, slowdown), "below THERMAL_CRITICAL"
     run.clear("THERMAL_WARNING")
 
 
