@@ -19,7 +19,8 @@ binaries:
 	@bash .ci/install-slurm
 
 # Brings the whole loop up on this host (real GPUs when NVML finds them, else the simulated fleet).
-up: setup binaries
+up: setup
+	@bash .ci/install-binaries
 	$(VENV)/bin/gpuwarden up $(ARGS)
 
 # All the tests, the ones driving the real binaries included.
@@ -27,14 +28,17 @@ test: setup binaries
 	$(PY) -m pytest $(ARGS)
 
 # Regenerates the committed Prometheus rules from rules/thresholds.yaml, then what is derived
-# from them and from the code: the Kubernetes copy of the PrometheusRule, docs/OBSERVABILITY.md.
+# from them and from the code: the Grafana dashboard, the Kubernetes copy of the PrometheusRule,
+# docs/OBSERVABILITY.md.
 generate: setup
 	$(VENV)/bin/gpuwarden-rules generate
+	$(PY) -m dashboards.generate
 	cp rules/generated/gpuwarden.prometheusrule.yaml deploy/kubernetes/prometheusrule.yaml
 	$(PY) docs/generate_observability.py
 
 check: setup
 	$(VENV)/bin/gpuwarden-rules check
+	$(PY) -m dashboards.generate --check
 	cmp rules/generated/gpuwarden.prometheusrule.yaml deploy/kubernetes/prometheusrule.yaml
 	$(PY) docs/generate_observability.py --check
 
