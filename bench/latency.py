@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tests.e2e import loop as L
+from scheduler_agent.stack.processes import StackError, console_script
 
 TARGET_MARGIN = 5.0
 
@@ -42,11 +43,10 @@ def _binary(*names: str) -> str:
 
 
 def _script(name: str) -> str:
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if not found:
-        raise SystemExit(f"{name} not installed: pip install -e .")
-    return found
+    try:
+        return console_script(name)
+    except StackError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def _action_at(run: L.Run, rule: str, receiver: str) -> float | None:

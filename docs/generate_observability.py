@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -31,6 +30,7 @@ from typing import Callable, Sequence
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from scheduler_agent.stack.processes import StackError, console_script
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "OBSERVABILITY.md"
@@ -49,11 +49,10 @@ class Family:
 
 
 def _script(name: str) -> str:
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if not found:
-        raise SystemExit(f"{name} not installed: run 'pip install -e .' first")
-    return found
+    try:
+        return console_script(name)
+    except StackError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def _free_port() -> int:

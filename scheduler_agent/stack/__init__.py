@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from scheduler_agent.stack import configs, demo
-from scheduler_agent.stack.processes import Children, StackError, pick_port
+from scheduler_agent.stack.processes import Children, StackError, console_script, pick_port
 from scheduler_agent.stack.view import LiveView, NotificationSink
 
 INSTALL_HINT = "install them with 'apt-get install prometheus prometheus-alertmanager' (or 'make binaries')"
@@ -37,15 +37,6 @@ def _binary(flag_value: str | None, names: Sequence[str], what: str) -> str:
             return found
     raise StackError(f"{what} not found on PATH (looked for {', '.join(names)}): {INSTALL_HINT}, "
                      f"or pass --{what.lower()} PATH")
-
-
-def _script(name: str) -> str:
-    """Our console scripts, from the virtualenv running this command first."""
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if not found:
-        raise StackError(f"{name} not installed: run 'make setup' (pip install -e .)")
-    return found
 
 
 def detect_gpus() -> tuple[int, str]:
@@ -113,14 +104,14 @@ def up(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        exporter_argv = [_script("gpuwarden-exporter"), f"--web.listen-address=127.0.0.1:{ports.exporter}"]
+        exporter_argv = [console_script("gpuwarden-exporter"), f"--web.listen-address=127.0.0.1:{ports.exporter}"]
         if simulated:
             exporter_argv += [f"--simulate={gpu_count}", f"--sim.control-address=127.0.0.1:{ports.sim_control}"]
             if args.scenario not in ("demo", "none"):
                 exporter_argv.append(f"--scenario={_scenario_file(args.scenario)}")
         exp = children.start("exporter", exporter_argv)
         children.wait_ready(exp, f"http://127.0.0.1:{ports.exporter}/metrics")
-        agent = children.start("agent", [_script("gpuwarden-agent"), "serve", f"--config={paths['agent']}"],
+        agent = children.start("agent", [console_script("gpuwarden-agent"), "serve", f"--config={paths['agent']}"],
                                cwd=workdir / "agent")
         children.wait_ready(agent, f"http://127.0.0.1:{ports.agent}/healthz")
         am = children.start("alertmanager", [

@@ -7,9 +7,11 @@ the child's process group, waits, then SIGKILL, so nothing outlives ``gpuwarden 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -19,6 +21,15 @@ from typing import Sequence
 
 class StackError(RuntimeError):
     """Something the stack needs is missing or did not start; the message says what to do."""
+
+
+def console_script(name: str) -> str:
+    """One of our console scripts, from the virtualenv running this Python first, then PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if not found:
+        raise StackError(f"{name} not installed: run 'make setup' (pip install -e .)")
+    return found
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
