@@ -33,7 +33,10 @@ def console_script(name: str) -> str:
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on the port now (TIME_WAIT leftovers do not count: our
+    servers, Prometheus and Alertmanager all set SO_REUSEADDR)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
