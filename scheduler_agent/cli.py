@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
 import logging
 import os
 import signal
@@ -24,7 +23,7 @@ import sys
 import threading
 from typing import Any, Sequence
 
-from .client import ApiError, Client
+from .client import Client, run_cli
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:
@@ -103,13 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _client_main(args: argparse.Namespace) -> int:
-    try:
-        c = Client.from_token_file(args.url, args.token_file)
-    except OSError as exc:
-        print(f"gpuwarden-agent: --token-file: {exc}", file=sys.stderr)
-        return 2
-    out: Any
-    try:
+    def request(c: Client) -> Any:
         if args.cmd == "jobs":
             if args.verb == "submit":
                 cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -125,7 +118,7 @@ def _client_main(args: argparse.Namespace) -> int:
                 out = c.call("GET", "/api/v1/jobs" + (f"?state={args.state}" if args.state else ""))
                 if not args.json:
                     print(_table(out, ["id", "name", "state", "priority", "gpus", "node", "gpu_indexes", "reason"]))
-                    return 0
+                    return None
             elif args.verb == "show":
                 out = c.call("GET", f"/api/v1/jobs/{args.id}")
             else:
@@ -135,20 +128,15 @@ def _client_main(args: argparse.Namespace) -> int:
                 out = c.call("GET", "/api/v1/gpus")
                 if not args.json:
                     print(_table(out, ["node", "index", "uuid", "state", "job_id", "quarantine_reason"]))
-                    return 0
+                    return None
             elif args.verb == "quarantine":
                 out = c.call("POST", f"/api/v1/gpus/{args.uuid}/quarantine",
                              {"reason": args.reason, "preempt": not args.no_preempt})
             else:
                 out = c.call("POST", f"/api/v1/gpus/{args.uuid}/release", {})
-    except ApiError as exc:
-        print(f"gpuwarden-agent: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"gpuwarden-agent: cannot reach {args.url}: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(out, indent=2))
-    return 0
+        return out
+
+    return run_cli(args.url, args.token_file, request)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 class ApiError(Exception):
@@ -47,3 +48,27 @@ class Client:
                 msg = raw.decode(errors="replace")
             raise ApiError(exc.code, msg) from None
         return json.loads(raw) if raw else None
+
+
+def run_cli(url: str, token_file: str | None, request: Callable[[Client], Any]) -> int:
+    """Runs one CLI request against the agent and returns the exit status.
+
+    ``request`` returns the answer to print as JSON, or None when it printed a table itself.
+    A token file that cannot be read exits 2; an API error or an unreachable agent exits 1.
+    """
+    try:
+        client = Client.from_token_file(url, token_file)
+    except OSError as exc:
+        print(f"gpuwarden-agent: --token-file: {exc}", file=sys.stderr)
+        return 2
+    try:
+        out = request(client)
+    except ApiError as exc:
+        print(f"gpuwarden-agent: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"gpuwarden-agent: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    if out is not None:
+        print(json.dumps(out, indent=2))
+    return 0

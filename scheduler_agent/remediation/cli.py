@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import os
-import sys
 import time
 import urllib.parse
 from typing import Any, Sequence
 
-from scheduler_agent.client import ApiError, Client
+from scheduler_agent.client import Client, run_cli
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:
@@ -50,12 +48,8 @@ def _when(t: Any) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        c = Client.from_token_file(args.url, args.token_file)
-    except OSError as exc:
-        print(f"gpuwarden-agent: --token-file: {exc}", file=sys.stderr)
-        return 2
-    try:
+
+    def request(c: Client) -> Any:
         if args.cmd == "actions":
             q = {k: v for k, v in (("uuid", args.uuid), ("outcome", args.outcome),
                                    ("action", args.action), ("limit", args.limit)) if v}
@@ -68,17 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     why = a["error"] or a["detail"].get("reason", "")
                     print(f"{a['id']:>6}  {_when(a['at'])}  {a['action']:<10} {a['outcome']:<15} "
                           f"{a['rule'] or '-':<18} {a['uuid'] or '-'}  {why}".rstrip())
-                return 0
+                return None
         elif args.verb == "show":
             out = c.call("GET", "/api/v1/remediation/breaker")
         else:
             actor = args.actor or getpass.getuser()
             out = c.call("POST", "/api/v1/remediation/breaker/reset", {"actor": actor})
-    except ApiError as exc:
-        print(f"gpuwarden-agent: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"gpuwarden-agent: cannot reach {args.url}: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(out, indent=2))
-    return 0
+        return out
+
+    return run_cli(args.url, args.token_file, request)
