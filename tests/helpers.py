@@ -86,6 +86,28 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
+def write_agent_config(directory: Path, port: int, token: str,
+                       nodes: str = "[{name: n0, count: 4}, {name: n1, count: 8}]", extra: str = "") -> Path:
+    """A minimal ``gpuwarden-agent serve`` config (static inventory, tracking executor, fast ticks)
+    and its token file in ``directory``; ``extra`` is YAML appended at the top level."""
+    (directory / "token").write_text(token + "\n")
+    cfg = directory / "agent.yaml"
+    cfg.write_text(f"""
+web:
+  listen_address: 127.0.0.1:{port}
+  token_file: token
+database:
+  path: agent.db
+inventory:
+  nodes: {nodes}
+executor:
+  kind: tracking
+scheduler:
+  tick_seconds: 0.05
+{extra}""")
+    return cfg
+
+
 class Proc:
     """A child process started by a test and stopped by pid (its whole process group)."""
 

@@ -11,31 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from tests import helpers
 from tests.helpers import console_script, free_port, http_get, require_binary, wait_until
 from tests.remediation.conftest import TOKEN, post
 from tests.remediation.fakes import alert, notification
 
 
 def write_agent_config(tmp: Path, port: int, remediation: str = "") -> Path:
-    (tmp / "token").write_text(TOKEN + "\n")
-    cfg = tmp / "agent.yaml"
-    cfg.write_text(f"""
-web:
-  listen_address: 127.0.0.1:{port}
-  token_file: token
-database:
-  path: agent.db
-inventory:
-  nodes: [{{name: n0, count: 4}}, {{name: n1, count: 4}}]
-executor:
-  kind: tracking
-scheduler:
-  tick_seconds: 0.05
-remediation:
-  budget: {{max_quarantined_ratio: 0.5}}
-{remediation}
-""")
-    return cfg
+    return helpers.write_agent_config(tmp, port, TOKEN, nodes="[{name: n0, count: 4}, {name: n1, count: 4}]",
+                                      extra="remediation:\n  budget: {max_quarantined_ratio: 0.5}\n" + remediation + "\n")
 
 
 def start_agent(spawn, cfg: Path, port: int, name: str = "agent"):

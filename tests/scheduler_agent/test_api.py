@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from scheduler_agent.config import load
 from scheduler_agent.server import Agent
-from tests.helpers import free_port, require_binary, wait_until
+from tests.helpers import free_port, require_binary, wait_until, write_agent_config
 
 TOKEN = "s3cret-token"
 
@@ -43,22 +43,7 @@ class Api:
 
 def write_config(tmp_path: Path, port: int, nodes: str = "[{name: n0, count: 4}, {name: n1, count: 8}]",
                  extra: str = "") -> Path:
-    (tmp_path / "token").write_text(TOKEN + "\n")
-    cfg = tmp_path / "agent.yaml"
-    cfg.write_text(f"""
-web:
-  listen_address: 127.0.0.1:{port}
-  token_file: token
-database:
-  path: agent.db
-inventory:
-  nodes: {nodes}
-executor:
-  kind: tracking
-scheduler:
-  tick_seconds: 0.05
-{extra}""")
-    return cfg
+    return write_agent_config(tmp_path, port, TOKEN, nodes, extra)
 
 
 @pytest.fixture
