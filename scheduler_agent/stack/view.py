@@ -28,6 +28,7 @@ class NotificationSink:
 
     def __init__(self, port: int) -> None:
         self.received: collections.deque[dict[str, Any]] = collections.deque(maxlen=200)
+        self.total = 0  # ever received: the deque forgets, the live view must not re-print
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -38,6 +39,7 @@ class NotificationSink:
                     for alert in doc.get("alerts", []):
                         sink.received.append({"at": time.time(), "receiver": self.path.strip("/"),
                                               "status": alert.get("status"), "labels": alert.get("labels", {})})
+                        sink.total += 1  # after the append: a reader of `total` finds the note
                 except (ValueError, AttributeError):
                     pass
                 self.send_response(200)
@@ -178,9 +180,11 @@ class LiveView:
             if key not in self._seen_actions:
                 self._seen_actions.add(key)
                 out.append(f"{stamp} action " + self._action_line(act))
+        total = self.sink.total
         notes = list(self.sink.received)
-        for note in notes[self._seen_notes:]:
+        new = min(len(notes), total - self._seen_notes)
+        for note in notes[len(notes) - new:] if new else []:
             out.append(f"{stamp} notify " + self._note_line(note))
-        self._seen_notes = len(notes)
+        self._seen_notes = total
         out += [f"{stamp} ! {e}" for e in snap["errors"]]
         return out
