@@ -129,7 +129,10 @@ def _draw_panel(ax: Any, panel: dict[str, Any], series: list[tuple[str, Series]]
     if "min" in defaults or "max" in defaults:
         ax.set_ylim(defaults.get("min"), defaults.get("max"))
     _format_axis(ax, defaults.get("unit", "short"))
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=timezone.utc))
+    # Minute ticks repeat on ranges of a few minutes: let matplotlib pick the precision.
+    locator = mdates.AutoDateLocator(tz=timezone.utc, maxticks=7)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=timezone.utc, show_offset=False))
     if shown:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, framealpha=0.6,
                   ncol=1 if shown <= 12 else 2, borderaxespad=0)
