@@ -19,6 +19,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .tls import TlsFiles
+
 
 class ConfigError(Exception):
     """A config problem; the message names the file, line and field and says what to do."""
@@ -31,6 +33,7 @@ class AgentConfig:
     listen_host: str = ""
     listen_port: int = 9787
     token_file: Path = Path()
+    tls: TlsFiles | None = None          # web.tls; None serves plain HTTP
     database_path: Path = Path()
     synchronous: str = "NORMAL"
     scheduler: dict[str, Any] = field(default_factory=dict)
@@ -105,6 +108,10 @@ def load(path: str | Path) -> AgentConfig:
     if not cfg.token_file.is_file():
         raise cfg.error("web.token_file", f"{cfg.token_file} does not exist: write a random token into it "
                                           "(e.g. `openssl rand -hex 32 > FILE`)")
+    tls = web.get("tls")
+    if tls is not None:
+        cfg.tls = TlsFiles(cfg.resolve(tls["cert_file"]), cfg.resolve(tls["key_file"]),
+                           cfg.resolve(tls["client_ca_file"]) if "client_ca_file" in tls else None)
     db = raw.get("database") or {}
     cfg.database_path = cfg.resolve(db.get("path", "gpuwarden-agent.db"))
     cfg.synchronous = db.get("synchronous", "NORMAL")

@@ -33,6 +33,7 @@ from .inventory import PrometheusDiscovery, load_file, static_specs
 from .metrics import SchedulerCollector
 from .scheduler import Scheduler, SchedulerOptions
 from .store import Database
+from .tls import server_context
 from .tracing import provider_from_env
 from .web import App, BearerAuth
 
@@ -45,6 +46,8 @@ PLUGINS = ("predictor", "slurm", "remediation")
 class Agent:
     def __init__(self, config: AgentConfig, tracer_provider: TracerProvider | None = None) -> None:
         self.config = config
+        # First, before the database is opened: a bad cert or key stops start-up naming the field.
+        self.tls_context = server_context(config.tls, config.error) if config.tls is not None else None
         self.tracer_provider = tracer_provider or provider_from_env()
         self.registry = CollectorRegistry()
         self.db = Database(config.database_path, config.synchronous)
@@ -80,7 +83,7 @@ class Agent:
 
     def start(self) -> tuple[str, int]:
         host = self.config.listen_host
-        server = self.app.serve(host, self.config.listen_port)
+        server = self.app.serve(host, self.config.listen_port, self.tls_context)
         self.scheduler.start()
         if self.discovery is not None:
             self.discovery.start()
@@ -88,7 +91,8 @@ class Agent:
             if hasattr(p, "start"):
                 p.start()
         addr = server.server_address
-        log.info("gpuwarden-agent listening on %s:%s", addr[0], addr[1])
+        log.info("gpuwarden-agent listening on %s://%s:%s", "https" if self.tls_context else "http",
+                 addr[0], addr[1])
         return addr[0], addr[1]
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ import hmac
 import json
 import logging
 import re
+import ssl
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +35,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import jsonschema
 
 from .models import SchedulerError
+from .tls import TLSHTTPServer
 
 log = logging.getLogger(__name__)
 
@@ -265,8 +267,11 @@ class App:
         raise HttpError(400, f"{path or 'body'}: {msg}", path or "body")
 
     # -------------------------------------------------------------------------- serving
-    def serve(self, host: str, port: int) -> ThreadingHTTPServer:
-        """Starts serving in a daemon thread; returns the server (``server_address`` has the port)."""
+    def serve(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> ThreadingHTTPServer:
+        """Starts serving in a daemon thread; returns the server (``server_address`` has the port).
+
+        With ``tls`` (``tls.server_context``) it serves HTTPS only, handshaking per connection.
+        """
         app = self
 
         class _H(BaseHTTPRequestHandler):
@@ -307,7 +312,7 @@ class App:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _handle
 
-        server = ThreadingHTTPServer((host, port), _H)
+        server = ThreadingHTTPServer((host, port), _H) if tls is None else TLSHTTPServer((host, port), _H, tls)
         server.daemon_threads = True
         self._server = server
         threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
