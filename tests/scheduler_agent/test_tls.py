@@ -224,3 +224,38 @@ def test_a_stalled_handshake_is_dropped_after_the_timeout(tmp_path: Path, pki: P
         assert _request(f"https://127.0.0.1:{port}/ping", tls12) == (200, b'{"pong": true}')
     finally:
         app.shutdown()
+
+
+def test_a_real_alertmanager_delivers_over_mutual_tls(tmp_path: Path, spawn, pki: Pki) -> None:
+    """The receiver snippet we document (http_config.tls_config with ca_file, cert_file, key_file)
+    works against Alertmanager 0.25 itself, not only against urllib."""
+    base = _start(spawn, tmp_path, _tls_yaml(pki, client_ca=True))
+    am_port = free_port()
+    am_cfg = tmp_path / "alertmanager.yml"
+    am_cfg.write_text(json.dumps({
+        "route": {"receiver": "gpuwarden-agent", "group_wait": "0s"},
+        "receivers": [{"name": "gpuwarden-agent", "webhook_configs": [{
+            "url": base + "/webhook/alertmanager", "send_resolved": True, "max_alerts": 0,
+            "http_config": {
+                "authorization": {"type": "Bearer", "credentials_file": str(tmp_path / "token")},
+                "tls_config": {"ca_file": str(pki.ca), "cert_file": str(pki.client_cert),
+                               "key_file": str(pki.client_key)}}}]}]}))
+    am = spawn([require_binary("alertmanager"), f"--config.file={am_cfg}", f"--storage.path={tmp_path / 'am'}",
+                f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="], name="alertmanager")
+    labels = {"alertname": "THERMAL_CRITICAL", "rule": "THERMAL_CRITICAL", "severity": "critical",
+              "action": "notify", "uuid": "GPU-n0-0", "gpu": "0", "instance": "n0:9786"}
+
+    def posted() -> bool:
+        assert am.alive(), am.output()
+        return _request(f"http://127.0.0.1:{am_port}/api/v2/alerts", None,
+                        json.dumps([{"labels": labels}]).encode())[0] == 200
+
+    wait_until(posted, timeout=20, what="Alertmanager to take the alert")
+    mtls = _client_context(pki, with_cert=True)
+
+    def acted() -> list:
+        status, body = _request(base + "/api/v1/actions", mtls)
+        return [a for a in json.loads(body)["actions"] if a["rule"] == "THERMAL_CRITICAL"] if status == 200 else []
+
+    actions = wait_until(acted, timeout=20, what="the agent to record Alertmanager's webhook over TLS")
+    assert actions[0]["uuid"] == "GPU-n0-0" and actions[0]["outcome"] == "recorded"
