@@ -75,6 +75,13 @@ def gpu_key(labels: Mapping[str, str]) -> tuple[str, str, str]:
 
 SeriesRows = Sequence[tuple[Mapping[str, str], np.ndarray, np.ndarray]]
 
+# A live series is forecast only once its history spans this share of the window. A GPU that
+# just appeared (or an exporter just started) shows a few minutes of ordinary load drift,
+# which fitted alone reads as a runaway: with a 5-minute load cycle, 3 minutes of its rising
+# half forecast 450 W "in 5 minutes" at full confidence. (The offline CSV interface judges
+# whatever history it is given.)
+MIN_COVERAGE = 0.5
+
 
 def evaluate(specs: Sequence[MetricSpec], series: Mapping[str, SeriesRows], errors: Mapping[str, SeriesRows],
              at: float, window: float, min_confidence: float = MIN_CONFIDENCE) -> dict[str, GpuHealth]:
@@ -85,6 +92,8 @@ def evaluate(specs: Sequence[MetricSpec], series: Mapping[str, SeriesRows], erro
         for labels, t, v in series.get(spec.name, ()):
             uuid, gpu, inst = gpu_key(labels)
             ident.setdefault(uuid, (gpu, inst))
+            if len(t) == 0 or float(t[-1] - t[0]) < window * MIN_COVERAGE:
+                continue
             try:
                 fc.setdefault(uuid, {})[spec.name] = forecast_series(t, v, spec.threshold, window, min_confidence)
             except InsufficientData:
