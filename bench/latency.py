@@ -8,8 +8,10 @@ SHIPPED routing, the agent), injects all eight seed faults at once (each on its 
 the shipped scenarios), and measures for each rule:
 
 - crossed → action: from the moment the simulator's raw value is past the threshold (polled
-  every 0.1 s through the control endpoint) to the action: the agent's audit timestamp for
-  throttle/preempt/quarantine, Alertmanager's delivery to the chat/on-call receiver for notify;
+  every 0.1 s through the control endpoint) to the action: the agent's audit timestamp (the
+  shipped routing sends every gpuwarden alert to the agent: throttle/preempt/quarantine carried
+  out, ``notify`` recorded); with a routing that does not reach the agent, Alertmanager's
+  delivery to the chat/on-call receiver;
 - injected → action: the same from the fault's injection (includes heating up, for thermal);
 - floor = ``for`` + scrape interval + evaluation interval + the group_wait of the route that
   delivers it (read from alertmanager/alertmanager.yml); target: crossed → action <= floor + 5 s.
@@ -50,10 +52,12 @@ def _script(name: str) -> str:
 
 
 def _action_at(run: L.Run, rule: str, receiver: str) -> float | None:
-    """When the rule's action happened, or None while it has not."""
+    """When the rule's action happened, or None while it has not: for the agent, its audit entry
+    (a throttle/preempt/quarantine carried out, or a notify recorded)."""
     if receiver == L.AGENT_RECEIVER:
         done = [a for a in run.loop.actions(run.uuid[rule])
-                if a["rule"] == rule and a["status"] == "firing" and a["outcome"] == "acted"]
+                if a["rule"] == rule and a["status"] == "firing"
+                and a["outcome"] == ("recorded" if a["action"] == "notify" else "acted")]
         return done[0]["at"] if done else None
     notes = [n for n in run.loop.notifications(rule, run.gpu[rule]) if n["receiver"] == receiver]
     return notes[0]["at"] if notes else None

@@ -18,7 +18,8 @@ from tests.helpers import REPO, Proc, free_port, http_get, require_binary, wait_
 
 AM_DIR = REPO / "alertmanager"
 AM_CONFIG = AM_DIR / "alertmanager.yml"
-AGENT_ACTIONS = {"throttle", "preempt", "quarantine"}
+# Every action of the contract reaches the agent (issue 8): notify to be recorded in its audit.
+AGENT_ACTIONS = {"notify", "throttle", "preempt", "quarantine"}
 
 pytestmark = pytest.mark.binaries
 
@@ -31,8 +32,9 @@ def _generated_labels() -> list[dict[str, str]]:
 
 
 def _expected_receivers(labels: dict[str, str]) -> list[str]:
-    """DESIGN.md + issue 3: non-notify actions reach the agent, critical pages on-call, warning
-    goes to chat; the agent is matched first (continue), in that order."""
+    """DESIGN.md + issues 3 and 8: every gpuwarden alert (notify too) reaches the agent,
+    critical pages on-call, warning goes to chat; the agent is matched first (continue), in
+    that order."""
     out = []
     if labels["action"] in AGENT_ACTIONS:
         out.append("gpuwarden-agent")
@@ -65,6 +67,22 @@ def test_verify_receivers_catches_a_wrong_expectation() -> None:
                           "--verify.receivers=oncall", "severity=critical", "action=throttle"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode != 0
+
+
+@pytest.mark.parametrize("labels,expected", [
+    ({"alertname": "NodeDiskFull", "severity": "warning"}, "chat"),
+    ({"alertname": "NodeDown", "severity": "critical"}, "oncall"),
+    ({"alertname": "Other", "severity": "warning", "action": "reboot"}, "chat"),
+])
+def test_alerts_without_a_gpuwarden_action_skip_the_agent(labels: dict[str, str],
+                                                          expected: str) -> None:
+    """The agent gets the contract's four actions, not every alert of a shared Alertmanager."""
+    amtool = require_binary("amtool")
+    res = subprocess.run([amtool, "config", "routes", "test", f"--config.file={AM_CONFIG}",
+                          f"--verify.receivers={expected}",
+                          *[f"{k}={v}" for k, v in labels.items()]],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, f"{labels}: expected {expected}, got {res.stdout.strip()} {res.stderr}"
 
 
 def test_agent_receiver_contract() -> None:

@@ -1,24 +1,31 @@
-"""deploy/README.md's Prometheus and Alertmanager snippets match what is shipped (job names the
-rules select; the agent's route and receiver as in alertmanager/alertmanager.yml)."""
+"""The Prometheus and Alertmanager snippets of deploy/README.md and of the top-level README.md
+match what is shipped (job names the rules select; the agent's route and receiver as in
+alertmanager/alertmanager.yml)."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 import rules.config
 from tests.deploy.conftest import DEPLOY, REPO
 
 
-def _blocks() -> list[dict[str, Any]]:
-    text = (DEPLOY / "README.md").read_text()
+READMES = [DEPLOY / "README.md", REPO / "README.md"]
+
+
+def _blocks(readme: Path) -> list[dict[str, Any]]:
+    text = readme.read_text()
     return [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, flags=re.S)]
 
 
-def test_prometheus_snippet_uses_the_rules_job_names() -> None:
-    [prom] = [b for b in _blocks() if "scrape_configs" in b]
+@pytest.mark.parametrize("readme", READMES, ids=lambda p: str(p.relative_to(REPO)))
+def test_prometheus_snippet_uses_the_rules_job_names(readme: Path) -> None:
+    [prom] = [b for b in _blocks(readme) if isinstance(b, dict) and "scrape_configs" in b]
     jobs = [s["job_name"] for s in prom["scrape_configs"]]
     assert jobs == [rules.config.load().exporter_job, "gpuwarden-agent"]
     assert prom["scrape_configs"][0]["static_configs"][0]["targets"][0].endswith(":9786")
@@ -26,8 +33,9 @@ def test_prometheus_snippet_uses_the_rules_job_names() -> None:
     assert prom["rule_files"][0].endswith("*.rules.yml")
 
 
-def test_alertmanager_snippet_is_the_shipped_agent_route() -> None:
-    [am] = [b for b in _blocks() if "receivers" in b]
+@pytest.mark.parametrize("readme", READMES, ids=lambda p: str(p.relative_to(REPO)))
+def test_alertmanager_snippet_is_the_shipped_agent_route(readme: Path) -> None:
+    [am] = [b for b in _blocks(readme) if isinstance(b, dict) and "receivers" in b]
     shipped = yaml.safe_load((REPO / "alertmanager" / "alertmanager.yml").read_text())
     [ship_route] = [r for r in shipped["route"]["routes"] if r["receiver"] == "gpuwarden-agent"]
     route = am["route"]["routes"][0]

@@ -427,10 +427,24 @@ def floor_seconds(rule: rules.config.AlertRule, receiver: str) -> float:
 AGENT_RECEIVER = "gpuwarden-agent"
 
 
+def _receivers(rule: rules.config.AlertRule) -> list[str]:
+    return [r for r, _ in routes_for({"rule": rule.rule, "severity": rule.severity, "action": rule.action})]
+
+
 def receiver_for(rule: rules.config.AlertRule) -> str:
-    """Who acts on the rule: the agent for throttle/preempt/quarantine; for ``notify`` the first
-    receiver that is not the agent (chat or on-call)."""
-    names = [r for r, _ in routes_for({"rule": rule.rule, "severity": rule.severity, "action": rule.action})]
+    """Whose record is the rule's action: the agent, which the shipped routing sends every
+    gpuwarden alert (it acts on throttle/preempt/quarantine and records ``notify`` in its audit);
+    for a routing without the agent, the first receiver (chat or on-call)."""
+    names = _receivers(rule)
     if AGENT_RECEIVER in names:
         return AGENT_RECEIVER
+    return names[0]
+
+
+def pager_for(rule: rules.config.AlertRule) -> str:
+    """Who pages people for the rule: the first receiver that is not the agent (on-call for a
+    critical, chat for a warning), as Alertmanager's routing decides."""
+    names = [r for r in _receivers(rule) if r != AGENT_RECEIVER]
+    if not names:
+        raise LoopError(f"{rule.rule} reaches no receiver but the agent: {_receivers(rule)}")
     return names[0]

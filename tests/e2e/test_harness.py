@@ -24,17 +24,19 @@ def test_every_seed_rule_has_a_shipped_fault_that_clears() -> None:
 def test_routes_and_floor_follow_the_shipped_alertmanager_tree(rule: str) -> None:
     spec = CFG.alerts[rule]
     routes = L.routes_for({"rule": rule, "severity": spec.severity, "action": spec.action})
-    if spec.action == "notify":
-        assert L.receiver_for(spec) == "chat" and routes == [("chat", 30.0)]
-    else:   # the agent first (continue: true), then on-call for criticals
-        assert routes == [(L.AGENT_RECEIVER, 1.0), ("oncall", 10.0)]
-    wait = dict(routes)[L.receiver_for(spec)]
-    assert L.floor_seconds(spec, L.receiver_for(spec)) == spec.for_seconds + L.SCRAPE_INTERVAL + L.EVALUATION_INTERVAL + wait
+    # Every seed rule reaches the agent first (continue: true), notify ones included (issue 8),
+    # then on-call for criticals, chat for warnings.
+    pager = "oncall" if spec.severity == "critical" else "chat"
+    assert routes == [(L.AGENT_RECEIVER, 1.0), (pager, 10.0 if pager == "oncall" else 30.0)]
+    assert L.receiver_for(spec) == L.AGENT_RECEIVER and L.pager_for(spec) == pager
+    for receiver in (L.receiver_for(spec), pager):
+        wait = dict(routes)[receiver]
+        assert L.floor_seconds(spec, receiver) == spec.for_seconds + L.SCRAPE_INTERVAL + L.EVALUATION_INTERVAL + wait
 
 
 def test_floor_refuses_a_receiver_the_alert_never_reaches() -> None:
     with pytest.raises(L.LoopError, match="does not reach receiver"):
-        L.floor_seconds(CFG.alerts["THERMAL_WARNING"], L.AGENT_RECEIVER)
+        L.floor_seconds(CFG.alerts["THERMAL_WARNING"], "oncall")
 
 
 def test_thresholds_follow_profiles_and_the_gpus_own_limits() -> None:

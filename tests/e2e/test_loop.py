@@ -6,9 +6,10 @@ Alertmanager (shipped routing) → agent, checked through the agent's audit trai
 through NVML (the exporter's /metrics, and the simulator's control endpoint). Then the fault
 clears and the action reverts (throttle) or holds (quarantine) as the policy says.
 
-``notify`` rules: the shipped routing sends them to the chat/on-call receivers only (the agent's
-route matches throttle|preempt|quarantine), so the proof is the notification delivered with its
-labels and the agent having done nothing to the GPU.
+``notify`` rules: the shipped routing sends every gpuwarden alert to the agent (issue 8), so the
+proof is the agent's audit entry (action notify, outcome recorded) for that GPU and rule, the
+agent having done nothing else to the GPU, and the notification Alertmanager still delivers to
+chat/on-call (paging stays Alertmanager's job).
 
 Tests run in the order their rules are expected to fire; all faults run at once (conftest.py).
 """
@@ -19,19 +20,21 @@ import time
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import rules.config
 from tests.e2e import loop as L
-from tests.helpers import wait_until
+from tests.helpers import http_get, wait_until
 
 CFG = rules.config.load()
 SLACK = 60.0   # beyond a rule's floor: heating up to the threshold, a loaded 2-core machine
 
 
-def _remaining(run: L.Run, rule: str) -> float:
-    """Seconds left until the rule's action is overdue (floor + slack after the injection)."""
+def _remaining(run: L.Run, rule: str, receiver: str | None = None) -> float:
+    """Seconds left until the rule's delivery to ``receiver`` (default: the agent's record of
+    its action) is overdue (floor + slack after the injection)."""
     spec = run.specs[rule]
-    due = run.injected_at[rule] + L.floor_seconds(spec, L.receiver_for(spec)) + SLACK
+    due = run.injected_at[rule] + L.floor_seconds(spec, receiver or L.receiver_for(spec)) + SLACK
     return max(5.0, due - time.time())
 
 
@@ -75,21 +78,41 @@ def _power_limit_is(run: L.Run, rule: str, watts: float) -> bool:
     return abs(sim - watts) < 0.01 and exported is not None and abs(exported - watts) < 0.01
 
 
+def _not_notify(actions: list[dict[str, Any]]) -> list[str]:
+    """The actions of an audit trail other than notify records (which change nothing)."""
+    assert all(a["outcome"] == "recorded" for a in actions if a["action"] == "notify"), actions
+    return [a["action"] for a in actions if a["action"] != "notify"]
+
+
 def _notify(run: L.Run, rule: str) -> None:
-    """A notify rule: delivered by Alertmanager to its receiver, and nothing done to the GPU."""
+    """A notify rule: recorded in the agent's audit, nothing done to the GPU, and delivered by
+    Alertmanager to chat/on-call as before."""
     spec = run.specs[rule]
-    receiver = L.receiver_for(spec)
-    assert receiver != L.AGENT_RECEIVER and spec.action == "notify"
-    notes = wait_until(lambda: run.loop.notifications(rule, run.gpu[rule]), _remaining(run, rule), 0.2,
-                       f"{rule} on GPU {run.gpu[rule]} delivered to {receiver}")
-    note = notes[0]
-    assert note["receiver"] == receiver
-    assert note["labels"]["uuid"] == run.uuid[rule]
-    assert (note["labels"]["severity"], note["labels"]["action"]) == (spec.severity, "notify")
-    _record(run, rule, note["at"])
-    assert run.loop.actions(run.uuid[rule]) == [], "the agent must not act on a notify alert"
-    gpu = run.loop.gpus()[run.uuid[rule]]
+    uuid = run.uuid[rule]
+    assert spec.action == "notify" and L.receiver_for(spec) == L.AGENT_RECEIVER
+
+    def recorded() -> list[dict[str, Any]]:
+        return [a for a in run.loop.actions(uuid) if a["rule"] == rule and a["status"] == "firing"]
+
+    rows = wait_until(recorded, _remaining(run, rule), 0.2, f"the agent's record of {rule} on GPU {run.gpu[rule]}")
+    for row in rows:   # one per alert instance (the fault holds, so normally exactly one)
+        assert (row["action"], row["outcome"], row["error"]) == ("notify", "recorded", ""), row
+        assert row["severity"] == spec.severity and row["detail"] == {}, row
+    _record(run, rule, rows[0]["at"])
+    # The GPU's physics may fire other notify rules on it too: all are records, none an action.
+    assert _not_notify(run.loop.actions(uuid)) == [], "the agent must not act on a notify alert"
+    gpu = run.loop.gpus()[uuid]
     assert (gpu["state"], gpu["schedulable"], gpu["throttled"], gpu["quarantined"]) == ("healthy", True, False, False)
+    assert {"rule": rule, "severity": spec.severity} in gpu["alerts"], "the agent knows the alert fires"
+
+    pager = L.pager_for(spec)
+    notes = wait_until(lambda: [n for n in run.loop.notifications(rule, run.gpu[rule]) if n["receiver"] == pager],
+                       _remaining(run, rule, pager), 0.2, f"{rule} on GPU {run.gpu[rule]} delivered to {pager}")
+    note = notes[0]
+    assert note["labels"]["uuid"] == uuid
+    assert (note["labels"]["severity"], note["labels"]["action"]) == (spec.severity, "notify")
+    assert _not_notify(run.loop.actions(uuid)) == [], "the agent acted on the GPU of a notify alert"
+    assert not run.loop.gpus()[uuid]["throttled"]
 
 
 def test_ecc_uncorrectable_quarantines_and_holds_until_released(run: L.Run) -> None:
@@ -102,8 +125,8 @@ def test_ecc_uncorrectable_quarantines_and_holds_until_released(run: L.Run) -> N
     assert loop.exporter_value("gpu_ecc_errors_uncorrectable_total", run.gpu[rule]) == 1
 
     run.clear(rule)   # a driver reload: the volatile count is 0 again, the alert resolves
-    resolved = wait_until(lambda: [a for a in loop.actions(uuid) if a["status"] == "resolved"], 60, 0.2,
-                          f"{rule}'s resolve to reach the agent")
+    resolved = wait_until(lambda: [a for a in loop.actions(uuid) if a["status"] == "resolved" and a["rule"] == rule],
+                          60, 0.2, f"{rule}'s resolve to reach the agent")
     assert (resolved[0]["action"], resolved[0]["outcome"]) == ("quarantine", "noop")
     gpu = loop.gpus()[uuid]
     assert (gpu["state"], gpu["quarantined"], gpu["schedulable"]) == ("quarantined", True, False), \
@@ -112,7 +135,7 @@ def test_ecc_uncorrectable_quarantines_and_holds_until_released(run: L.Run) -> N
     loop.agent(f"/api/v1/gpus/{uuid}/release", {"actor": "e2e-test"})
     gpu = loop.gpus()[uuid]
     assert (gpu["state"], gpu["quarantined"], gpu["schedulable"]) == ("healthy", False, True)
-    assert [a["action"] for a in loop.actions(uuid)] == ["quarantine", "quarantine"]
+    assert _not_notify(loop.actions(uuid)) == ["quarantine", "quarantine"]
 
 
 def test_ecc_errors_spike_notifies(run: L.Run) -> None:
@@ -137,14 +160,14 @@ def test_power_critical_preempts_the_job_which_runs_again_elsewhere(run: L.Run) 
     assert {"rule": rule, "severity": "critical"} in gpu["alerts"]
 
     run.clear(rule)   # back to the baseline load: the alert resolves
-    resolved = wait_until(lambda: [a for a in loop.actions(uuid) if a["status"] == "resolved"], 60, 0.2,
-                          f"{rule}'s resolve to reach the agent")
+    resolved = wait_until(lambda: [a for a in loop.actions(uuid) if a["status"] == "resolved" and a["rule"] == rule],
+                          60, 0.2, f"{rule}'s resolve to reach the agent")
     assert (resolved[0]["action"], resolved[0]["outcome"]) == ("preempt", "recorded")
     gpu = loop.gpus()[uuid]
     assert gpu["schedulable"] and gpu["state"] == "healthy"
     job = loop.job(run.job_id)
     assert job["state"] == "running" and uuid not in job["gpu_uuids"] and job["preemptions"] == 1
-    assert [a["action"] for a in loop.actions(uuid)] == ["preempt", "preempt"]
+    assert _not_notify(loop.actions(uuid)) == ["preempt", "preempt"]
 
 
 def test_throttling_notifies(run: L.Run) -> None:
@@ -162,11 +185,14 @@ def test_thermal_critical_throttles_then_restores_the_power_limit(run: L.Run) ->
     gpu = loop.gpus()[uuid]
     assert gpu["throttled"] and gpu["state"] == "alerting" and not gpu["schedulable"]
     # Physics couples this fault to THROTTLING (the GPU's own thermal slowdown) and, later, to
-    # THERMAL_WARNING: both are notify, so throttling stays the only action on this GPU.
-    assert [a["action"] for a in loop.actions(uuid)] == ["throttle"]
+    # THERMAL_WARNING: both are notify (recorded by the agent, if not inhibited), so throttling
+    # stays the only action on this GPU.
+    assert _not_notify(loop.actions(uuid)) == ["throttle"]
 
     cleared = run.clear(rule)   # cooling restored: the GPU cools below 85 °C, the alert resolves
-    restore = wait_until(lambda: [a for a in loop.actions(uuid) if a["action"] == "restore"], 90, 0.2,
+    # A restore is written "pending" before the limit is set: wait for its outcome.
+    restore = wait_until(lambda: [a for a in loop.actions(uuid) if a["action"] == "restore"
+                                  and a["outcome"] != "pending"], 90, 0.2,
                          "the power limit to be restored after the hold-down")
     assert restore[0]["outcome"] == "acted" and restore[0]["detail"]["previous_watts"] == previous
     resolved = [a for a in loop.actions(uuid) if a["status"] == "resolved" and a["rule"] == rule]
@@ -203,3 +229,9 @@ def test_every_rule_was_detected(run: L.Run, rule: str) -> None:
     """Runs last: each rule's test recorded its latency (as data, see conftest.py)."""
     assert rule in run.latencies, f"{rule}'s test did not reach its action"
     assert rule in run.crossed_at, f"{rule}'s fault never crossed its threshold in the simulator"
+    # Every rule, notify included, reaches the agent: its own metrics count each one.
+    status, body = http_get(run.loop.agent_url + "/metrics")
+    assert status == 200
+    triggered = {s.labels["rule"]: s.value for f in text_string_to_metric_families(body.decode())
+                 if f.name == "alerts_triggered" for s in f.samples if s.name == "alerts_triggered_total"}
+    assert triggered.get(rule, 0) >= 1, f"the agent's alerts_triggered_total has no {rule}: {triggered}"

@@ -94,6 +94,32 @@ def test_rule_override_from_config(make_rem):
     assert rem.act.sets == [] and outcomes(rem) == [("notify", "recorded")]
 
 
+def test_notify_storm_spends_no_budget_and_never_opens_the_breaker(make_rem):
+    # Alertmanager routes every gpuwarden alert to the agent, notify ones included: a storm
+    # of warnings must neither use up the action rate nor trip the breaker, and is still
+    # recorded while the breaker is open (it is an audit entry, not an action).
+    rem = make_rem({"budget": {"max_actions_per_minute": 1, "max_quarantined_ratio": 0.125,
+                               "max_throttled_ratio": 0.125},
+                    "escalation": {"enabled": False}})
+    rules = ("THERMAL_WARNING", "POWER_SPIKE", "ECC_ERRORS_SPIKE", "THROTTLING",
+             "MEMORY_PRESSURE")
+    storm = [alert(f"GPU-{i % 8}", rule=rules[i % 5], action="notify", severity="warning",
+                   fingerprint=f"warn-{i}") for i in range(40)]
+    deliver(rem, *storm)
+    assert rem.act.sets == [] and rem.sched.calls == []
+    assert set(outcomes(rem)) == {("notify", "recorded")} and len(outcomes(rem)) == 40
+    assert rem.breaker()["state"] == "closed"
+    # A warning is bookkept on its GPU (it is firing) but is no action on it.
+    assert rem.sched.alerts[("GPU-0", "THERMAL_WARNING")] == "warning"
+    deliver(rem, alert("GPU-1", rule="POWER_CRITICAL", action="preempt"))
+    deliver(rem, alert("GPU-2", rule="POWER_CRITICAL", action="preempt"))
+    assert outcomes(rem)[-2:] == [("preempt", "acted"), ("preempt", "skipped_budget")]
+    assert rem.breaker()["state"] == "open"
+    deliver(rem, alert("GPU-3", rule="THERMAL_WARNING", action="notify", severity="warning",
+                       fingerprint="warn-late"))
+    assert outcomes(rem)[-1] == ("notify", "recorded")
+
+
 def test_escalation_quarantines_a_gpu_throttled_repeatedly(make_rem, clock):
     rem = make_rem({"escalation": {"count": 2, "window_seconds": 600},
                     "budget": {"max_quarantined_ratio": 0.5}})
