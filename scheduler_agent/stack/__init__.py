@@ -95,7 +95,8 @@ def up(args: argparse.Namespace) -> int:
                           prometheus=pick_port(9090, taken), alertmanager=pick_port(9093, taken),
                           sim_control=pick_port(9788, taken), sink=pick_port(9789, taken))
     settings = configs.Settings(scrape_interval=args.scrape_interval, evaluation_interval=args.scrape_interval,
-                                simulated=simulated)
+                                simulated=simulated,
+                                throttle_watts=demo.THROTTLE_WATTS if simulated and args.scenario == "demo" else None)
     paths = configs.write_all(workdir, ports, settings)
     token = paths["token"].read_text().strip()
     children = Children(workdir / "logs")

@@ -41,6 +41,9 @@ class Settings:
     evaluation_interval: str = "5s"
     simulated: bool = True
     throttle_hold_down_seconds: float = 30.0
+    # None: lower the limit to 70 % of the current one. A wattage (the demo's) makes the cut
+    # deep enough that a GPU with failed cooling really drops below the critical temperature.
+    throttle_watts: float | None = None
 
 
 def write_token(workdir: Path) -> Path:
@@ -98,7 +101,8 @@ def agent_config(workdir: Path, ports: Ports, token_file: Path, settings: Settin
         "remediation": {
             "auth": {"bearer_token_file": str(token_file)},
             "actuator": actuator,
-            "throttle": {"fraction": 0.7, "hold_down_seconds": settings.throttle_hold_down_seconds},
+            "throttle": {**({"watts": settings.throttle_watts} if settings.throttle_watts else {"fraction": 0.7}),
+                         "hold_down_seconds": settings.throttle_hold_down_seconds},
         },
         # Risk scores for placement, the dashboard and `gpuwarden-agent predict`. Migrating ahead
         # of an alert stays off here so that what the demo shows is the alert-driven loop; turn
