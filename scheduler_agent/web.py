@@ -103,20 +103,30 @@ Handler = Callable[[Request], Response]
 AuthCheck = Union[None, bool, Callable[[Request], bool]]
 
 
+def read_secret(path: str | Path, what: str) -> bytes:
+    """A secret from a file, surrounding whitespace stripped; ValueError names ``what`` (the
+    setting that named the file) when it cannot be read or is empty."""
+    try:
+        secret = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise ValueError(f"{what}: cannot read {path}: {exc.strerror}") from None
+    if not secret:
+        raise ValueError(f"{what}: {path} is empty; put the shared secret in it")
+    return secret
+
+
 class BearerAuth:
     """Checks ``Authorization: Bearer <token>`` against a token file (read once, stripped)."""
 
     def __init__(self, token_file: str | Path | None = None, token: str | None = None) -> None:
-        if token is None:
-            if token_file is None:
-                raise ValueError("BearerAuth needs token_file or token")
-            try:
-                token = Path(token_file).read_text().strip()
-            except OSError as exc:
-                raise ValueError(f"{token_file}: cannot read the token file: {exc}") from exc
-        if not token:
-            raise ValueError(f"{token_file}: token file is empty")
-        self._token = token.encode()
+        if token is not None:
+            if not token:
+                raise ValueError("BearerAuth: the token is empty")
+            self._token = token.encode()
+        elif token_file is not None:
+            self._token = read_secret(token_file, "token file")
+        else:
+            raise ValueError("BearerAuth needs token_file or token")
 
     def __call__(self, req: Request) -> bool:
         got = req.bearer()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
+from scheduler_agent import web
 from scheduler_agent.remediation.errors import IntakeError, PolicyConfigError
 from scheduler_agent.remediation.payload import Notification, parse_notification
 from scheduler_agent.remediation.store import transaction
@@ -30,14 +31,11 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20
 
 
 def read_secret(path: Path | str, what: str) -> bytes:
-    """A secret from a file (trailing newline stripped); the error says which setting named it."""
+    """web.read_secret, its error as the remediation config's (it names the setting)."""
     try:
-        secret = Path(path).read_bytes().strip()
-    except OSError as exc:
-        raise PolicyConfigError(f"{what}: cannot read {path}: {exc.strerror}") from None
-    if not secret:
-        raise PolicyConfigError(f"{what}: {path} is empty; put the shared secret in it")
-    return secret
+        return web.read_secret(path, what)
+    except ValueError as exc:
+        raise PolicyConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True)
