@@ -8,12 +8,12 @@ times, restarted on the same database, and finally left to drain the queue.
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -23,7 +23,15 @@ from tests.scheduler_agent.test_api import TOKEN, Api
 JOB = [sys.executable, "-c", "import random, time; time.sleep(random.uniform(0.05, 0.3))"]
 
 
-def _submit_all(base: str, keys: list[str], acked: dict[str, int], stop: threading.Event) -> None:
+def _submit_all(base: str, keys: list[str], acked: dict[str, int], stop: threading.Event,
+                errors: list[BaseException]) -> None:
+    try:
+        _submit_each(base, keys, acked, stop)
+    except BaseException as exc:  # noqa: BLE001 - reported by the test's assertion, not lost in a thread
+        errors.append(exc)
+
+
+def _submit_each(base: str, keys: list[str], acked: dict[str, int], stop: threading.Event) -> None:
     rng = random.Random(1)
     for key in keys:
         body = json.dumps({"name": key, "gpus": rng.randint(1, 2), "command": JOB,
@@ -35,8 +43,10 @@ def _submit_all(base: str, keys: list[str], acked: dict[str, int], stop: threadi
                 with urllib.request.urlopen(req, timeout=5) as resp:
                     acked[key] = json.loads(resp.read())["id"]
                 break
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                time.sleep(0.02)      # agent down or dying: retry the same key
+            # Agent down, or killed mid-response (a truncated body raises IncompleteRead or
+            # a JSON error): retry the same key, as a real client would.
+            except (OSError, http.client.HTTPException, ValueError):
+                time.sleep(0.02)
         time.sleep(0.01)
 
 
@@ -57,7 +67,8 @@ scheduler: {{tick_seconds: 0.05, stop_grace_seconds: 0.5, max_preemptions: 100}}
     keys = [f"job-{i}" for i in range(60)]
     acked: dict[str, int] = {}
     stop = threading.Event()
-    submitter = threading.Thread(target=_submit_all, args=(base, keys, acked, stop), daemon=True)
+    errors: list[BaseException] = []
+    submitter = threading.Thread(target=_submit_all, args=(base, keys, acked, stop, errors), daemon=True)
     rng = random.Random(20240601)
     kills = 0
     try:
@@ -72,7 +83,9 @@ scheduler: {{tick_seconds: 0.05, stop_grace_seconds: 0.5, max_preemptions: 100}}
         proc = spawn(argv, name="agent-final")
         wait_until(lambda: api.call("GET", "/healthz")[0] == 200, 20, what="agent up")
         submitter.join(60)
-        assert not submitter.is_alive(), "the submitter never got every job acknowledged"
+        assert not errors, f"the submitter failed: {errors[0]!r}"
+        assert not submitter.is_alive() and len(acked) == len(keys), \
+            f"the submitter got {len(acked)} of {len(keys)} jobs acknowledged"
 
         def drained():
             jobs = api.call("GET", "/api/v1/jobs?limit=10000")[1]
