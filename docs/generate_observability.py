@@ -225,9 +225,10 @@ def render(exporter: list[Family], agent: list[Family]) -> str:
         rel = f"[{r['alert']}](runbooks/{runbook.rsplit('/', 1)[-1]})" if runbook else "—"
         lines.append(f"| `{r['alert']}` | {labels.get('rule', '—')} | {labels.get('severity', '—')} | "
                      f"{labels.get('action', '—')} | {r.get('for', '0s')} | `{_cell(r['expr'])}` | {rel} |")
-    lines += ["", f"## Recording rules: {len(records)}", "", "| record | expression |", "|---|---|"]
+    lines += ["", f"## Recording rules: {len(records)}", "", "| record | labels | expression |", "|---|---|---|"]
     for _src, r in records:
-        lines.append(f"| `{r['record']}` | `{_cell(r['expr'])}` |")
+        labels = ", ".join(f'{k}="{v}"' for k, v in (r.get("labels") or {}).items())
+        lines.append(f"| `{r['record']}` | {f'`{labels}`' if labels else ''} | `{_cell(r['expr'])}` |")
     return "\n".join(lines) + "\n"
 
 

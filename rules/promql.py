@@ -9,7 +9,9 @@ and every GPU by exactly one version. A relative threshold joins the GPU's own l
 (``group_left``, so the left side's labels stay) and falls back to an absolute threshold when
 the GPU does not report that limit.
 Recording rules follow Prometheus' ``level:metric:operations`` convention with the level
-``instance_gpu`` (the output keeps one series per GPU of an instance).
+``instance_gpu`` (the output keeps one series per GPU of an instance). ``THRESHOLD_RECORD`` holds
+each GPU's effective threshold of each rule, chosen by the same profile logic as the alerts, so
+the agent's predictor and the dashboard judge a GPU by the numbers its alerts use.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ LEVEL = "instance_gpu"
 GPU_LABELS = ("instance", "gpu", "uuid")
 # Labels a profile join matches on: one GPU of one exporter (uuid is on both sides anyway).
 JOIN = "on (instance, gpu)"
+# Each GPU's threshold of each numeric rule (labels: rule, and profile for a profile's version).
+THRESHOLD_RECORD = f"{LEVEL}:gpu_alert_threshold:effective"
+# Rule kinds with one number per GPU to record (``any`` compares a set of reasons with 0).
+THRESHOLD_KINDS = ("level", "ratio", "growth")
 
 
 def number(value: float) -> str:
@@ -139,6 +145,24 @@ def alert_expr(cfg: RulesConfig, rule: AlertRule) -> str:
     elif rule.kind in ("ratio", "growth", "any"):
         cmp = f"({cmp})"
     return f"{cmp} and {JOIN} {_first_match(cfg, cfg.profiles[rule.profile])}"
+
+
+def threshold_expr(cfg: RulesConfig, rule: AlertRule) -> str:
+    """The threshold ``rule`` compares each GPU with, as one series per GPU that has the rule's
+    metric: the same profile narrowing and limit fallback as ``alert_expr``."""
+    sel = selector(cfg)
+    constant = f"0 * {rule.metric}{sel} + {number(rule.threshold)}"
+    if rule.profile is None:
+        for excluded in profile_exclusion(cfg, rule.rule):
+            constant += f" unless {JOIN} {excluded}"
+        return constant
+    expr = constant
+    if rule.relative is not None:
+        # Joined onto the metric's own series so that both branches carry its labels (the
+        # limit's series has its own, e.g. threshold="slowdown").
+        relative = f"0 * {rule.metric}{sel} + {JOIN} group_left () ({relative_threshold(cfg, rule)})"
+        expr = f"{relative} or {constant} unless {JOIN} {limit_selector(cfg, rule)}"
+    return f"({expr}) and {JOIN} {_first_match(cfg, cfg.profiles[rule.profile])}"
 
 
 def forecast_source(cfg: RulesConfig, fc: Forecast) -> str:

@@ -161,6 +161,10 @@ def recording_groups(cfg: RulesConfig) -> list[dict[str, Any]]:
             rules.append({"record": promql.ratio_record(a), "expr": promql.value_expr(cfg, a)})
     for fc in cfg.forecasts.values():
         rules.append({"record": promql.forecast_record(fc), "expr": promql.forecast_record_expr(cfg, fc)})
+    for a in threshold_rules(cfg):
+        if a.kind in promql.THRESHOLD_KINDS:
+            rules.append({"record": promql.THRESHOLD_RECORD, "expr": promql.threshold_expr(cfg, a),
+                          "labels": {"rule": a.rule, **({"profile": a.profile} if a.profile else {})}})
     return [_group(cfg, "gpuwarden.recording", rules)] if rules else []
 
 

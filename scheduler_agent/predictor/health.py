@@ -84,18 +84,25 @@ MIN_COVERAGE = 0.5
 
 
 def evaluate(specs: Sequence[MetricSpec], series: Mapping[str, SeriesRows], errors: Mapping[str, SeriesRows],
-             at: float, window: float, min_confidence: float = MIN_CONFIDENCE) -> dict[str, GpuHealth]:
-    """GpuHealth per uuid from range-query rows: ``series[spec.name]`` and ``errors[kind]``."""
+             at: float, window: float, min_confidence: float = MIN_CONFIDENCE,
+             thresholds: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, GpuHealth]:
+    """GpuHealth per uuid from range-query rows: ``series[spec.name]`` and ``errors[kind]``.
+
+    ``thresholds[spec.name][uuid]`` is a GPU's own threshold (its profile's, from Prometheus);
+    a GPU without one is judged by ``spec.threshold`` (the default profile's).
+    """
     fc: dict[str, dict[str, Forecast]] = {}
     ident: dict[str, tuple[str, str]] = {}
     for spec in specs:
+        own = (thresholds or {}).get(spec.name, {})
         for labels, t, v in series.get(spec.name, ()):
             uuid, gpu, inst = gpu_key(labels)
             ident.setdefault(uuid, (gpu, inst))
             if len(t) == 0 or float(t[-1] - t[0]) < window * MIN_COVERAGE:
                 continue
             try:
-                fc.setdefault(uuid, {})[spec.name] = forecast_series(t, v, spec.threshold, window, min_confidence)
+                fc.setdefault(uuid, {})[spec.name] = forecast_series(t, v, own.get(uuid, spec.threshold), window,
+                                                                     min_confidence)
             except InsufficientData:
                 continue
     errs: dict[str, dict[str, float]] = {}
@@ -129,6 +136,6 @@ def migration_candidates(gpus: Mapping[str, GpuHealth], specs: Sequence[MetricSp
             continue
         spec, f = hit
         if f.seconds_to_threshold is not None and f.seconds_to_threshold <= lead_time:
-            out[uuid] = (f"predicted {spec.rule}: {spec.name} reaches {spec.threshold:g} in "
+            out[uuid] = (f"predicted {spec.rule}: {spec.name} reaches {f.threshold:g} in "
                          f"{f.seconds_to_threshold:.0f}s (confidence {f.confidence:.2f}, lead time {lead_time:g}s)")
     return out

@@ -66,7 +66,7 @@ def metric_block(gpu: str, spec: MetricSpec, f: Forecast) -> str:
         f"GPU-{gpu} {spec.title} Trend:",
         f"  Current: {fmt_value(f.current * spec.scale)}{u}",
         f"  Rate: {sign}{fmt_value(abs(rate))}{u}/minute",
-        f"  Predicted Critical ({fmt_value(spec.threshold * spec.scale)}{u}): {fmt_duration(f.seconds_to_threshold)}",
+        f"  Predicted Critical ({fmt_value(f.threshold * spec.scale)}{u}): {fmt_duration(f.seconds_to_threshold)}",
         f"  Confidence: {f.confidence:.2f}",
         f"  Risk Score: {f.risk:.2f}",
     ])
@@ -80,7 +80,7 @@ def recommendation(h: GpuHealth, specs: Sequence[MetricSpec], lead_time: float) 
         spec, f = hit
         ttt = f.seconds_to_threshold or 0.0
         if ttt <= 0:
-            return f"Critical now: {spec.title.lower()} is over {fmt_value(spec.threshold * spec.scale)}{spec.unit}; migrate jobs off this GPU"
+            return f"Critical now: {spec.title.lower()} is over {fmt_value(f.threshold * spec.scale)}{spec.unit}; migrate jobs off this GPU"
         if ttt <= lead_time:
             return f"Migrate jobs now: {spec.title.lower()} predicted critical in {fmt_duration(ttt)}"
         return f"Monitor closely, plan migration within {fmt_duration(ttt - lead_time)}"

@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from scheduler_agent.predictor.forecast import MIN_CONFIDENCE, PERSIST
-from scheduler_agent.predictor.health import GpuHealth, evaluate, migration_candidates
+from scheduler_agent.predictor.health import GpuHealth, evaluate, gpu_key, migration_candidates
 from scheduler_agent.predictor.prom import PrometheusClient, PrometheusError
 from scheduler_agent.predictor.specs import MetricSpec, specs_from_rules
 
@@ -104,6 +105,7 @@ class PredictorService:
         self._lock = threading.Lock()
         self._snapshot = Snapshot()
         self._migrated: set[str] = set()
+        self._warned_defaults = False
         self._runs = {"ok": 0, "error": 0}
         self._last_duration = 0.0
         self._stop = threading.Event()
@@ -132,7 +134,27 @@ class PredictorService:
         errors = {k: [(r.labels, r.times, r.values)
                       for r in self.client.query_range(q.format(sel=self._error_selector), start, now, self.step)]
                   for k, q in ERROR_QUERIES.items()}
-        return evaluate(self.specs, series, errors, now, self.window, self.min_confidence)
+        return evaluate(self.specs, series, errors, now, self.window, self.min_confidence,
+                        self.own_thresholds(now, series))
+
+    def own_thresholds(self, now: float, series: dict[str, list[Any]]) -> dict[str, dict[str, float]]:
+        """Each GPU's latest threshold per spec (spec.name -> uuid -> value) from the recording
+        rule; says once when Prometheus has none for GPUs it has data of (rules not loaded)."""
+        out: dict[str, dict[str, float]] = {}
+        for spec in self.specs:
+            if spec.threshold_query is None:
+                continue
+            own = out.setdefault(spec.name, {})
+            for r in self.client.query_range(spec.threshold_query, now - self.step, now, self.step):
+                finite = r.values[np.isfinite(r.values)]
+                if finite.size:
+                    own[gpu_key(r.labels)[0]] = float(finite[-1])
+            if not own and series.get(spec.name) and not self._warned_defaults:
+                self._warned_defaults = True
+                log.warning("predictor: Prometheus has no %s; every GPU is judged by the default thresholds "
+                            "(load rules/generated/gpuwarden-recording.rules.yml into Prometheus so that "
+                            "each GPU model's profile applies)", spec.threshold_query)
+        return out
 
     def run_once(self) -> Snapshot:
         """One health check; never raises for Prometheus trouble (see the module docstring)."""
@@ -212,7 +234,7 @@ class PredictorService:
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(self.client.timeout * (2 + len(self.specs)) + 1)
+            self._thread.join(self.client.timeout * (2 + 2 * len(self.specs)) + 1)
             self._thread = None
 
     stop = close

@@ -8,6 +8,11 @@ One MetricSpec per forecast metric. Thresholds are never constants here: they co
 * memory       gpu_memory_used_bytes / gpu_memory_total_bytes   MEMORY_PRESSURE (ratio)
 * ecc          rate(gpu_ecc_errors_correctable_total[window])   ECC_ERRORS_SPIKE, as a rate:
                threshold / window errors per second (10 per 300 s ≈ 0.033/s)
+
+Those are the default profile's thresholds. Each GPU's own (its model's profile, relative to its
+own limits) comes from Prometheus: ``threshold_query`` reads the generated recording rule
+``instance_gpu:gpu_alert_threshold:effective``, so the predictor judges every GPU by the number
+its alerts use and falls back to ``threshold`` only where Prometheus has none.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ class MetricSpec:
 
     ``scale`` and ``unit`` only shape the report (memory ratio shown in %, ECC rate per minute).
     ``hold_seconds`` is the rule's ``for:``: how long the series must stay over to alert.
+    ``threshold_query`` returns each GPU's own threshold, in the unit of ``query``.
     """
 
     name: str
@@ -34,6 +40,7 @@ class MetricSpec:
     scale: float = 1.0
     hold_seconds: float = 0.0
     migrate: bool = True  # a predicted crossing of this metric moves jobs off the GPU
+    threshold_query: str | None = None
 
 
 def _sel(job: str | None) -> str:
@@ -42,7 +49,10 @@ def _sel(job: str | None) -> str:
 
 def specs_from_rules(cfg: Any) -> list[MetricSpec]:
     """MetricSpecs built from a loaded ``rules.config.RulesConfig``."""
-    sel = _sel(getattr(cfg, "exporter_job", None))
+    from rules.promql import THRESHOLD_RECORD  # cfg comes from the rules package anyway
+
+    job = getattr(cfg, "exporter_job", None)
+    sel = _sel(job)
     out: list[MetricSpec] = []
 
     def need(rule_id: str) -> Any:
@@ -52,21 +62,25 @@ def specs_from_rules(cfg: Any) -> list[MetricSpec]:
             raise ValueError(f"{cfg.path}: alerts.{rule_id} is missing; the predictor needs its threshold "
                              f"(restore it from the shipped rules/thresholds.yaml)") from None
 
+    def own(rule_id: str) -> str:
+        job_matcher = f', job="{job}"' if job else ""
+        return f'{THRESHOLD_RECORD}{{rule="{rule_id}"{job_matcher}}}'
+
     r = need("THERMAL_CRITICAL")
     out.append(MetricSpec("temperature", "Temperature", f"{r.metric}{sel}", r.threshold, r.rule, "°C",
-                          hold_seconds=r.for_seconds))
+                          hold_seconds=r.for_seconds, threshold_query=own(r.rule)))
     r = need("POWER_CRITICAL")
     out.append(MetricSpec("power", "Power", f"{r.metric}{sel}", r.threshold, r.rule, "W",
-                          hold_seconds=r.for_seconds))
+                          hold_seconds=r.for_seconds, threshold_query=own(r.rule)))
     r = need("MEMORY_PRESSURE")
     denom = r.denominator or "gpu_memory_total_bytes"
     out.append(MetricSpec("memory", "Memory Use", f"{r.metric}{sel} / {denom}{sel}", r.threshold, r.rule, "%",
-                          scale=100.0, hold_seconds=r.for_seconds, migrate=False))
+                          scale=100.0, hold_seconds=r.for_seconds, migrate=False, threshold_query=own(r.rule)))
     r = need("ECC_ERRORS_SPIKE")
     window = r.window_seconds or 300.0
     out.append(MetricSpec("ecc", "Correctable ECC Rate", f"rate({r.metric}{sel}[{window:g}s])",
                           r.threshold / window, r.rule, " errors/min", scale=60.0,
-                          hold_seconds=r.for_seconds))
+                          hold_seconds=r.for_seconds, threshold_query=f"{own(r.rule)} / {window:g}"))
     return out
 
 

@@ -203,5 +203,36 @@ def test_thresholds_come_from_rules_config(tmp_path) -> None:  # type: ignore[no
 def test_shipped_rules_select_the_exporter_job_everywhere(prom: FakePrometheus) -> None:
     svc = PredictorService(prom.url, None, clock=lambda: NOW)
     assert svc.run_once().ok
-    assert len(prom.queries) == len(svc.specs) + 2
+    assert len(prom.queries) == 2 * len(svc.specs) + 2  # series and own thresholds per spec, 2 error counters
     assert all('job="gpuwarden-exporter"' in q for q in prom.queries), prom.queries
+
+
+def test_each_gpu_is_judged_by_its_own_threshold(prom: FakePrometheus) -> None:
+    """Both GPUs draw 600 W, over the default 450 W. Prometheus records GPU-hot's own threshold
+    as 787.5 W (an H100: 112.5 % of its 700 W limit): it is not over; GPU-cool, with no recorded
+    threshold, is judged by the default and is."""
+    own = "instance_gpu:gpu_alert_threshold:effective"
+    specs = [MetricSpec("power", "Power", "gpu_power_watts", 450.0, "POWER_CRITICAL", "W",
+                        threshold_query=f'{own}{{rule="POWER_CRITICAL"}}')]
+    prom.series["gpu_power_watts"] = [(HOT, lambda t: 600.0), (COOL, lambda t: 600.0)]
+    prom.add(own, HOT, lambda t: 787.5)
+    mig = Migrations()
+    svc = PredictorService(prom.url, specs, period=60, lead_time=900.0, timeout=2.0, clock=lambda: NOW,
+                           on_migrate=mig)
+    snap = svc.run_once()
+    hot, cool = snap.gpus["GPU-hot"].forecasts["power"], snap.gpus["GPU-cool"].forecasts["power"]
+    assert (hot.threshold, hot.seconds_to_threshold) == (787.5, None)
+    assert (cool.threshold, cool.seconds_to_threshold) == (450.0, 0.0)
+    assert [u for u, _ in mig.calls] == ["GPU-cool"] and "reaches 450" in mig.calls[0][1]
+
+
+def test_says_once_when_prometheus_has_no_recorded_thresholds(prom: FakePrometheus,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    specs = [MetricSpec("power", "Power", "gpu_power_watts", 450.0, "POWER_CRITICAL", "W",
+                        threshold_query='instance_gpu:gpu_alert_threshold:effective{rule="POWER_CRITICAL"}')]
+    svc = PredictorService(prom.url, specs, period=60, timeout=2.0, clock=lambda: NOW)
+    svc.run_once()
+    svc.run_once()
+    warnings = [r.getMessage() for r in caplog.records if "default thresholds" in r.getMessage()]
+    assert len(warnings) == 1 and "gpuwarden-recording.rules.yml" in warnings[0]
+    assert svc.snapshot.gpus["GPU-hot"].forecasts["power"].threshold == 450.0

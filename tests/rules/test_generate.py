@@ -115,12 +115,18 @@ def test_threshold_alerts_read_raw_series_and_keep_gpu_labels() -> None:
 
 def test_recording_rules_follow_level_metric_operations() -> None:
     cfg = config.load()
-    names = [r["record"] for g in render.recording_groups(cfg) for r in g["rules"]]
+    names = list(dict.fromkeys(r["record"] for g in render.recording_groups(cfg) for r in g["rules"]))
     assert names == [
         "instance_gpu:gpu_memory_used_bytes_per_gpu_memory_total_bytes:ratio",
         "instance_gpu:gpu_temperature_celsius:predict_linear10m_20m",
         "instance_gpu:gpu_memory_used_bytes_per_gpu_memory_total_bytes:predict_linear10m_15m_ratio",
+        "instance_gpu:gpu_alert_threshold:effective",
     ]
+    # One threshold record per version (default or profile) of each numeric rule, told apart by
+    # its labels; THROTTLING (a set of reasons, not a number) has none.
+    recorded = [(r["labels"]["rule"], r["labels"].get("profile")) for g in render.recording_groups(cfg)
+                for r in g["rules"] if r["record"] == "instance_gpu:gpu_alert_threshold:effective"]
+    assert recorded == [(a.rule, a.profile) for a in render.threshold_rules(cfg) if a.rule != "THROTTLING"]
     for r in (r for g in render.recording_groups(cfg) for r in g["rules"]):
         if "predict_linear" in r["record"]:
             assert not re.search(r"_total\b", r["expr"]), "predict_linear on gauges only"
@@ -147,7 +153,11 @@ def test_prometheusrule_manifest_holds_valid_groups(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
     cfg = config.load()
-    assert f"SUCCESS: {19 + sum(len(p.alerts) for p in cfg.profiles.values())} rules found" in res.stdout
+    profiled = sum(len(p.alerts) for p in cfg.profiles.values())
+    numeric = sum(1 for a in cfg.alerts.values() if a.kind != "any")
+    # 19 default rules (16 alerts, 3 recordings), each profile's versions, and one threshold
+    # record per version of a numeric rule.
+    assert f"SUCCESS: {19 + profiled + numeric + profiled} rules found" in res.stdout
 
 
 @pytest.mark.binaries
