@@ -13,6 +13,7 @@ from typing import Any
 
 from dashboards import grafana as g
 from dashboards.grafana import Grid, Target, Threshold
+from rules.promql import THRESHOLD_RECORD
 
 UID = "gpuwarden-fleet"
 TITLE = "GPU fleet (gpuwarden)"
@@ -127,6 +128,20 @@ def build(th: Thresholds) -> dict[str, Any]:
             [Target(f"gpu_power_watts{GPU}", WHO),
              Target(f"gpu_power_limit_watts{GPU}", WHO + " limit")], "watt",
             thresholds=[Threshold(th.power_warning, WARN), Threshold(th.power_critical, CRIT)])),
+        # The lines above are the default profile's; this is each GPU against its own profile.
+        g.bargauge(
+            "Share of its own critical threshold", "Each GPU's temperature and power as a share "
+            "of the THERMAL_CRITICAL and POWER_CRITICAL thresholds its own alerts use (its model's "
+            "profile, relative to its own limits: instance_gpu:gpu_alert_threshold:effective). "
+            "100 % is where the alert's condition holds.", grid.place(24, 6),
+            Target(" or ".join(
+                f"{metric}{GPU} / on (instance, gpu) group_left (rule) "
+                f'{THRESHOLD_RECORD}{{rule="{rule}", instance=~"$instance", gpu=~"$gpu"}}'
+                for metric, rule in (("gpu_temperature_celsius", "THERMAL_CRITICAL"),
+                                     ("gpu_power_watts", "POWER_CRITICAL"))),
+                WHO + " {{rule}}", instant=True), "percentunit",
+            thresholds=[Threshold(None, OK), Threshold(0.9, WARN), Threshold(1, CRIT)], minimum=0,
+            maximum=1.1),
     ]
 
     # 4. Utilization + 5. memory pressure.

@@ -122,7 +122,8 @@ def test_the_seeds_panels_forecasts_and_xid_are_there(committed: dict[str, Any])
                           ("Active alerts", "ALERTS"), ("ECC errors", "gpu_ecc_errors_"),
                           ("XID errors", "gpu_xid_errors_total"),
                           ("Time to threshold", "gpu_predicted_seconds_to_threshold"),
-                          ("Failure risk", "gpu_failure_risk_score")]:
+                          ("Failure risk", "gpu_failure_risk_score"),
+                          ("Share of its own critical threshold", "instance_gpu:gpu_alert_threshold:effective")]:
         exprs = " ".join(t["expr"] for t in panels[title]["targets"])
         assert metric in exprs, f"{title} does not query {metric}"
         assert panels[title]["type"] in ("timeseries", "bargauge", "table")
@@ -132,6 +133,7 @@ def test_the_seeds_panels_forecasts_and_xid_are_there(committed: dict[str, Any])
     ("Temperature", "celsius"), ("Power", "watt"), ("Utilization", "percentunit"),
     ("Memory pressure", "percentunit"), ("Memory used", "bytes"), ("Failure risk", "percentunit"),
     ("Time to threshold", "s"), ("Job execution time", "s"), ("Temperature in 15 minutes", "celsius"),
+    ("Share of its own critical threshold", "percentunit"),
 ])
 def test_units(committed: dict[str, Any], title: str, unit: str) -> None:
     assert _by_title(committed)[title]["fieldConfig"]["defaults"]["unit"] == unit
