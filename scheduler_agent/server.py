@@ -33,7 +33,7 @@ from .inventory import PrometheusDiscovery, load_file, static_specs
 from .metrics import SchedulerCollector
 from .scheduler import Scheduler, SchedulerOptions
 from .store import Database
-from .tls import server_context
+from .tls import ReloadingContext
 from .tracing import provider_from_env
 from .web import App, BearerAuth
 
@@ -47,7 +47,7 @@ class Agent:
     def __init__(self, config: AgentConfig, tracer_provider: TracerProvider | None = None) -> None:
         self.config = config
         # First, before the database is opened: a bad cert or key stops start-up naming the field.
-        self.tls_context = server_context(config.tls, config.error) if config.tls is not None else None
+        self.tls_context = ReloadingContext(config.tls, config.error) if config.tls is not None else None
         self.tracer_provider = tracer_provider or provider_from_env()
         self.registry = CollectorRegistry()
         self.db = Database(config.database_path, config.synchronous)

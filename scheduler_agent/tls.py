@@ -5,9 +5,12 @@ The settings follow Prometheus' web config (``tls_server_config``) in its simple
 which, when set, makes every client present a certificate signed by one of those CAs
 (Prometheus' ``client_auth_type: RequireAndVerifyClientCert``). TLS 1.2 is the minimum.
 
-Files are loaded once at start-up: a file that is missing, unreadable or not what it should be
-stops the agent with an error naming the field and the file, never later on the first request.
-Rotating a certificate means restarting the agent.
+Files are loaded at start-up: a file that is missing, unreadable or not what it should be stops
+the agent with an error naming the field and the file, never later on the first request. They
+are then watched like Prometheus' exporter-toolkit does: a handshake after a file changed (a
+certificate rotated by cert-manager or certbot) loads them again, so no restart is needed; a
+set that does not load (half written, a key not matching yet) is logged and the previous one
+kept serving until the files change again.
 
 The handshake is done in the connection's own thread (``TLSHTTPServer.finish_request``), with a
 time limit, not in ``accept()``: a client that connects and never finishes its handshake would
@@ -17,8 +20,10 @@ otherwise hold up every other connection (the listening socket's accept loop is 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
+import threading
 from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -92,16 +97,55 @@ def server_context(files: TlsFiles, error: Callable[[str, str], Exception]) -> s
     return ctx
 
 
+class ReloadingContext:
+    """``current()`` is the server's SSLContext, loaded again when one of its files changed."""
+
+    def __init__(self, files: TlsFiles, error: Callable[[str, str], Exception]) -> None:
+        self.files, self._error = files, error
+        self._lock = threading.Lock()
+        self._signature = self._stat()
+        self._context = server_context(files, error)  # start-up: errors stop the agent
+
+    def _stat(self) -> tuple[tuple[int, int, int] | None, ...]:
+        out: list[tuple[int, int, int] | None] = []
+        for path in (self.files.cert_file, self.files.key_file, self.files.client_ca_file):
+            try:
+                st = os.stat(path) if path is not None else None
+            except OSError:
+                st = None  # mid-rotation (renamed away): the next change is seen
+            out.append((st.st_mtime_ns, st.st_size, st.st_ino) if st is not None else None)
+        return tuple(out)
+
+    def current(self) -> ssl.SSLContext:
+        signature = self._stat()  # three stat() calls per handshake: cheap next to the handshake
+        if signature != self._signature:
+            with self._lock:
+                if signature != self._signature:
+                    self._signature = signature
+                    try:
+                        self._context = server_context(self.files, self._error)
+                        log.info("TLS: loaded %s again (a file changed)", self.files.cert_file)
+                    except Exception as exc:  # noqa: BLE001 - the config error names field and file
+                        log.error("TLS: the changed files do not load, still serving the previous "
+                                  "certificate: %s", exc)
+        return self._context
+
+
 class TLSHTTPServer(ThreadingHTTPServer):
     """A ThreadingHTTPServer that accepts TCP and does the TLS handshake per connection thread."""
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], handler: Any, context: ssl.SSLContext,
+    def __init__(self, address: tuple[str, int], handler: Any, context: ssl.SSLContext | ReloadingContext,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS) -> None:
-        self.tls_context = context
+        self._context = context
         self.handshake_timeout = handshake_timeout
         super().__init__(address, handler)
+
+    @property
+    def tls_context(self) -> ssl.SSLContext:
+        c = self._context
+        return c.current() if isinstance(c, ReloadingContext) else c
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         # Runs in the connection's thread (ThreadingMixIn.process_request_thread).

@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import jsonschema
 
 from .models import SchedulerError
-from .tls import TLSHTTPServer
+from .tls import ReloadingContext, TLSHTTPServer
 
 log = logging.getLogger(__name__)
 
@@ -277,10 +277,10 @@ class App:
         raise HttpError(400, f"{path or 'body'}: {msg}", path or "body")
 
     # -------------------------------------------------------------------------- serving
-    def serve(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> ThreadingHTTPServer:
+    def serve(self, host: str, port: int, tls: ssl.SSLContext | ReloadingContext | None = None) -> ThreadingHTTPServer:
         """Starts serving in a daemon thread; returns the server (``server_address`` has the port).
 
-        With ``tls`` (``tls.server_context``) it serves HTTPS only, handshaking per connection.
+        With ``tls`` (an SSLContext, or a ``tls.ReloadingContext``) it serves HTTPS only, handshaking per connection.
         """
         app = self
 

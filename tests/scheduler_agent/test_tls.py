@@ -259,3 +259,30 @@ def test_a_real_alertmanager_delivers_over_mutual_tls(tmp_path: Path, spawn, pki
 
     actions = wait_until(acted, timeout=20, what="the agent to record Alertmanager's webhook over TLS")
     assert actions[0]["uuid"] == "GPU-n0-0" and actions[0]["outcome"] == "recorded"
+
+
+def _served_serial(port: int, pki: Pki) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with _client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+            return conn.getpeercert()["serialNumber"]
+
+
+def test_a_rotated_certificate_is_served_without_a_restart(tmp_path: Path, spawn, pki: Pki) -> None:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert.write_bytes(pki.server_cert.read_bytes())
+    key.write_bytes(pki.server_key.read_bytes())
+    base = _start(spawn, tmp_path, f"  tls:\n    cert_file: {cert}\n    key_file: {key}\n")
+    port = int(base.rsplit(":", 1)[1])
+    first = _served_serial(port, pki)
+    # cert-manager renews: a new certificate and key from the same CA, written over the old.
+    new_cert, new_key = _issue("rotated", "127.0.0.1", "subjectAltName=IP:127.0.0.1\n"
+                               "extendedKeyUsage=serverAuth\n", pki.ca.parent)
+    cert.write_bytes(new_cert.read_bytes())
+    key.write_bytes(new_key.read_bytes())
+    second = _served_serial(port, pki)
+    assert second != first
+    assert _request(base + "/healthz", _client_context(pki)) == (200, b"ok\n")
+    # A rotation that does not load (a key of another certificate) keeps the last good one serving.
+    key.write_bytes(pki.other_key.read_bytes())
+    assert _served_serial(port, pki) == second
+    assert _request(base + "/healthz", _client_context(pki)) == (200, b"ok\n")
