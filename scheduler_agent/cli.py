@@ -17,19 +17,12 @@ import argparse
 import importlib
 import importlib.util
 import logging
-import os
 import signal
 import sys
 import threading
 from typing import Any, Sequence
 
-from .client import Client, run_cli
-
-
-def _client_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default=os.environ.get("GPUWARDEN_AGENT_URL", "http://127.0.0.1:9787"))
-    p.add_argument("--token-file", default=os.environ.get("GPUWARDEN_TOKEN_FILE"))
-    p.add_argument("--json", action="store_true", help="print the API's JSON")
+from .client import Client, add_client_args, run_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
 
     jobs = sub.add_parser("jobs").add_subparsers(dest="verb", required=True)
     p = jobs.add_parser("submit")
-    _client_args(p)
+    add_client_args(p)
     p.add_argument("--name", required=True)
     p.add_argument("--gpus", type=int, required=True)
     p.add_argument("--priority", type=int, default=0)
@@ -50,23 +43,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--idempotency-key")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- argv (omit for tracking only)")
     p = jobs.add_parser("list")
-    _client_args(p)
+    add_client_args(p)
     p.add_argument("--state")
     for verb in ("show", "cancel"):
         p = jobs.add_parser(verb)
-        _client_args(p)
+        add_client_args(p)
         p.add_argument("id", type=int)
 
     gpus = sub.add_parser("gpus").add_subparsers(dest="verb", required=True)
     p = gpus.add_parser("list")
-    _client_args(p)
+    add_client_args(p)
     p = gpus.add_parser("quarantine")
-    _client_args(p)
+    add_client_args(p)
     p.add_argument("uuid")
     p.add_argument("--reason", default="manual quarantine")
     p.add_argument("--no-preempt", action="store_true")
     p = gpus.add_parser("release")
-    _client_args(p)
+    add_client_args(p)
     p.add_argument("uuid")
     return ap
 
@@ -136,7 +129,7 @@ def _client_main(args: argparse.Namespace) -> int:
                 out = c.call("POST", f"/api/v1/gpus/{args.uuid}/release", {})
         return out
 
-    return run_cli(args.url, args.token_file, request)
+    return run_cli(args, request)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,18 +9,11 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import os
 import time
 import urllib.parse
 from typing import Any, Sequence
 
-from scheduler_agent.client import Client, run_cli
-
-
-def _client_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default=os.environ.get("GPUWARDEN_AGENT_URL", "http://127.0.0.1:9787"))
-    p.add_argument("--token-file", default=os.environ.get("GPUWARDEN_TOKEN_FILE"))
-    p.add_argument("--json", action="store_true", help="print the API's JSON")
+from scheduler_agent.client import Client, add_client_args, run_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,16 +21,16 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     actions = sub.add_parser("actions").add_subparsers(dest="verb", required=True)
     p = actions.add_parser("list", help="the remediation audit trail, newest first")
-    _client_args(p)
+    add_client_args(p)
     p.add_argument("--uuid")
     p.add_argument("--outcome")
     p.add_argument("--action")
     p.add_argument("--limit", type=int, default=50)
     breaker = sub.add_parser("breaker").add_subparsers(dest="verb", required=True)
     p = breaker.add_parser("show")
-    _client_args(p)
+    add_client_args(p)
     p = breaker.add_parser("reset", help="close the breaker: remediation acts again")
-    _client_args(p)
+    add_client_args(p)
     p.add_argument("--actor", default=None, help="who resets it (default: your user name)")
     return ap
 
@@ -70,4 +63,4 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = c.call("POST", "/api/v1/remediation/breaker/reset", {"actor": actor})
         return out
 
-    return run_cli(args.url, args.token_file, request)
+    return run_cli(args, request)

@@ -36,7 +36,7 @@ from scheduler_agent.remediation.port import SchedulerPort
 from scheduler_agent.remediation.worker import Worker
 
 if TYPE_CHECKING:
-    from scheduler_agent.web import App, Request, Response
+    from scheduler_agent.web import App, Request
     from scheduler_agent.scheduler import Scheduler
     from scheduler_agent.store import Database
 

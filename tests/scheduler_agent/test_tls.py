@@ -286,3 +286,27 @@ def test_a_rotated_certificate_is_served_without_a_restart(tmp_path: Path, spawn
     key.write_bytes(pki.other_key.read_bytes())
     assert _served_serial(port, pki) == second
     assert _request(base + "/healthz", _client_context(pki)) == (200, b"ok\n")
+
+
+def test_the_cli_talks_to_an_agent_that_requires_client_certificates(tmp_path: Path, spawn, pki: Pki) -> None:
+    base = _start(spawn, tmp_path, _tls_yaml(pki, client_ca=True))
+    agent = console_script("gpuwarden-agent")
+
+    def cli(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([agent, "gpus", "list", "--json", "--url", base,
+                               "--token-file", str(tmp_path / "token"), *extra],
+                              capture_output=True, text=True, timeout=30)
+
+    ok = cli("--ca-file", str(pki.ca), "--cert-file", str(pki.client_cert), "--key-file", str(pki.client_key))
+    assert ok.returncode == 0, ok.stderr
+    assert isinstance(json.loads(ok.stdout), list)
+    no_cert = cli("--ca-file", str(pki.ca))  # the agent refuses the handshake
+    assert no_cert.returncode == 1 and f"cannot reach {base}" in no_cert.stderr
+    untrusted = cli()  # the system's CAs do not know our test CA
+    assert untrusted.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
+    missing = cli("--ca-file", str(tmp_path / "nope.pem"))
+    assert missing.returncode == 2 and "--ca-file" in missing.stderr and "nope.pem" in missing.stderr
+    half = cli("--ca-file", str(pki.ca), "--cert-file", str(pki.client_cert))
+    assert half.returncode == 2 and "--cert-file and --key-file go together" in half.stderr
+    mismatched = cli("--ca-file", str(pki.ca), "--cert-file", str(pki.client_cert), "--key-file", str(pki.other_key))
+    assert mismatched.returncode == 2 and "--cert-file/--key-file" in mismatched.stderr

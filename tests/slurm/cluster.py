@@ -179,7 +179,7 @@ PartitionName=gpu Nodes={self.node} Default=YES MaxTime=INFINITE State=UP OverSu
     # -- tear-down ------------------------------------------------------------------------
     def stop(self) -> None:
         if self.procs.get("slurmctld") and self.procs["slurmctld"].poll() is None:
-            self.run("scancel", "--quiet", "--full", f"--partition=gpu")
+            self.run("scancel", "--quiet", "--full", "--partition=gpu")
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and self.run(
                     "squeue", "--noheader", "--states=RUNNING,COMPLETING").stdout.strip():
