@@ -186,17 +186,23 @@ def forecast_record_expr(cfg: RulesConfig, fc: Forecast) -> str:
             f"{number(fc.horizon_seconds)})")
 
 
+def own_threshold(cfg: RulesConfig, rule_id: str) -> str:
+    """Each GPU's recorded threshold of ``rule_id``, joined onto a per-GPU left-hand side."""
+    return f"{JOIN} group_left () {THRESHOLD_RECORD}{selector(cfg, rule=rule_id)}"
+
+
 def forecast_alert_expr(cfg: RulesConfig, fc: Forecast) -> str:
-    """Forecast past the threshold, while the current value is past the guard and the threshold
-    itself is not crossed yet (then the threshold alert speaks)."""
+    """Forecast past the GPU's own threshold (its profile's, as recorded), while the current
+    value is past the guard and that threshold is not crossed yet (then the threshold alert
+    speaks)."""
     t = fc.target
     current = value_expr(cfg, t)
     if t.kind == "ratio":
         current = f"({current})"
     guard_op = ">=" if t.op in (">", ">=") else "<="
-    return (f"{forecast_record(fc)} {t.op} {number(t.threshold)}"
+    return (f"{forecast_record(fc)} {t.op} {own_threshold(cfg, t.rule)}"
             f" and {current} {guard_op} {number(fc.guard)}"
-            f" unless {current} {t.op} {number(t.threshold)}")
+            f" unless {current} {t.op} {own_threshold(cfg, t.rule)}")
 
 
 def monitoring_expr(cfg: RulesConfig, m: MonitoringAlert) -> str:

@@ -92,8 +92,9 @@ def forecast_description(fc: Forecast) -> str:
     unit = "" if t.humanize == "humanizePercentage" else t.unit
     what = t.metric if t.kind == "level" else f"{t.metric} / {t.denominator}"
     return (f"{_GPU}: {what} is forecast at {_value(t.humanize)}{unit} in {fc.horizon_text} "
-            f"(linear trend over {fc.lookback_text}), {_OP_WORDS[t.op]} {shown(t.threshold, t)} "
-            f"({t.rule}); it is already {guard_words} {shown(fc.guard, t)}. Action: {fc.action}.")
+            f"(linear trend over {fc.lookback_text}), {_OP_WORDS[t.op]} its {t.rule} threshold "
+            f"({shown(t.threshold, t)} unless its model's profile sets another); it is already "
+            f"{guard_words} {shown(fc.guard, t)}. Action: {fc.action}.")
 
 
 def monitoring_description(cfg: RulesConfig, m: MonitoringAlert) -> str:
