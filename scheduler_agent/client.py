@@ -65,16 +65,13 @@ def add_client_args(p: argparse.ArgumentParser) -> None:
 
 def _client(args: argparse.Namespace) -> Client:
     """A Client from add_client_args' options; raises ValueError naming the option at fault."""
-    def read(option: str, path: str) -> None:
+    def read(option: str, path: str) -> bytes:
         try:
-            Path(path).read_bytes()
+            return Path(path).read_bytes()
         except OSError as exc:
             raise ValueError(f"{option}: cannot read {path}: {exc.strerror or exc}") from None
 
-    token = None
-    if args.token_file:
-        read("--token-file", args.token_file)
-        token = Path(args.token_file).read_text().strip()
+    token = read("--token-file", args.token_file).decode().strip() if args.token_file else None
     context = None
     if args.ca_file or args.cert_file or args.key_file:
         if bool(args.cert_file) != bool(args.key_file):
