@@ -2,7 +2,7 @@
 
 When the section is present the remediation worker acts through ``SlurmPort`` instead of the
 embedded scheduler: preempt = ``scontrol requeue`` of the Slurm jobs holding that GPU (then
-``StartTime=now`` so they may start again at once rather than ~120 s later), quarantine = drain
+``StartTime=now`` 2 s later so they may start again then rather than ~120 s later), quarantine = drain
 of the GPU's node with a reason naming the rule, GPU index and UUID (Slurm 22.05 cannot drain a
 single GPU), release = ``State=RESUME`` only while the drain reason is ours. Throttling stays with
 the power-limit actuator. Modules:

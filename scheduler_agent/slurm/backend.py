@@ -3,7 +3,10 @@
 - ``preempt_gpu``: ``scontrol requeue`` of every running job whose allocation holds that GPU
   index on that node (``scontrol show job -d``: ``GRES=gpu:4(IDX:0-3)``), then
   ``scontrol update JobId=N StartTime=now``: a requeued job is otherwise held ~120 s
-  (``Reason=BeginTime``) before it may start again.
+  (``Reason=BeginTime``) before it may start again. The reset waits ``REQUEUE_SETTLE_SECONDS``
+  after the requeue: slurmd refuses a launch credential created in the same second as the
+  revocation of the job's previous run ("Job credential revoked"), and the job then FAILS
+  instead of running again (the reason for Slurm's own hold).
 - ``quarantine``: ``scontrol update NodeName=X State=DRAIN Reason="gpuwarden: RULE gpu I UUID"``.
   Slurm 22.05 cannot drain one GPU, so the whole node stops taking jobs (running ones finish
   unless preempted); the audit entry says so. Several quarantined GPUs of one node share the
@@ -38,6 +41,10 @@ from scheduler_agent.slurm.runner import Runner
 
 if TYPE_CHECKING:
     from scheduler_agent.scheduler import Scheduler
+
+# Seconds between a requeue and the start-time reset (see the module docstring): past the
+# second in which slurmd revoked the previous run's credential, with a second to spare.
+REQUEUE_SETTLE_SECONDS = 2.0
 
 log = logging.getLogger("gpuwarden.slurm")
 
@@ -221,22 +228,28 @@ class SlurmPort:
             self._change(aid, "requeue", target, ["requeue", target],
                          {"restarts": restarts, "state": job.state})
         if self.start_requeued_now:
-            self._start_now(aid, job_id)
+            # (On a resumed action the requeue's time is unknown: counted from now.)
+            self._start_now(aid, job_id, not_before=time.monotonic() + REQUEUE_SETTLE_SECONDS)
 
-    def _start_now(self, aid: int | None, job_id: int, wait: float = 10.0) -> None:
-        """Resets the requeued job's start time so it may run at once (else ~120 s later)."""
+    def _start_now(self, aid: int | None, job_id: int, not_before: float, wait: float = 10.0) -> None:
+        """Resets the requeued job's start time so it may run soon (else ~120 s later), not
+        before ``not_before`` (time.monotonic)."""
         target = str(job_id)
         prev = self.journal.previous(aid, "start_now", target)
         if prev is not None and prev["outcome"] == "ok":
             return
-        deadline = time.monotonic() + wait
+        deadline = max(time.monotonic() + wait, not_before)
         job = self.job(job_id)
-        while job is not None and job.state not in ("PENDING",) and time.monotonic() < deadline:
+        while job is not None and time.monotonic() < deadline:
             if job.state == "RUNNING" and job.reason != "BeginTime":
                 break   # already started again (or was never stopped): nothing to reset
+            if job.state == "PENDING" and time.monotonic() >= not_before:
+                break
             self.sleep(0.1)
             job = self.job(job_id)
-        if job is None or job.state != "PENDING" or job.reason != "BeginTime":
+        # Any pending reason: the begin time Slurm set on requeue holds the job whatever the
+        # reason reads yet (it says BeginTime only once the scheduler has looked at it).
+        if job is None or job.state != "PENDING":
             if prev is not None:
                 self.journal.finish(prev["id"], "ok", 0, None, "settled on resume: not held")
             return

@@ -59,6 +59,7 @@ def scontrol_wrapper(tmp_path: Path) -> tuple[Path, Path]:
     real = shutil.which("scontrol")
     script.write_text(f"""#!/bin/sh
 echo "start $*" >> {log}
+echo "$(date +%s.%N) $*" >> {log}.times
 if [ "$1" = requeue ] && [ -e {tmp_path}/slow-requeue ]; then sleep 3; fi
 exec {real} "$@"
 """)

@@ -145,6 +145,11 @@ def test_power_critical_requeues_the_job_on_that_gpu_and_it_runs_again_promptly(
     assert slurm.job(b)["Restarts"] == "0"               # the other GPUs' job is untouched
     assert calls(log, "requeue") == [f"requeue {a}"]
     assert calls(log, "update") == [f"update JobId={a} StartTime=now"]
+    # Not within the second slurmd revoked the first run's credential: the restart would fail
+    # with "Job credential revoked" (one run in CI did, when both fell in the same second).
+    at = {line.split(" ", 2)[1]: float(line.split(" ", 1)[0])
+          for line in Path(f"{log}.times").read_text().splitlines() if " requeue " in line or " update " in line}
+    assert at["update"] - at["requeue"] >= 1.0, at
     journal = agent.commands()
     assert {(c["op"], c["target"], c["outcome"]) for c in journal} == {
         ("requeue", str(a), "ok"), ("start_now", str(a), "ok")}
