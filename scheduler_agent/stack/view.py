@@ -169,11 +169,14 @@ class LiveView:
                 self._last_states[g["uuid"]] = state
         alerts = {(a["labels"].get("rule", a["labels"].get("alertname", "")), a["labels"].get("gpu", ""), a["state"])
                   for a in snap["alerts"]}
+        def where(gpu: str) -> str:
+            return f" gpu {gpu}" if gpu else ""  # monitoring alerts (exporter down...) have none
+
         for rule, gpu, state in sorted(alerts - self._last_alerts):
-            out.append(f"{stamp} alert {rule} gpu {gpu} {state}")
+            out.append(f"{stamp} alert {rule}{where(gpu)} {state}")
         for rule, gpu, state in sorted(self._last_alerts - alerts):
             if state == "firing" and (rule, gpu, "firing") not in alerts:
-                out.append(f"{stamp} alert {rule} gpu {gpu} resolved")
+                out.append(f"{stamp} alert {rule}{where(gpu)} resolved")
         self._last_alerts = alerts
         for act in reversed(snap["actions"]):
             key = act.get("id", json.dumps(act, sort_keys=True, default=str))

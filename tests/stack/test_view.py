@@ -48,3 +48,10 @@ def test_state_changes_and_alerts_are_printed_when_they_change() -> None:
     assert any("alert ECC_UNCORRECTABLE gpu 3 firing" in line for line in lines)
     assert view.changes(_snap("quarantined", firing)) == []
     assert any("alert ECC_UNCORRECTABLE gpu 3 resolved" in line for line in view.changes(_snap("quarantined")))
+
+
+def test_an_alert_about_no_single_gpu_names_none() -> None:
+    view = _view(_Sink(keep=10))
+    pending = [{"state": "pending", "labels": {"rule": "GPU_METRICS_ABSENT"}}]
+    lines = view.changes(_snap(alerts=pending))
+    assert [line.split(" ", 1)[1] for line in lines] == ["alert GPU_METRICS_ABSENT pending"]
