@@ -32,13 +32,13 @@ test: setup binaries
 # docs/OBSERVABILITY.md.
 generate: setup
 	$(VENV)/bin/gpuwarden-rules generate
-	$(PY) -m dashboards.generate
+	$(PY) -m gpuwarden.dashboards.generate
 	cp rules/generated/gpuwarden.prometheusrule.yaml deploy/kubernetes/prometheusrule.yaml
 	$(PY) docs/generate_observability.py
 
 check: setup
 	$(VENV)/bin/gpuwarden-rules check
-	$(PY) -m dashboards.generate --check
+	$(PY) -m gpuwarden.dashboards.generate --check
 	cmp rules/generated/gpuwarden.prometheusrule.yaml deploy/kubernetes/prometheusrule.yaml
 	$(PY) docs/generate_observability.py --check
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from opentelemetry.sdk.trace import TracerProvider
 
-from scheduler_agent.config import load
-from scheduler_agent.scheduler import Scheduler
-from scheduler_agent.server import Agent
-from scheduler_agent.store import Database
+from gpuwarden.scheduler_agent.config import load
+from gpuwarden.scheduler_agent.scheduler import Scheduler
+from gpuwarden.scheduler_agent.server import Agent
+from gpuwarden.scheduler_agent.store import Database
 
 TOKEN = "bench-token"
 

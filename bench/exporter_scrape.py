@@ -42,13 +42,13 @@ def _one_size(gpus: int, rounds: int, per_round: int, latency_us: float) -> dict
     from prometheus_client import CollectorRegistry
     from prometheus_client.exposition import generate_latest
 
-    from exporter import collectors
-    from exporter.collector import GpuCollector
-    from exporter.exposition import TextRenderer
-    from exporter.service import ExporterService
-    from exporter.sim.clock import ManualClock
-    from exporter.sim.fleet import Fleet
-    from exporter.sim.library import SimLibrary, install
+    from gpuwarden.exporter import collectors
+    from gpuwarden.exporter.collector import GpuCollector
+    from gpuwarden.exporter.exposition import TextRenderer
+    from gpuwarden.exporter.service import ExporterService
+    from gpuwarden.exporter.sim.clock import ManualClock
+    from gpuwarden.exporter.sim.fleet import Fleet
+    from gpuwarden.exporter.sim.library import SimLibrary, install
 
     fleet = Fleet(gpus, ManualClock())
     lib = SimLibrary(fleet, latency_s=latency_us / 1e6)

@@ -30,11 +30,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scheduler_agent.remediation.config import parse
-from scheduler_agent.remediation.intake import Credentials
-from scheduler_agent.remediation.payload import parse_notification
-from scheduler_agent.remediation.service import Remediation
-from scheduler_agent.web import App, Response
+from gpuwarden.scheduler_agent.remediation.config import parse
+from gpuwarden.scheduler_agent.remediation.intake import Credentials
+from gpuwarden.scheduler_agent.remediation.payload import parse_notification
+from gpuwarden.scheduler_agent.remediation.service import Remediation
+from gpuwarden.scheduler_agent.web import App, Response
 
 TOKEN = "bench-token"
 MODES = ("durable", "durable-paused-worker", "baseline")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tests.e2e import loop as L
-from scheduler_agent.stack.processes import StackError, console_script
+from gpuwarden.scheduler_agent.stack.processes import StackError, console_script
 
 TARGET_MARGIN = 5.0
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from opentelemetry.trace import NoOpTracerProvider
 
-from scheduler_agent.placement import FreeIndex, NaiveGpu, naive_place
-from scheduler_agent.scheduler import Scheduler, SchedulerOptions
-from scheduler_agent.store import Database
+from gpuwarden.scheduler_agent.placement import FreeIndex, NaiveGpu, naive_place
+from gpuwarden.scheduler_agent.scheduler import Scheduler, SchedulerOptions
+from gpuwarden.scheduler_agent.store import Database
 
 SIZES = (1, 1, 1, 1, 2, 2, 2, 4, 4, 8)
 

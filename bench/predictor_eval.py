@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.traces import DURATION, STEP, Trace, generate
-from scheduler_agent.predictor.forecast import PERSIST, Forecast, confirm, forecast_series, raw_forecast
-from scheduler_agent.predictor.trend import InsufficientData
+from gpuwarden.scheduler_agent.predictor.forecast import PERSIST, Forecast, confirm, forecast_series, raw_forecast
+from gpuwarden.scheduler_agent.predictor.trend import InsufficientData
 
 METRIC = "bench_trace"
 

@@ -1,4 +1,4 @@
-"""Writes dashboards/gpu-fleet.json from rules/thresholds.yaml (``python -m dashboards.generate``).
+"""Writes dashboards/gpu-fleet.json from rules/thresholds.yaml (``python -m gpuwarden.dashboards.generate``).
 
 The JSON is committed so reviews show real diffs; ``--check`` exits 1 when the committed file
 differs from what generation gives now (CI runs it through tests/dashboards).
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from dashboards.fleet import Thresholds, build
+from .fleet import Thresholds, build
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "gpu-fleet.json"
@@ -20,7 +20,7 @@ DEFAULT_OUT = HERE / "gpu-fleet.json"
 
 def dashboard(rules_path: Path | None = None) -> dict[str, Any]:
     """The dashboard model, its threshold lines read through ``rules.config.load``."""
-    from rules import config  # imported here so the dashboard module loads without rules/
+    from gpuwarden.rules import config  # imported here so the dashboard module loads without rules/
 
     source = str(rules_path) if rules_path else "rules/thresholds.yaml"
     return build(Thresholds.from_rules(config.load(rules_path), source))
@@ -32,7 +32,7 @@ def to_json(model: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dashboards.generate", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m gpuwarden.dashboards.generate", description=__doc__)
     ap.add_argument("--rules", type=Path, default=None,
                     help="thresholds file (default: the shipped rules/thresholds.yaml)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="dashboard JSON to write")
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         current = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
         if current != text:
-            print(f"{args.out} is out of date: run `python -m dashboards.generate`", file=sys.stderr)
+            print(f"{args.out} is out of date: run `python -m gpuwarden.dashboards.generate`", file=sys.stderr)
             return 1
         return 0
     args.out.write_text(text, encoding="utf-8")

@@ -1,6 +1,6 @@
 """Renders the dashboard's main panels to a PNG straight from Prometheus, without Grafana.
 
-    python -m dashboards.render --prometheus.url http://127.0.0.1:9090 --out fleet.png --range 15m
+    python -m gpuwarden.dashboards.render --prometheus.url http://127.0.0.1:9090 --out fleet.png --range 15m
 
 The panels, queries, legends, units and threshold lines are read from the generated dashboard
 model itself, so the picture shows what Grafana would (same queries, same lines). Needs the
@@ -19,8 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from dashboards import queries
-from dashboards.prom import Prometheus, PrometheusError, Series, format_duration, parse_duration
+from . import queries
+from .prom import Prometheus, PrometheusError, Series, format_duration, parse_duration
 
 DASHBOARD = Path(__file__).resolve().parent / "gpu-fleet.json"
 
@@ -212,7 +212,7 @@ def _header(prom: Prometheus, model: dict[str, Any], by_title: dict[str, dict[st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dashboards.render", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m gpuwarden.dashboards.render", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prometheus.url", dest="url", default="http://127.0.0.1:9090",
                     help="Prometheus base URL (default %(default)s)")

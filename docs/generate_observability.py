@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from scheduler_agent.stack.processes import StackError, console_script
+from gpuwarden.scheduler_agent.stack.processes import StackError, console_script
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "OBSERVABILITY.md"

@@ -15,11 +15,11 @@ from typing import Sequence
 
 from prometheus_client import CollectorRegistry
 
-from exporter import collectors
-from exporter.collector import GpuCollector
-from exporter.sim.models import DEFAULT_MODEL, MODELS
-from exporter.server import MetricsServer, parse_listen_address
-from exporter.service import DEFAULT_TIMEOUT, ExporterService
+from . import collectors
+from .collector import GpuCollector
+from .sim.models import DEFAULT_MODEL, MODELS
+from .server import MetricsServer, parse_listen_address
+from .service import DEFAULT_TIMEOUT, ExporterService
 
 DEFAULT_LISTEN = ":9786"
 DEFAULT_CONTROL = "127.0.0.1:9788"
@@ -28,7 +28,7 @@ log = logging.getLogger("gpuwarden.exporter")
 
 
 def _duration(text: str) -> float:
-    from exporter.sim.scenario import seconds
+    from .sim.scenario import seconds
     try:
         value = seconds(float(text) if text.replace(".", "", 1).isdigit() else text)
     except ValueError as exc:
@@ -117,10 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _simulation(args: argparse.Namespace):
     """Builds the simulated fleet, its library loader and control server, and a banner."""
-    from exporter.sim.control import ControlServer
-    from exporter.sim.fleet import Fleet
-    from exporter.sim.library import SimLibrary, install
-    from exporter.sim.scenario import load, play
+    from .sim.control import ControlServer
+    from .sim.fleet import Fleet
+    from .sim.library import SimLibrary, install
+    from .sim.scenario import load, play
 
     scenario = load(args.scenario) if args.scenario else None
     count = args.simulate or (scenario.gpus if scenario and scenario.gpus else 8)

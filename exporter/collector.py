@@ -7,8 +7,8 @@ from typing import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.samples import Sample as PromSample
 
-from exporter.collectors.base import GPU_LABELS, GpuView
-from exporter.service import ExporterService
+from .collectors.base import GPU_LABELS, GpuView
+from .service import ExporterService
 
 INFO = ("gpu_info", "GPU identity; always 1.", GPU_LABELS + ("name", "pci_bus_id", "driver_version"))
 UP = ("gpu_up", "1 when the GPU answered this collection, 0 when it errored, is lost, or is stale.")

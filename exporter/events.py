@@ -14,7 +14,7 @@ from typing import Sequence
 
 import pynvml
 
-from exporter.nvml import Device, ErrorLog, code_name
+from .nvml import Device, ErrorLog, code_name
 
 log = logging.getLogger("gpuwarden.exporter")
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import pynvml
 
-from exporter.exposition import LabelSet
+from .exposition import LabelSet
 
 log = logging.getLogger("gpuwarden.exporter")
 

@@ -36,7 +36,7 @@ def nvml_gpu_count(timeout: float = 5.0) -> int | None:
 
 
 def main() -> int:
-    """``python -m exporter.probe``: prints the GPU count (0 without NVML); exit 1 without NVML."""
+    """``python -m gpuwarden.exporter.probe``: prints the GPU count (0 without NVML); exit 1 without NVML."""
     n = nvml_gpu_count()
     print(n or 0)
     return 0 if n else 1

@@ -21,8 +21,8 @@ from typing import Sequence
 
 import pynvml
 
-from exporter.collectors.base import Collector, FieldRead, Sample
-from exporter.nvml import (UNSUPPORTED_CODES, Device, ErrorLog, GpuLost, Reader, field_buffer, field_value,
+from .collectors.base import Collector, FieldRead, Sample
+from .nvml import (UNSUPPORTED_CODES, Device, ErrorLog, GpuLost, Reader, field_buffer, field_value,
                            get_field_values, read_identity)
 
 log = logging.getLogger("gpuwarden.exporter")

@@ -9,7 +9,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from exporter.exposition import CONTENT_TYPE, TextRenderer
+from .exposition import CONTENT_TYPE, TextRenderer
 
 log = logging.getLogger("gpuwarden.exporter.http")
 

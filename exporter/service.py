@@ -12,10 +12,10 @@ from typing import Callable, Sequence
 
 import pynvml
 
-from exporter.collectors.base import Collector
-from exporter.events import XidWatcher
-from exporter.nvml import Discovery, ErrorLog, code_name, init_and_discover, shutdown_quietly
-from exporter.sampler import Sampler, Snapshot
+from .collectors.base import Collector
+from .events import XidWatcher
+from .nvml import Discovery, ErrorLog, code_name, init_and_discover, shutdown_quietly
+from .sampler import Sampler, Snapshot
 
 log = logging.getLogger("gpuwarden.exporter")
 

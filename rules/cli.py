@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from rules import config, generate
+from . import config, generate
 
 
 def _parser() -> argparse.ArgumentParser:

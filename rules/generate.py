@@ -11,8 +11,8 @@ import difflib
 import os
 from pathlib import Path
 
-from rules import render, testgen
-from rules.config import RulesConfig
+from . import render, testgen
+from .config import RulesConfig
 
 GENERATED_SUFFIXES = (".rules.yml", ".test.yml", ".prometheusrule.yaml")
 

@@ -16,7 +16,7 @@ the agent's predictor and the dashboard judge a GPU by the numbers its alerts us
 
 from __future__ import annotations
 
-from rules.config import AlertRule, Forecast, MonitoringAlert, Profile, RulesConfig
+from .config import AlertRule, Forecast, MonitoringAlert, Profile, RulesConfig
 
 LEVEL = "instance_gpu"
 # Labels that identify one GPU; alerts keep them and Alertmanager groups/inhibits on them.

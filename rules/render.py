@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from rules import promql
-from rules.config import AlertRule, Forecast, MonitoringAlert, RulesConfig
+from . import promql
+from .config import AlertRule, Forecast, MonitoringAlert, RulesConfig
 
 RECORDING_FILE = "gpuwarden-recording.rules.yml"
 ALERTS_FILE = "gpuwarden-alerts.rules.yml"

@@ -20,8 +20,8 @@ from dataclasses import replace
 from functools import reduce
 from typing import Any
 
-from rules import promql, render
-from rules.config import AlertRule, Forecast, MonitoringAlert, RulesConfig
+from . import promql, render
+from .config import AlertRule, Forecast, MonitoringAlert, RulesConfig
 
 TEST_FILE = "gpuwarden-alerts.test.yml"
 INSTANCE = "gpu-node-1:9786"
@@ -341,7 +341,7 @@ def monitoring_cases(cfg: RulesConfig, m: MonitoringAlert, s: int) -> list[dict[
 def _xid_case(cfg: RulesConfig, m: MonitoringAlert, s: int) -> dict[str, Any]:
     """GPU 0: a listed XID's series appears at 1 (a new series must fire). GPU 1: an unlisted
     XID appears. GPU 2: a listed XID counted long ago, then its counter resets to 0."""
-    from rules.config import parse_duration
+    from .config import parse_duration
 
     F, w = int(m.for_seconds), int(parse_duration(str(m.window_text))) // s
     a = w + 10  # every older series is older than the window by then

@@ -136,15 +136,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["predict"]:
         try:
-            found = importlib.util.find_spec("scheduler_agent.predictor.cli") is not None
+            found = importlib.util.find_spec("gpuwarden.scheduler_agent.predictor.cli") is not None
         except ModuleNotFoundError:
             found = False
         if not found:
             print("gpuwarden-agent: predict: the predictor is not installed in this build", file=sys.stderr)
             return 2
-        return int(importlib.import_module("scheduler_agent.predictor.cli").main(argv[1:]) or 0)
+        return int(importlib.import_module("gpuwarden.scheduler_agent.predictor.cli").main(argv[1:]) or 0)
     if argv[:1] in (["actions"], ["breaker"]):  # remediation's verbs live in its package
-        return int(importlib.import_module("scheduler_agent.remediation.cli").main(argv) or 0)
+        return int(importlib.import_module("gpuwarden.scheduler_agent.remediation.cli").main(argv) or 0)
     args = _parser().parse_args(argv)
     if args.cmd == "serve":
         return _serve(args)

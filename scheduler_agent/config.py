@@ -61,7 +61,7 @@ def _key(p: str) -> Any:
 
 
 def schema() -> dict:
-    return json.loads(resources.files("scheduler_agent").joinpath("config.schema.json").read_text())
+    return json.loads(resources.files("gpuwarden.scheduler_agent").joinpath("config.schema.json").read_text())
 
 
 def _line_map(node: yaml.Node, prefix: tuple = (), out: dict | None = None) -> dict[tuple, int]:

@@ -71,7 +71,7 @@ class Agent:
                                                  p.get("timeout_seconds", 10))
         self.plugins: list[Any] = []
         for name in PLUGINS:
-            mod = f"scheduler_agent.{name}.plugin"
+            mod = f"gpuwarden.scheduler_agent.{name}.plugin"
             try:
                 found = importlib.util.find_spec(mod) is not None
             except ModuleNotFoundError:

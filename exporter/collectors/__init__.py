@@ -6,8 +6,8 @@ toggle them. Order here is the order of families in /metrics.
 
 from __future__ import annotations
 
-from exporter.collectors import clocks, ecc, memory, pcie, power, thermal, throttle, utilization, xid
-from exporter.collectors.base import Collector
+from . import clocks, ecc, memory, pcie, power, thermal, throttle, utilization, xid
+from .base import Collector
 
 COLLECTORS: dict[str, Collector] = {c.name: c for c in (
     thermal.COLLECTOR,

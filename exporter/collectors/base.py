@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.samples import Sample as PromSample
 
-from exporter.nvml import Device, Reader
+from ..nvml import Device, Reader
 
 GPU_LABELS = ("gpu", "uuid")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pynvml
 
-from exporter.collectors.base import Collector, GpuMetric, Sample
-from exporter.nvml import Reader
+from .base import Collector, GpuMetric, Sample
+from ..nvml import Reader
 
 SM = GpuMetric("gpu_sm_clock_hertz", "Current SM clock in hertz.", "sm_clock")
 MEMORY = GpuMetric("gpu_memory_clock_hertz", "Current memory clock in hertz.", "memory_clock")

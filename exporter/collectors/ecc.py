@@ -9,8 +9,8 @@ import pynvml
 from prometheus_client.core import Metric
 from prometheus_client.samples import Sample as PromSample
 
-from exporter.collectors.base import GPU_LABELS, Collector, FieldRead, GpuMetric, GpuView, new_family
-from exporter.nvml import Reader
+from .base import GPU_LABELS, Collector, FieldRead, GpuMetric, GpuView, new_family
+from ..nvml import Reader
 
 CORRECTABLE = GpuMetric("gpu_ecc_errors_correctable_total",
                         "Correctable (single-bit) ECC errors since the driver loaded (volatile count).",

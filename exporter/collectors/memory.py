@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pynvml
 
-from exporter.collectors.base import Collector, GpuMetric, Sample
-from exporter.nvml import Reader
+from .base import Collector, GpuMetric, Sample
+from ..nvml import Reader
 
 USED = GpuMetric("gpu_memory_used_bytes", "Device memory in use, in bytes.", "memory_used")
 TOTAL = GpuMetric("gpu_memory_total_bytes", "Device memory, in bytes.", "memory_total")

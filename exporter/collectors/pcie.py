@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pynvml
 
-from exporter.collectors.base import Collector, FieldRead, GpuMetric
-from exporter.nvml import Reader
+from .base import Collector, FieldRead, GpuMetric
+from ..nvml import Reader
 
 REPLAYS = GpuMetric("gpu_pcie_replays_total", "PCIe replays (link-level retransmissions).", "pcie_replays",
                     counter=True)

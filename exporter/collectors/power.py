@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pynvml
 
-from exporter.collectors.base import Collector, FieldRead, GpuMetric, Sample
-from exporter.nvml import Reader
+from .base import Collector, FieldRead, GpuMetric, Sample
+from ..nvml import Reader
 
 POWER = GpuMetric("gpu_power_watts", "Power draw in watts (instantaneous where NVML has it).", "power")
 LIMIT = GpuMetric("gpu_power_limit_watts", "Enforced power limit in watts.", "power_limit")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pynvml
 
-from exporter.collectors.base import Collector, FieldRead, GpuMetric, LabelledGpuMetric, Sample
-from exporter.nvml import Reader
+from .base import Collector, FieldRead, GpuMetric, LabelledGpuMetric, Sample
+from ..nvml import Reader
 
 TEMPERATURE = GpuMetric("gpu_temperature_celsius", "GPU die temperature in degrees Celsius.", "temperature")
 MEMORY_TEMPERATURE = GpuMetric("gpu_memory_temperature_celsius",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pynvml
 
-from exporter.collectors.base import Collector, LabelledGpuMetric, Sample
-from exporter.nvml import Reader
+from .base import Collector, LabelledGpuMetric, Sample
+from ..nvml import Reader
 
 # reason label -> NVML bit (nvmlClocksEventReason*, same bits as the older ...ThrottleReason*)
 REASONS: tuple[tuple[str, int], ...] = (

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pynvml
 
-from exporter.collectors.base import Collector, GpuMetric, Sample
-from exporter.nvml import Reader
+from .base import Collector, GpuMetric, Sample
+from ..nvml import Reader
 
 GPU = GpuMetric("gpu_utilization_ratio",
                 "Share of the last sample period in which a kernel ran on the GPU (0-1).", "utilization")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from exporter.collectors.base import Collector, LabelledGpuMetric
+from .base import Collector, LabelledGpuMetric
 
 XID = LabelledGpuMetric("gpu_xid_errors_total", "XID errors reported through NVML's event API, by XID.",
                         "xid", "xid", counter=True)

@@ -21,9 +21,9 @@ from typing import Any
 
 import yaml
 
-from exporter.sim.faults import FaultError
-from exporter.sim.fleet import Fleet, UnknownGpu
-from exporter.sim.scenario import ScenarioError, from_doc, parse, play
+from .faults import FaultError
+from .fleet import Fleet, UnknownGpu
+from .scenario import ScenarioError, from_doc, parse, play
 
 log = logging.getLogger("gpuwarden.sim.control")
 _GPU_ROUTE = re.compile(r"^/api/v1/gpus/([^/]+)/(power-limit|load|faults)$")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from exporter.sim.physics import SimGpu
+from .physics import SimGpu
 
 XID_FALLEN_OFF_BUS = 79
 

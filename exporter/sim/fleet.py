@@ -17,10 +17,10 @@ import uuid as uuidlib
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from exporter.sim.clock import Clock, RealClock
-from exporter.sim.faults import apply_fault, check_fault, clear_faults
-from exporter.sim.models import DEFAULT_MODEL, MODELS
-from exporter.sim.physics import SimGpu
+from .clock import Clock, RealClock
+from .faults import apply_fault, check_fault, clear_faults
+from .models import DEFAULT_MODEL, MODELS
+from .physics import SimGpu
 
 SYNC_QUANTUM_SECONDS = 0.1   # physics moves at most 10 times a second under real time
 WOBBLE_PERIOD_SECONDS = 300.0

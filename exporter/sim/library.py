@@ -19,8 +19,8 @@ from typing import Any, Callable, Iterator
 
 import pynvml
 
-from exporter.sim.fleet import Fleet
-from exporter.sim.nvml_api import (FUNCTIONS, ERROR_GPU_IS_LOST, ERROR_INVALID_ARGUMENT, ERROR_NOT_SUPPORTED,
+from .fleet import Fleet
+from .nvml_api import (FUNCTIONS, ERROR_GPU_IS_LOST, ERROR_INVALID_ARGUMENT, ERROR_NOT_SUPPORTED,
                                    ERROR_UNINITIALIZED, ERROR_UNKNOWN, HANDLE_BASE)
 
 log = logging.getLogger("gpuwarden.sim")

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import pynvml
 
-from exporter.sim.physics import SimGpu
+from .physics import SimGpu
 
 if TYPE_CHECKING:
-    from exporter.sim.library import SimLibrary
+    from .library import SimLibrary
 
 SUCCESS = 0
 ERROR_UNINITIALIZED = 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from exporter.sim.models import GpuModel
+from .models import GpuModel
 
 # NVML clock-event reason bits (nvmlClocksEventReason*).
 REASON_GPU_IDLE = 0x1

@@ -57,7 +57,7 @@ def seconds(value: float | int | str) -> float:
 
 
 def _schema() -> dict[str, Any]:
-    return json.loads(resources.files("exporter.sim").joinpath("scenario.schema.json").read_text())
+    return json.loads(resources.files("gpuwarden.exporter.sim").joinpath("scenario.schema.json").read_text())
 
 
 _VALIDATOR: jsonschema.protocols.Validator | None = None
@@ -151,7 +151,7 @@ def load(path: Path | str) -> Scenario:
 
 def shipped() -> dict[str, Path]:
     """The scenario files shipped in exporter/sim/scenarios, by name (file stem)."""
-    folder = Path(str(resources.files("exporter.sim").joinpath("scenarios")))
+    folder = Path(str(resources.files("gpuwarden.exporter.sim").joinpath("scenarios")))
     return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
 
 

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Sequence, TextIO
 
-from scheduler_agent.predictor.forecast import MIN_CONFIDENCE, forecast_series
-from scheduler_agent.predictor.trend import InsufficientData
+from .forecast import MIN_CONFIDENCE, forecast_series
+from .trend import InsufficientData
 
 DEFAULT_WINDOW = 600.0
 DEFAULT_HORIZON = 600.0
@@ -99,13 +99,13 @@ def predict_csv(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def predict_prometheus(args: argparse.Namespace, out: TextIO) -> int:
-    from scheduler_agent.predictor.health import GpuHealth
-    from scheduler_agent.predictor.prom import PrometheusClient, PrometheusError
-    from scheduler_agent.predictor.report import at_risk, gpu_report
-    from scheduler_agent.predictor.service import PredictorService
+    from .health import GpuHealth
+    from .prom import PrometheusClient, PrometheusError
+    from .report import at_risk, gpu_report
+    from .service import PredictorService
 
     try:
-        from rules import config as rules_config
+        from gpuwarden.rules import config as rules_config
         cfg = rules_config.load(Path(args.rules) if args.rules else None)
     except Exception as exc:  # ConfigError names file, line and field
         print(f"gpuwarden-agent predict: {exc}", file=sys.stderr)

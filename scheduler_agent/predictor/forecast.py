@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-from scheduler_agent.predictor.trend import InsufficientData, Trend, fit_trend
+from .trend import InsufficientData, Trend, fit_trend
 
 # Forecasts less sure than this are withheld (seconds_to_threshold None). Chosen on the
 # bench's traces (bench/predictor_eval.py); 0.9 ≈ slope significant at p < 0.1.

@@ -12,9 +12,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from scheduler_agent.predictor.forecast import MIN_CONFIDENCE, Forecast, forecast_series
-from scheduler_agent.predictor.specs import MetricSpec
-from scheduler_agent.predictor.trend import InsufficientData
+from .forecast import MIN_CONFIDENCE, Forecast, forecast_series
+from .specs import MetricSpec
+from .trend import InsufficientData
 
 UNCORRECTABLE_RISK = 1.0
 XID_RISK = 0.5

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from scheduler_agent.predictor.service import PredictorService
+from .service import PredictorService
 
 _NUMBERS = {"period_seconds": 30.0, "window_seconds": 600.0, "step_seconds": 15.0,
             "lead_time_seconds": 300.0, "timeout_seconds": 10.0}
@@ -48,7 +48,7 @@ def install(agent: Any) -> PredictorService | None:
     if not isinstance(migrate, bool):
         raise agent.config.error("predictor.migrate", f"must be true or false, got {migrate!r}")
     rules_file = section.get("rules_file")
-    from rules import config as rules_config
+    from gpuwarden.rules import config as rules_config
     try:
         cfg = rules_config.load(agent.config.resolve(rules_file) if rules_file else None)
     except rules_config.ConfigError as exc:
@@ -58,7 +58,7 @@ def install(agent: Any) -> PredictorService | None:
     def migrate_off(uuid: str, reason: str) -> list[int]:
         return scheduler.preempt_gpu(uuid, reason, actor="predictor")
 
-    from scheduler_agent.predictor.prom import PrometheusClient
+    from .prom import PrometheusClient
     try:
         svc = PredictorService(PrometheusClient(url, nums["timeout_seconds"]), cfg, period=nums["period_seconds"],
                                lead_time=nums["lead_time_seconds"], window=nums["window_seconds"],

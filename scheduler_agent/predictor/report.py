@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from scheduler_agent.predictor.forecast import Forecast
-from scheduler_agent.predictor.health import GpuHealth
-from scheduler_agent.predictor.specs import MetricSpec
+from .forecast import Forecast
+from .health import GpuHealth
+from .specs import MetricSpec
 
 # A GPU is "at risk" (reported) when a crossing is predicted or its risk reaches this.
 REPORT_RISK = 0.3

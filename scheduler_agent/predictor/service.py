@@ -28,10 +28,10 @@ from opentelemetry.trace import Status, StatusCode
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from scheduler_agent.predictor.forecast import MIN_CONFIDENCE, PERSIST
-from scheduler_agent.predictor.health import GpuHealth, evaluate, gpu_key, migration_candidates
-from scheduler_agent.predictor.prom import PrometheusClient, PrometheusError
-from scheduler_agent.predictor.specs import MetricSpec, specs_from_rules
+from .forecast import MIN_CONFIDENCE, PERSIST
+from .health import GpuHealth, evaluate, gpu_key, migration_candidates
+from .prom import PrometheusClient, PrometheusError
+from .specs import MetricSpec, specs_from_rules
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class Snapshot:
 def _as_specs(thresholds: Any) -> tuple[list[MetricSpec], str | None]:
     """MetricSpecs and the exporter's scrape job (None when given bare MetricSpecs)."""
     if thresholds is None or isinstance(thresholds, (str, Path)):
-        from rules import config as rules_config
+        from gpuwarden.rules import config as rules_config
         thresholds = rules_config.load(Path(thresholds) if thresholds is not None else None)
     if hasattr(thresholds, "alerts"):
         return specs_from_rules(thresholds), getattr(thresholds, "exporter_job", None)

@@ -49,7 +49,7 @@ def _sel(job: str | None) -> str:
 
 def specs_from_rules(cfg: Any) -> list[MetricSpec]:
     """MetricSpecs built from a loaded ``rules.config.RulesConfig``."""
-    from rules.promql import THRESHOLD_RECORD  # cfg comes from the rules package anyway
+    from gpuwarden.rules.promql import THRESHOLD_RECORD  # cfg comes from the rules package anyway
 
     job = getattr(cfg, "exporter_job", None)
     sel = _sel(job)
@@ -89,6 +89,6 @@ def load_specs(path: Path | str | None = None) -> list[MetricSpec]:
 
     Raises rules.config.ConfigError (naming file, line and field) on a bad file.
     """
-    from rules import config  # imported here: the predictor's pure parts need no rules package
+    from gpuwarden.rules import config  # imported here: the predictor's pure parts need no rules package
 
     return specs_from_rules(config.load(Path(path) if path is not None else None))

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Mapping, Protocol
 
-from scheduler_agent.remediation import command
-from scheduler_agent.remediation.errors import ActuatorError
+from . import command
+from .errors import ActuatorError
 
 
 @dataclass(frozen=True)

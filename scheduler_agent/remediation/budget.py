@@ -18,7 +18,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from scheduler_agent.remediation.config import Budget
+from .config import Budget
 
 log = logging.getLogger("gpuwarden.remediation")
 

@@ -13,7 +13,7 @@ import time
 import urllib.parse
 from typing import Any, Sequence
 
-from scheduler_agent.client import Client, add_client_args, run_cli
+from ..client import Client, add_client_args, run_cli
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ import re
 import subprocess
 from typing import Mapping, Sequence
 
-from scheduler_agent.remediation.errors import ActuatorError
+from .errors import ActuatorError
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 

@@ -26,14 +26,14 @@ from typing import Any, Callable, Mapping
 
 import jsonschema
 
-from scheduler_agent.remediation.errors import PolicyConfigError
+from .errors import PolicyConfigError
 
 ACTIONS = ("notify", "throttle", "preempt", "quarantine")
 
 
 def schema() -> dict[str, Any]:
     """The JSON Schema of the section (shipped as package data)."""
-    text = resources.files("scheduler_agent.remediation").joinpath("policy_schema.json").read_text()
+    text = resources.files("gpuwarden.scheduler_agent.remediation").joinpath("policy_schema.json").read_text()
     return json.loads(text)
 
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from scheduler_agent import web
-from scheduler_agent.remediation.errors import IntakeError, PolicyConfigError
-from scheduler_agent.remediation.payload import Notification, parse_notification
-from scheduler_agent.remediation.store import transaction
+from .. import web
+from .errors import IntakeError, PolicyConfigError
+from .payload import Notification, parse_notification
+from .store import transaction
 
 log = logging.getLogger("gpuwarden.remediation")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
-from scheduler_agent.remediation.errors import IntakeError
+from .errors import IntakeError
 
 STATUSES = ("firing", "resolved")
 

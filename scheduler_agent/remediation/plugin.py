@@ -13,12 +13,12 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from scheduler_agent.remediation.config import parse
-from scheduler_agent.remediation.errors import PolicyConfigError
-from scheduler_agent.remediation.service import Remediation, SchedulerAdapter, credentials_from
+from .config import parse
+from .errors import PolicyConfigError
+from .service import Remediation, SchedulerAdapter, credentials_from
 
 if TYPE_CHECKING:
-    from scheduler_agent.server import Agent
+    from ..server import Agent
 
 
 def install(agent: "Agent") -> Remediation:

@@ -12,7 +12,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
-from scheduler_agent.remediation.actuators import GpuRef
+from .actuators import GpuRef
 
 
 class SchedulerPort(Protocol):

@@ -25,20 +25,20 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from opentelemetry.trace import TracerProvider
 
-from scheduler_agent.remediation import budget as budget_mod
-from scheduler_agent.remediation import store
-from scheduler_agent.remediation.actuators import PowerActuator, from_config
-from scheduler_agent.remediation.config import RemediationConfig
-from scheduler_agent.remediation.errors import IntakeError
-from scheduler_agent.remediation.intake import Credentials, Intake, read_secret
-from scheduler_agent.remediation.metrics import RemediationCollector
-from scheduler_agent.remediation.port import SchedulerPort
-from scheduler_agent.remediation.worker import Worker
+from . import budget as budget_mod
+from . import store
+from .actuators import PowerActuator, from_config
+from .config import RemediationConfig
+from .errors import IntakeError
+from .intake import Credentials, Intake, read_secret
+from .metrics import RemediationCollector
+from .port import SchedulerPort
+from .worker import Worker
 
 if TYPE_CHECKING:
-    from scheduler_agent.web import App, Request
-    from scheduler_agent.scheduler import Scheduler
-    from scheduler_agent.store import Database
+    from ..web import App, Request
+    from ..scheduler import Scheduler
+    from ..store import Database
 
 log = logging.getLogger("gpuwarden.remediation")
 
@@ -102,7 +102,7 @@ class Remediation:
         ``db`` is the agent's ``Database`` (its migrations seam is used) or a file path.
         """
         if isinstance(db, str):
-            from scheduler_agent.store import Database  # noqa: PLC0415
+            from ..store import Database  # noqa: PLC0415
             shared = Database(db)
             store.migrate(shared)
             shared.close()
@@ -172,7 +172,7 @@ class Remediation:
 
     # -- HTTP -------------------------------------------------------------------------------
     def register_routes(self, app: "App") -> None:
-        from scheduler_agent.web import Response  # noqa: PLC0415 - only with the agent's app
+        from ..web import Response  # noqa: PLC0415 - only with the agent's app
 
         def webhook(req: "Request") -> "Response":
             try:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
-    from scheduler_agent.store import Database
+    from ..store import Database
 
 COMPONENT = "remediation"
 

@@ -26,13 +26,13 @@ from typing import Any, Callable
 from opentelemetry import trace
 from opentelemetry.trace import NoOpTracerProvider, TracerProvider
 
-from scheduler_agent.remediation import budget as budget_mod
-from scheduler_agent.remediation import command
-from scheduler_agent.remediation.actuators import GpuRef, PowerActuator
-from scheduler_agent.remediation.config import ACTIONS, RemediationConfig
-from scheduler_agent.remediation.errors import ActuatorError
-from scheduler_agent.remediation.port import CURRENT_ACTION, ActionContext, SchedulerPort
-from scheduler_agent.remediation.store import transaction
+from . import budget as budget_mod
+from . import command
+from .actuators import GpuRef, PowerActuator
+from .config import ACTIONS, RemediationConfig
+from .errors import ActuatorError
+from .port import CURRENT_ACTION, ActionContext, SchedulerPort
+from .store import transaction
 
 log = logging.getLogger("gpuwarden.remediation")
 
@@ -49,7 +49,7 @@ class Worker:
         self.scheduler = scheduler
         self.actuator = actuator
         self.tracer = (tracer_provider or NoOpTracerProvider()).get_tracer(
-            "scheduler_agent.remediation")
+            "gpuwarden.scheduler_agent.remediation")
         self.clock = clock
         self.actor = actor
         self._wake = threading.Event()

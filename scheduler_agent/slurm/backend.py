@@ -32,15 +32,15 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from scheduler_agent.remediation.port import CURRENT_ACTION
-from scheduler_agent.slurm.errors import SlurmError, UnknownNode
-from scheduler_agent.slurm.journal import Journal
-from scheduler_agent.slurm.nodemap import NodeMap
-from scheduler_agent.slurm.parse import Job, Node, parse_jobs, parse_nodes
-from scheduler_agent.slurm.runner import Runner
+from ..remediation.port import CURRENT_ACTION
+from .errors import SlurmError, UnknownNode
+from .journal import Journal
+from .nodemap import NodeMap
+from .parse import Job, Node, parse_jobs, parse_nodes
+from .runner import Runner
 
 if TYPE_CHECKING:
-    from scheduler_agent.scheduler import Scheduler
+    from ..scheduler import Scheduler
 
 # Seconds between a requeue and the start-time reset (see the module docstring): past the
 # second in which slurmd revoked the previous run's credential, with a second to spare.

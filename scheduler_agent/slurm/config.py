@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 
 import jsonschema
 
-from scheduler_agent.slurm.errors import SlurmError
+from .errors import SlurmError
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class SlurmConfig:
 
 
 def schema() -> dict[str, Any]:
-    text = resources.files("scheduler_agent.slurm").joinpath("config.schema.json").read_text()
+    text = resources.files("gpuwarden.scheduler_agent.slurm").joinpath("config.schema.json").read_text()
     return json.loads(text)
 
 

@@ -20,7 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
-    from scheduler_agent.store import Database
+    from ..store import Database
 
 COMPONENT = "slurm"
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from typing import Iterable, Mapping
 
-from scheduler_agent.slurm.errors import UnknownNode
-from scheduler_agent.slurm.parse import Node
+from .errors import UnknownNode
+from .parse import Node
 
 
 def candidates(value: str) -> list[str]:

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from scheduler_agent.slurm.backend import SlurmPort
-from scheduler_agent.slurm.config import parse
-from scheduler_agent.slurm.errors import SlurmError
-from scheduler_agent.slurm.journal import Journal
-from scheduler_agent.slurm.nodemap import NodeMap
-from scheduler_agent.slurm.runner import Runner
+from .backend import SlurmPort
+from .config import parse
+from .errors import SlurmError
+from .journal import Journal
+from .nodemap import NodeMap
+from .runner import Runner
 
 if TYPE_CHECKING:
-    from scheduler_agent.server import Agent
+    from ..server import Agent
 
 
 def install(agent: "Agent") -> SlurmPort | None:
@@ -42,7 +42,7 @@ def install(agent: "Agent") -> SlurmPort | None:
 
 
 def _routes(agent: "Agent", port: SlurmPort) -> None:
-    from scheduler_agent.web import Response  # noqa: PLC0415
+    from ..web import Response  # noqa: PLC0415
 
     def commands(req):  # type: ignore[no-untyped-def]
         try:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from scheduler_agent.slurm.errors import SlurmError
+from .errors import SlurmError
 
 log = logging.getLogger("gpuwarden.slurm")
 

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from scheduler_agent.stack import configs, demo
-from scheduler_agent.stack.processes import Children, StackError, console_script, pick_port
-from scheduler_agent.stack.view import LiveView, NotificationSink
+from . import configs, demo
+from .processes import Children, StackError, console_script, pick_port
+from .view import LiveView, NotificationSink
 
 INSTALL_HINT = "install them with 'apt-get install prometheus prometheus-alertmanager' (or 'make binaries')"
 
@@ -41,7 +41,7 @@ def _binary(flag_value: str | None, names: Sequence[str], what: str) -> str:
 
 def detect_gpus() -> tuple[int, str]:
     """(GPU count, why) from the real NVML; 0 when NVML cannot be loaded, hangs or finds none."""
-    from exporter.probe import nvml_gpu_count
+    from gpuwarden.exporter.probe import nvml_gpu_count
     count = nvml_gpu_count()
     if not count:
         return 0, "NVML found no GPU (libnvidia-ml missing, failing or without devices)"
@@ -49,7 +49,7 @@ def detect_gpus() -> tuple[int, str]:
 
 
 def _scenario_file(name: str) -> Path:
-    from exporter.sim.scenario import shipped
+    from gpuwarden.exporter.sim.scenario import shipped
     path = Path(name)
     if path.exists():
         return path

@@ -10,17 +10,18 @@ through the simulator's control endpoint or NVML.
 from __future__ import annotations
 
 import secrets
+from importlib import resources
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-import rules
+from gpuwarden import alertmanager, rules
 
-REPO = Path(__file__).resolve().parents[2]
-RULES_DIR = Path(rules.__file__).resolve().parent / "generated"
-ALERTMANAGER_DIR = REPO / "alertmanager"
+# Package data (importlib.resources): found the same way in a checkout and in an installed wheel.
+RULES_DIR = Path(str(resources.files(rules).joinpath("generated")))
+ALERTMANAGER_DIR = Path(str(resources.files(alertmanager)))
 
 
 @dataclass(frozen=True)

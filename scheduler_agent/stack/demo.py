@@ -18,7 +18,7 @@ import time
 import urllib.request
 from typing import Any
 
-from scheduler_agent.stack.view import get_json
+from .view import get_json
 
 JOB_COMMAND = [sys.executable, "-c",
                "import os, time; print('training on CUDA_VISIBLE_DEVICES=' + os.environ['CUDA_VISIBLE_DEVICES'], "

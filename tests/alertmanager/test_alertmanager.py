@@ -13,7 +13,7 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from rules import config, render
+from gpuwarden.rules import config, render
 from tests.helpers import REPO, Proc, free_port, http_get, require_binary, wait_until
 
 AM_DIR = REPO / "alertmanager"

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from dashboards.generate import DEFAULT_OUT
+from gpuwarden.dashboards.generate import DEFAULT_OUT
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from dashboards import queries, render
-from dashboards.prom import Prometheus
+from gpuwarden.dashboards import queries, render
+from gpuwarden.dashboards.prom import Prometheus
 from tests.helpers import REPO, console_script, free_port, http_get, require_binary, wait_until
 
 pytestmark = [pytest.mark.binaries, pytest.mark.slow]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from dashboards import queries
+from gpuwarden.dashboards import queries
 from tests.helpers import require_binary
 
 pytestmark = pytest.mark.binaries

@@ -15,8 +15,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from dashboards import render
-from dashboards.prom import Prometheus, format_duration, parse_duration
+from gpuwarden.dashboards import render
+from gpuwarden.dashboards.prom import Prometheus, format_duration, parse_duration
 from tests.helpers import free_port
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from dashboards import fleet, generate, grafana, queries
-from dashboards.fleet import DashboardConfigError, Thresholds
+from gpuwarden.dashboards import fleet, generate, grafana, queries
+from gpuwarden.dashboards.fleet import DashboardConfigError, Thresholds
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 
@@ -37,7 +37,7 @@ def _fake_rules(**overrides: float) -> SimpleNamespace:
 
 def test_committed_dashboard_is_what_generation_gives_now() -> None:
     assert generate.main(["--check"]) == 0, (
-        "dashboards/gpu-fleet.json differs from a fresh generation: run python -m dashboards.generate")
+        "dashboards/gpu-fleet.json differs from a fresh generation: run python -m gpuwarden.dashboards.generate")
 
 
 def test_check_fails_when_the_committed_file_was_edited(tmp_path) -> None:
@@ -140,7 +140,7 @@ def test_units(committed: dict[str, Any], title: str, unit: str) -> None:
 
 
 def test_threshold_lines_are_the_alert_rules_thresholds(committed: dict[str, Any]) -> None:
-    from rules import config
+    from gpuwarden.rules import config
 
     rules = config.load()
     t = {rule: rules.alerts[rule].threshold for rule in Thresholds.RULES.values()}

@@ -7,8 +7,8 @@ from typing import Any
 
 import yaml
 
-from scheduler_agent import config as agent_config
-from scheduler_agent.remediation import config as remediation_config
+from gpuwarden.scheduler_agent import config as agent_config
+from gpuwarden.scheduler_agent.remediation import config as remediation_config
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-import rules.config
+from gpuwarden import rules
+import gpuwarden.rules.config  # noqa: F401 - loads rules.config
 from tests.deploy.conftest import AGENT_PORT, DEPLOY, EXPORTER_PORT, REPO, check_agent_config, k8s_docs
 
 K8S = DEPLOY / "kubernetes"
@@ -159,5 +160,5 @@ def test_image_is_built_from_this_repository() -> None:
     images = {_container(_one(k, n))["image"] for k, n in (("DaemonSet", "gpuwarden-exporter"),
                                                             ("Deployment", "gpuwarden-agent"))}
     assert len(images) == 1 and next(iter(images)) in dockerfile
-    for package in ("exporter", "rules", "scheduler_agent", "dashboards"):
+    for package in ("gpuwarden", "exporter", "rules", "scheduler_agent", "dashboards", "alertmanager"):
         assert f"COPY {package} ./{package}" in dockerfile

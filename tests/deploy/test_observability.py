@@ -9,7 +9,8 @@ import re
 import sys
 from types import ModuleType
 
-import rules.config
+from gpuwarden import rules
+import gpuwarden.rules.config  # noqa: F401 - loads rules.config
 from tests.deploy.conftest import REPO
 
 CONTRACT_METRICS = (  # BRIEF.md's exporter contract and DESIGN.md's agent names

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-import rules.config
+from gpuwarden import rules
+import gpuwarden.rules.config  # noqa: F401 - loads rules.config
 from tests.deploy.conftest import DEPLOY, REPO
 
 

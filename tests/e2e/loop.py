@@ -34,11 +34,12 @@ from typing import Any, Callable, TypeVar
 import pynvml
 import yaml
 
-import rules.config
-from exporter.sim.scenario import seconds, shipped
-from scheduler_agent.stack import configs
-from scheduler_agent.stack.processes import Children
-from scheduler_agent.stack.view import NotificationSink
+from gpuwarden import rules
+import gpuwarden.rules.config  # noqa: F401 - loads rules.config
+from gpuwarden.exporter.sim.scenario import seconds, shipped
+from gpuwarden.scheduler_agent.stack import configs
+from gpuwarden.scheduler_agent.stack.processes import Children
+from gpuwarden.scheduler_agent.stack.view import NotificationSink
 
 # Deployment settings of the loop under test (not rules): Prometheus' scrape and evaluation
 # interval, and the agent's throttle hold-down (agent policy: how long a GPU must stay cool

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-import rules.config
+from gpuwarden import rules
+import gpuwarden.rules.config  # noqa: F401 - loads rules.config
 from tests.e2e import loop as L
 
 CFG = rules.config.load()

@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import rules.config
+from gpuwarden import rules
+import gpuwarden.rules.config  # noqa: F401 - loads rules.config
 from tests.e2e import loop as L
 from tests.helpers import http_get, wait_until
 

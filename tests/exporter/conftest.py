@@ -11,13 +11,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import collectors
-from exporter.collector import GpuCollector
-from exporter.exposition import TextRenderer
-from exporter.service import ExporterService
-from exporter.sim.clock import ManualClock
-from exporter.sim.fleet import Fleet
-from exporter.sim.library import SimLibrary, install
+from gpuwarden.exporter import collectors
+from gpuwarden.exporter.collector import GpuCollector
+from gpuwarden.exporter.exposition import TextRenderer
+from gpuwarden.exporter.service import ExporterService
+from gpuwarden.exporter.sim.clock import ManualClock
+from gpuwarden.exporter.sim.fleet import Fleet
+from gpuwarden.exporter.sim.library import SimLibrary, install
 from tests.helpers import wait_until
 
 

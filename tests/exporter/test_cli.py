@@ -127,10 +127,10 @@ def test_probe_counts_gpus_or_says_none(tmp_path):
     import sys
     (tmp_path / "libnvidia-ml.so.1").write_bytes(b"not a library")
     env = dict(os.environ, LD_LIBRARY_PATH=str(tmp_path))
-    res = subprocess.run([sys.executable, "-m", "exporter.probe"], env=env, capture_output=True, text=True, timeout=30)
+    res = subprocess.run([sys.executable, "-m", "gpuwarden.exporter.probe"], env=env, capture_output=True, text=True, timeout=30)
     assert (res.returncode, res.stdout.strip()) == (1, "0")
     cc = require_binary("cc")
     subprocess.run([cc, "-shared", "-fPIC", "-o", str(tmp_path / "libnvidia-ml.so.1"),
                     str(Path(__file__).parent / "fixtures" / "fake_nvml.c")], check=True, timeout=60)
-    res = subprocess.run([sys.executable, "-m", "exporter.probe"], env=env, capture_output=True, text=True, timeout=30)
+    res = subprocess.run([sys.executable, "-m", "gpuwarden.exporter.probe"], env=env, capture_output=True, text=True, timeout=30)
     assert (res.returncode, res.stdout.strip()) == (0, "3")

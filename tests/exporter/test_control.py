@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from exporter.sim.control import ControlServer
+from gpuwarden.exporter.sim.control import ControlServer
 
 
 def _call(port: int, method: str, path: str, body: Any = None, raw: bytes | None = None,

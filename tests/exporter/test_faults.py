@@ -8,7 +8,7 @@ import time
 
 import pynvml
 
-from exporter.sim.library import install
+from gpuwarden.exporter.sim.library import install
 from tests.helpers import wait_until
 
 
@@ -186,7 +186,7 @@ def test_a_disabled_collector_makes_no_calls_and_exports_nothing(make_exporter):
 
 
 def test_cli_parses_durations_and_collector_flags():
-    from exporter.cli import build_parser
+    from gpuwarden.exporter.cli import build_parser
     args = build_parser().parse_args(["--collector.timeout=250ms", "--no-collector.xid", "--collector.ecc"])
     assert args.timeout == 0.25 and args.collector_xid is False and args.collector_ecc is True
     assert build_parser().parse_args(["--collector.timeout=3"]).timeout == 3.0

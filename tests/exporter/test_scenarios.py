@@ -9,7 +9,7 @@ from typing import Callable
 
 import pytest
 
-from exporter.sim.scenario import ScenarioError, load, parse, play, shipped
+from gpuwarden.exporter.sim.scenario import ScenarioError, load, parse, play, shipped
 
 SEED_RULES = {"THERMAL_WARNING", "THERMAL_CRITICAL", "POWER_SPIKE", "POWER_CRITICAL", "ECC_ERRORS_SPIKE",
               "ECC_UNCORRECTABLE", "THROTTLING", "MEMORY_PRESSURE"}

@@ -8,8 +8,8 @@ from typing import Iterator
 
 import pytest
 
-from scheduler_agent import config as agent_config
-from scheduler_agent.server import Agent
+from gpuwarden.scheduler_agent import config as agent_config
+from gpuwarden.scheduler_agent.server import Agent
 from tests.predictor.fakeprom import FakePrometheus
 
 

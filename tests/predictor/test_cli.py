@@ -12,7 +12,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from scheduler_agent.predictor.cli import main
+from gpuwarden.scheduler_agent.predictor.cli import main
 from tests.helpers import REPO, console_script
 from tests.predictor.fakeprom import FakePrometheus
 
@@ -83,7 +83,7 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_module_and_console_script(tmp_path: Path) -> None:
     p = write(tmp_path / "a.csv", [(15.0 * i, 70 + i * 0.25) for i in range(41)])
-    for argv in ([sys.executable, "-m", "scheduler_agent.predictor.cli"], [console_script("gpuwarden-agent"), "predict"]):
+    for argv in ([sys.executable, "-m", "gpuwarden.scheduler_agent.predictor.cli"], [console_script("gpuwarden-agent"), "predict"]):
         r = subprocess.run([*argv, "--csv", str(p), "--threshold", "85"], capture_output=True, text=True,
                            cwd=REPO, timeout=60)
         assert r.returncode == 0, r.stderr

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from scheduler_agent.predictor.health import evaluate
-from scheduler_agent.predictor.specs import MetricSpec
+from gpuwarden.scheduler_agent.predictor.health import evaluate
+from gpuwarden.scheduler_agent.predictor.specs import MetricSpec
 
 POWER = MetricSpec("power", "Power", "gpu_power_watts", 450.0, "POWER_CRITICAL", "W")
 LABELS = {"gpu": "0", "uuid": "GPU-0", "instance": "node:9786"}

@@ -9,7 +9,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, generate_latest
 
-from scheduler_agent.predictor import plugin
+from gpuwarden.scheduler_agent.predictor import plugin
 from tests.predictor.fakeprom import FakePrometheus
 
 

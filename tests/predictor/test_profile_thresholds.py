@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from rules.promql import THRESHOLD_RECORD
-from scheduler_agent.predictor.health import migration_candidates
-from scheduler_agent.predictor.service import PredictorService
+from gpuwarden.rules.promql import THRESHOLD_RECORD
+from gpuwarden.scheduler_agent.predictor.health import migration_candidates
+from gpuwarden.scheduler_agent.predictor.service import PredictorService
 from tests.helpers import REPO, console_script, free_port, http_get, require_binary, wait_until
 
 pytestmark = [pytest.mark.binaries, pytest.mark.slow]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from scheduler_agent.predictor.forecast import Forecast
-from scheduler_agent.predictor.health import GpuHealth
-from scheduler_agent.predictor.report import fmt_duration, gpu_report, recommendation
-from scheduler_agent.predictor.specs import MetricSpec
+from gpuwarden.scheduler_agent.predictor.forecast import Forecast
+from gpuwarden.scheduler_agent.predictor.health import GpuHealth
+from gpuwarden.scheduler_agent.predictor.report import fmt_duration, gpu_report, recommendation
+from gpuwarden.scheduler_agent.predictor.specs import MetricSpec
 
 TEMP = MetricSpec("temperature", "Temperature", "gpu_temperature_celsius", 85.0, "THERMAL_CRITICAL", "°C")
 MEM = MetricSpec("memory", "Memory Use", "m", 0.9, "MEMORY_PRESSURE", "%", scale=100, migrate=False)

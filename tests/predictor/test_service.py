@@ -11,9 +11,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry, generate_latest
 
-from scheduler_agent.predictor.prom import PrometheusClient, PrometheusQueryError, PrometheusUnavailable
-from scheduler_agent.predictor.service import PredictorService
-from scheduler_agent.predictor.specs import MetricSpec
+from gpuwarden.scheduler_agent.predictor.prom import PrometheusClient, PrometheusQueryError, PrometheusUnavailable
+from gpuwarden.scheduler_agent.predictor.service import PredictorService
+from gpuwarden.scheduler_agent.predictor.specs import MetricSpec
 from tests.helpers import free_port
 from tests.predictor.fakeprom import FakePrometheus
 
@@ -185,8 +185,8 @@ def test_periodic_runner_spans_and_survives_outage(prom: FakePrometheus) -> None
 def test_thresholds_come_from_rules_config(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from pathlib import Path
 
-    import rules
-    from scheduler_agent.predictor.specs import load_specs
+    from gpuwarden import rules
+    from gpuwarden.scheduler_agent.predictor.specs import load_specs
 
     src = Path(rules.__file__).parent / "thresholds.yaml"
     edited = tmp_path / "thresholds.yaml"

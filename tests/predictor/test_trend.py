@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from scheduler_agent.predictor.forecast import forecast_series, risk_score
-from scheduler_agent.predictor.trend import InsufficientData, fit_trend
+from gpuwarden.scheduler_agent.predictor.forecast import forecast_series, risk_score
+from gpuwarden.scheduler_agent.predictor.trend import InsufficientData, fit_trend
 
 STEP = 15.0
 T = np.arange(0, 600 + STEP / 2, STEP)  # a 10-minute window of 15 s scrapes
@@ -149,7 +149,7 @@ def test_risk_score_orders_by_urgency_and_confidence() -> None:
 def test_a_crossing_seen_from_one_window_only_is_withheld() -> None:
     """On a noisy plateau with slow wander, scrapes whose window alone forecasts a crossing but
     whose predecessors did not are withheld; once three windows in a row agree it is reported."""
-    from scheduler_agent.predictor.forecast import raw_forecast
+    from gpuwarden.scheduler_agent.predictor.forecast import raw_forecast
     rng = np.random.default_rng(11)
     t = np.arange(0, 2400 + STEP / 2, STEP)
     y = 82 + 1.5 * np.sin(2 * np.pi * t / 1200) + rng.normal(0, 0.8, t.size)

@@ -8,10 +8,10 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from scheduler_agent.web import App
-from scheduler_agent.remediation.config import parse
-from scheduler_agent.remediation.intake import Credentials
-from scheduler_agent.remediation.service import Remediation
+from gpuwarden.scheduler_agent.web import App
+from gpuwarden.scheduler_agent.remediation.config import parse
+from gpuwarden.scheduler_agent.remediation.intake import Credentials
+from gpuwarden.scheduler_agent.remediation.service import Remediation
 from tests.remediation.fakes import FakeActuator, FakeScheduler
 
 TOKEN = "s3cret-token"

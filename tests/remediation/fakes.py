@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Mapping
 
-from scheduler_agent.remediation.actuators import GpuRef, PowerLimits
-from scheduler_agent.remediation.errors import ActuatorError
+from gpuwarden.scheduler_agent.remediation.actuators import GpuRef, PowerLimits
+from gpuwarden.scheduler_agent.remediation.errors import ActuatorError
 
 
 class FakeScheduler:

@@ -12,10 +12,10 @@ from pathlib import Path
 import pynvml
 import pytest
 
-from scheduler_agent.remediation.actuators import (CommandActuator, GpuRef, NvmlActuator,
+from gpuwarden.scheduler_agent.remediation.actuators import (CommandActuator, GpuRef, NvmlActuator,
                                                    SimActuator)
-from scheduler_agent.remediation.command import render
-from scheduler_agent.remediation.errors import ActuatorError
+from gpuwarden.scheduler_agent.remediation.command import render
+from gpuwarden.scheduler_agent.remediation.errors import ActuatorError
 from tests.remediation.conftest import TOKEN
 from tests.remediation.fakes import FakeScheduler, alert, notification
 
@@ -28,8 +28,8 @@ def deliver(rem, *alerts):
 @pytest.fixture
 def sim_fleet():
     """The simulated fleet with its control endpoint on a free loopback port."""
-    from exporter.sim.control import ControlServer
-    from exporter.sim.fleet import Fleet
+    from gpuwarden.exporter.sim.control import ControlServer
+    from gpuwarden.exporter.sim.fleet import Fleet
     fleet = Fleet(2)
     server = ControlServer(fleet, "127.0.0.1", 0).start()
     yield fleet, f"http://127.0.0.1:{server.port}"
@@ -38,7 +38,7 @@ def sim_fleet():
 
 def nvml_limit_watts(fleet, uuid: str) -> float:
     """The GPU's enforced power limit read back through pynvml over the simulated library."""
-    from exporter.sim.library import SimLibrary, installed
+    from gpuwarden.exporter.sim.library import SimLibrary, installed
     with installed(SimLibrary(fleet)):
         pynvml.nvmlInit()
         try:
@@ -114,8 +114,8 @@ def test_sim_actuator_against_a_stub_endpoint():
 
 
 def test_nvml_actuator_reads_constraints_and_sets_the_limit():
-    from exporter.sim.fleet import Fleet
-    from exporter.sim.library import SimLibrary, installed
+    from gpuwarden.exporter.sim.fleet import Fleet
+    from gpuwarden.exporter.sim.library import SimLibrary, installed
     fleet = Fleet(1)
     uuid = fleet.gpus[0].uuid
     with installed(SimLibrary(fleet)):

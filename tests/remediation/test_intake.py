@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scheduler_agent.remediation.errors import IntakeError
-from scheduler_agent.remediation.intake import Credentials
-from scheduler_agent.remediation.payload import normalise_time, parse_notification
+from gpuwarden.scheduler_agent.remediation.errors import IntakeError
+from gpuwarden.scheduler_agent.remediation.intake import Credentials
+from gpuwarden.scheduler_agent.remediation.payload import normalise_time, parse_notification
 from tests.remediation.conftest import TOKEN, post
 from tests.remediation.fakes import alert, notification
 
@@ -156,9 +156,9 @@ def test_fuzzed_bodies_never_get_5xx(doc, raw, use_raw, fuzz_target):
 @pytest.fixture(scope="module")
 def fuzz_target(tmp_path_factory):
     """One server for the whole fuzz run (hypothesis calls the test many times)."""
-    from scheduler_agent.web import App
-    from scheduler_agent.remediation.config import parse
-    from scheduler_agent.remediation.service import Remediation
+    from gpuwarden.scheduler_agent.web import App
+    from gpuwarden.scheduler_agent.remediation.config import parse
+    from gpuwarden.scheduler_agent.remediation.service import Remediation
     from tests.remediation.fakes import FakeActuator, FakeScheduler
     rem = Remediation.create(str(tmp_path_factory.mktemp("fuzz") / "a.db"), parse(None),
                              FakeScheduler(["GPU-1"]), FakeActuator(),

@@ -10,8 +10,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
-from scheduler_agent.remediation.config import parse
-from scheduler_agent.remediation.errors import PolicyConfigError
+from gpuwarden.scheduler_agent.remediation.config import parse
+from gpuwarden.scheduler_agent.remediation.errors import PolicyConfigError
 from tests.remediation.conftest import TOKEN
 from tests.remediation.fakes import alert, notification
 

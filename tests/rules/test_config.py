@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rules import config
+from gpuwarden.rules import config
 
 SHIPPED = config.DEFAULT_PATH.read_text(encoding="utf-8")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rules import config, generate, render
+from gpuwarden.rules import config, generate, render
 from tests.helpers import REPO, console_script, require_binary
 
 GENERATED = REPO / "rules" / "generated"

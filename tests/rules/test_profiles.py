@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rules import config, promql, render
+from gpuwarden.rules import config, promql, render
 
 SHIPPED = config.DEFAULT_PATH.read_text(encoding="utf-8")
 

@@ -8,9 +8,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from scheduler_agent.executor import Executor
-from scheduler_agent.scheduler import Scheduler, SchedulerOptions
-from scheduler_agent.store import Database
+from gpuwarden.scheduler_agent.executor import Executor
+from gpuwarden.scheduler_agent.scheduler import Scheduler, SchedulerOptions
+from gpuwarden.scheduler_agent.store import Database
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scheduler_agent.config import load
-from scheduler_agent.server import Agent
+from gpuwarden.scheduler_agent.config import load
+from gpuwarden.scheduler_agent.server import Agent
 from tests.helpers import free_port, require_binary, wait_until, write_agent_config
 
 TOKEN = "s3cret-token"

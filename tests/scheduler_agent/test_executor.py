@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from scheduler_agent.executor import JobRun, LocalExecutor
+from gpuwarden.scheduler_agent.executor import JobRun, LocalExecutor
 from tests.helpers import wait_until
 
 PY = sys.executable

@@ -8,7 +8,7 @@ import threading
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler_agent.placement import FreeIndex, NaiveGpu, naive_place
+from gpuwarden.scheduler_agent.placement import FreeIndex, NaiveGpu, naive_place
 
 
 def test_best_fit_picks_the_node_with_the_fewest_sufficient_free_gpus(make_scheduler) -> None:

@@ -8,8 +8,8 @@ import logging
 import pytest
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
-from scheduler_agent.tracing import provider_from_env
-from scheduler_agent.web import App, BearerAuth, Request, Response
+from gpuwarden.scheduler_agent.tracing import provider_from_env
+from gpuwarden.scheduler_agent.web import App, BearerAuth, Request, Response
 
 
 def _req(method: str, path: str, body: bytes = b"", token: str | None = None) -> Request:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from scheduler_agent.config import ConfigError, load
-from scheduler_agent.tls import server_context
-from scheduler_agent.web import App, Response
+from gpuwarden.scheduler_agent.config import ConfigError, load
+from gpuwarden.scheduler_agent.tls import server_context
+from gpuwarden.scheduler_agent.web import App, Response
 from tests.helpers import console_script, free_port, require_binary, wait_until, write_agent_config
 
 TOKEN = "tls-test-token"

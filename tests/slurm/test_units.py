@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from scheduler_agent.slurm.backend import Entry, format_reason, parse_reason
-from scheduler_agent.slurm.config import parse as parse_config
-from scheduler_agent.slurm.errors import SlurmError, UnknownNode
-from scheduler_agent.slurm.nodemap import NodeMap
-from scheduler_agent.slurm.parse import (Node, expand_hostlist, expand_indexes, parse_jobs,
+from gpuwarden.scheduler_agent.slurm.backend import Entry, format_reason, parse_reason
+from gpuwarden.scheduler_agent.slurm.config import parse as parse_config
+from gpuwarden.scheduler_agent.slurm.errors import SlurmError, UnknownNode
+from gpuwarden.scheduler_agent.slurm.nodemap import NodeMap
+from gpuwarden.scheduler_agent.slurm.parse import (Node, expand_hostlist, expand_indexes, parse_jobs,
                                          parse_nodes)
-from scheduler_agent.slurm.runner import Runner
+from gpuwarden.scheduler_agent.slurm.runner import Runner
 
 # Slurm 22.05.8's output (scontrol show node -d / show job -d), trimmed.
 NODES = """\
