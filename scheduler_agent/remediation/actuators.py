@@ -160,6 +160,12 @@ class SimActuator:
 class CommandActuator:
     """An argument-list template per operation (``{watts}`` plus the alert's labels).
 
+    Run without a local shell; every value a template uses is checked by ``command.render``
+    (``{gpu}`` digits, ``{uuid}`` an NVML UUID, ``{instance}`` a host[:port], ``{watts}`` a
+    number, other labels a short shell-inert word) before the command runs, because a program
+    such as ssh hands its arguments to a shell on the other side. A refused value raises
+    ``command.UnsafeValue`` naming the label, and nothing runs.
+
     ``read_command`` prints ``current [min max]`` in watts (``nvidia-smi --query-gpu=
     power.limit,power.min_limit,power.max_limit --format=csv,noheader,nounits`` does); without
     it the limit to restore is ``default_watts``.

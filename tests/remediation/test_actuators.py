@@ -146,13 +146,16 @@ def test_command_actuator_runs_argv_without_a_shell(tmp_path: Path):
               "import sys; open(sys.argv[1], 'a').write(repr(sys.argv[2:]) + '\\n')", str(out)]
     act = CommandActuator(writer + ["{instance}", "{gpu}", "{watts}"],
                           [sys.executable, "-c", "print('300.00, 100.00, 450.00')"])
-    gpu = GpuRef("GPU-1", "3", "node1; touch pwned", {"uuid": "GPU-1"})
+    gpu = GpuRef("GPU-1", "3", "node1:9786", {"uuid": "GPU-1"})
     limits = act.read(gpu)
     assert (limits.current_watts, limits.min_watts, limits.max_watts) == (300, 100, 450)
     act.set_limit(gpu, 240)
-    # The label arrives as one literal argument: no shell ever interpreted the ';'.
-    assert out.read_text() == "['node1; touch pwned', '3', '240']\n"
-    assert not (tmp_path / "pwned").exists()
+    assert out.read_text() == "['node1:9786', '3', '240']\n"
+    # A value a shell further on could parse (ssh hands its arguments to one) is refused
+    # before anything runs (tests/remediation/test_command_injection.py tries many).
+    with pytest.raises(ActuatorError, match="label instance='node1; touch pwned' refused"):
+        act.set_limit(GpuRef("GPU-1", "3", "node1; touch pwned"), 240)
+    assert out.read_text() == "['node1:9786', '3', '240']\n"
 
 
 def test_command_template_refuses_option_like_label_values():
