@@ -12,6 +12,15 @@ A kill between 1 and 3 leaves the ``pending`` row: at start the worker resumes p
 first (same targets, so the side effects are idempotent: set a limit, quarantine, preempt what
 is on the GPU now) and only then decides new ones. The result: one decision per alert instance,
 and side effects that hold once however the process died.
+
+A command hook (``remediation.commands``) is not idempotent as far as we know (it may page
+someone, open a ticket, drain a node), so it runs at most once. Its argv is rendered, and every
+label value in it checked (``command.render``), before any side effect of the action; then,
+after the action's own side effects, its start is committed (fsync'd) into the pending row's
+detail before it runs, and its end with the action's completion. A pending row found at start
+whose hook had started but not finished is not carried out again: it is completed as
+``uncertain`` (the hook may or may not have run). Every hook gets ``{action_id}``, the audit
+row's id, so a receiving system can deduplicate.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from . import budget as budget_mod
 from . import command
 from .actuators import GpuRef, PowerActuator
 from .config import ACTIONS, RemediationConfig
+from .command import UnsafeValue
 from .errors import ActuatorError
 from .port import CURRENT_ACTION, ActionContext, SchedulerPort
 from .store import transaction
@@ -151,7 +161,8 @@ class Worker:
         if action in ("throttle", "preempt") and esc.enabled:
             prior = self.conn.execute(
                 "SELECT count(*) FROM remediation_actions WHERE uuid = ? AND at >= ? AND "
-                "action IN ('throttle', 'preempt') AND outcome IN ('acted', 'dry_run')",
+                "action IN ('throttle', 'preempt') AND outcome IN ('acted', 'dry_run', "
+                "'uncertain')",
                 (uuid, now - esc.window_seconds)).fetchone()[0]
             if prior >= esc.count:
                 detail["escalated_from"] = action
@@ -166,7 +177,7 @@ class Worker:
             try:
                 plan = self._throttle_plan(gpu)
             except ActuatorError as exc:
-                return self._finish(ev, action, "failed", detail, str(exc))
+                return self._finish(ev, action, "failed", {**detail, **_refused(exc)}, str(exc))
             if plan is None:
                 return self._finish(ev, action, "noop", {**detail, "reason":
                                     "the power limit is already at or below the target"})
@@ -278,56 +289,72 @@ class Worker:
 
     # -- acting ---------------------------------------------------------------------------
     def _execute(self, aid: int) -> None:
-        """Carries out a pending action and completes it (with its alert) in one transaction."""
+        """Carries out a pending action and completes it (with its alert) in one transaction.
+
+        The action's hook, if any, is rendered (its values checked) before any side effect and
+        run after them, its start committed first: a row whose hook started but never finished
+        (the agent died meanwhile) is completed as ``uncertain`` and nothing is run again."""
         row = dict(self.conn.execute("SELECT * FROM remediation_actions WHERE id = ?",
                                      (aid,)).fetchone())
         detail = json.loads(row["detail"])
         action, uuid = row["action"], row["uuid"]
         gpu = GpuRef(uuid, str(detail.get("gpu", "")), row["instance"], detail.get("labels", {}))
         reason = f"{row['rule'] or 'restore'}: {detail.get('reason', row['severity'])}"
-        error = ""
+        error = ""          # the action's own side effects (or its hook's values) failed
+        hook_error = ""     # the hook ran and failed
+        uncertain = ""
         result: dict[str, Any] = {}
+        started = detail.get("hook")
         with self.tracer.start_as_current_span(f"remediation.{action}", attributes={
                 "gpu.uuid": uuid, "remediation.action": action, "remediation.action_id": aid}
                 ) as span:
-            ctx = CURRENT_ACTION.set(ActionContext(aid, gpu))
-            try:
-                if action == "throttle":
-                    self.actuator.set_limit(gpu, detail["target_watts"])
-                    self.scheduler.set_throttled(uuid, True, reason)
-                    watts = detail["target_watts"]
-                elif action == "restore":
-                    self.actuator.set_limit(gpu, detail["previous_watts"])
-                    self.scheduler.set_throttled(uuid, False, "power limit restored")
-                    watts = detail["previous_watts"]
-                elif action == "preempt":
-                    result["preempted_jobs"] = self.scheduler.preempt_gpu(uuid, reason)
-                elif action == "quarantine":
-                    result.update(self.scheduler.quarantine(uuid, reason, self.actor) or {})
-                    if self.cfg.quarantine_preempts:
+            if isinstance(started, dict) and "finished_at" not in started:
+                # Resumed after a kill: the side effects were done before the hook started;
+                # whether the hook ran is unknown, and running it again could do it twice.
+                uncertain = (f"the agent stopped while the {action} hook was running (action "
+                             f"{aid}); it may or may not have run, and is not run again. A "
+                             f"receiver can deduplicate on action_id {aid}")
+                result["hook"] = {**started, "outcome": "uncertain"}
+            else:
+                argv = None
+                ctx = CURRENT_ACTION.set(ActionContext(aid, gpu))
+                try:
+                    argv = self._hook_argv(aid, action, gpu, detail)  # checked before acting
+                    if action == "throttle":
+                        self.actuator.set_limit(gpu, detail["target_watts"])
+                        self.scheduler.set_throttled(uuid, True, reason)
+                    elif action == "restore":
+                        self.actuator.set_limit(gpu, detail["previous_watts"])
+                        self.scheduler.set_throttled(uuid, False, "power limit restored")
+                    elif action == "preempt":
                         result["preempted_jobs"] = self.scheduler.preempt_gpu(uuid, reason)
-                hook = self.cfg.commands.get(action)
-                if hook:
-                    values = {**gpu.labels, "uuid": uuid, "gpu": gpu.gpu,
-                              "instance": gpu.instance, "action": action}
-                    if action in ("throttle", "restore"):
-                        values["watts"] = f"{watts:g}"
-                    command.run(command.render(hook, values))
-            except Exception as exc:  # noqa: BLE001 - actuator and scheduler errors alike are
-                # recorded as the action's failure; the worker must go on with the next alert.
-                error = str(exc) or type(exc).__name__
-                span.set_status(trace.Status(trace.StatusCode.ERROR, error))
-            finally:
-                CURRENT_ACTION.reset(ctx)
-        outcome = "failed" if error else "acted"
+                    elif action == "quarantine":
+                        result.update(self.scheduler.quarantine(uuid, reason, self.actor) or {})
+                        if self.cfg.quarantine_preempts:
+                            result["preempted_jobs"] = self.scheduler.preempt_gpu(uuid, reason)
+                except Exception as exc:  # noqa: BLE001 - actuator and scheduler errors alike
+                    # are recorded as the action's failure; the worker goes on with the next.
+                    error = str(exc) or type(exc).__name__
+                    result.update(_refused(exc))
+                finally:
+                    CURRENT_ACTION.reset(ctx)
+                if argv is not None and not error:
+                    hook_error, result["hook"] = self._run_hook(aid, detail, argv)
+            if error or hook_error:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, error or hook_error))
+        outcome = "uncertain" if uncertain else "failed" if error or hook_error else "acted"
+        recorded = (uncertain or error
+                    or (f"the {action} was done; its hook failed: {hook_error}" if hook_error
+                        else ""))
         now = self.clock()
 
         def complete(c: sqlite3.Connection) -> None:
             c.execute("UPDATE remediation_actions SET outcome = ?, detail = ?, error = ? "
-                      "WHERE id = ?", (outcome, json.dumps({**detail, **result}), error, aid))
+                      "WHERE id = ?", (outcome, json.dumps({**detail, **result}), recorded, aid))
             if row["event_id"] is not None:
                 c.execute("UPDATE remediation_events SET processed_at = ? WHERE id = ?",
                           (now, row["event_id"]))
+            # The throttle bookkeeping follows the action's own side effects, not its hook's.
             if action == "restore":
                 if error:
                     c.execute("UPDATE remediation_throttles SET restore_after = ? WHERE uuid = ?",
@@ -345,7 +372,46 @@ class Worker:
         ev = {"rule": row["rule"], "severity": row["severity"], "status": row["status"],
               "uuid": uuid, "fingerprint": src[0] if src else "",
               "starts_at": src[1] if src else "", "id": row["event_id"]}
-        _log_decision(ev, action, outcome, {**detail, **result}, error)
+        _log_decision(ev, action, outcome, {**detail, **result}, recorded)
+
+    # -- hooks ----------------------------------------------------------------------------
+    def _hook_argv(self, aid: int, action: str, gpu: GpuRef,
+                   detail: dict[str, Any]) -> list[str] | None:
+        """The action's hook argv, every value checked (``UnsafeValue`` names a refused label),
+        or None without a hook. ``{action_id}`` is the audit row's id; ours override labels."""
+        hook = self.cfg.commands.get(action)
+        if not hook:
+            return None
+        values: dict[str, Any] = {**gpu.labels, "uuid": gpu.uuid, "gpu": gpu.gpu,
+                                  "instance": gpu.instance, "action": action,
+                                  "action_id": str(aid)}
+        if action in ("throttle", "restore"):
+            watts = detail["target_watts"] if action == "throttle" else detail["previous_watts"]
+            values["watts"] = f"{watts:g}"
+        return command.render(hook, values)
+
+    def _run_hook(self, aid: int, detail: dict[str, Any],
+                  argv: list[str]) -> tuple[str, dict[str, Any]]:
+        """Commits the hook's start (fsync'd, so neither a kill nor a power cut forgets it),
+        runs it once, returns (its error or "", the record of its run)."""
+        state: dict[str, Any] = {"argv": argv, "started_at": self.clock()}
+        text = json.dumps({**detail, "hook": state})
+        was = self.conn.execute("PRAGMA synchronous").fetchone()[0]
+        self.conn.execute("PRAGMA synchronous=FULL")
+        try:
+            transaction(self.conn, lambda c: c.execute(
+                "UPDATE remediation_actions SET detail = ? WHERE id = ?", (text, aid)))
+        finally:
+            self.conn.execute(f"PRAGMA synchronous={int(was)}")
+        error = ""
+        try:
+            command.run(argv)
+        except Exception as exc:  # noqa: BLE001 - recorded on the action
+            error = str(exc) or type(exc).__name__
+        state.update(finished_at=self.clock(), outcome="failed" if error else "ok")
+        if error:
+            state["error"] = error
+        return error, state
 
     def _restore_due(self) -> int:
         now = self.clock()
@@ -378,6 +444,11 @@ def _trace_id() -> str:
     return trace.format_trace_id(ctx.trace_id) if ctx.is_valid else ""
 
 
+def _refused(exc: BaseException) -> dict[str, Any]:
+    """``{"refused_label": name}`` for a label value a command template refused, else {}."""
+    return {"refused_label": exc.label} if isinstance(exc, UnsafeValue) else {}
+
+
 def _log_decision(ev: dict[str, Any], action: str, outcome: str, detail: dict[str, Any],
                   error: str) -> None:
     """One structured line per decision (JSON, so log pipelines need no parsing rules)."""
@@ -387,5 +458,6 @@ def _log_decision(ev: dict[str, Any], action: str, outcome: str, detail: dict[st
             "detail": {k: v for k, v in detail.items() if k != "labels"}}
     if error:
         line["error"] = error
-    log.log(logging.WARNING if outcome in ("failed", "skipped_budget") else logging.INFO,
+    log.log(logging.WARNING if outcome in ("failed", "skipped_budget", "uncertain")
+            else logging.INFO,
             json.dumps(line, default=str))
