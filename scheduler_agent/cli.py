@@ -18,6 +18,7 @@ import importlib
 import importlib.util
 import logging
 import signal
+import sqlite3
 import sys
 import threading
 from typing import Any, Sequence
@@ -80,10 +81,22 @@ def _serve(args: argparse.Namespace) -> int:
     from .store import StoreError
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = None
     try:
-        agent = Agent(load(args.config))
+        cfg = load(args.config)
+        agent = Agent(cfg)
         agent.start()
-    except (ConfigError, InventoryError, StoreError, ValueError, OSError) as exc:
+    except (StoreError, sqlite3.Error) as exc:
+        # The database (database.path) cannot be used: damaged, read-only, its folder missing
+        # or not writable, full. Exit 2 with what to do, no traceback (systemd would restart
+        # into the same error forever otherwise).
+        msg = (str(exc) if isinstance(exc, StoreError) else
+               f"{exc} ({getattr(exc, 'sqlite_errorname', type(exc).__name__)})")
+        where = (str(cfg.error("database.path", msg)) if cfg is not None
+                 else f"database.path: {msg}")
+        print(f"gpuwarden-agent: {where}", file=sys.stderr)
+        return 2
+    except (ConfigError, InventoryError, ValueError, OSError) as exc:
         print(f"gpuwarden-agent: {exc}", file=sys.stderr)
         return 2
     done = threading.Event()

@@ -11,6 +11,7 @@ Relative paths are relative to the config file's folder.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .store import Retention
 from .tls import TlsFiles
 
 
@@ -36,6 +38,7 @@ class AgentConfig:
     tls: TlsFiles | None = None          # web.tls; None serves plain HTTP
     database_path: Path = Path()
     synchronous: str = "NORMAL"
+    retention: Retention = field(default_factory=Retention)   # database.retention
     scheduler: dict[str, Any] = field(default_factory=dict)
     executor_kind: str = "local"
     log_dir: Path = Path()
@@ -78,6 +81,37 @@ def _line_map(node: yaml.Node, prefix: tuple = (), out: dict | None = None) -> d
     return out
 
 
+_DURATION = re.compile(r"^(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_UNITS = (7 * 86400, 86400, 3600, 60, 1)
+
+
+def duration_seconds(value: float | int | str) -> float:
+    """Seconds in a number (seconds) or a duration string (``30d``, ``12h``, ``1w2d``, ``90s``)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    m = _DURATION.match(str(value))
+    if not m or not str(value):
+        raise ValueError(f"{value!r} is not a duration (seconds, or like 30d, 12h, 90m)")
+    return float(sum(int(g) * unit for g, unit in zip(m.groups(), _UNITS) if g))
+
+
+def _retention(cfg: AgentConfig, raw: dict[str, Any]) -> Retention:
+    out = {}
+    for key, default, least in (("max_age", "30d", 3600.0), ("interval", "1h", 1.0)):
+        try:
+            seconds = duration_seconds(raw.get(key, default))
+        except ValueError as exc:
+            raise cfg.error(f"database.retention.{key}", str(exc)) from None
+        if seconds < least:
+            raise cfg.error(f"database.retention.{key}", f"{raw[key]!r} is {seconds:g}s: it must "
+                            f"be at least {least:g}s" + (" (older rows feed the remediation "
+                                                        "budget and escalation windows)"
+                                                        if key == "max_age" else ""))
+        out[key] = seconds
+    return Retention(enabled=bool(raw.get("enabled", True)), max_age_seconds=out["max_age"],
+                     interval_seconds=out["interval"], batch_size=int(raw.get("batch_size", 500)))
+
+
 def load(path: str | Path) -> AgentConfig:
     path = Path(path)
     try:
@@ -115,6 +149,7 @@ def load(path: str | Path) -> AgentConfig:
     db = raw.get("database") or {}
     cfg.database_path = cfg.resolve(db.get("path", "gpuwarden-agent.db"))
     cfg.synchronous = db.get("synchronous", "NORMAL")
+    cfg.retention = _retention(cfg, db.get("retention") or {})
     cfg.scheduler = dict(raw.get("scheduler") or {})
     ex = raw.get("executor") or {}
     cfg.executor_kind = ex.get("kind", "local")

@@ -39,6 +39,7 @@ def install(agent: "Agent") -> Remediation:
     port = getattr(agent, "scheduler_port", None) or SchedulerAdapter(agent.scheduler)
     rem = Remediation.create(agent.db, rc, port,
                              tracer_provider=agent.tracer_provider, credentials=creds)
+    rem.worker.retention = cfg.retention  # database.retention: pruned in the worker's idle time
     rem.register_routes(agent.app)
     agent.registry.register(rem.collector)
     return rem

@@ -221,6 +221,9 @@ class Remediation:
                     return Response(400, {"error": 'body must be {"actor": "<who>"}',
                                           "field": "actor"})
                 actor = doc.get("actor") or actor
+            if len(actor) > 200:  # kept in the audit trail and shown by the API and CLI
+                return Response(400, {"error": f"actor is {len(actor)} characters long: at "
+                                      "most 200", "field": "actor"})
             return Response(200, self.reset_breaker(actor))
 
         app.add_route("POST", "/webhook/alertmanager", webhook, auth=False, openapi={

@@ -17,23 +17,51 @@ Every component of the agent owns its tables and records its migrations in the s
 - ``remediation_breaker``: the budget's circuit breaker (one row); it survives restarts, so an
   open breaker stays open until a person resets it.
 
+- ``remediation_counters``: what the metrics report (alerts triggered, actions, deliveries,
+  notifications, active alerts), kept by triggers as rows are written, so a scrape reads a few
+  rows instead of counting every event, and counters never go back when old rows are pruned.
+  Their ``rule``/``severity``/``action`` labels are only values the agent knows
+  (``remediation_label_values``: the shipped rules, their severities, the actions); anything
+  else is counted under ``other``, so made-up label values cannot create metric series.
+
 The intake's commits are durable: WAL with ``synchronous=FULL`` fsyncs the log on every commit,
 so a 202 is only sent for a notification that survives power loss. The worker commits with
 ``synchronous=NORMAL`` (see ``connect``).
+
+Retention (``database.retention``, ``prune``): accepted alerts and actions older than
+``max_age`` are deleted in small batches, one short transaction each, never an alert not yet
+processed (nor one still firing: its row is what makes a re-delivery a duplicate), never a
+pending action, and never the actions of a throttle still held or a quarantine still in force.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
+
+from .. import store as agent_store
 
 if TYPE_CHECKING:
     from ..store import Database
 
+log = logging.getLogger("gpuwarden.remediation")
+
+OTHER = "other"
+KNOWN_ACTIONS = ("notify", "throttle", "preempt", "quarantine", "restore")
+KNOWN_SEVERITIES = ("critical", "warning", "info")
+# Used when the shipped rules cannot be read (a broken install): the ids the generator emits.
+FALLBACK_RULES = (
+    "THERMAL_WARNING", "THERMAL_CRITICAL", "POWER_SPIKE", "POWER_CRITICAL", "ECC_ERRORS_SPIKE",
+    "ECC_UNCORRECTABLE", "THROTTLING", "MEMORY_PRESSURE", "THERMAL_FORECAST", "MEMORY_FORECAST",
+    "EXPORTER_DOWN", "GPU_METRICS_ABSENT", "GPU_METRICS_VANISHED", "NVML_DOWN", "GPU_LOST",
+    "XID_FATAL")
+
 COMPONENT = "remediation"
 
-MIGRATIONS: list[str] = [
+MIGRATIONS: list[agent_store.Migration] = [
     # 1: inbox, audit, throttles, breaker.
     """
     CREATE TABLE remediation_notifications (
@@ -109,9 +137,172 @@ MIGRATIONS: list[str] = [
 ]
 
 
+# 2: counters kept by triggers (bounded labels), for metrics that do not scan the tables.
+_V2_TABLES = """
+CREATE TABLE remediation_label_values (
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (kind, value)
+) WITHOUT ROWID;
+CREATE TABLE remediation_counters (
+    name TEXT NOT NULL,
+    a TEXT NOT NULL DEFAULT '',
+    b TEXT NOT NULL DEFAULT '',
+    value INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (name, a, b)
+) WITHOUT ROWID;
+"""
+
+
+def _bounded(column: str, kind: str) -> str:
+    return (f"(CASE WHEN EXISTS (SELECT 1 FROM remediation_label_values WHERE kind = '{kind}' "
+            f"AND value = {column}) THEN {column} ELSE '{OTHER}' END)")
+
+
+def _bump(name: str, a: str = "''", b: str = "''", by: str = "1") -> str:
+    return (f"INSERT INTO remediation_counters (name, a, b, value) VALUES ('{name}', {a}, {b}, "
+            f"{by}) ON CONFLICT (name, a, b) DO UPDATE SET value = value + excluded.value;")
+
+
+_RESOLVED_OF = ("SELECT 1 FROM remediation_events r WHERE r.fingerprint = {e}.fingerprint AND "
+                "r.starts_at = {e}.starts_at AND r.status = 'resolved'")
+_FIRING_OF = ("SELECT 1 FROM remediation_events f WHERE f.fingerprint = {e}.fingerprint AND "
+              "f.starts_at = {e}.starts_at AND f.status = 'firing'")
+
+_V2_TRIGGERS = f"""
+CREATE TRIGGER remediation_events_counted AFTER INSERT ON remediation_events BEGIN
+    {_bump("alert_deliveries", by="NEW.deliveries")}
+END;
+CREATE TRIGGER remediation_events_triggered AFTER INSERT ON remediation_events
+WHEN NEW.status = 'firing' BEGIN
+    {_bump("alerts_triggered", _bounded("NEW.rule", "rule"), _bounded("NEW.severity", "severity"))}
+END;
+CREATE TRIGGER remediation_events_active_firing AFTER INSERT ON remediation_events
+WHEN NEW.status = 'firing' AND NOT EXISTS ({_RESOLVED_OF.format(e="NEW")}) BEGIN
+    {_bump("alerts_active")}
+END;
+CREATE TRIGGER remediation_events_active_resolved AFTER INSERT ON remediation_events
+WHEN NEW.status = 'resolved' AND EXISTS ({_FIRING_OF.format(e="NEW")}) BEGIN
+    {_bump("alerts_active", by="-1")}
+END;
+CREATE TRIGGER remediation_events_redelivered AFTER UPDATE OF deliveries ON remediation_events
+WHEN NEW.deliveries IS NOT OLD.deliveries BEGIN
+    {_bump("alert_deliveries", by="NEW.deliveries - OLD.deliveries")}
+END;
+CREATE TRIGGER remediation_events_deleted_firing AFTER DELETE ON remediation_events
+WHEN OLD.status = 'firing' AND NOT EXISTS ({_RESOLVED_OF.format(e="OLD")}) BEGIN
+    {_bump("alerts_active", by="-1")}
+END;
+CREATE TRIGGER remediation_events_deleted_resolved AFTER DELETE ON remediation_events
+WHEN OLD.status = 'resolved' AND EXISTS ({_FIRING_OF.format(e="OLD")}) BEGIN
+    {_bump("alerts_active")}
+END;
+CREATE TRIGGER remediation_notifications_counted AFTER INSERT ON remediation_notifications BEGIN
+    {_bump("notifications")}
+    {_bump("truncated_alerts", by="NEW.truncated_alerts")}
+END;
+CREATE TRIGGER remediation_actions_counted AFTER INSERT ON remediation_actions BEGIN
+    {_bump("actions", _bounded("NEW.action", "action"), "NEW.outcome")}
+END;
+CREATE TRIGGER remediation_actions_recounted AFTER UPDATE OF action, outcome ON remediation_actions
+WHEN NEW.action IS NOT OLD.action OR NEW.outcome IS NOT OLD.outcome BEGIN
+    {_bump("actions", _bounded("OLD.action", "action"), "OLD.outcome", "-1")}
+    {_bump("actions", _bounded("NEW.action", "action"), "NEW.outcome")}
+END;
+"""
+
+
+def known_label_values() -> dict[str, set[str]]:
+    """The label values metrics may carry: rule ids of the shipped thresholds (alerts,
+    forecasts, monitoring-health rules), their severities, and the actions."""
+    rules: set[str] = set()
+    severities: set[str] = set(KNOWN_SEVERITIES)
+    try:
+        from gpuwarden.rules import config as rules_config  # noqa: PLC0415 - optional at runtime
+
+        cfg = rules_config.load()
+        for group in (cfg.alerts, cfg.forecasts, cfg.monitoring):
+            rules.update(group)
+        for a in cfg.all_alerts():
+            rules.add(a.rule)
+            if getattr(a, "severity", None):
+                severities.add(str(a.severity))
+    except Exception as exc:  # noqa: BLE001 - metrics must not stop the agent from starting
+        log.warning(json.dumps({"event": "remediation.rules_unreadable", "error": str(exc),
+                                "hint": "alerts of unknown rules are counted as 'other'"}))
+    rules.update(_generated_rule_ids())
+    if not rules:
+        rules.update(FALLBACK_RULES)
+    return {"rule": rules, "severity": severities, "action": set(KNOWN_ACTIONS)}
+
+
+def _generated_rule_ids() -> set[str]:
+    """``rule`` labels of the generated alerting rules (the monitoring-health ones included)."""
+    out: set[str] = set()
+    try:
+        from importlib import resources  # noqa: PLC0415
+
+        import yaml  # noqa: PLC0415
+
+        folder = resources.files("gpuwarden.rules").joinpath("generated")
+        for entry in folder.iterdir():
+            if not entry.name.endswith(".rules.yml"):
+                continue
+            doc = yaml.safe_load(entry.read_text()) or {}
+            for group in doc.get("groups") or []:
+                for rule in group.get("rules") or []:
+                    rid = (rule.get("labels") or {}).get("rule")
+                    if rule.get("alert") and isinstance(rid, str):
+                        out.add(rid)
+    except Exception:  # noqa: BLE001 - the thresholds file is the primary source
+        return out
+    return out
+
+
+def set_label_values(conn: sqlite3.Connection,
+                     values: Mapping[str, Iterable[str]] | None = None) -> None:
+    """Adds the known label values (inside the caller's transaction). Values are only ever
+    added: a counter already kept under a value stays meaningful."""
+    values = known_label_values() if values is None else values
+    conn.executemany("INSERT OR IGNORE INTO remediation_label_values (kind, value) VALUES (?, ?)",
+                     [(kind, v) for kind, vs in values.items() for v in vs])
+
+
+def _migration_v2(conn: sqlite3.Connection) -> None:
+    for stmt in agent_store._statements(_V2_TABLES):
+        conn.execute(stmt)
+    set_label_values(conn)
+    # Seed the counters from what is stored now, then let the triggers keep them.
+    conn.execute(f"""
+        INSERT INTO remediation_counters (name, a, b, value)
+        SELECT 'alerts_triggered', rule, severity, count(*) FROM (
+            SELECT {_bounded("rule", "rule")} AS rule, {_bounded("severity", "severity")}
+                AS severity FROM remediation_events WHERE status = 'firing')
+        GROUP BY rule, severity""")
+    conn.execute(f"""
+        INSERT INTO remediation_counters (name, a, b, value)
+        SELECT 'actions', action, outcome, count(*) FROM (
+            SELECT {_bounded("action", "action")} AS action, outcome FROM remediation_actions)
+        GROUP BY action, outcome""")
+    conn.execute(f"""
+        INSERT INTO remediation_counters (name, value) VALUES
+        ('alerts_active', (SELECT count(*) FROM remediation_events e WHERE e.status = 'firing'
+                           AND NOT EXISTS ({_RESOLVED_OF.format(e="e")}))),
+        ('alert_deliveries', (SELECT coalesce(sum(deliveries), 0) FROM remediation_events)),
+        ('notifications', (SELECT count(*) FROM remediation_notifications)),
+        ('truncated_alerts', (SELECT coalesce(sum(truncated_alerts), 0)
+                              FROM remediation_notifications))""")
+    # Triggers are created one by one (each holds several statements).
+    for trigger in _V2_TRIGGERS.split("\nCREATE TRIGGER ")[1:]:
+        conn.execute("CREATE TRIGGER " + trigger.strip())
+
+
+MIGRATIONS.append(_migration_v2)
+
+
 def connect(path: Path | str, synchronous: str = "FULL") -> sqlite3.Connection:
-    """A connection set up the way remediation's connections must be: WAL, a busy timeout (the
-    scheduler writes to the same file), transactions by explicit BEGIN (``isolation_level=None``).
+    """A connection to the agent's file from the agent's one factory (``scheduler_agent.store.
+    connect``: WAL, foreign keys, busy timeout, explicit BEGIN, file created 0600).
 
     ``synchronous``: FULL (the intake: fsync on every commit, so a 202 survives power loss) or
     NORMAL (the worker: a kill -9 loses nothing, a power cut may lose the last decisions, whose
@@ -119,27 +310,104 @@ def connect(path: Path | str, synchronous: str = "FULL") -> sqlite3.Connection:
     """
     if synchronous not in ("FULL", "NORMAL"):
         raise ValueError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
-    conn = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("PRAGMA busy_timeout=10000")
-    return conn
+    return agent_store.connect(path, synchronous)
 
 
 def migrate(db: "Database") -> int:
-    """Applies our migrations through the agent's shared ``Database.migrate`` seam."""
-    return db.migrate(COMPONENT, MIGRATIONS)
+    """Applies our migrations through the agent's shared ``Database.migrate`` seam, and adds
+    label values this build knows that the file does not yet (new rules)."""
+    version = db.migrate(COMPONENT, MIGRATIONS)
+    with db.transaction() as c:
+        set_label_values(c)
+    return version
 
 
 def transaction(conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], object],
                 immediate: bool = True) -> object:
-    """Runs ``body`` inside BEGIN IMMEDIATE ... COMMIT (rolled back on any error)."""
-    conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
-    try:
-        result = body(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return result
+    """Runs ``body`` inside BEGIN IMMEDIATE ... COMMIT, rolled back on any error; the error
+    raised is the one that happened (SQLITE_FULL as ``DatabaseFull``, "database full: ..."),
+    never the failed ROLLBACK of a transaction SQLite had already rolled back."""
+    return agent_store.run_in_transaction(conn, body, "BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def counters(conn: sqlite3.Connection) -> dict[str, list[tuple[str, str, int]]]:
+    """The metrics' counters: {name: [(a, b, value), ...]} (a few rows, no table scan)."""
+    out: dict[str, list[tuple[str, str, int]]] = {}
+    for name, a, b, value in conn.execute("SELECT name, a, b, value FROM remediation_counters"):
+        out.setdefault(name, []).append((a, b, int(value)))
+    return out
+
+
+# -- retention --------------------------------------------------------------------------------
+
+# Events of alert instances that are over: both rows (firing and resolved) processed and old.
+# Whole instances go together, so a firing row is never left without its resolved row (which
+# would make it look active again). ``fingerprint, starts_at`` pairs, not ids, are selected.
+_OLD_INSTANCES = """
+SELECT r.fingerprint, r.starts_at FROM remediation_events r
+WHERE r.status = 'resolved' AND r.processed_at IS NOT NULL AND r.received_at < :cutoff
+  AND NOT EXISTS (SELECT 1 FROM remediation_events o WHERE o.fingerprint = r.fingerprint
+                  AND o.starts_at = r.starts_at
+                  AND (o.processed_at IS NULL OR o.received_at >= :cutoff))
+ORDER BY r.id LIMIT :limit
+"""
+
+_OLD_ACTIONS = """
+SELECT a.id FROM remediation_actions a
+WHERE a.at < :cutoff AND a.outcome != 'pending'
+  AND NOT (a.action IN ('throttle', 'restore')
+           AND a.uuid IN (SELECT uuid FROM remediation_throttles))
+  AND NOT (a.action = 'quarantine' AND a.uuid IN (SELECT value FROM json_each(:quarantined)))
+ORDER BY a.at LIMIT :limit
+"""
+
+
+def prune(conn: sqlite3.Connection, cutoff: float, quarantined: Iterable[str] = (),
+          batch: int = 500, should_stop: Callable[[], bool] | None = None) -> dict[str, int]:
+    """Deletes what is older than ``cutoff`` (epoch seconds), ``batch`` rows per transaction.
+
+    Kept whatever its age: alert instances not processed yet or not resolved, pending
+    actions, throttle/restore actions of a GPU whose throttle is still held
+    (``remediation_throttles``), and quarantine actions of the GPUs in ``quarantined`` (the
+    fleet's quarantined GPUs). Returns the rows deleted per table and ``done`` (0 when
+    ``should_stop`` interrupted it: call again later).
+    """
+    batch = max(1, int(batch))
+    q = json.dumps(sorted(set(quarantined)))
+    deleted = {"remediation_events": 0, "remediation_notifications": 0,
+               "remediation_actions": 0, "done": 1}
+
+    def events(c: sqlite3.Connection) -> int:
+        keys = c.execute(_OLD_INSTANCES, {"cutoff": cutoff, "limit": max(1, batch // 2)}
+                         ).fetchall()
+        n = 0
+        for fp, starts_at in keys:
+            n += c.execute("DELETE FROM remediation_events WHERE fingerprint = ? AND "
+                           "starts_at = ?", (fp, starts_at)).rowcount
+        return n if keys else -1
+
+    def notifications(c: sqlite3.Connection) -> int:
+        n = c.execute("DELETE FROM remediation_notifications WHERE id IN (SELECT id FROM "
+                      "remediation_notifications WHERE received_at < ? ORDER BY id LIMIT ?)",
+                      (cutoff, batch)).rowcount
+        return n if n else -1
+
+    def actions(c: sqlite3.Connection) -> int:
+        ids = [r[0] for r in c.execute(_OLD_ACTIONS, {"cutoff": cutoff, "quarantined": q,
+                                                      "limit": batch})]
+        c.executemany("DELETE FROM remediation_actions WHERE id = ?", [(i,) for i in ids])
+        return len(ids) if ids else -1
+
+    for table, step in (("remediation_events", events),
+                        ("remediation_notifications", notifications),
+                        ("remediation_actions", actions)):
+        while True:
+            if should_stop is not None and should_stop():
+                deleted["done"] = 0
+                return deleted
+            n = transaction(conn, step)
+            assert isinstance(n, int)
+            if n < 0:
+                break
+            deleted[table] += n
+    return deleted

@@ -42,7 +42,9 @@ from .config import ACTIONS, RemediationConfig
 from .command import UnsafeValue
 from .errors import ActuatorError
 from .port import CURRENT_ACTION, ActionContext, SchedulerPort
+from . import store
 from .store import transaction
+from ..store import Retention
 
 log = logging.getLogger("gpuwarden.remediation")
 
@@ -93,6 +95,7 @@ class Worker:
                 log.error(json.dumps({"event": "remediation.worker_error", "error": str(exc)}))
                 busy = 0
             if not busy:
+                self.prune_when_idle()
                 self._wake.wait(self.cfg.poll_interval_seconds)
 
     def run_once(self, batch: int = 200) -> int:
@@ -116,6 +119,39 @@ class Worker:
             handled += 1
         handled += self._restore_due()
         return handled
+
+    # -- retention (database.retention) ----------------------------------------------------
+    retention: Retention | None = None     # set by the plug-in from the agent's config
+    _next_prune: float = 0.0
+
+    def prune_when_idle(self) -> dict[str, int] | None:
+        """Deletes old alerts and actions (``store.prune``) when due; called when the worker
+        is idle, and yields (stops between batches) as soon as new alerts arrive."""
+        r = self.retention
+        now = self.clock()
+        if r is None or not r.enabled or now < self._next_prune:
+            return None
+        # Never within the windows the decisions look back over (escalation, budget).
+        cutoff = now - max(r.max_age_seconds, self.cfg.escalation.window_seconds, 3600.0)
+        try:
+            fleet = dict(self.scheduler.fleet())
+        except Exception as exc:  # noqa: BLE001 - without the fleet, open quarantines are unknown
+            log.warning(json.dumps({"event": "remediation.prune_skipped", "error": str(exc)}))
+            self._next_prune = now + r.interval_seconds
+            return None
+        try:
+            done = store.prune(self.conn, cutoff, [u for u, st in fleet.items()
+                                                   if st == "quarantined"], r.batch_size,
+                               should_stop=lambda: self._wake.is_set() or self._stop.is_set())
+        except sqlite3.Error as exc:
+            log.error(json.dumps({"event": "remediation.prune_error", "error": str(exc)}))
+            self._next_prune = now + r.interval_seconds
+            return None
+        if done.pop("done"):
+            self._next_prune = now + r.interval_seconds
+        if any(done.values()):
+            log.info(json.dumps({"event": "remediation.pruned", "older_than": cutoff, **done}))
+        return done
 
     # -- deciding -------------------------------------------------------------------------
     def _process(self, ev: dict[str, Any]) -> None:

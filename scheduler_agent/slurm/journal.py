@@ -8,7 +8,8 @@ repeats no command: an ``ok`` row is skipped, and a ``pending`` row (killed mid-
 settled by asking Slurm whether the effect is there. Failures after every retry stay here and
 in the remediation audit entry (the worker records the ``SlurmError``).
 
-Our own SQLite connection to the agent's file (component ``slurm`` in ``schema_migrations``).
+Our own SQLite connection to the agent's file (component ``slurm`` in ``schema_migrations``),
+from the agent's one connection factory (``scheduler_agent.store.connect``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import sqlite3
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
+
+from ..store import connect
 
 if TYPE_CHECKING:
     from ..store import Database
@@ -57,10 +60,7 @@ OUTCOMES = ("pending", "ok", "failed", "skipped")
 class Journal:
     def __init__(self, db: "Database", clock: Callable[[], float] = time.time) -> None:
         db.migrate(COMPONENT, MIGRATIONS)
-        self.conn = sqlite3.connect(db.path, timeout=10.0, isolation_level=None,
-                                    check_same_thread=False)
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA busy_timeout=10000")
+        self.conn = connect(db.path, "NORMAL")
         self.lock = threading.Lock()
         self.clock = clock
 
