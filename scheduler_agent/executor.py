@@ -16,8 +16,12 @@ returns at once. ``recover`` is called on start-up for every job the database sa
 when the previous agent died: it must make sure the old work is no longer running (it is then
 requeued, so at-least-once execution, never two copies at a time).
 
-``LocalExecutor`` runs each job as its own process group (``start_new_session``) with
-``CUDA_VISIBLE_DEVICES`` set to the job's GPU indexes, output to ``<log_dir>/job-<id>.log``;
+``LocalExecutor`` runs each job as its own process group (``start_new_session``) with a defined
+environment, not the agent's (which may hold credentials): ``PATH`` and ``HOME`` (the agent's, or
+defaults), the job's own ``env``, then ``CUDA_VISIBLE_DEVICES`` set to the job's GPU indexes and
+``GPUWARDEN_JOB_ID``/``GPUWARDEN_GPU_UUIDS``/``GPUWARDEN_JOB_KEY``. Output goes to
+``<log_dir>/job-<id>.log``, created 0600 (a job's output is its owner's business) in a folder
+created 0700;
 ``stop`` sends SIGTERM to the group, waits the grace, then SIGKILL. A process cannot wait for a
 child of a dead parent, so ``recover`` kills a still-running orphan group (checked by pid *and*
 start time, so a recycled pid is never killed) before the job is requeued.
@@ -89,6 +93,24 @@ class TrackingExecutor:
         return None
 
 
+LOG_MODE = 0o600
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def job_environment(job: JobRun) -> dict[str, str]:
+    """The whole environment a local job gets: ``PATH`` and ``HOME`` (the agent's, else
+    defaults), the job spec's ``env``, then the variables the agent sets (which the spec cannot
+    override). Nothing else of the agent's environment (tokens, proxies, ...) is passed on."""
+    env = {"PATH": os.environ.get("PATH") or DEFAULT_PATH,
+           "HOME": os.environ.get("HOME") or "/"}
+    env.update(job.env or {})
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in job.gpu_indexes)
+    env["GPUWARDEN_JOB_ID"] = str(job.id)
+    env["GPUWARDEN_GPU_UUIDS"] = ",".join(job.gpu_uuids)
+    env["GPUWARDEN_JOB_KEY"] = job.key
+    return env
+
+
 def _proc_start_time(pid: int) -> int | None:
     """Start time of pid in clock ticks since boot (/proc/<pid>/stat field 22), None if gone."""
     try:
@@ -110,7 +132,7 @@ class LocalExecutor:
 
     def __init__(self, log_dir: str | Path, kill_check_interval: float = 0.05) -> None:
         self.log_dir = Path(log_dir)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._procs: dict[int, subprocess.Popen] = {}
         self._lock = threading.Lock()
         self._interval = kill_check_interval
@@ -121,14 +143,11 @@ class LocalExecutor:
     def start(self, job: JobRun, on_exit: ExitCallback) -> dict:
         if not job.command:
             raise ValueError(f"job {job.id}: LocalExecutor needs a command")
-        env = dict(os.environ)
-        env.update(job.env or {})
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in job.gpu_indexes)
-        env["GPUWARDEN_JOB_ID"] = str(job.id)
-        env["GPUWARDEN_GPU_UUIDS"] = ",".join(job.gpu_uuids)
-        env["GPUWARDEN_JOB_KEY"] = job.key
+        env = job_environment(job)
         path = self.log_path(job.id)
-        with open(path, "ab") as out:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0),
+                     LOG_MODE)
+        with open(fd, "ab") as out:
             proc = subprocess.Popen(job.command, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True,
                                     close_fds=True)

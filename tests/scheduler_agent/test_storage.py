@@ -1,15 +1,17 @@
 """The agent's database and the files it creates: one connection factory, 0600 files, a damaged,
 read-only or unreachable database refused at start (exit 2, no traceback), SQLITE_FULL reported
-as such, ``database.retention`` in the config."""
+as such, ``database.retention`` in the config, and local jobs' logs and environment."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import sqlite3
 import stat
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -17,10 +19,11 @@ from typing import Iterator
 import pytest
 
 from gpuwarden.scheduler_agent.config import ConfigError, load
+from gpuwarden.scheduler_agent.executor import JobRun, LocalExecutor
 from gpuwarden.scheduler_agent.remediation import store as rem_store
 from gpuwarden.scheduler_agent.slurm.journal import Journal
 from gpuwarden.scheduler_agent.store import Database, DatabaseFull, StoreError, connect
-from tests.helpers import console_script, free_port, write_agent_config
+from tests.helpers import console_script, free_port, wait_until, write_agent_config
 
 REPO = Path(__file__).resolve().parents[2]
 WEBHOOK_TOKEN = "webhook-token-for-storage-tests"
@@ -294,3 +297,31 @@ def test_the_agent_hands_database_retention_to_the_remediation_worker(tmp_path: 
             p.close()
         agent.scheduler.close()
         agent.db.close()
+
+
+# -- local jobs: logs 0600, a defined environment -------------------------------------------------
+
+def test_local_job_log_is_0600_and_the_job_sees_no_agent_secrets(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("GPUWARDEN_SECRET_TEST", "1")
+    monkeypatch.setenv("HOME", "/home/agent-test")
+    old = os.umask(0o022)
+    try:
+        ex = LocalExecutor(tmp_path / "logs")
+        done: list[int | None] = []
+        prog = ("import json, os; print(json.dumps(dict(os.environ)))")
+        job = JobRun(id=7, name="t", command=[sys.executable, "-c", prog], gpu_indexes=(1, 3),
+                     gpu_uuids=("GPU-a", "GPU-b"), node="n", env={"MY_JOB_VAR": "x"},
+                     key="test:7:1")
+        ex.start(job, lambda _id, rc: done.append(rc))
+        wait_until(lambda: done, 10, what="job exit")
+    finally:
+        os.umask(old)
+    log = ex.log_path(7)
+    assert _mode(log) == 0o600 and done == [0]
+    env = json.loads(log.read_text())
+    assert "GPUWARDEN_SECRET_TEST" not in env
+    assert env["CUDA_VISIBLE_DEVICES"] == "1,3" and env["MY_JOB_VAR"] == "x"
+    assert env["HOME"] == "/home/agent-test" and env["PATH"]
+    assert env["GPUWARDEN_JOB_KEY"] == "test:7:1"
+    assert set(env) - {"PATH", "HOME", "MY_JOB_VAR", "CUDA_VISIBLE_DEVICES", "GPUWARDEN_JOB_ID",
+                       "GPUWARDEN_GPU_UUIDS", "GPUWARDEN_JOB_KEY"} <= {"LC_CTYPE"}  # set by Python
