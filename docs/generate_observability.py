@@ -96,7 +96,10 @@ def _scrape(argv: list[str], url: str, cwd: Path, ready: str | None = None,
                 raise SystemExit(f"{url} never showed {until!r} within 30s; see {cwd / 'child.log'}")
             time.sleep(0.1)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass  # it exited by itself (the SystemExit above says why)
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
@@ -135,14 +138,15 @@ def agent_metrics(tmp: Path) -> list[Family]:
     at a Prometheus that is not there: its families exist all the same), after one webhook
     delivery so that the per-action counters have a series."""
     port = _free_port()
-    token = "generate-observability"
-    (tmp / "token").write_text(token + "\n")
+    token = "generate-observability-webhook"
+    (tmp / "token").write_text("generate-observability-operator\n")
+    (tmp / "webhook-token").write_text(token + "\n")
     config = {
         "web": {"listen_address": f"127.0.0.1:{port}", "token_file": "token"},
         "database": {"path": "agent.db"},
         "inventory": {"nodes": [{"name": "node-a", "count": GPUS}]},
         "executor": {"kind": "tracking"},
-        "remediation": {"auth": {"bearer_token_file": "token"}},
+        "remediation": {"auth": {"bearer_token_file": "webhook-token"}},
         "predictor": {"prometheus_url": f"http://127.0.0.1:{_free_port()}", "timeout_seconds": 1},
     }
     (tmp / "agent.yaml").write_text(yaml.safe_dump(config))

@@ -31,6 +31,7 @@ the event loop, so a slow handler never delays accepting or timing out connectio
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import ssl
@@ -80,10 +81,12 @@ class Reply:
 @dataclass(frozen=True)
 class Admit:
     """Admits a request whose body may be up to ``max_body`` bytes; ``context`` (a route, say)
-    is handed to ``Endpoint.handle`` as it is."""
+    is handed to ``Endpoint.handle`` as it is; ``limit_name`` (the setting behind ``max_body``)
+    is named in the 413 so the operator knows what to raise."""
 
     max_body: int
     context: Any = None
+    limit_name: str = ""
 
 
 class Endpoint(Protocol):
@@ -198,7 +201,7 @@ class _Asgi:
             return
         declared = headers.get("content-length")
         if declared is not None and int(declared) > decision.max_body:  # h11 checked it is digits
-            await self._send(send, _too_large(decision.max_body), close=True)
+            await self._send(send, _too_large(decision), close=True)
             return
         chunks: list[bytes] = []
         size = 0
@@ -208,7 +211,7 @@ class _Asgi:
                 return  # the client left or missed its body deadline: nothing to answer
             size += len(message.get("body", b""))
             if size > decision.max_body:  # a chunked body past its limit
-                await self._send(send, _too_large(decision.max_body), close=True)
+                await self._send(send, _too_large(decision), close=True)
                 return
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
@@ -239,8 +242,10 @@ def _has_body(headers: dict[str, str]) -> bool:
     return headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
 
 
-def _too_large(limit: int) -> Reply:
-    return Reply(413, f'{{"error": "request body over the limit of {limit} bytes", "field": "body"}}'.encode())
+def _too_large(admit: Admit) -> Reply:
+    setting = f" ({admit.limit_name})" if admit.limit_name else ""
+    message = f"request body over the limit of {admit.max_body} bytes{setting}"
+    return Reply(413, json.dumps({"error": message, "field": "body"}).encode())
 
 
 class Listener:

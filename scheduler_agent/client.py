@@ -107,7 +107,9 @@ def run_cli(args: argparse.Namespace, request: Callable[[Client], Any]) -> int:
     try:
         out = request(client)
     except ApiError as exc:
-        print(f"gpuwarden-agent: {exc}", file=sys.stderr)
+        hint = ("; pass the operator's token (web.token_file) with --token-file FILE or "
+                "GPUWARDEN_TOKEN_FILE") if exc.status == 401 else ""
+        print(f"gpuwarden-agent: {exc}{hint}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"gpuwarden-agent: cannot reach {args.url}: {exc}", file=sys.stderr)

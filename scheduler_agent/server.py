@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import ipaddress
 import logging
 from typing import Any
 
@@ -33,7 +34,7 @@ from .inventory import PrometheusDiscovery, load_file, static_specs
 from .metrics import SchedulerCollector
 from .scheduler import Scheduler, SchedulerOptions
 from .store import Database
-from .tls import ReloadingContext
+from .tls import ExpiryCollector, ReloadingContext
 from .tracing import provider_from_env
 from .web import App, BearerAuth
 
@@ -58,6 +59,8 @@ class Agent:
         self.app = App(BearerAuth(config.token_file))
         api.install(self.app, self.scheduler, self.registry)
         self.registry.register(SchedulerCollector(self.scheduler))
+        if self.tls_context is not None:
+            self.registry.register(ExpiryCollector(self.tls_context))
         self.discovery: PrometheusDiscovery | None = None
         inv = config.inventory
         if "nodes" in inv:
@@ -83,17 +86,20 @@ class Agent:
 
     def start(self) -> tuple[str, int]:
         host = self.config.listen_host
-        server = self.app.serve(host, self.config.listen_port, self.tls_context)
+        listener = self.app.serve(host, self.config.listen_port, self.tls_context)
         self.scheduler.start()
         if self.discovery is not None:
             self.discovery.start()
         for p in self.plugins:
             if hasattr(p, "start"):
                 p.start()
-        addr = server.server_address
         log.info("gpuwarden-agent listening on %s://%s:%s", "https" if self.tls_context else "http",
-                 addr[0], addr[1])
-        return addr[0], addr[1]
+                 listener.host, listener.port)
+        if self.tls_context is None and not _loopback(host):
+            log.warning("serving plain HTTP on %s: tokens and alert labels cross the network "
+                        "readable and replayable by anyone on the path; set web.tls (cert_file, "
+                        "key_file) or listen on 127.0.0.1 behind a TLS proxy", host or "every address")
+        return listener.host, listener.port
 
     def close(self) -> None:
         self.app.shutdown()
@@ -105,3 +111,12 @@ class Agent:
         self.scheduler.close()
         self.tracer_provider.shutdown()
         self.db.close()
+
+
+def _loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # "" (every address) or a name that may resolve anywhere

@@ -5,35 +5,33 @@ The settings follow Prometheus' web config (``tls_server_config``) in its simple
 which, when set, makes every client present a certificate signed by one of those CAs
 (Prometheus' ``client_auth_type: RequireAndVerifyClientCert``). TLS 1.2 is the minimum.
 
-Files are loaded at start-up: a file that is missing, unreadable or not what it should be stops
-the agent with an error naming the field and the file, never later on the first request. They
-are then watched like Prometheus' exporter-toolkit does: a handshake after a file changed (a
-certificate rotated by cert-manager or certbot) loads them again, so no restart is needed; a
-set that does not load (half written, a key not matching yet) is logged and the previous one
-kept serving until the files change again.
+Files are loaded at start-up: a file that is missing, unreadable or not what it should be, or a
+certificate that has expired or is not valid yet, stops the agent with an error naming the field
+and the file, never later on the first request. They are then watched like Prometheus'
+exporter-toolkit does: a handshake after a file changed (a certificate rotated by cert-manager or
+certbot) loads them again, so no restart is needed; a set that does not load (half written, a
+key not matching yet, an expired certificate) is logged as an error and the previous one kept
+serving until the files change again. The served certificate's expiry is exported
+(``gpuwarden_agent_tls_certificate_expiry_timestamp_seconds``) so an alert can warn before it.
 
-The handshake is done in the connection's own thread (``TLSHTTPServer.finish_request``), with a
-time limit, not in ``accept()``: a client that connects and never finishes its handshake would
-otherwise hold up every other connection (the listening socket's accept loop is one thread).
+The listener (``gpuwarden.listener``) does the handshakes on its event loop, each bounded by its
+header deadline, and asks ``ReloadingContext.current()`` for the context at every handshake.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable, Iterable
+
+from prometheus_client.core import GaugeMetricFamily
 
 log = logging.getLogger(__name__)
-
-# Long enough for a client on a slow link; short enough that idle half-open connections (port
-# scanners, load-balancer probes that only open TCP) do not pile up threads.
-HANDSHAKE_TIMEOUT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -55,7 +53,18 @@ def _no_password() -> bytes:
     raise _EncryptedKey()
 
 
-def server_context(files: TlsFiles, error: Callable[[str, str], Exception]) -> ssl.SSLContext:
+def validity(cert_file: Path) -> tuple[float, float]:
+    """(notBefore, notAfter) of the first certificate in ``cert_file``, as Unix times.
+
+    CPython's own certificate decoder (``_ssl._test_decode_cert``, there since Python 3.0): the
+    standard library has no public way to read a certificate file's dates, and this spares a
+    dependency on ``cryptography`` for two fields."""
+    decoded = ssl._ssl._test_decode_cert(str(cert_file))  # type: ignore[attr-defined]
+    return ssl.cert_time_to_seconds(decoded["notBefore"]), ssl.cert_time_to_seconds(decoded["notAfter"])
+
+
+def server_context(files: TlsFiles, error: Callable[[str, str], Exception],
+                   now: Callable[[], float] = time.time) -> ssl.SSLContext:
     """The server's SSLContext; problems raise ``error(field, message)`` naming the file.
 
     ``error`` is ``AgentConfig.error`` in the agent, so the message carries the config file,
@@ -76,6 +85,15 @@ def server_context(files: TlsFiles, error: Callable[[str, str], Exception]) -> s
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(files.cert_file))
     except ssl.SSLError as exc:
         raise error("web.tls.cert_file", f"{files.cert_file} holds no usable PEM certificate: {exc}") from None
+    not_before, not_after = validity(files.cert_file)
+    if now() > not_after:
+        raise error("web.tls.cert_file", f"{files.cert_file} expired on "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(not_after))}: renew it "
+                    "(clients refuse an expired certificate, Alertmanager's deliveries would fail)")
+    if now() < not_before:
+        raise error("web.tls.cert_file", f"{files.cert_file} is not valid before "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(not_before))}: check "
+                    "this host's clock or the certificate's dates")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
@@ -105,6 +123,8 @@ class ReloadingContext:
         self._lock = threading.Lock()
         self._signature = self._stat()
         self._context = server_context(files, error)  # start-up: errors stop the agent
+        self.not_after = validity(files.cert_file)[1]
+        self._next_expiry_log = 0.0
 
     def _stat(self) -> tuple[tuple[int, int, int] | None, ...]:
         out: list[tuple[int, int, int] | None] = []
@@ -117,6 +137,11 @@ class ReloadingContext:
         return tuple(out)
 
     def current(self) -> ssl.SSLContext:
+        if time.time() > self.not_after and time.monotonic() > self._next_expiry_log:
+            self._next_expiry_log = time.monotonic() + 3600
+            log.error("TLS: the certificate served from %s expired on %s; clients refuse it: renew it "
+                      "(it is loaded again as soon as the file changes)", self.files.cert_file,
+                      time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.not_after)))
         signature = self._stat()  # three stat() calls per handshake: cheap next to the handshake
         if signature != self._signature:
             with self._lock:
@@ -124,6 +149,7 @@ class ReloadingContext:
                     self._signature = signature
                     try:
                         self._context = server_context(self.files, self._error)
+                        self.not_after = validity(self.files.cert_file)[1]
                         log.info("TLS: loaded %s again (a file changed)", self.files.cert_file)
                     except Exception as exc:  # noqa: BLE001 - the config error names field and file
                         log.error("TLS: the changed files do not load, still serving the previous "
@@ -131,40 +157,16 @@ class ReloadingContext:
         return self._context
 
 
-class TLSHTTPServer(ThreadingHTTPServer):
-    """A ThreadingHTTPServer that accepts TCP and does the TLS handshake per connection thread."""
+class ExpiryCollector:
+    """``gpuwarden_agent_tls_certificate_expiry_timestamp_seconds``: when the served certificate
+    expires (alert on ``... - time() < 14 * 86400``)."""
 
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], handler: Any, context: ssl.SSLContext | ReloadingContext,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS) -> None:
+    def __init__(self, context: ReloadingContext) -> None:
         self._context = context
-        self.handshake_timeout = handshake_timeout
-        super().__init__(address, handler)
 
-    @property
-    def tls_context(self) -> ssl.SSLContext:
-        c = self._context
-        return c.current() if isinstance(c, ReloadingContext) else c
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        # Runs in the connection's thread (ThreadingMixIn.process_request_thread).
-        request.settimeout(self.handshake_timeout)
-        try:
-            conn = self.tls_context.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError) as exc:
-            # Plain HTTP on the TLS port, an untrusted or missing client certificate, a timeout.
-            log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
-            return
-        try:
-            # Back to the plain server's behaviour (blocking reads) once the handshake is done.
-            conn.settimeout(None)
-            super().finish_request(conn, client_address)
-        finally:
-            # wrap_socket detached ``request``; the base class's shutdown_request then closes an
-            # empty socket object, so the TLS one is closed here.
-            try:
-                conn.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-            conn.close()
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        g = GaugeMetricFamily("gpuwarden_agent_tls_certificate_expiry_timestamp_seconds",
+                              "When the certificate the agent serves expires (notAfter), Unix time.",
+                              labels=["cert_file"])
+        g.add_metric([str(self._context.files.cert_file)], self._context.not_after)
+        yield g

@@ -1,21 +1,28 @@
-"""The agent's HTTP server: a small router other packages extend, bearer auth, OpenAPI.
+"""The agent's HTTP API: a small router other packages extend, bearer auth by role, OpenAPI.
 
 Seam::
 
-    app.add_route("POST", "/webhook/alertmanager", handler, auth=BearerAuth(token_file),
-                  openapi={...operation object...})
+    app.add_route("POST", "/webhook/alertmanager", handler, auth=webhook_credentials,
+                  max_body=config.max_body_bytes, openapi={...operation object...})
 
 ``handler(req: Request) -> Response``. ``{name}`` path segments land in ``req.params`` (converted
 to the type the operation's ``parameters`` declare). ``auth``: ``None`` (default) requires the
-app's bearer token for every method that changes something (anything but GET/HEAD) and leaves
-reads open; ``True`` requires it always; ``False`` never; or any ``Callable[[Request], bool]``
-(e.g. ``BearerAuth(other_token_file)``). The ``openapi`` operation object goes into the document
-at /api/v1/openapi.json, and when it has a JSON ``requestBody`` schema the router validates the
+operator's credential (the app's ``BearerAuth(web.token_file)``) for every method, reads
+included, since jobs show their commands and GPUs their alerts' labels; ``False`` leaves a route
+open (``/healthz``, ``/metrics``, the OpenAPI document: what Prometheus and probes need); any
+``Callable[[Request], bool]`` is that route's own credential (the webhook's, which can do nothing
+else). Credentials are checked on the request's headers before its body is read (the listener's
+``admit``), and ``max_body`` (default 1 MiB) is enforced against Content-Length and again
+against what arrives. The ``openapi`` operation object goes into the document at
+/api/v1/openapi.json, and when it has a JSON ``requestBody`` schema the router validates the
 body with it before the handler runs: the document *is* the validation, so they cannot drift.
 
 Errors: bad input is answered 4xx with ``{"error": message, "field": name}``; handlers raise
 ``models.SchedulerError`` subclasses (or ``HttpError``) and the router maps them. Anything else
 a handler raises is a bug: 500, logged with its traceback.
+
+Serving is ``gpuwarden.listener`` (uvicorn with deadlines and a connection cap), with TLS when
+``web.tls`` is set.
 """
 
 from __future__ import annotations
@@ -24,18 +31,17 @@ import hmac
 import json
 import logging
 import re
-import ssl
-import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Union
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote
 
 import jsonschema
 
+from gpuwarden.listener import Admit, Head, Limits, Listener, Reply
+
 from .models import SchedulerError
-from .tls import ReloadingContext, TLSHTTPServer
+from .tls import ReloadingContext
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +84,15 @@ class Request:
         return self._json
 
     def bearer(self) -> str | None:
-        auth = self.headers.get("authorization", "")
-        if auth[:7].lower() == "bearer ":
-            return auth[7:].strip()
-        return None
+        return bearer(self.headers)
+
+
+def bearer(headers: dict[str, str]) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (names lower-cased)."""
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return None
 
 
 @dataclass
@@ -130,7 +141,12 @@ class BearerAuth:
 
     def __call__(self, req: Request) -> bool:
         got = req.bearer()
-        return got is not None and hmac.compare_digest(got.encode(), self._token)
+        # compare_digest on bytes of any length: its time depends on the length only.
+        return got is not None and hmac.compare_digest(got.encode("utf-8", "replace"), self._token)
+
+    def same_secret(self, secret: bytes | None) -> bool:
+        """Whether ``secret`` is this token (the agent refuses one token for two roles)."""
+        return secret is not None and hmac.compare_digest(secret, self._token)
 
 
 @dataclass
@@ -143,22 +159,24 @@ class Route:
     auth: AuthCheck
     openapi: dict | None
     validator: jsonschema.Draft202012Validator | None
+    max_body: int
+    max_body_setting: str
 
 
 class App:
-    """Routes, auth and the OpenAPI document; ``serve`` puts it behind a ThreadingHTTPServer."""
+    """Routes, auth and the OpenAPI document; an ``Endpoint`` for ``gpuwarden.listener``."""
 
-    def __init__(self, auth: Callable[[Request], bool] | None, title: str = "gpuwarden agent",
+    def __init__(self, auth: Callable[[Request], bool], title: str = "gpuwarden agent",
                  version: str = "0.1.0") -> None:
         self.default_auth = auth
         self.routes: list[Route] = []
         self.components: dict[str, dict] = {}
         self.info = {"title": title, "version": version}
-        self._server: ThreadingHTTPServer | None = None
+        self._listener: Listener | None = None
 
     # ------------------------------------------------------------------------- routing
     def add_route(self, method: str, path: str, handler: Handler, *, auth: AuthCheck = None,
-                  openapi: dict | None = None) -> None:
+                  openapi: dict | None = None, max_body: int = MAX_BODY, max_body_setting: str = "") -> None:
         method = method.upper()
         names = re.findall(r"{(\w+)}", path)
         pattern = "^" + re.sub(r"{(\w+)}", r"(?P<\1>[^/]+)", re.escape(path).replace(r"\{", "{").replace(r"\}", "}")) + "$"
@@ -170,7 +188,8 @@ class App:
             "application/json", {}).get("schema")
         if schema is not None:
             validator = jsonschema.Draft202012Validator(self._resolve(schema))
-        self.routes.append(Route(method, path, re.compile(pattern), names, handler, auth, openapi, validator))
+        self.routes.append(Route(method, path, re.compile(pattern), names, handler, auth, openapi, validator,
+                                 max_body, max_body_setting))
 
     def add_schema(self, name: str, schema: dict) -> None:
         """Adds ``#/components/schemas/<name>`` to the document (for $ref in operations)."""
@@ -204,53 +223,71 @@ class App:
         }
 
     def _needs_auth(self, r: Route) -> bool:
-        if r.auth is None:
-            return r.method not in ("GET", "HEAD") and self.default_auth is not None
         return r.auth is not False
 
     def _check_auth(self, r: Route, req: Request) -> None:
         if r.auth is False:
             return
-        if r.auth is None:
-            if r.method in ("GET", "HEAD") or self.default_auth is None:
-                return
-            check = self.default_auth
-        elif r.auth is True:
-            check = self.default_auth
-            if check is None:
-                return
-        else:
-            check = r.auth
+        check = self.default_auth if r.auth is None or r.auth is True else r.auth
         if not check(req):
-            raise HttpError(401, "missing or wrong bearer token", "Authorization",
+            raise HttpError(401, "missing or wrong credentials for this route", "Authorization",
                             {"WWW-Authenticate": 'Bearer realm="gpuwarden"'})
 
+    def _match(self, req: Request) -> tuple[Route, dict[str, str]]:
+        """The route for ``req`` (404, 405 otherwise) with its raw path parameters."""
+        allowed = []
+        for r in self.routes:
+            m = r.regex.match(req.path)
+            if not m:
+                continue
+            if r.method != req.method and not (r.method == "GET" and req.method == "HEAD"):
+                allowed.append(r.method)
+                continue
+            return r, {k: unquote(v) for k, v in m.groupdict().items()}
+        if allowed:
+            raise HttpError(405, f"{req.method} not allowed on {req.path}; use {', '.join(sorted(set(allowed)))}",
+                            headers={"Allow": ", ".join(sorted(set(allowed)))})
+        raise HttpError(404, f"no route for {req.path}")
+
     def dispatch(self, req: Request) -> Response:
+        """Routes, authenticates, validates and handles a whole request (tests call it directly;
+        the listener splits it into ``admit`` and ``handle``)."""
         try:
-            allowed = []
-            for r in self.routes:
-                m = r.regex.match(req.path)
-                if not m:
-                    continue
-                if r.method != req.method and not (r.method == "GET" and req.method == "HEAD"):
-                    allowed.append(r.method)
-                    continue
-                self._check_auth(r, req)
-                req.params = self._params(r, {k: unquote(v) for k, v in m.groupdict().items()})
-                if r.validator is not None:
-                    self._validate(r, req.json())
-                return r.handler(req)
-            if allowed:
-                raise HttpError(405, f"{req.method} not allowed on {req.path}; use {', '.join(sorted(set(allowed)))}",
-                                headers={"Allow": ", ".join(sorted(set(allowed)))})
-            raise HttpError(404, f"no route for {req.path}")
+            route, raw = self._match(req)
+            self._check_auth(route, req)
         except HttpError as exc:
-            return Response(exc.status, {"error": exc.message, "field": exc.field}, headers=exc.headers)
+            return _error(exc)
+        return self._run(route, raw, req)
+
+    def _run(self, r: Route, raw: dict[str, str], req: Request) -> Response:
+        try:
+            req.params = self._params(r, raw)
+            if r.validator is not None:
+                self._validate(r, req.json())
+            return r.handler(req)
+        except HttpError as exc:
+            return _error(exc)
         except SchedulerError as exc:
             return Response(exc.status, {"error": exc.message, "field": exc.field})
         except Exception:  # noqa: BLE001 - a handler bug: answer 500 and keep serving
             log.exception("%s %s failed", req.method, req.path)
             return Response(500, {"error": "internal error; see the agent's log", "field": None})
+
+    # ------------------------------------------------------------ gpuwarden.listener.Endpoint
+    def admit(self, head: Head) -> Admit | Reply:
+        """Route and credentials from the headers alone: a caller without the route's credential
+        never gets its body read."""
+        req = _request(head, b"")
+        try:
+            route, raw = self._match(req)
+            self._check_auth(route, req)
+        except HttpError as exc:
+            return _reply(_error(exc))
+        return Admit(route.max_body, (route, raw), route.max_body_setting)
+
+    def handle(self, head: Head, body: bytes, context: Any) -> Reply:
+        route, raw = context
+        return _reply(self._run(route, raw, _request(head, body)))
 
     def _params(self, r: Route, raw: dict[str, str]) -> dict[str, Any]:
         out: dict[str, Any] = dict(raw)
@@ -277,62 +314,30 @@ class App:
         raise HttpError(400, f"{path or 'body'}: {msg}", path or "body")
 
     # -------------------------------------------------------------------------- serving
-    def serve(self, host: str, port: int, tls: ssl.SSLContext | ReloadingContext | None = None) -> ThreadingHTTPServer:
-        """Starts serving in a daemon thread; returns the server (``server_address`` has the port).
-
-        With ``tls`` (an SSLContext, or a ``tls.ReloadingContext``) it serves HTTPS only, handshaking per connection.
-        """
-        app = self
-
-        class _H(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # Headers and body go out as two writes; with Nagle on, the body waits for the
-            # client's delayed ACK (40 ms on Linux) on every keep-alive request.
-            disable_nagle_algorithm = True
-            server_version = "gpuwarden-agent"
-
-            def log_message(self, fmt: str, *args: Any) -> None:
-                log.debug("%s " + fmt, self.address_string(), *args)
-
-            def _handle(self) -> None:
-                try:
-                    length = int(self.headers.get("Content-Length") or 0)
-                except ValueError:
-                    length = -1
-                if length < 0 or length > MAX_BODY:
-                    resp = Response(413 if length > MAX_BODY else 400,
-                                    {"error": f"Content-Length must be 0-{MAX_BODY}", "field": "Content-Length"})
-                    self.close_connection = True
-                    body = b""
-                else:
-                    body = self.rfile.read(length) if length else b""
-                    url = urlsplit(self.path)
-                    req = Request(self.command, url.path, {k.lower(): v for k, v in self.headers.items()},
-                                  parse_qs(url.query, keep_blank_values=True), body)
-                    resp = app.dispatch(req)
-                data = resp.encode()
-                self.send_response(resp.status)
-                self.send_header("Content-Type", resp.content_type)
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in resp.headers.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-
-            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _handle
-
-        server = ThreadingHTTPServer((host, port), _H) if tls is None else TLSHTTPServer((host, port), _H, tls)
-        server.daemon_threads = True
-        self._server = server
-        threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
-        return server
+    def serve(self, host: str, port: int, tls: ReloadingContext | None = None,
+              limits: Limits = Limits()) -> Listener:
+        """Starts serving in a background thread; returns the listener (``port`` has the port).
+        With ``tls`` it serves HTTPS only."""
+        self._listener = Listener(self, host, port, name="agent-http", limits=limits, tls=tls).start()
+        return self._listener
 
     def shutdown(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
+
+
+def _error(exc: HttpError) -> Response:
+    return Response(exc.status, {"error": exc.message, "field": exc.field}, headers=exc.headers)
+
+
+def _request(head: Head, body: bytes) -> Request:
+    return Request(head.method, head.path, head.headers, parse_qs(head.query, keep_blank_values=True), body)
+
+
+def _reply(resp: Response) -> Reply:
+    # HEAD keeps the body here: uvicorn sends its Content-Length and drops the bytes.
+    return Reply(resp.status, resp.encode(), resp.content_type, resp.headers)
 
 
 def json_response(body: Any, status: int = 200) -> Response:

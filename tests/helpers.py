@@ -78,19 +78,36 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: floa
     pytest.fail(f"timed out after {timeout}s waiting for {what}" + (f": {last_exc!r}" if last_exc else ""))
 
 
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+def http_get(url: str, timeout: float = 5.0, token: str | None = None) -> tuple[int, bytes]:
+    """GET ``url`` (with ``Authorization: Bearer token`` when given): (status, body), 4xx/5xx too."""
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
 
 
+# Alertmanager's credential in the agents tests start (the operator's is the ``token`` they pass).
+WEBHOOK_TOKEN = "alertmanager-webhook-token"
+
+
+def with_webhook_auth(extra: str) -> str:
+    """``extra`` (top-level agent YAML) with ``remediation.auth`` pointing at ``webhook-token``."""
+    auth = "  auth: {bearer_token_file: webhook-token}\n"
+    if "remediation:" in extra:
+        return extra.replace("remediation:\n", "remediation:\n" + auth, 1)
+    return extra + "\nremediation:\n" + auth
+
+
 def write_agent_config(directory: Path, port: int, token: str,
                        nodes: str = "[{name: n0, count: 4}, {name: n1, count: 8}]", extra: str = "") -> Path:
     """A minimal ``gpuwarden-agent serve`` config (static inventory, tracking executor, fast ticks)
-    and its token file in ``directory``; ``extra`` is YAML appended at the top level."""
+    and its token files in ``directory`` (``token``, the operator's, and ``webhook-token``,
+    Alertmanager's: ``WEBHOOK_TOKEN``); ``extra`` is YAML appended at the top level."""
     (directory / "token").write_text(token + "\n")
+    (directory / "webhook-token").write_text(WEBHOOK_TOKEN + "\n")
+    extra = with_webhook_auth(extra)
     cfg = directory / "agent.yaml"
     cfg.write_text(f"""
 web:

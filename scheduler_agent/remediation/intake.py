@@ -1,6 +1,7 @@
 """``POST /webhook/alertmanager``: authenticate, validate, store durably, answer 202.
 
-The request path does no remediation at all: it checks the caller, parses the body, inserts the
+The request path does no remediation at all: the route checks the caller's credential before the
+body is read (``Credentials`` is the route's ``auth``), then ``Intake`` parses the body, inserts the
 notification and its alert instances in one fsync'd SQLite transaction and wakes the worker.
 Acting happens in the worker, so a slow power-limit call never makes Alertmanager time out and
 retry. Status codes follow Alertmanager's retry rules: 4xx is final (a bad token or a bad body
@@ -18,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable
 
 from .. import web
 from .errors import IntakeError, PolicyConfigError
@@ -27,7 +28,6 @@ from .store import transaction
 
 log = logging.getLogger("gpuwarden.remediation")
 
-DEFAULT_MAX_BODY_BYTES = 1 << 20
 
 
 def read_secret(path: Path | str, what: str) -> bytes:
@@ -42,8 +42,8 @@ def read_secret(path: Path | str, what: str) -> bytes:
 class Credentials:
     """What a caller must present: a bearer token and/or a basic-auth user and password.
 
-    ``None`` for both means no authentication (tests and a loopback-only agent); the CLI refuses
-    to serve the webhook without it on a non-loopback address.
+    ``None`` for both means no authentication, which only tests use: the agent refuses to start
+    without the webhook's own credential (``remediation.auth``).
     """
 
     bearer_token: bytes | None = None
@@ -53,6 +53,18 @@ class Credentials:
     @property
     def required(self) -> bool:
         return self.bearer_token is not None or self.basic_user is not None
+
+    def __call__(self, req: Any) -> bool:
+        """The route's ``auth`` check: whether the request's Authorization header matches."""
+        try:
+            self.check(req.headers.get("authorization"))
+        except IntakeError:
+            return False
+        return True
+
+    def secrets(self) -> tuple[bytes, ...]:
+        """Every secret it holds (the agent refuses one that is also the operator's token)."""
+        return tuple(s for s in (self.bearer_token, self.basic_password) if s is not None)
 
     def check(self, authorization: str | None) -> None:
         """Raises ``IntakeError(401)`` unless ``authorization`` matches; compares in constant time."""
@@ -87,40 +99,21 @@ class Accepted:
 
 
 class Intake:
-    """Turns webhook requests into inbox rows. Thread-safe: one writer connection, one lock."""
+    """Turns webhook bodies into inbox rows. Thread-safe: one writer connection, one lock.
 
-    def __init__(self, conn: sqlite3.Connection, credentials: Credentials,
-                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    The caller was authenticated and the body's size bounded (``remediation.max_body_bytes``)
+    by the route before the body was read."""
+
+    def __init__(self, conn: sqlite3.Connection,
                  on_accepted: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._conn = conn
         self._lock = threading.Lock()
-        self.credentials = credentials
-        self.max_body_bytes = max_body_bytes
         self._on_accepted = on_accepted
         self._clock = clock
 
-    def check_length(self, headers: Mapping[str, str]) -> int | None:
-        """Checks Content-Length before the body is read (413 early, 400 if unparsable)."""
-        raw = headers.get("Content-Length")
-        if raw is None:
-            return None
-        try:
-            length = int(raw)
-        except ValueError:
-            raise IntakeError(400, f"Content-Length: {raw[:32]!r} is not a number") from None
-        if length < 0:
-            raise IntakeError(400, "Content-Length: negative")
-        if length > self.max_body_bytes:
-            raise IntakeError(413, f"body of {length} bytes is over the limit of "
-                                   f"{self.max_body_bytes} bytes (remediation.max_body_bytes)")
-        return length
-
-    def accept(self, authorization: str | None, body: bytes) -> Accepted:
-        """Authenticates, validates and stores one delivery; returns once it is on disk."""
-        self.credentials.check(authorization)
-        if len(body) > self.max_body_bytes:
-            raise IntakeError(413, f"body over the limit of {self.max_body_bytes} bytes")
+    def accept(self, body: bytes) -> Accepted:
+        """Validates and stores one delivery; returns once it is on disk."""
         notification = parse_notification(body)
         with self._lock:
             accepted = transaction(self._conn, lambda c: self._store(c, notification))

@@ -86,6 +86,7 @@ class Remediation:
     intake: Intake
     worker: Worker
     collector: RemediationCollector
+    credentials: Credentials           # the webhook's (Alertmanager's), never the operator's
     _read: sqlite3.Connection
     _read_lock: threading.Lock
     _conns: tuple[sqlite3.Connection, ...]
@@ -115,9 +116,9 @@ class Remediation:
         i_conn, r_conn = store.connect(path), store.connect(path)
         worker = Worker(w_conn, config, scheduler, actuator or from_config(config.actuator),
                         tracer_provider, clock)
-        intake = Intake(i_conn, creds, config.max_body_bytes, worker.wake, clock)
+        intake = Intake(i_conn, worker.wake, clock)
         lock = threading.Lock()
-        return cls(config, intake, worker, RemediationCollector(r_conn, lock), r_conn, lock,
+        return cls(config, intake, worker, RemediationCollector(r_conn, lock), creds, r_conn, lock,
                    (w_conn, i_conn, r_conn), clock)
 
     def start(self) -> None:
@@ -176,11 +177,9 @@ class Remediation:
 
         def webhook(req: "Request") -> "Response":
             try:
-                a = self.intake.accept(req.headers.get("authorization"), req.body)
+                a = self.intake.accept(req.body)
             except IntakeError as exc:
-                headers = ({"WWW-Authenticate": 'Bearer realm="gpuwarden"'}
-                           if exc.status == 401 else {})
-                return Response(exc.status, {"error": exc.reason, "field": None}, headers=headers)
+                return Response(exc.status, {"error": exc.reason, "field": None})
             except sqlite3.Error as exc:
                 # Not stored: 503 makes Alertmanager retry, so nothing is lost.
                 log.error(json.dumps({"event": "remediation.intake_error", "error": str(exc)}))
@@ -200,6 +199,9 @@ class Remediation:
                                       "field": "limit"})
             if not 1 <= limit <= 10000:
                 return Response(400, {"error": "limit must be 1-10000", "field": "limit"})
+            if before is not None and not 1 <= before < 2**63:  # SQLite's INTEGER range
+                return Response(400, {"error": f"before_id must be 1-{2**63 - 1}",
+                                      "field": "before_id"})
             if q.get("outcome") and q["outcome"] not in OUTCOMES:
                 return Response(400, {"error": f"outcome must be one of {', '.join(OUTCOMES)}",
                                       "field": "outcome"})
@@ -226,7 +228,13 @@ class Remediation:
                                       "most 200", "field": "actor"})
             return Response(200, self.reset_breaker(actor))
 
-        app.add_route("POST", "/webhook/alertmanager", webhook, auth=False, openapi={
+        # Alertmanager's own credential, checked before the body is read; the body may be as
+        # large as remediation.max_body_bytes allows (a storm's notification can be megabytes,
+        # and a 413 is final for Alertmanager: it would drop those alerts).
+        app.add_route("POST", "/webhook/alertmanager", webhook,
+                      auth=self.credentials if self.credentials.required else False,
+                      max_body=self.config.max_body_bytes,
+                      max_body_setting="remediation.max_body_bytes", openapi={
             "summary": "Alertmanager webhook (v4): stored durably, acted on asynchronously",
             "security": [{"bearer": []}],
             "responses": {"202": {"description": "accepted"},

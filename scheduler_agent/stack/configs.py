@@ -9,6 +9,7 @@ through the simulator's control endpoint or NVML.
 
 from __future__ import annotations
 
+import os
 import secrets
 from importlib import resources
 from dataclasses import dataclass
@@ -47,11 +48,14 @@ class Settings:
     throttle_watts: float | None = None
 
 
-def write_token(workdir: Path) -> Path:
-    path = workdir / "agent-webhook.token"
+def write_token(workdir: Path, role: str) -> Path:
+    """A random token for ``role`` (``operator``: the agent's API; ``webhook``: Alertmanager's),
+    created once, readable by its owner only."""
+    path = workdir / f"agent-{role}.token"
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(32) + "\n")
-        path.chmod(0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
     return path
 
 
@@ -90,7 +94,8 @@ def alertmanager_config(ports: Ports, token_file: Path, shipped: Path | None = N
     return doc
 
 
-def agent_config(workdir: Path, ports: Ports, token_file: Path, settings: Settings) -> dict[str, Any]:
+def agent_config(workdir: Path, ports: Ports, token_file: Path, webhook_token_file: Path,
+                 settings: Settings) -> dict[str, Any]:
     agent_dir = workdir / "agent"
     actuator = ({"kind": "sim", "sim_url": f"http://127.0.0.1:{ports.sim_control}"} if settings.simulated
                 else {"kind": "nvml"})
@@ -100,7 +105,7 @@ def agent_config(workdir: Path, ports: Ports, token_file: Path, settings: Settin
         "inventory": {"prometheus": {"url": f"http://127.0.0.1:{ports.prometheus}", "refresh_seconds": 5}},
         "executor": {"kind": "local", "log_dir": str(agent_dir / "job-logs")},
         "remediation": {
-            "auth": {"bearer_token_file": str(token_file)},
+            "auth": {"bearer_token_file": str(webhook_token_file)},
             "actuator": actuator,
             "throttle": {**({"watts": settings.throttle_watts} if settings.throttle_watts else {"fraction": 0.7}),
                          "hold_down_seconds": settings.throttle_hold_down_seconds},
@@ -117,15 +122,20 @@ def write_all(workdir: Path, ports: Ports, settings: Settings) -> dict[str, Path
     """Writes every config; returns their paths by component."""
     for sub in ("prometheus/data", "alertmanager/data", "agent", "logs"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
-    token = write_token(workdir)
+    # Two credentials, two roles: Alertmanager's can only post alerts; the operator's (the demo,
+    # the live view, `gpuwarden-agent --token-file`) runs jobs and releases GPUs.
+    token, webhook_token = write_token(workdir, "operator"), write_token(workdir, "webhook")
     paths = {
         "prometheus": workdir / "prometheus" / "prometheus.yml",
         "alertmanager": workdir / "alertmanager" / "alertmanager.yml",
         "agent": workdir / "agent" / "agent.yaml",
         "token": token,
+        "webhook_token": webhook_token,
     }
     header = "# Written by 'gpuwarden up'; rewritten at every start.\n"
     paths["prometheus"].write_text(header + yaml.safe_dump(prometheus_config(ports, settings), sort_keys=False))
-    paths["alertmanager"].write_text(header + yaml.safe_dump(alertmanager_config(ports, token), sort_keys=False))
-    paths["agent"].write_text(header + yaml.safe_dump(agent_config(workdir, ports, token, settings), sort_keys=False))
+    paths["alertmanager"].write_text(header + yaml.safe_dump(alertmanager_config(ports, webhook_token),
+                                                             sort_keys=False))
+    paths["agent"].write_text(header + yaml.safe_dump(agent_config(workdir, ports, token, webhook_token, settings),
+                                                      sort_keys=False))
     return paths

@@ -82,7 +82,10 @@ def _start_stack(spawn: Any, tmp: Path) -> dict[str, str]:
                what=f"prometheus: {prometheus.output()[-2000:]}")
 
     (tmp / "token").write_text(TOKEN + "\n")
+    (tmp / "webhook-token").write_text(TOKEN + "-webhook\n")
     (tmp / "agent.yaml").write_text(f"""
+remediation:
+  auth: {{bearer_token_file: webhook-token}}
 web:
   listen_address: 127.0.0.1:{agent_port}
   token_file: token
@@ -120,7 +123,7 @@ def _make_it_interesting(urls: dict[str, str]) -> None:
     _post(f"{ctl}/api/v1/gpus/2/load", {"utilization": 0.9})
     _post(f"{ctl}/api/v1/gpus/3/faults", {"kind": "xid", "xid": 13})
     # Jobs wait for the agent's inventory (read from Prometheus), then run here and exit.
-    wait_until(lambda: len(json.loads(http_get(f"{urls['agent']}/api/v1/gpus")[1])) == 4, 30,
+    wait_until(lambda: len(json.loads(http_get(f"{urls['agent']}/api/v1/gpus", token=TOKEN)[1])) == 4, 30,
                what="the agent's inventory to list the 4 simulated GPUs")
     jobs = [(["true"], "ok"), (["sleep", "0.5"], "ok"), (["false"], "fails")]
     for i, (argv, name) in enumerate(jobs * 2):

@@ -22,12 +22,14 @@ def k8s_docs(name: str) -> list[dict[str, Any]]:
 
 def check_agent_config(text: str, tmp: Path, source: str) -> dict[str, Any]:
     """Loads an agent config the way ``gpuwarden-agent serve`` does (schema, then the remediation
-    plug-in's schema); the token file it names is made to exist under ``tmp`` first (the real
-    one is a deployment secret). Returns the parsed document."""
+    plug-in's schema); the token files it names are made to exist under ``tmp`` first (the real
+    ones are deployment secrets). Returns the parsed document."""
     doc = yaml.safe_load(text)
     token = tmp / "token"
     token.write_text("t\n")
     local = {**doc, "web": {**doc["web"], "token_file": str(token)}}
+    assert doc["web"]["token_file"] != doc["remediation"]["auth"]["bearer_token_file"], \
+        f"{source}: the operator's and Alertmanager's credentials must be different files"
     path = tmp / "agent.yaml"
     path.write_text(yaml.safe_dump(local))
     agent_config.load(path)

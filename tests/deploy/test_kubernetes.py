@@ -136,13 +136,16 @@ def test_agent_deployment_config_and_references(tmp_path: Path) -> None:
     doc = check_agent_config(cm["data"][mounts["config"]["subPath"]], tmp_path, f"ConfigMap/{cm_name}")
 
     assert doc["web"]["listen_address"] == f":{AGENT_PORT}"
-    secret = volumes["webhook-token"]["secret"]
-    token_path = f"{mounts['webhook-token']['mountPath']}/{secret['items'][0]['path']}"
-    assert doc["web"]["token_file"] == token_path == doc["remediation"]["auth"]["bearer_token_file"]
+    secret = volumes["tokens"]["secret"]
+    paths = {i["key"]: f"{mounts['tokens']['mountPath']}/{i['path']}" for i in secret["items"]}
+    # Two roles, two tokens: Alertmanager's opens the webhook only, the operator's the rest.
+    assert doc["remediation"]["auth"]["bearer_token_file"] == paths["webhook"]
+    assert doc["web"]["token_file"] == paths["operator"] != paths["webhook"]
     # The Secret is created by the operator (never shipped with a value); the comment says how.
     assert not [d for d in _all() if d["kind"] == "Secret"]
-    assert f"create secret generic {secret['secretName']}" in (K8S / "agent.yaml").read_text()
-    assert secret["items"][0]["key"] == "token"
+    text = (K8S / "agent.yaml").read_text()
+    assert f"create secret generic {secret['secretName']}" in text
+    assert "--from-literal=webhook=" in text and "--from-literal=operator=" in text
 
     claim = volumes["state"]["persistentVolumeClaim"]["claimName"]
     _one("PersistentVolumeClaim", claim)

@@ -26,9 +26,11 @@ def test_risk_steers_placement_and_prediction_migrates(tmp_path: Path, prom: Fak
     prom.add("gpu_temperature_celsius", {"gpu": "0", "uuid": "GPU-n1-0"}, lambda t: 77 + (t - now) / 60)
     prom.add("gpu_temperature_celsius", {"gpu": "1", "uuid": "GPU-n1-1"}, lambda t: 60.0)
     (tmp_path / "token").write_text("secret\n")
+    (tmp_path / "webhook-token").write_text("webhook-secret\n")
     cfg_path = tmp_path / "agent.yml"
     cfg_path.write_text(f"""
 web: {{listen_address: "127.0.0.1:0", token_file: token}}
+remediation: {{auth: {{bearer_token_file: webhook-token}}}}
 database: {{path: agent.db}}
 executor: {{kind: tracking}}
 inventory: {{nodes: [{{name: n1, count: 2}}]}}

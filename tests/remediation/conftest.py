@@ -8,13 +8,14 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from gpuwarden.scheduler_agent.web import App
+from gpuwarden.scheduler_agent.web import App, BearerAuth
 from gpuwarden.scheduler_agent.remediation.config import parse
 from gpuwarden.scheduler_agent.remediation.intake import Credentials
 from gpuwarden.scheduler_agent.remediation.service import Remediation
 from tests.remediation.fakes import FakeActuator, FakeScheduler
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token"            # the webhook's (Alertmanager's) credential
+OPERATOR_TOKEN = "operator-token"  # the agent's API token (web.token_file)
 
 
 class Clock:
@@ -58,11 +59,11 @@ def serve() -> Iterator[Callable[[Remediation], str]]:
     apps: list[App] = []
 
     def _serve(rem: Remediation) -> str:
-        app = App(auth=None)
+        app = App(BearerAuth(token=OPERATOR_TOKEN))
         rem.register_routes(app)
         server = app.serve("127.0.0.1", 0)
         apps.append(app)
-        return f"http://127.0.0.1:{server.server_address[1]}"
+        return f"http://127.0.0.1:{server.port}"
 
     yield _serve
     for a in apps:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests import helpers
-from tests.helpers import console_script, free_port, http_get, require_binary, wait_until
+from tests.helpers import WEBHOOK_TOKEN, console_script, free_port, http_get, require_binary, wait_until
 from tests.remediation.conftest import TOKEN, post
 from tests.remediation.fakes import alert, notification
 
@@ -30,7 +30,7 @@ def start_agent(spawn, cfg: Path, port: int, name: str = "agent"):
 
 
 def api(port: int, path: str):
-    status, body = http_get(f"http://127.0.0.1:{port}{path}")
+    status, body = http_get(f"http://127.0.0.1:{port}{path}", token=TOKEN)
     assert status == 200, (path, body)
     return json.loads(body)
 
@@ -70,7 +70,7 @@ receivers:
         max_alerts: 0
         http_config:
           authorization:
-            credentials_file: {tmp / 'token'}
+            credentials_file: {tmp / 'webhook-token'}
 """)
     spawn([binary, f"--config.file={d / 'am.yml'}", f"--storage.path={d}",
            f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="], name=name)
@@ -149,15 +149,15 @@ def test_killed_between_accepting_and_acting_acts_once_after_restart(spawn, tmp_
     uuid = job["gpu_uuids"][0]
     doc = notification(alert(uuid, rule="ECC_UNCORRECTABLE", action="quarantine"))
     url = f"http://127.0.0.1:{port}/webhook/alertmanager"
-    assert post(url, doc)[0] == 202
-    assert post(url, doc)[0] == 202  # a retry of the same delivery
+    assert post(url, doc, WEBHOOK_TOKEN)[0] == 202
+    assert post(url, doc, WEBHOOK_TOKEN)[0] == 202  # a retry of the same delivery
     proc.kill9()
     assert gpu_state_in_db(tmp_path / "agent.db", uuid) is None
 
     cfg.write_text(cfg.read_text().replace("start_delay_seconds: 60", "start_delay_seconds: 0"))
     start_agent(spawn, cfg, port, "agent-2")
     wait_until(lambda: gpu(port, uuid)["quarantined"], 15, what="quarantine after restart")
-    assert post(url, doc)[0] == 202  # and a delivery after the restart changes nothing
+    assert post(url, doc, WEBHOOK_TOKEN)[0] == 202  # and a delivery after the restart changes nothing
     time.sleep(0.5)
     acts = api(port, "/api/v1/actions?action=quarantine")["actions"]
     assert [(a["outcome"], a["uuid"]) for a in acts] == [("acted", uuid)]
@@ -186,19 +186,21 @@ def test_breaker_shown_in_api_and_metrics_and_reset_by_cli(spawn, tmp_path: Path
     start_agent(spawn, cfg, port)
     url = f"http://127.0.0.1:{port}/webhook/alertmanager"
     assert post(url, notification(alert("GPU-n0-0", action="preempt", fingerprint="a"),
-                                  alert("GPU-n0-1", action="preempt", fingerprint="b")))[0] == 202
+                                  alert("GPU-n0-1", action="preempt", fingerprint="b")), WEBHOOK_TOKEN)[0] == 202
     wait_until(lambda: api(port, "/api/v1/remediation/breaker")["state"] == "open", 10,
                what="breaker open")
     assert _metric(port, "remediation_breaker_open") == 1
     cli = [console_script("gpuwarden-agent")]
     base = ["--url", f"http://127.0.0.1:{port}"]
-    listed = subprocess.run(cli + ["actions", "list"] + base, capture_output=True, text=True,
-                            timeout=30)
+    operator = ["--token-file", str(tmp_path / "token")]
+    listed = subprocess.run(cli + ["actions", "list"] + base + operator, capture_output=True,
+                            text=True, timeout=30)
     assert listed.returncode == 0 and "breaker: open" in listed.stdout
     assert "skipped_budget" in listed.stdout and "max_actions_per_minute" in listed.stdout
-    denied = subprocess.run(cli + ["breaker", "reset"] + base, capture_output=True, text=True,
-                            timeout=30)
-    assert denied.returncode == 1 and "401" in denied.stderr
+    for who in ([], ["--token-file", str(tmp_path / "webhook-token")]):  # nobody, Alertmanager
+        denied = subprocess.run(cli + ["breaker", "reset"] + base + who, capture_output=True,
+                                text=True, timeout=30)
+        assert denied.returncode == 1 and "401" in denied.stderr, who
     ok = subprocess.run(cli + ["breaker", "reset", "--actor", "oncall"] + base +
                         ["--token-file", str(tmp_path / "token")], capture_output=True,
                         text=True, timeout=30)

@@ -17,7 +17,7 @@ from tests.remediation.fakes import alert, notification
 
 
 def deliver(rem, *alerts, run=True):
-    rem.intake.accept(f"Bearer {TOKEN}", json.dumps(notification(*alerts)).encode())
+    rem.intake.accept(json.dumps(notification(*alerts)).encode())
     if run:
         rem.worker.run_once()
 

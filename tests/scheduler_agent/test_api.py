@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from gpuwarden.scheduler_agent.config import load
 from gpuwarden.scheduler_agent.server import Agent
-from tests.helpers import free_port, require_binary, wait_until, write_agent_config
+from tests.helpers import WEBHOOK_TOKEN, free_port, require_binary, wait_until, write_agent_config
 
 TOKEN = "s3cret-token"
 
@@ -54,19 +54,29 @@ def agent(tmp_path: Path, spans) -> Iterator[tuple[Agent, Api]]:
     a.close()
 
 
-def test_changes_need_the_token_reads_do_not(agent) -> None:
-    _, api = agent
-    for method, path, body in [("POST", "/api/v1/jobs", {"name": "x", "gpus": 1}),
-                               ("DELETE", "/api/v1/jobs/1", None),
-                               ("POST", "/api/v1/gpus/GPU-n0-0/quarantine", {}),
-                               ("POST", "/api/v1/gpus/GPU-n0-0/release", {})]:
-        for token in (None, "wrong", TOKEN + "x"):
-            status, doc = api.call(method, path, body, token=token)
-            assert status == 401, (method, path, token)
-            assert doc["field"] == "Authorization"
-    assert api.call("GET", "/api/v1/jobs", token=None)[0] == 200
-    assert api.call("GET", "/api/v1/gpus", token=None)[0] == 200
-    assert api.call("GET", "/api/v1/jobs", token=None)[1] == []      # nothing was created
+def test_every_operator_route_needs_the_operator_token_and_the_webhook_token_is_not_it(agent) -> None:
+    """Credentials by role: jobs (which run commands), quarantine/release, the breaker and every
+    read that shows commands or alert labels need web.token_file's token; Alertmanager's
+    credential opens the webhook and nothing else; health, metrics and the OpenAPI document stay
+    open for Prometheus and probes."""
+    a, api = agent
+    operator_routes = [r for r in a.app.routes if r.auth is None]
+    open_paths = {r.template for r in a.app.routes if r.auth is False}
+    assert open_paths == {"/healthz", "/metrics", "/api/v1/openapi.json"}
+    assert {"/api/v1/jobs", "/api/v1/gpus", "/api/v1/actions", "/api/v1/remediation/breaker/reset"} <= {
+        r.template for r in operator_routes}
+    for r in operator_routes:
+        path = r.template.replace("{id}", "1").replace("{uuid}", "GPU-n0-0")
+        body = {"name": "x", "gpus": 1} if r.template == "/api/v1/jobs" else {}
+        for token in (None, "wrong", TOKEN + "x", WEBHOOK_TOKEN):
+            status, doc = api.call(r.method, path, body if r.method == "POST" else None, token=token)
+            assert status == 401 and doc["field"] == "Authorization", (r.method, path, token)
+    assert api.call("GET", "/api/v1/jobs")[1] == []      # nothing was created
+    notification = {"version": "4", "status": "firing", "alerts": []}
+    assert api.call("POST", "/webhook/alertmanager", notification, token=TOKEN)[0] == 401
+    assert api.call("POST", "/webhook/alertmanager", notification, token=WEBHOOK_TOKEN)[0] == 202
+    for path in sorted(open_paths):
+        assert api.call("GET", path, token=None)[0] == 200, path
 
 
 def test_bad_input_is_a_4xx_naming_the_field(agent) -> None:

@@ -39,8 +39,8 @@ def test_an_added_route_gets_its_own_auth_schema_and_doc_entry() -> None:
 
 
 def test_a_handler_bug_is_a_logged_500_not_a_crash(caplog) -> None:
-    app = App(None)
-    app.add_route("GET", "/boom", lambda r: 1 / 0)
+    app = App(BearerAuth(token="main"))
+    app.add_route("GET", "/boom", lambda r: 1 / 0, auth=False)
     with caplog.at_level(logging.ERROR):
         assert app.dispatch(_req("GET", "/boom")).status == 500
     assert "ZeroDivisionError" in caplog.text

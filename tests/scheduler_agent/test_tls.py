@@ -23,7 +23,8 @@ import pytest
 from gpuwarden.scheduler_agent.config import ConfigError, load
 from gpuwarden.scheduler_agent.tls import server_context
 from gpuwarden.scheduler_agent.web import App, Response
-from tests.helpers import console_script, free_port, require_binary, wait_until, write_agent_config
+from gpuwarden.listener import Limits
+from tests.helpers import WEBHOOK_TOKEN, console_script, free_port, require_binary, wait_until, write_agent_config
 
 TOKEN = "tls-test-token"
 
@@ -140,7 +141,7 @@ def test_webhook_and_health_over_https_and_plain_http_is_refused(tmp_path: Path,
         t0 = time.monotonic()
         assert _request(base + "/healthz", ctx) == (200, b"ok\n")
         assert time.monotonic() - t0 < 3
-        status, body = _request(base + "/webhook/alertmanager", ctx, _webhook_body(), TOKEN)
+        status, body = _request(base + "/webhook/alertmanager", ctx, _webhook_body(), WEBHOOK_TOKEN)
         assert status == 202, body
         assert _request(base + "/webhook/alertmanager", ctx, _webhook_body(), "wrong")[0] == 401
     finally:
@@ -159,7 +160,7 @@ def test_client_ca_file_requires_a_client_certificate(tmp_path: Path, spawn, pki
         _request(base + "/healthz", _client_context(pki))
     assert _request(base + "/healthz", _client_context(pki, with_cert=True)) == (200, b"ok\n")
     status, body = _request(base + "/webhook/alertmanager", _client_context(pki, with_cert=True),
-                            _webhook_body(), TOKEN)
+                            _webhook_body(), WEBHOOK_TOKEN)
     assert status == 202, body
 
 
@@ -206,12 +207,11 @@ def test_a_stalled_handshake_is_dropped_after_the_timeout(tmp_path: Path, pki: P
     cfg = load(_config(tmp_path, free_port(), _tls_yaml(pki)))
     ctx = server_context(cfg.tls, cfg.error)
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
-    app = App(None)
-    app.add_route("GET", "/ping", lambda req: Response(200, {"pong": True}))
-    server = app.serve("127.0.0.1", 0, ctx)
-    server.handshake_timeout = 0.3
+    app = App(lambda req: False)
+    app.add_route("GET", "/ping", lambda req: Response(200, {"pong": True}), auth=False)
+    server = app.serve("127.0.0.1", 0, ctx, Limits(header_timeout=0.3))  # bounds the handshake too
     try:
-        port = server.server_address[1]
+        port = server.port
         with socket.create_connection(("127.0.0.1", port)) as stalled:
             stalled.settimeout(5)
             t0 = time.monotonic()
@@ -237,7 +237,7 @@ def test_a_real_alertmanager_delivers_over_mutual_tls(tmp_path: Path, spawn, pki
         "receivers": [{"name": "gpuwarden-agent", "webhook_configs": [{
             "url": base + "/webhook/alertmanager", "send_resolved": True, "max_alerts": 0,
             "http_config": {
-                "authorization": {"type": "Bearer", "credentials_file": str(tmp_path / "token")},
+                "authorization": {"type": "Bearer", "credentials_file": str(tmp_path / "webhook-token")},
                 "tls_config": {"ca_file": str(pki.ca), "cert_file": str(pki.client_cert),
                                "key_file": str(pki.client_key)}}}]}]}))
     am = spawn([require_binary("alertmanager"), f"--config.file={am_cfg}", f"--storage.path={tmp_path / 'am'}",
@@ -254,7 +254,7 @@ def test_a_real_alertmanager_delivers_over_mutual_tls(tmp_path: Path, spawn, pki
     mtls = _client_context(pki, with_cert=True)
 
     def acted() -> list:
-        status, body = _request(base + "/api/v1/actions", mtls)
+        status, body = _request(base + "/api/v1/actions", mtls, token=TOKEN)
         return [a for a in json.loads(body)["actions"] if a["rule"] == "THERMAL_CRITICAL"] if status == 200 else []
 
     actions = wait_until(acted, timeout=20, what="the agent to record Alertmanager's webhook over TLS")

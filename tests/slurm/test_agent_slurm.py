@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import console_script, free_port, http_get, wait_until
+from tests.helpers import WEBHOOK_TOKEN, console_script, free_port, http_get, wait_until
 from tests.slurm.cluster import SlurmCluster
 
 TOKEN = "slurm-test-token"
@@ -29,6 +29,7 @@ class Agent:
         self.port = free_port()
         self.instance = f"{slurm.node}:9786"   # as Prometheus labels the exporter's target
         (tmp / "token").write_text(TOKEN + "\n")
+        (tmp / "webhook-token").write_text(WEBHOOK_TOKEN + "\n")
         gpus = ", ".join(f"{{index: {i}, uuid: {uuid_of(i)}}}" for i in range(8))
         self.config = tmp / "agent.yaml"
         self.config.write_text(f"""
@@ -38,6 +39,7 @@ executor: {{kind: tracking}}
 inventory:
   nodes: [{{name: "{self.instance}", gpus: [{gpus}]}}]
 remediation:
+  auth: {{bearer_token_file: webhook-token}}
   worker: {{poll_interval_seconds: 0.1}}
   escalation: {{enabled: false}}
   budget: {{max_quarantined_ratio: 1.0, max_actions_per_minute: 1000}}
@@ -65,7 +67,8 @@ slurm:
         req = urllib.request.Request(
             f"http://127.0.0.1:{self.port}{path}", method=method,
             data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+            headers={"Authorization": f"Bearer {WEBHOOK_TOKEN if path.startswith('/webhook/') else TOKEN}",
+                     "Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 return r.status, json.loads(r.read() or b"null")
