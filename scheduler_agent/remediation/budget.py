@@ -86,7 +86,7 @@ def over_budget(conn: sqlite3.Connection, budget: Budget, action: str, uuid: str
     """
     recent = conn.execute(
         "SELECT count(*) FROM remediation_actions WHERE at >= ? AND outcome IN "
-        "('acted', 'pending') AND action IN ('throttle', 'preempt', 'quarantine')",
+        "('acted', 'pending', 'uncertain') AND action IN ('throttle', 'preempt', 'quarantine')",
         (now - 60.0,)).fetchone()[0]
     if recent + 1 > budget.max_actions_per_minute:
         return (f"{recent} actions in the last minute: max_actions_per_minute is "

@@ -45,7 +45,7 @@ class RemediationCollector(Collector):
                                 value=_total(counts, "alerts_active"))
         m = CounterMetricFamily("remediation_actions", "Remediation decisions by action and "
                                 "outcome (acted, recorded, noop, dry_run, skipped_budget, "
-                                "skipped_breaker, failed, pending).", labels=["action", "outcome"])
+                                "skipped_breaker, failed, uncertain, pending).", labels=["action", "outcome"])
         for action, outcome, n in sorted(counts.get("actions", [])):
             m.add_metric([action, outcome], n)
         yield m

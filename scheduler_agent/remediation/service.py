@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gpuwarden.remediation")
 
 OUTCOMES = ("pending", "acted", "recorded", "noop", "dry_run", "skipped_budget",
-            "skipped_breaker", "failed")
+            "skipped_breaker", "failed", "uncertain")
 
 
 class SchedulerAdapter:
