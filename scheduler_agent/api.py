@@ -91,8 +91,12 @@ JOB_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "inte
 GPU_UUID = {"name": "uuid", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
-def _actor(req: Request, body: dict) -> str:
-    return body.get("actor") or req.headers.get("x-gpuwarden-actor") or "api"
+def _actor(req: Request, body: dict | None = None) -> str:
+    """Who asked (the audit trail's actor): the body's ``actor``, else X-Gpuwarden-Actor."""
+    actor = (body or {}).get("actor") or req.headers.get("x-gpuwarden-actor") or "api"
+    if len(actor) > 200:
+        raise HttpError(400, "actor: more than 200 characters", "X-Gpuwarden-Actor")
+    return actor
 
 
 def install(app: App, sched: Scheduler, registry: CollectorRegistry) -> None:
@@ -105,7 +109,7 @@ def install(app: App, sched: Scheduler, registry: CollectorRegistry) -> None:
         b = req.json()
         out = sched.submit(b["name"], b["gpus"], priority=b.get("priority") or 0, command=b.get("command"),
                            time_limit=b.get("time_limit_seconds"), idempotency_key=b.get("idempotency_key"),
-                           actor=req.headers.get("x-gpuwarden-actor") or "api")
+                           actor=_actor(req))
         return Response(201, out, headers={"Location": f"/api/v1/jobs/{out['id']}"})
 
     def list_jobs(req: Request) -> Response:
@@ -131,7 +135,7 @@ def install(app: App, sched: Scheduler, registry: CollectorRegistry) -> None:
         "operationId": "getJob", "parameters": [JOB_ID],
         "responses": {"200": _resp("the job", job), "400": _resp("bad id", ERROR), "404": _resp("no such job", ERROR)}})
     app.add_route("DELETE", "/api/v1/jobs/{id}",
-                  lambda req: Response(200, sched.cancel(req.params["id"], req.headers.get("x-gpuwarden-actor") or "api")),
+                  lambda req: Response(200, sched.cancel(req.params["id"], _actor(req))),
                   openapi={"operationId": "cancelJob", "summary": "Cancel (running jobs get SIGTERM, then SIGKILL)",
                            "parameters": [JOB_ID],
                            "responses": {"200": _resp("cancelled or stopping", job), "400": _resp("bad id", ERROR),

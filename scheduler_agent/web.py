@@ -72,7 +72,7 @@ class Request:
             if not self.body:
                 raise HttpError(400, "request body must be a JSON document", "body")
             try:
-                self._json = json.loads(self.body)
+                self._json = json.loads(self.body, parse_constant=_no_constant)
             except (ValueError, UnicodeDecodeError, RecursionError) as exc:
                 raise HttpError(400, f"request body is not valid JSON: {str(exc)[:200]}", "body") from exc
             try:
@@ -85,6 +85,18 @@ class Request:
 
     def bearer(self) -> str | None:
         return bearer(self.headers)
+
+
+_BOUNDS = {"maxLength": "must be at most this many characters:", "minLength": "must be at least this many characters:",
+           "maxItems": "must have at most this many items:", "minItems": "must have at least this many items:",
+           "maximum": "must be at most", "minimum": "must be at least", "exclusiveMaximum": "must be below",
+           "exclusiveMinimum": "must be above"}
+
+
+def _no_constant(name: str) -> Any:
+    # Python's json reads NaN and Infinity, which JSON does not have and which slip past
+    # JSON Schema's minimum/maximum (every comparison with NaN is false).
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def bearer(headers: dict[str, str]) -> str | None:
@@ -262,7 +274,8 @@ class App:
     def _run(self, r: Route, raw: dict[str, str], req: Request) -> Response:
         try:
             req.params = self._params(r, raw)
-            if r.validator is not None:
+            body_optional = not ((r.openapi or {}).get("requestBody") or {}).get("required", False)
+            if r.validator is not None and not (body_optional and not req.body.strip()):
                 self._validate(r, req.json())
             return r.handler(req)
         except HttpError as exc:
@@ -310,7 +323,10 @@ class App:
         elif err.validator == "additionalProperties":
             extra = re.findall(r"'([^']+)' was unexpected", err.message)
             path = ".".join(filter(None, [path, extra[0] if extra else ""]))
-        msg = err.message if len(err.message) < 300 else err.message[:300] + "..."
+        if err.validator in _BOUNDS:  # jsonschema's message repeats the value, which may be huge
+            msg = f"{_BOUNDS[err.validator]} {err.validator_value}"
+        else:
+            msg = err.message if len(err.message) < 300 else err.message[:300] + "..."
         raise HttpError(400, f"{path or 'body'}: {msg}", path or "body")
 
     # -------------------------------------------------------------------------- serving

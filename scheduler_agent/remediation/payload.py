@@ -21,6 +21,15 @@ from .errors import IntakeError
 
 STATUSES = ("firing", "resolved")
 
+# Bounds on what one alert may carry. Alertmanager's own values sit far below them (a fingerprint
+# is 16 hex digits, our label values are short); they keep a hostile sender from filling the
+# database or the logs through one field. A body over them is refused with the field named.
+MAX_LABEL_NAME = 256
+MAX_LABEL_VALUE = 4096
+MAX_LABELS = 128
+MAX_FIELD = 8192           # fingerprint, receiver, groupKey, externalURL, annotation values
+MAX_INT = 2**63 - 1        # SQLite's INTEGER
+
 # RFC 3339 as Go's time.Time marshals it: up to nine fractional digits, "Z" or an offset.
 _RFC3339 = re.compile(
     r"^(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?([Zz]|[+-]\d\d:\d\d)$")
@@ -76,12 +85,27 @@ def normalise_time(value: str, field: str) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S") + "." + (frac or "").ljust(9, "0") + "Z"
 
 
-def _str_map(value: Any, field: str) -> dict[str, str]:
+def _text(value: str, field: str, limit: int) -> str:
+    """``value`` if it is storable text within ``limit`` characters; 400 naming ``field``."""
+    if len(value) > limit:
+        raise IntakeError(400, f"{field}: {len(value)} characters, more than the {limit} allowed")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # JSON can spell a lone UTF-16 surrogate (\ud800); UTF-8 cannot
+        raise IntakeError(400, f"{field}: holds an unpaired UTF-16 surrogate") from None
+    return value
+
+
+def _str_map(value: Any, field: str, value_limit: int = MAX_LABEL_VALUE) -> dict[str, str]:
     if not isinstance(value, dict):
         raise IntakeError(400, f"{field}: expected an object of strings, got {type(value).__name__}")
+    if len(value) > MAX_LABELS:
+        raise IntakeError(400, f"{field}: {len(value)} entries, more than the {MAX_LABELS} allowed")
     for k, v in value.items():
+        name = _text(k, f"{field} (a name)", MAX_LABEL_NAME)
         if not isinstance(v, str):
-            raise IntakeError(400, f"{field}.{k}: expected a string, got {type(v).__name__}")
+            raise IntakeError(400, f"{field}.{name}: expected a string, got {type(v).__name__}")
+        _text(v, f"{field}.{name}", value_limit)
     return value
 
 
@@ -92,7 +116,7 @@ def _str(obj: Mapping[str, Any], key: str, field: str, required: bool = True) ->
     if not isinstance(value, str):
         what = "missing" if value is None else f"expected a string, got {type(value).__name__}"
         raise IntakeError(400, f"{field}{key}: {what}")
-    return value
+    return _text(value, f"{field}{key}", MAX_FIELD)
 
 
 def parse_alert(raw: Any, index: int) -> Alert:
@@ -103,7 +127,7 @@ def parse_alert(raw: Any, index: int) -> Alert:
     if status not in STATUSES:
         raise IntakeError(400, f"{where}status: {status[:32]!r} is not 'firing' or 'resolved'")
     labels = _str_map(raw.get("labels"), where + "labels")
-    annotations = _str_map(raw.get("annotations") or {}, where + "annotations")
+    annotations = _str_map(raw.get("annotations") or {}, where + "annotations", MAX_FIELD)
     fingerprint = _str(raw, "fingerprint", where)
     if not fingerprint:
         raise IntakeError(400, f"{where}fingerprint: empty")
@@ -113,12 +137,16 @@ def parse_alert(raw: Any, index: int) -> Alert:
     return Alert(status, labels, annotations, starts_at, ends_at, fingerprint)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def parse_notification(body: bytes) -> Notification:
     """Parses and validates a webhook v4 body; raises ``IntakeError(400, reason)``."""
     try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IntakeError(400, f"body is not JSON: {exc}") from None
+        doc = json.loads(body, parse_constant=_no_constant)
+    except ValueError as exc:  # not UTF-8, not JSON, or an integer of more than 4,300 digits
+        raise IntakeError(400, f"body is not JSON: {str(exc)[:200]}") from None
     except RecursionError:
         raise IntakeError(400, "body is not JSON: nested too deeply") from None
     if not isinstance(doc, dict):
@@ -133,8 +161,9 @@ def parse_notification(body: bytes) -> Notification:
     if not isinstance(alerts, list):
         raise IntakeError(400, "alerts: expected a list")
     truncated = doc.get("truncatedAlerts", 0)
-    if type(truncated) is not int or truncated < 0:  # bool is an int subclass: refuse it too
-        raise IntakeError(400, f"truncatedAlerts: {truncated!r} is not a non-negative integer")
+    if type(truncated) is not int or not 0 <= truncated <= MAX_INT:  # bool is an int: refused too
+        raise IntakeError(400, f"truncatedAlerts: {str(truncated)[:40]} is not an integer "
+                               f"from 0 to {MAX_INT}")
     parsed = tuple(parse_alert(a, i) for i, a in enumerate(alerts))
     return Notification(
         receiver=_str(doc, "receiver", "", required=False),
