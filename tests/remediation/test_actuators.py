@@ -21,7 +21,7 @@ from tests.remediation.fakes import FakeScheduler, alert, notification
 
 
 def deliver(rem, *alerts):
-    rem.intake.accept(f"Bearer {TOKEN}", json.dumps(notification(*alerts)).encode())
+    rem.intake.accept(json.dumps(notification(*alerts)).encode())
     rem.worker.run_once()
 
 
