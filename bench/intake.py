@@ -34,7 +34,7 @@ from gpuwarden.scheduler_agent.remediation.config import parse
 from gpuwarden.scheduler_agent.remediation.intake import Credentials
 from gpuwarden.scheduler_agent.remediation.payload import parse_notification
 from gpuwarden.scheduler_agent.remediation.service import Remediation
-from gpuwarden.scheduler_agent.web import App, Response
+from gpuwarden.scheduler_agent.web import App, BearerAuth, Response
 
 TOKEN = "bench-token"
 MODES = ("durable", "durable-paused-worker", "baseline")
@@ -71,7 +71,7 @@ def _body(n: int) -> bytes:
 
 
 def _server(mode: str, folder: Path) -> tuple[App, int, Remediation | None]:
-    app = App(auth=None)
+    app = App(BearerAuth(token="bench-operator-token"))
     rem = None
     if mode.startswith("durable"):
         rem = Remediation.create(str(folder / f"agent-{next(_seq)}.db"), parse(None), _NoScheduler(),
@@ -80,15 +80,13 @@ def _server(mode: str, folder: Path) -> tuple[App, int, Remediation | None]:
         if mode == "durable":
             rem.start()
     else:
-        creds = Credentials(TOKEN.encode())
-
         def webhook(req: Any) -> Response:
-            creds.check(req.headers.get("authorization"))
             n = parse_notification(req.body)
             return Response(202, {"status": "accepted", "alerts": len(n.alerts)})
-        app.add_route("POST", "/webhook/alertmanager", webhook, auth=False)
+        app.add_route("POST", "/webhook/alertmanager", webhook, auth=Credentials(TOKEN.encode()),
+                      max_body=1 << 24)
     server = app.serve("127.0.0.1", 0)
-    return app, server.server_address[1], rem
+    return app, server.port, rem
 
 
 def _run(port: int, per_post: int, seconds: float, clients: int) -> tuple[float, list[float]]:
@@ -125,6 +123,31 @@ def _run(port: int, per_post: int, seconds: float, clients: int) -> tuple[float,
         t.join()
     elapsed = time.perf_counter() - start
     return sum(counts) * per_post / elapsed, latencies
+
+
+def _big_notification(folder: Path, alerts: int = 25_000) -> str:
+    """One notification of ``alerts`` alerts (about 10 MB, an alert storm in one group) through
+    the real intake with ``max_body_bytes`` raised to 16 MiB: accepted, and how long it took."""
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        rem = Remediation.create(str(Path(tmp) / "big.db"), parse({"max_body_bytes": 16 << 20}),
+                                 _NoScheduler(), credentials=Credentials(TOKEN.encode()))
+        app = App(BearerAuth(token="bench-operator-token"))
+        rem.register_routes(app)
+        port = app.serve("127.0.0.1", 0).port
+        body = _body(alerts)
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            t0 = time.perf_counter()
+            conn.request("POST", "/webhook/alertmanager", body,
+                         {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+            resp = conn.getresponse()
+            answer = json.loads(resp.read())
+            took = time.perf_counter() - t0
+        finally:
+            app.shutdown()
+            rem.stop()
+    return (f"One notification of {alerts:,} alerts ({len(body) / 1e6:.1f} MB) with max_body_bytes: "
+            f"16777216: HTTP {resp.status}, {answer.get('alerts', 0):,} alerts stored in {took:.2f} s.")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -166,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             ratio = f"{rate / base:.2f}" if mode != "baseline" else ""
             lines.append(f"| {per_post} | {mode} | {rate:,.0f} | {rate / per_post:,.0f} | "
                          f"{_pct(lat, 0.5):.1f} | {_pct(lat, 0.99):.1f} | {ratio} |")
+    lines += ["", _big_notification(Path(tempfile.gettempdir()))]
     text = "\n".join(lines)
     print(text)
     if args.out:
