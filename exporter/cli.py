@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--sim.model", dest="sim_model", default=DEFAULT_MODEL, metavar="MODEL",
                      help=f"simulated board ({', '.join(MODELS)}; default {DEFAULT_MODEL}, judged by the default thresholds)")
     sim.add_argument("--sim.control-address", dest="control", default=DEFAULT_CONTROL, metavar="ADDRESS",
-                     help="simulator control endpoint (default %(default)s; '' disables it)")
+                     help="simulator control endpoint (default %(default)s; '' disables it). It has no "
+                          "authentication: anyone who can reach it can inject faults and set power "
+                          "limits, so keep it on loopback (a warning is logged otherwise)")
     p.add_argument("--log.level", dest="log_level", default="info", metavar="LEVEL",
                    choices=("debug", "info", "warn", "error"), help="(default %(default)s)")
     return p
@@ -95,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = MetricsServer(registry, host, port, args.metrics_path)
     except OSError as exc:
         print(f"gpuwarden-exporter: cannot listen on {args.listen}: {exc.strerror}", file=sys.stderr)
+        if control is not None:
+            control.stop()  # bound, never started: release its port
         return 1
     service.start(wait=2.0)
     shown = host or "0.0.0.0"

@@ -1,13 +1,18 @@
-"""HTTP: /metrics in the Prometheus text format, and a landing page."""
+"""HTTP: /metrics in the Prometheus text format, and a landing page.
+
+Served by ``gpuwarden.listener.Listener`` (header/body deadlines, a connection cap, strict
+framing). Nothing here takes a request body: one that comes with a body is answered 413 and its
+connection closed before the body is read.
+"""
 
 from __future__ import annotations
 
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+
+from gpuwarden.listener import Admit, Head, Limits, Listener, Reply, text_reply
 
 from .exposition import CONTENT_TYPE, TextRenderer
 
@@ -26,65 +31,49 @@ def parse_listen_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
-    protocol_version = "HTTP/1.1"
+class _Endpoint:
+    """GET/HEAD of the metrics page and the landing page; no request bodies."""
 
-    def log_message(self, fmt: str, *args: Any) -> None:
-        log.debug("%s - " + fmt, self.address_string(), *args)
+    def __init__(self, registry: CollectorRegistry, metrics_path: str) -> None:
+        self.registry = registry
+        self.metrics_path = metrics_path
+        self.renderer = TextRenderer()
 
-    def _reply(self, status: int, ctype: str, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+    def admit(self, head: Head) -> Admit | Reply:
+        if head.method not in ("GET", "HEAD"):
+            return Reply(405, b"method not allowed; GET or HEAD\n", "text/plain; charset=utf-8",
+                         {"allow": "GET, HEAD"})
+        return Admit(0)
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        path = self.path.split("?", 1)[0]
-        if path == self.server.metrics_path:
+    def handle(self, head: Head, body: bytes, context: Any) -> Reply:
+        if head.path == self.metrics_path:
             try:
-                body = self.server.renderer.render(self.server.registry)
+                data = self.renderer.render(self.registry)
             except Exception:  # noqa: BLE001 - report, never drop the connection silently
                 log.exception("collecting metrics failed")
-                return self._reply(500, "text/plain; charset=utf-8", b"collection failed; see the exporter log\n")
-            return self._reply(200, CONTENT_TYPE, body)
-        if path == "/":
-            return self._reply(200, "text/html; charset=utf-8", LANDING)
-        return self._reply(404, "text/plain; charset=utf-8", b"not found; metrics are at /metrics\n")
-
-    do_HEAD = do_GET
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, addr: tuple[str, int], registry: CollectorRegistry, metrics_path: str) -> None:
-        self.registry = registry
-        self.renderer = TextRenderer()
-        self.metrics_path = metrics_path
-        super().__init__(addr, _Handler)
+                return text_reply(500, "collection failed; see the exporter log")
+            return Reply(200, data, CONTENT_TYPE)
+        if head.path == "/":
+            return Reply(200, LANDING, "text/html; charset=utf-8")
+        return text_reply(404, f"not found; metrics are at {self.metrics_path}")
 
 
 class MetricsServer:
-    """Serves ``registry`` on ``host:port`` (port 0 picks a free one)."""
+    """Serves ``registry`` on ``host:port`` (port 0 picks a free one); binds at construction."""
 
     def __init__(self, registry: CollectorRegistry, host: str = "", port: int = 9786,
-                 metrics_path: str = "/metrics") -> None:
-        self._server = _Server((host, port), registry, metrics_path)
-        self.host, self.port = self._server.server_address[:2]
-        self._thread: threading.Thread | None = None
+                 metrics_path: str = "/metrics", limits: Limits = Limits()) -> None:
+        self._listener = Listener(_Endpoint(registry, metrics_path), host or "0.0.0.0", port,
+                                  name="metrics-http", limits=limits)
+        self.host, self.port = self._listener.host, self._listener.port
 
     def serve_forever(self) -> None:
-        self._server.serve_forever()
+        """Serves until ``stop()`` is called from another thread or a signal handler."""
+        self._listener.serve_forever()
 
     def start(self) -> "MetricsServer":
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
-        self._thread.start()
+        self._listener.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._listener.stop()

@@ -13,8 +13,9 @@ import sys
 import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, TextIO
+
+from gpuwarden.listener import Admit, Head, Limits, Listener, Reply
 
 
 def get_json(url: str, token: str | None = None, timeout: float = 3.0) -> Any:
@@ -23,42 +24,56 @@ def get_json(url: str, token: str | None = None, timeout: float = 3.0) -> Any:
         return json.load(resp)
 
 
-class NotificationSink:
-    """Receives Alertmanager's on-call and chat webhooks on a demo host (receiver = URL path)."""
+class _SinkEndpoint:
+    """POST /{receiver}: an Alertmanager webhook notification, noted on the sink."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, sink: "NotificationSink") -> None:
+        self.sink = sink
+
+    def admit(self, head: Head) -> Admit | Reply:
+        if head.method != "POST":
+            return Reply(405, b"POST only\n", "text/plain; charset=utf-8", {"allow": "POST"})
+        return Admit(self.sink.max_body)
+
+    def handle(self, head: Head, body: bytes, context: Any) -> Reply:
+        try:
+            doc = json.loads(body)
+            for alert in doc.get("alerts", []):
+                self.sink.note(head.path.strip("/"), alert)
+        except (ValueError, AttributeError, TypeError):
+            pass
+        return Reply(200, b"", "text/plain; charset=utf-8")
+
+
+class NotificationSink:
+    """Receives Alertmanager's on-call and chat webhooks on a demo host (receiver = URL path).
+
+    Binds 127.0.0.1 (at construction; port 0 picks a free one) through ``gpuwarden.listener``.
+    """
+
+    MAX_BODY = 8 << 20  # Alertmanager sends every alert of a group: 5,000 alerts are ~2 MB
+
+    def __init__(self, port: int, limits: Limits = Limits(), max_body: int = MAX_BODY) -> None:
         self.received: collections.deque[dict[str, Any]] = collections.deque(maxlen=200)
         self.total = 0  # ever received: the deque forgets, the live view must not re-print
-        sink = self
+        self.max_body = max_body
+        self._lock = threading.Lock()
+        self._listener = Listener(_SinkEndpoint(self), "127.0.0.1", port, name="sink", limits=limits)
+        self.port = self._listener.port
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                try:
-                    doc = json.loads(body)
-                    for alert in doc.get("alerts", []):
-                        sink.received.append({"at": time.time(), "receiver": self.path.strip("/"),
-                                              "status": alert.get("status"), "labels": alert.get("labels", {})})
-                        sink.total += 1  # after the append: a reader of `total` finds the note
-                except (ValueError, AttributeError):
-                    pass
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, fmt: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, name="sink", daemon=True)
+    def note(self, receiver: str, alert: Any) -> None:
+        entry = {"at": time.time(), "receiver": receiver,
+                 "status": alert.get("status"), "labels": alert.get("labels", {})}
+        with self._lock:  # handlers run in a thread pool
+            self.received.append(entry)
+            self.total += 1  # after the append: a reader of `total` finds the note
 
     def start(self) -> "NotificationSink":
-        self.thread.start()
+        self._listener.start()
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._listener.stop()
 
 
 def _short(uuid: str) -> str:
