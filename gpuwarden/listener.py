@@ -31,8 +31,10 @@ the event loop, so a slow handler never delays accepting or timing out connectio
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
+import resource
 import socket
 import ssl
 import threading
@@ -45,6 +47,9 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger("gpuwarden.http")
+
+LISTEN_BACKLOG = 2048   # the kernel's queue of connections not yet accepted
+ACCEPT_BATCH = 64       # connections accepted per event-loop turn
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,7 @@ class _DeadlineProtocol(H11Protocol):
     def _follow(self) -> None:
         state = self.conn.their_state
         if state is h11.SEND_BODY and self._phase == "headers":
+            self._waiting_since = self.loop.time()
             self._arm("body", self.limits.body_timeout)
         elif state is not h11.IDLE and state is not h11.SEND_BODY:
             self._disarm()  # the whole request is in: the handler's time is not the client's
@@ -153,10 +159,22 @@ class _DeadlineProtocol(H11Protocol):
         self._timer = None
         self.transport.close()
 
+    def shutdown(self) -> None:
+        # uvicorn's graceful shutdown waits for every request in progress; one whose client is
+        # still sending (or stalling) has nothing to wait for: close it now.
+        if self._phase in ("headers", "body"):
+            self._disarm()
+            self.transport.close()
+        else:
+            super().shutdown()
+
     # -- connection cap
     def _make_room(self) -> None:
-        waiting = [c for c in self.connections
-                   if isinstance(c, _DeadlineProtocol) and c._phase == "headers" and c is not self]
+        # The oldest connection still sending (or stalling on) its headers, else its body: a
+        # request being handled is never the one dropped.
+        others = [c for c in self.connections if isinstance(c, _DeadlineProtocol) and c is not self]
+        waiting = ([c for c in others if c._phase == "headers"]
+                   or [c for c in others if c._phase == "body"])
         victim = min(waiting, key=lambda c: c._waiting_since) if waiting else self
         log.debug("connection cap (%d) reached: closing %s", self.limits.max_connections, victim.client)
         victim._disarm()
@@ -258,14 +276,21 @@ class Listener:
 
     def __init__(self, endpoint: Endpoint, host: str, port: int, *, name: str = "http",
                  limits: Limits = Limits(), tls: Any = None) -> None:
+        limits = _within_open_files(limits, name)
         self.name, self.limits = name, limits
         self._pool = ThreadPoolExecutor(limits.threads, thread_name_prefix=f"{name}-handler")
         protocol = type("Protocol", (_DeadlineProtocol,), {"limits": limits})
         self._config = uvicorn.Config(
             _Asgi(endpoint, self._pool), http=protocol, lifespan="off", log_config=None,
-            log_level="warning", access_log=False, server_header=False, date_header=False,
+            # error, not warning: uvicorn logs every malformed request at WARNING, which would
+            # let any client fill the log.
+            log_level="error", access_log=False, server_header=False, date_header=False,
             timeout_keep_alive=max(1, round(limits.idle_timeout)), timeout_graceful_shutdown=5,
-            h11_max_incomplete_event_size=limits.max_header_bytes, backlog=2048)
+            h11_max_incomplete_event_size=limits.max_header_bytes,
+            # asyncio accepts up to `backlog` connections per loop turn before any of them is
+            # set up (and can be shed by the cap): a small batch keeps a flood from taking every
+            # descriptor at once. The kernel's queue is set back to 2048 once serving (_serve).
+            backlog=ACCEPT_BATCH)
         self._config.load()
         self._config.ssl = _tls_context(tls)
         # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets that say so, and
@@ -278,7 +303,7 @@ class Listener:
         except OSError:
             self._sock.close()
             raise
-        self._sock.listen(2048)
+        self._sock.listen(LISTEN_BACKLOG)
         self.host, self.port = self._sock.getsockname()[:2]
         self._server = uvicorn.Server(self._config)
         self._thread: threading.Thread | None = None
@@ -315,6 +340,7 @@ class Listener:
         # should_exit every 0.1 s.
         self._server.lifespan = self._config.lifespan_class(self._config)
         await self._server.startup(sockets=[self._sock])
+        self._sock.listen(LISTEN_BACKLOG)  # startup listened with ACCEPT_BATCH; see __init__
         ready.set()
         await self._server.main_loop()
         await self._server.shutdown(sockets=[self._sock])
@@ -332,6 +358,19 @@ class Listener:
             self._thread.join(10)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._sock.close()
+
+
+def _within_open_files(limits: Limits, name: str) -> Limits:
+    """``limits`` with the connection cap lowered to what the open-file limit leaves (a batch
+    being accepted and ~128 descriptors for the database, logs and clients), so that the cap,
+    not EMFILE, is what a flood meets."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    room = soft - ACCEPT_BATCH - 128
+    if soft != resource.RLIM_INFINITY and limits.max_connections > room:
+        log.warning("%s: max_connections %d lowered to %d for an open-file limit of %d (raise "
+                    "LimitNOFILE to allow more)", name, limits.max_connections, max(room, 16), soft)
+        return dataclasses.replace(limits, max_connections=max(room, 16))
+    return limits
 
 
 def _tls_context(tls: Any) -> ssl.SSLContext | None:

@@ -20,6 +20,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from gpuwarden.listener import Limits
+
 from .store import Retention
 from .tls import TlsFiles
 
@@ -36,6 +38,7 @@ class AgentConfig:
     listen_port: int = 9787
     token_file: Path = Path()
     tls: TlsFiles | None = None          # web.tls; None serves plain HTTP
+    limits: Limits = Limits()            # web.limits
     database_path: Path = Path()
     synchronous: str = "NORMAL"
     retention: Retention = field(default_factory=Retention)   # database.retention
@@ -142,6 +145,11 @@ def load(path: str | Path) -> AgentConfig:
     if not cfg.token_file.is_file():
         raise cfg.error("web.token_file", f"{cfg.token_file} does not exist: write a random token into it "
                                           "(e.g. `openssl rand -hex 32 > FILE`)")
+    lim = web.get("limits") or {}
+    cfg.limits = Limits(header_timeout=lim.get("header_timeout_seconds", Limits.header_timeout),
+                        body_timeout=lim.get("body_timeout_seconds", Limits.body_timeout),
+                        idle_timeout=lim.get("idle_timeout_seconds", Limits.idle_timeout),
+                        max_connections=lim.get("max_connections", Limits.max_connections))
     tls = web.get("tls")
     if tls is not None:
         cfg.tls = TlsFiles(cfg.resolve(tls["cert_file"]), cfg.resolve(tls["key_file"]),

@@ -86,7 +86,7 @@ class Agent:
 
     def start(self) -> tuple[str, int]:
         host = self.config.listen_host
-        listener = self.app.serve(host, self.config.listen_port, self.tls_context)
+        listener = self.app.serve(host, self.config.listen_port, self.tls_context, self.config.limits)
         self.scheduler.start()
         if self.discovery is not None:
             self.discovery.start()
