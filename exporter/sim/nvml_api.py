@@ -2,7 +2,8 @@
 
 Each is declared with its C argument types (``@_c(...)``); ``library.SimLibrary`` wraps them in
 ``ctypes.CFUNCTYPE`` callables. Output arguments arrive as addresses and get C values written
-into them, as the real library would.
+into them, as the real library would. Each takes the library's state first (``LibraryState``:
+what it reads and writes of a ``SimLibrary``), so this module never imports ``library``.
 """
 
 from __future__ import annotations
@@ -10,14 +11,19 @@ from __future__ import annotations
 import ctypes
 import time
 from ctypes import c_char_p, c_int, c_uint, c_ulonglong, c_void_p, memmove
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 import pynvml
 
+from .fleet import Fleet
 from .physics import SimGpu
 
-if TYPE_CHECKING:
-    from .library import SimLibrary
+
+class LibraryState(Protocol):
+    """What an entry point uses of the library it is called on (``library.SimLibrary``)."""
+
+    fleet: Fleet
+    initialized: int
 
 SUCCESS = 0
 ERROR_UNINITIALIZED = 1
@@ -62,19 +68,19 @@ def _put_str(addr: int | None, size: int, text: str) -> int:
 
 # ---- library-wide calls ---------------------------------------------------------------------
 @_c(c_uint, device=False)
-def nvmlInitWithFlags(lib: "SimLibrary", flags: int) -> int:
+def nvmlInitWithFlags(lib: LibraryState, flags: int) -> int:
     lib.initialized += 1
     return SUCCESS
 
 
 @_c(device=False, names=("nvmlInit",))
-def nvmlInit_v2(lib: "SimLibrary") -> int:
+def nvmlInit_v2(lib: LibraryState) -> int:
     lib.initialized += 1
     return SUCCESS
 
 
 @_c(device=False)
-def nvmlShutdown(lib: "SimLibrary") -> int:
+def nvmlShutdown(lib: LibraryState) -> int:
     if not lib.initialized:
         return ERROR_UNINITIALIZED
     lib.initialized -= 1
@@ -82,29 +88,29 @@ def nvmlShutdown(lib: "SimLibrary") -> int:
 
 
 @_c(c_void_p, c_uint, device=False)
-def nvmlSystemGetDriverVersion(lib: "SimLibrary", buf: int, size: int) -> int:
+def nvmlSystemGetDriverVersion(lib: LibraryState, buf: int, size: int) -> int:
     return _put_str(buf, size, lib.fleet.driver_version)
 
 
 @_c(c_void_p, c_uint, device=False)
-def nvmlSystemGetNVMLVersion(lib: "SimLibrary", buf: int, size: int) -> int:
+def nvmlSystemGetNVMLVersion(lib: LibraryState, buf: int, size: int) -> int:
     return _put_str(buf, size, "12." + lib.fleet.driver_version)
 
 
 @_c(c_void_p, device=False, names=("nvmlSystemGetCudaDriverVersion_v2",))
-def nvmlSystemGetCudaDriverVersion(lib: "SimLibrary", out: int) -> int:
+def nvmlSystemGetCudaDriverVersion(lib: LibraryState, out: int) -> int:
     _put(c_int, out, 12040)
     return SUCCESS
 
 
 @_c(c_void_p, device=False, names=("nvmlDeviceGetCount",))
-def nvmlDeviceGetCount_v2(lib: "SimLibrary", out: int) -> int:
+def nvmlDeviceGetCount_v2(lib: LibraryState, out: int) -> int:
     _put(c_uint, out, len(lib.fleet.gpus))
     return SUCCESS
 
 
 @_c(c_uint, c_void_p, device=False, names=("nvmlDeviceGetHandleByIndex",))
-def nvmlDeviceGetHandleByIndex_v2(lib: "SimLibrary", index: int, out: int) -> int:
+def nvmlDeviceGetHandleByIndex_v2(lib: LibraryState, index: int, out: int) -> int:
     if index >= len(lib.fleet.gpus):
         return ERROR_INVALID_ARGUMENT
     _put(c_void_p, out, HANDLE_BASE + 16 * index)
@@ -112,7 +118,7 @@ def nvmlDeviceGetHandleByIndex_v2(lib: "SimLibrary", index: int, out: int) -> in
 
 
 @_c(c_char_p, c_void_p, device=False)
-def nvmlDeviceGetHandleByUUID(lib: "SimLibrary", uuid: bytes, out: int) -> int:
+def nvmlDeviceGetHandleByUUID(lib: LibraryState, uuid: bytes, out: int) -> int:
     for g in lib.fleet.gpus:
         if g.uuid.encode() == uuid:
             _put(c_void_p, out, HANDLE_BASE + 16 * g.index)
@@ -122,34 +128,34 @@ def nvmlDeviceGetHandleByUUID(lib: "SimLibrary", uuid: bytes, out: int) -> int:
 
 # ---- identity -------------------------------------------------------------------------------
 @_c(c_void_p, c_void_p)
-def nvmlDeviceGetIndex(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+def nvmlDeviceGetIndex(lib: LibraryState, g: SimGpu, out: int) -> int:
     _put(c_uint, out, g.index)
     return SUCCESS
 
 
 @_c(c_void_p, c_void_p)
-def nvmlDeviceGetMinorNumber(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+def nvmlDeviceGetMinorNumber(lib: LibraryState, g: SimGpu, out: int) -> int:
     _put(c_uint, out, g.index)
     return SUCCESS
 
 
 @_c(c_void_p, c_void_p, c_uint)
-def nvmlDeviceGetName(lib: "SimLibrary", g: SimGpu, buf: int, size: int) -> int:
+def nvmlDeviceGetName(lib: LibraryState, g: SimGpu, buf: int, size: int) -> int:
     return _put_str(buf, size, g.model.name)
 
 
 @_c(c_void_p, c_void_p, c_uint)
-def nvmlDeviceGetUUID(lib: "SimLibrary", g: SimGpu, buf: int, size: int) -> int:
+def nvmlDeviceGetUUID(lib: LibraryState, g: SimGpu, buf: int, size: int) -> int:
     return _put_str(buf, size, g.uuid)
 
 
 @_c(c_void_p, c_void_p, c_uint)
-def nvmlDeviceGetSerial(lib: "SimLibrary", g: SimGpu, buf: int, size: int) -> int:
+def nvmlDeviceGetSerial(lib: LibraryState, g: SimGpu, buf: int, size: int) -> int:
     return _put_str(buf, size, g.serial)
 
 
 @_c(c_void_p, c_void_p, names=("nvmlDeviceGetPciInfo_v2",))
-def nvmlDeviceGetPciInfo_v3(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+def nvmlDeviceGetPciInfo_v3(lib: LibraryState, g: SimGpu, out: int) -> int:
     info = pynvml.nvmlPciInfo_t.from_address(out)
     bus = g.pci_bus_id.encode()
     info.busId = bus
@@ -162,7 +168,7 @@ def nvmlDeviceGetPciInfo_v3(lib: "SimLibrary", g: SimGpu, out: int) -> int:
 
 # ---- sensors --------------------------------------------------------------------------------
 @_c(c_void_p, c_uint, c_void_p)
-def nvmlDeviceGetTemperature(lib: "SimLibrary", g: SimGpu, sensor: int, out: int) -> int:
+def nvmlDeviceGetTemperature(lib: LibraryState, g: SimGpu, sensor: int, out: int) -> int:
     if sensor != 0:
         return ERROR_INVALID_ARGUMENT
     _put(c_uint, out, int(g.temperature))
@@ -170,7 +176,7 @@ def nvmlDeviceGetTemperature(lib: "SimLibrary", g: SimGpu, sensor: int, out: int
 
 
 @_c(c_void_p, c_uint, c_void_p)
-def nvmlDeviceGetTemperatureThreshold(lib: "SimLibrary", g: SimGpu, kind: int, out: int) -> int:
+def nvmlDeviceGetTemperatureThreshold(lib: LibraryState, g: SimGpu, kind: int, out: int) -> int:
     values = {0: g.model.hw_slowdown_celsius + 5, 1: g.model.slowdown_celsius,
               2: 95.0, 3: g.model.slowdown_celsius - 3}
     if kind not in values:
@@ -180,32 +186,32 @@ def nvmlDeviceGetTemperatureThreshold(lib: "SimLibrary", g: SimGpu, kind: int, o
 
 
 @_c(c_void_p, c_void_p)
-def nvmlDeviceGetPowerUsage(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+def nvmlDeviceGetPowerUsage(lib: LibraryState, g: SimGpu, out: int) -> int:
     _put(c_uint, out, int(g.power_watts * 1000))   # milliwatts
     return SUCCESS
 
 
 @_c(c_void_p, c_void_p, names=("nvmlDeviceGetPowerManagementLimit",))
-def nvmlDeviceGetEnforcedPowerLimit(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+def nvmlDeviceGetEnforcedPowerLimit(lib: LibraryState, g: SimGpu, out: int) -> int:
     _put(c_uint, out, int(g.power_limit_watts * 1000))
     return SUCCESS
 
 
 @_c(c_void_p, c_void_p)
-def nvmlDeviceGetPowerManagementDefaultLimit(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+def nvmlDeviceGetPowerManagementDefaultLimit(lib: LibraryState, g: SimGpu, out: int) -> int:
     _put(c_uint, out, int(g.model.default_limit_watts * 1000))
     return SUCCESS
 
 
 @_c(c_void_p, c_void_p, c_void_p)
-def nvmlDeviceGetPowerManagementLimitConstraints(lib: "SimLibrary", g: SimGpu, lo: int, hi: int) -> int:
+def nvmlDeviceGetPowerManagementLimitConstraints(lib: LibraryState, g: SimGpu, lo: int, hi: int) -> int:
     _put(c_uint, lo, int(g.model.min_limit_watts * 1000))
     _put(c_uint, hi, int(g.model.max_limit_watts * 1000))
     return SUCCESS
 
 
 @_c(c_void_p, c_uint)
-def nvmlDeviceSetPowerManagementLimit(lib: "SimLibrary", g: SimGpu, milliwatts: int) -> int:
+def nvmlDeviceSetPowerManagementLimit(lib: LibraryState, g: SimGpu, milliwatts: int) -> int:
     try:
         with lib.fleet.lock:
             lib.fleet.sync(force=True)
@@ -216,13 +222,13 @@ def nvmlDeviceSetPowerManagementLimit(lib: "SimLibrary", g: SimGpu, milliwatts: 
 
 
 @_c(c_void_p, c_void_p)
-def nvmlDeviceGetTotalEnergyConsumption(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+def nvmlDeviceGetTotalEnergyConsumption(lib: LibraryState, g: SimGpu, out: int) -> int:
     _put(c_ulonglong, out, int(g.energy_mj))
     return SUCCESS
 
 
 @_c(c_void_p, c_void_p)
-def nvmlDeviceGetUtilizationRates(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+def nvmlDeviceGetUtilizationRates(lib: LibraryState, g: SimGpu, out: int) -> int:
     u = pynvml.c_nvmlUtilization_t.from_address(out)
     u.gpu = int(round(g.utilization * 100))
     u.memory = int(round(g.utilization * 60))   # memory controller busy share tracks the load
@@ -230,7 +236,7 @@ def nvmlDeviceGetUtilizationRates(lib: "SimLibrary", g: SimGpu, out: int) -> int
 
 
 @_c(c_void_p, c_void_p)
-def nvmlDeviceGetMemoryInfo(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+def nvmlDeviceGetMemoryInfo(lib: LibraryState, g: SimGpu, out: int) -> int:
     m = pynvml.c_nvmlMemory_t.from_address(out)
     m.total, m.used = g.memory_total, g.memory_used
     m.free = m.total - m.used
@@ -238,7 +244,7 @@ def nvmlDeviceGetMemoryInfo(lib: "SimLibrary", g: SimGpu, out: int) -> int:
 
 
 @_c(c_void_p, c_void_p)
-def nvmlDeviceGetMemoryInfo_v2(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+def nvmlDeviceGetMemoryInfo_v2(lib: LibraryState, g: SimGpu, out: int) -> int:
     m = pynvml.c_nvmlMemory_v2_t.from_address(out)
     if m.version != pynvml.nvmlMemory_v2:
         return ERROR_ARGUMENT_VERSION_MISMATCH
@@ -248,19 +254,19 @@ def nvmlDeviceGetMemoryInfo_v2(lib: "SimLibrary", g: SimGpu, out: int) -> int:
 
 
 @_c(c_void_p, c_void_p, names=("nvmlDeviceGetCurrentClocksThrottleReasons",))
-def nvmlDeviceGetCurrentClocksEventReasons(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+def nvmlDeviceGetCurrentClocksEventReasons(lib: LibraryState, g: SimGpu, out: int) -> int:
     _put(c_ulonglong, out, g.reasons)
     return SUCCESS
 
 
 @_c(c_void_p, c_void_p, names=("nvmlDeviceGetSupportedClocksThrottleReasons",))
-def nvmlDeviceGetSupportedClocksEventReasons(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+def nvmlDeviceGetSupportedClocksEventReasons(lib: LibraryState, g: SimGpu, out: int) -> int:
     _put(c_ulonglong, out, 0x1FF)
     return SUCCESS
 
 
 @_c(c_void_p, c_uint, c_void_p)
-def nvmlDeviceGetClockInfo(lib: "SimLibrary", g: SimGpu, kind: int, out: int) -> int:
+def nvmlDeviceGetClockInfo(lib: LibraryState, g: SimGpu, kind: int, out: int) -> int:
     if kind in (0, 1):          # graphics, SM
         _put(c_uint, out, g.sm_clock_mhz)
     elif kind == 2:             # memory
@@ -273,13 +279,13 @@ def nvmlDeviceGetClockInfo(lib: "SimLibrary", g: SimGpu, kind: int, out: int) ->
 
 
 @_c(c_void_p, c_uint, c_void_p)
-def nvmlDeviceGetMaxClockInfo(lib: "SimLibrary", g: SimGpu, kind: int, out: int) -> int:
+def nvmlDeviceGetMaxClockInfo(lib: LibraryState, g: SimGpu, kind: int, out: int) -> int:
     _put(c_uint, out, g.model.mem_mhz if kind == 2 else g.model.max_sm_mhz)
     return SUCCESS
 
 
 @_c(c_void_p, c_void_p)
-def nvmlDeviceGetFanSpeed(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+def nvmlDeviceGetFanSpeed(lib: LibraryState, g: SimGpu, out: int) -> int:
     if not g.model.has_fan:
         return ERROR_NOT_SUPPORTED
     _put(c_uint, out, g.fan_percent)
@@ -287,7 +293,7 @@ def nvmlDeviceGetFanSpeed(lib: "SimLibrary", g: SimGpu, out: int) -> int:
 
 
 @_c(c_void_p, c_uint, c_void_p)
-def nvmlDeviceGetFanSpeed_v2(lib: "SimLibrary", g: SimGpu, fan: int, out: int) -> int:
+def nvmlDeviceGetFanSpeed_v2(lib: LibraryState, g: SimGpu, fan: int, out: int) -> int:
     if not g.model.has_fan:
         return ERROR_NOT_SUPPORTED
     if fan != 0:
@@ -297,19 +303,19 @@ def nvmlDeviceGetFanSpeed_v2(lib: "SimLibrary", g: SimGpu, fan: int, out: int) -
 
 
 @_c(c_void_p, c_void_p)
-def nvmlDeviceGetNumFans(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+def nvmlDeviceGetNumFans(lib: LibraryState, g: SimGpu, out: int) -> int:
     _put(c_uint, out, 1 if g.model.has_fan else 0)
     return SUCCESS
 
 
 @_c(c_void_p, c_void_p)
-def nvmlDeviceGetPerformanceState(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+def nvmlDeviceGetPerformanceState(lib: LibraryState, g: SimGpu, out: int) -> int:
     _put(c_uint, out, 8 if g.reasons & 0x1 else 0)
     return SUCCESS
 
 
 @_c(c_void_p, c_void_p)
-def nvmlDeviceGetPersistenceMode(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+def nvmlDeviceGetPersistenceMode(lib: LibraryState, g: SimGpu, out: int) -> int:
     _put(c_uint, out, 1)
     return SUCCESS
 
@@ -317,20 +323,20 @@ def nvmlDeviceGetPersistenceMode(lib: "SimLibrary", g: SimGpu, out: int) -> int:
 @_c(c_void_p, c_void_p, c_void_p, names=("nvmlDeviceGetComputeRunningProcesses_v2",
                                           "nvmlDeviceGetGraphicsRunningProcesses_v3",
                                           "nvmlDeviceGetGraphicsRunningProcesses_v2"))
-def nvmlDeviceGetComputeRunningProcesses_v3(lib: "SimLibrary", g: SimGpu, count: int, infos: int) -> int:
+def nvmlDeviceGetComputeRunningProcesses_v3(lib: LibraryState, g: SimGpu, count: int, infos: int) -> int:
     _put(c_uint, count, 0)       # the simulator runs no processes of its own
     return SUCCESS
 
 
 @_c(c_void_p, c_void_p, c_void_p, names=("nvmlDeviceGetDecoderUtilization",))
-def nvmlDeviceGetEncoderUtilization(lib: "SimLibrary", g: SimGpu, util: int, period_us: int) -> int:
+def nvmlDeviceGetEncoderUtilization(lib: LibraryState, g: SimGpu, util: int, period_us: int) -> int:
     _put(c_uint, util, 0)              # the simulated jobs do no video work
     _put(c_uint, period_us, 167000)
     return SUCCESS
 
 
 @_c(c_void_p, c_uint, c_void_p)
-def nvmlDeviceGetPcieThroughput(lib: "SimLibrary", g: SimGpu, counter: int, out: int) -> int:
+def nvmlDeviceGetPcieThroughput(lib: LibraryState, g: SimGpu, counter: int, out: int) -> int:
     if counter not in (0, 1):          # TX, RX
         return ERROR_INVALID_ARGUMENT
     _put(c_uint, out, int(g.utilization * 2_000_000))   # KB/s, traffic tracks the load
@@ -339,14 +345,14 @@ def nvmlDeviceGetPcieThroughput(lib: "SimLibrary", g: SimGpu, counter: int, out:
 
 # ---- ECC and memory repair ------------------------------------------------------------------
 @_c(c_void_p, c_void_p, c_void_p)
-def nvmlDeviceGetEccMode(lib: "SimLibrary", g: SimGpu, current: int, pending: int) -> int:
+def nvmlDeviceGetEccMode(lib: LibraryState, g: SimGpu, current: int, pending: int) -> int:
     _put(c_uint, current, 1)
     _put(c_uint, pending, 1)
     return SUCCESS
 
 
 @_c(c_void_p, c_uint, c_uint, c_void_p)
-def nvmlDeviceGetTotalEccErrors(lib: "SimLibrary", g: SimGpu, error_type: int, counter: int, out: int) -> int:
+def nvmlDeviceGetTotalEccErrors(lib: LibraryState, g: SimGpu, error_type: int, counter: int, out: int) -> int:
     if error_type not in (0, 1) or counter not in (0, 1):
         return ERROR_INVALID_ARGUMENT
     _put(c_ulonglong, out, g.ecc_correctable if error_type == 0 else g.ecc_uncorrectable)
@@ -354,7 +360,7 @@ def nvmlDeviceGetTotalEccErrors(lib: "SimLibrary", g: SimGpu, error_type: int, c
 
 
 @_c(c_void_p, c_uint, c_void_p, c_void_p)
-def nvmlDeviceGetRetiredPages(lib: "SimLibrary", g: SimGpu, cause: int, count: int, addrs: int | None) -> int:
+def nvmlDeviceGetRetiredPages(lib: LibraryState, g: SimGpu, cause: int, count: int, addrs: int | None) -> int:
     if g.model.memory_repair != "retirement":
         return ERROR_NOT_SUPPORTED
     n = g.retired_sbe if cause == 0 else g.retired_dbe
@@ -368,7 +374,7 @@ def nvmlDeviceGetRetiredPages(lib: "SimLibrary", g: SimGpu, cause: int, count: i
 
 
 @_c(c_void_p, c_void_p, c_void_p, c_void_p, c_void_p)
-def nvmlDeviceGetRemappedRows(lib: "SimLibrary", g: SimGpu, corr: int, unc: int, pending: int, failure: int) -> int:
+def nvmlDeviceGetRemappedRows(lib: LibraryState, g: SimGpu, corr: int, unc: int, pending: int, failure: int) -> int:
     if g.model.memory_repair != "remapping":
         return ERROR_NOT_SUPPORTED
     _put(c_uint, corr, g.remapped_correctable)
@@ -379,7 +385,7 @@ def nvmlDeviceGetRemappedRows(lib: "SimLibrary", g: SimGpu, corr: int, unc: int,
 
 
 @_c(c_void_p, c_void_p)
-def nvmlDeviceGetPcieReplayCounter(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+def nvmlDeviceGetPcieReplayCounter(lib: LibraryState, g: SimGpu, out: int) -> int:
     _put(c_uint, out, g.pcie_replays)
     return SUCCESS
 
@@ -419,7 +425,7 @@ class _FieldValue(ctypes.Structure):
 
 
 @_c(c_void_p, c_int, c_void_p)
-def nvmlDeviceGetFieldValues(lib: "SimLibrary", g: SimGpu, count: int, values: int) -> int:
+def nvmlDeviceGetFieldValues(lib: LibraryState, g: SimGpu, count: int, values: int) -> int:
     arr = (_FieldValue * count).from_address(values)
     stamp = int(time.time() * 1e6)
     for fv in arr:
@@ -439,13 +445,13 @@ def nvmlDeviceGetFieldValues(lib: "SimLibrary", g: SimGpu, count: int, values: i
 
 # ---- events ---------------------------------------------------------------------------------
 @_c(c_void_p, device=False)
-def nvmlEventSetCreate(lib: "SimLibrary", out: int) -> int:
+def nvmlEventSetCreate(lib: LibraryState, out: int) -> int:
     _put(c_void_p, out, EVENT_SET_BASE + lib.fleet.event_set_create())
     return SUCCESS
 
 
 @_c(c_void_p, c_ulonglong, c_void_p)
-def nvmlDeviceRegisterEvents(lib: "SimLibrary", g: SimGpu, types: int, event_set: int | None) -> int:
+def nvmlDeviceRegisterEvents(lib: LibraryState, g: SimGpu, types: int, event_set: int | None) -> int:
     if types & ~SUPPORTED_EVENTS:
         return ERROR_NOT_SUPPORTED
     ok = lib.fleet.event_set_register((event_set or 0) - EVENT_SET_BASE, g.index, types)
@@ -453,13 +459,13 @@ def nvmlDeviceRegisterEvents(lib: "SimLibrary", g: SimGpu, types: int, event_set
 
 
 @_c(c_void_p, c_void_p)
-def nvmlDeviceGetSupportedEventTypes(lib: "SimLibrary", g: SimGpu, out: int) -> int:
+def nvmlDeviceGetSupportedEventTypes(lib: LibraryState, g: SimGpu, out: int) -> int:
     _put(c_ulonglong, out, SUPPORTED_EVENTS)
     return SUCCESS
 
 
 @_c(c_void_p, c_void_p, c_uint, device=False, names=("nvmlEventSetWait",))
-def nvmlEventSetWait_v2(lib: "SimLibrary", event_set: int | None, out: int, timeout_ms: int) -> int:
+def nvmlEventSetWait_v2(lib: LibraryState, event_set: int | None, out: int, timeout_ms: int) -> int:
     got = lib.fleet.event_set_wait((event_set or 0) - EVENT_SET_BASE, timeout_ms / 1000.0,
                                    time.monotonic() + timeout_ms / 1000.0)
     if got is None:
@@ -473,7 +479,7 @@ def nvmlEventSetWait_v2(lib: "SimLibrary", event_set: int | None, out: int, time
 
 
 @_c(c_void_p, device=False)
-def nvmlEventSetFree(lib: "SimLibrary", event_set: int | None) -> int:
+def nvmlEventSetFree(lib: LibraryState, event_set: int | None) -> int:
     return SUCCESS if lib.fleet.event_set_free((event_set or 0) - EVENT_SET_BASE) else ERROR_INVALID_ARGUMENT
 
 
