@@ -3,7 +3,10 @@
 ``load(path=None)`` reads the shipped thresholds file (or ``path``), validates it against
 ``schema.json`` and a few cross-field rules, and returns a ``RulesConfig``. Any problem raises
 ``ConfigError`` naming the file, the line and the field path (``alerts.THERMAL_WARNING.for``),
-so an editor's mistake is found without reading a stack trace. Nothing here writes files.
+so an editor's mistake is found without reading a stack trace; every problem found is listed.
+Reading, line numbers, schema validation and the schema's defaults come from the shared
+foundation (``gpuwarden.config``), durations from ``gpuwarden.durations``. Nothing here writes
+files.
 
 ``RulesConfig.alerts`` holds the threshold alerts (the seed's eight and any a user adds), keyed
 by rule id; each has ``.metric``, ``.op``, ``.threshold`` (base unit), ``.for_seconds``,
@@ -16,16 +19,20 @@ is actually judged by.
 
 from __future__ import annotations
 
-import json
 import math
 import operator
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 import jsonschema
-import yaml
+
+from gpuwarden import config as foundation
+from gpuwarden.config import Document, FieldPath, Problem
+from gpuwarden.durations import parse as parse_duration
+
+__all__ = ["ConfigError", "Problem", "RulesConfig", "load", "parse_duration"]
 
 DEFAULT_PATH = Path(__file__).resolve().with_name("thresholds.yaml")
 SCHEMA_PATH = Path(__file__).resolve().with_name("schema.json")
@@ -46,47 +53,12 @@ LIMITS: dict[str, tuple[str, tuple[tuple[str, str], ...], str]] = {
     "memory_temperature_max": ("gpu_temperature_threshold_celsius", (("threshold", "memory_max"),), "_celsius"),
 }
 
-_DURATION_RE = re.compile(
-    r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$")
-_DURATION_UNITS = (365 * 86400, 7 * 86400, 86400, 3600, 60, 1, 0.001)
 
-FieldPath = tuple[str | int, ...]
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong in a thresholds file."""
-
-    file: str
-    line: int | None
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.field or '(document)'}: {self.message}"
-
-
-class ConfigError(Exception):
+class ConfigError(foundation.ConfigError):
     """A thresholds file that cannot be used. ``.problems`` lists every problem found;
     ``.file``, ``.line`` and ``.field`` describe the first one."""
 
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        first = problems[0]
-        self.file, self.line, self.field = first.file, first.line, first.field
-        lines = [str(p) for p in problems]
-        super().__init__("\n".join(lines) + "\nfix the file (schema: rules/schema.json) and run again")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a Prometheus duration ("1m30s"); raises ValueError on anything else."""
-    m = _DURATION_RE.match(text)
-    if text == "0":
-        return 0.0
-    if not m or not text:
-        raise ValueError(f"{text!r} is not a Prometheus duration (like 30s, 5m, 1h)")
-    return float(sum(int(g) * unit for g, unit in zip(m.groups(), _DURATION_UNITS) if g))
+    hint = "fix the file (schema: rules/schema.json) and run again"
 
 
 @dataclass(frozen=True)
@@ -95,8 +67,8 @@ class Relative:
     limit, or the slowdown temperature - 3 °C. ``limit`` is a key of ``LIMITS``."""
 
     limit: str
-    factor: float = 1.0
-    offset: float = 0.0
+    factor: float
+    offset: float
 
     @property
     def metric(self) -> str:
@@ -252,119 +224,37 @@ class RulesConfig:
         return f"{self.runbook_base_url}/{alert}.md"
 
 
-# --- reading YAML with line numbers -------------------------------------------------------
-
-
-def _walk_marks(node: yaml.Node, path: FieldPath, marks: dict[FieldPath, int],
-                problems: list[Problem], file: str) -> None:
-    """Records the 1-based line of every key/item; reports duplicate keys (YAML keeps the last)."""
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            sub = path + (key,)
-            if key in seen:
-                problems.append(Problem(file, key_node.start_mark.line + 1, _dotted(sub),
-                                        "duplicate key (remove one of them)"))
-            seen.add(key)
-            marks[sub] = key_node.start_mark.line + 1
-            _walk_marks(value_node, sub, marks, problems, file)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            marks[path + (i,)] = item.start_mark.line + 1
-            _walk_marks(item, path + (i,), marks, problems, file)
-
-
-def _dotted(path: Iterable[str | int]) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _line(marks: Mapping[FieldPath, int], path: FieldPath) -> int | None:
-    """Line of ``path``, or of its nearest ancestor that has one."""
-    p = tuple(path)
-    while p:
-        if p in marks:
-            return marks[p]
-        p = p[:-1]
-    return marks.get((), None)
-
-
-def _read(path: Path) -> tuple[Any, dict[FieldPath, int]]:
-    file = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([Problem(file, None, "", f"cannot read: {exc.strerror or exc}")]) from exc
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            raise ConfigError([Problem(file, 1, "", "empty file")])
-        marks: dict[FieldPath, int] = {(): node.start_mark.line + 1}
-        problems: list[Problem] = []
-        _walk_marks(node, (), marks, problems, file)
-        if problems:
-            raise ConfigError(problems)
-        data = loader.construct_document(node)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([Problem(file, line, "", f"not valid YAML: {problem}")]) from exc
-    finally:
-        loader.dispose()
-    return data, marks
-
-
 # --- validation -----------------------------------------------------------------------------
 
 
-def _schema() -> dict[str, Any]:
-    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+def _schema() -> foundation.Schema:
+    return foundation.Schema.packaged("gpuwarden.rules", "schema.json")
 
 
-def _schema_problems(data: Any, marks: Mapping[FieldPath, int], file: str) -> list[Problem]:
-    validator = jsonschema.Draft202012Validator(_schema())
-    problems: list[Problem] = []
-    for err in _leaf_errors(validator.iter_errors(data)):
-        path: FieldPath = tuple(err.absolute_path)
-        message = err.message
-        if err.validator == "required" and isinstance(err.instance, dict):
-            missing = [k for k in err.validator_value if k not in err.instance]
-            if missing:
-                message = "missing (required field)"
-                problems.append(Problem(file, _line(marks, path), _dotted(path + (missing[0],)), message))
-                continue
-        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-            known = set(err.schema.get("properties", {}))
-            for extra in sorted(k for k in err.instance if k not in known):
-                problems.append(Problem(file, _line(marks, path + (extra,)), _dotted(path + (extra,)),
-                                        f"unknown field (allowed: {', '.join(sorted(known))})"))
-            continue
-        if err.validator == "not" and isinstance(err.instance, dict):
-            message = "field not allowed for this kind (see rules/schema.json)"
-        problems.append(Problem(file, _line(marks, path), _dotted(path), message))
-    return sorted(set(problems), key=lambda p: (p.line or 0, p.field, p.message))
+def _describe(err: jsonschema.ValidationError, path: FieldPath) -> list[tuple[FieldPath, str]] | None:
+    """The thresholds file's wording: a missing field is named itself, a field a kind does not
+    take points at the schema."""
+    if err.validator == "required" and isinstance(err.instance, dict):
+        missing = [k for k in err.validator_value if k not in err.instance]
+        if missing:
+            return [(path + (missing[0],), "missing (required field)")]
+    if err.validator == "not" and isinstance(err.instance, dict):
+        return [(path, "field not allowed for this kind (see rules/schema.json)")]
+    return None
 
 
-def _leaf_errors(errors: Iterable[jsonschema.ValidationError]) -> Iterable[jsonschema.ValidationError]:
-    """Flattens allOf wrappers so messages point at the field, not at the schema combinator."""
-    for err in errors:
-        if err.validator == "allOf" and err.context:
-            yield from _leaf_errors(err.context)
-        else:
-            yield err
+def _schema_problems(doc: Document) -> list[Problem]:
+    # Sorted by line; a missing field has no line of its own and is reported at its parent's.
+    return _schema().problems(doc.data, doc, describe=_describe)
 
 
-def _semantic_problems(data: dict[str, Any], marks: Mapping[FieldPath, int], file: str) -> list[Problem]:
+def _semantic_problems(doc: Document) -> list[Problem]:
     """Cross-field rules a JSON Schema cannot say."""
+    data: dict[str, Any] = doc.data
     problems: list[Problem] = []
 
     def bad(path: FieldPath, message: str) -> None:
-        problems.append(Problem(file, _line(marks, path), _dotted(path), message))
+        problems.append(doc.problem(path, message))
 
     alerts: dict[str, Any] = data.get("alerts", {})
     sections = [("alerts", alerts), ("forecasts", data.get("forecasts") or {}),
@@ -388,7 +278,7 @@ def _semantic_problems(data: dict[str, Any], marks: Mapping[FieldPath, int], fil
                         bad((section, rule_id, key), str(exc))
 
     for rule_id, entry in alerts.items():
-        kind = entry.get("kind", "level")
+        kind = entry["kind"]
         if kind == "growth" and not entry["metric"].endswith("_total"):
             bad(("alerts", rule_id, "metric"), "kind growth needs a counter (a name ending in _total)")
         if kind in ("level", "ratio") and not math.isfinite(float(entry["threshold"])):
@@ -405,7 +295,7 @@ def _semantic_problems(data: dict[str, Any], marks: Mapping[FieldPath, int], fil
         if target is None:
             bad(path + ("target",), f"no alert {target_id!r} under alerts (known: {', '.join(alerts)})")
             continue
-        kind = target.get("kind", "level")
+        kind = target["kind"]
         if kind not in ("level", "ratio"):
             bad(path + ("target",), f"{target_id} is of kind {kind}: predict_linear applies to gauges "
                                     "(kind level or ratio) only")
@@ -422,17 +312,18 @@ def _semantic_problems(data: dict[str, Any], marks: Mapping[FieldPath, int], fil
                                    "the guard must sit on the safe side of the threshold")
         if parse_duration(entry["horizon"]) <= 0 or parse_duration(entry["lookback"]) <= 0:
             bad(path + ("horizon",), "lookback and horizon must be longer than 0s")
-    problems += _profile_problems(data, marks, file)
+    problems += _profile_problems(doc)
     return problems
 
 
-def _profile_problems(data: dict[str, Any], marks: Mapping[FieldPath, int], file: str) -> list[Problem]:
+def _profile_problems(doc: Document) -> list[Problem]:
     """Profiles: a regex that compiles, overrides of rules that exist, relative thresholds only
     on levels compared with a limit of the same unit, and examples each judged by its profile."""
+    data: dict[str, Any] = doc.data
     problems: list[Problem] = []
 
     def bad(path: FieldPath, message: str) -> None:
-        problems.append(Problem(file, _line(marks, path), _dotted(path), message))
+        problems.append(doc.problem(path, message))
 
     alerts: dict[str, Any] = data.get("alerts", {})
     compiled: list[tuple[str, re.Pattern[str] | None]] = []
@@ -467,7 +358,7 @@ def _profile_problems(data: dict[str, Any], marks: Mapping[FieldPath, int], file
             rel = override.get("relative")
             if rel is None:
                 continue
-            kind = base.get("kind", "level")
+            kind = base["kind"]
             if kind != "level":
                 bad(rpath + ("relative",), f"{rule_id} is of kind {kind}: only a level (the raw series "
                                            "itself) can be compared with a GPU limit")
@@ -485,10 +376,10 @@ def _profile_problems(data: dict[str, Any], marks: Mapping[FieldPath, int], file
 def _alert_rule(rule_id: str, e: dict[str, Any]) -> AlertRule:
     return AlertRule(
         rule=rule_id, alert=e["alert"], family=e["family"], title=e["title"],
-        kind=e.get("kind", "level"), metric=e["metric"], op=e["op"],
+        kind=e["kind"], metric=e["metric"], op=e["op"],
         threshold=float(e["threshold"]), for_seconds=parse_duration(e["for"]), for_text=e["for"],
-        severity=e["severity"], action=e["action"], unit=e.get("unit", ""),
-        humanize=e.get("humanize", "humanize"), denominator=e.get("denominator"),
+        severity=e["severity"], action=e["action"], unit=e["unit"],
+        humanize=e["humanize"], denominator=e.get("denominator"),
         window_seconds=parse_duration(e["window"]) if "window" in e else None,
         window_text=e.get("window"), label=e.get("label"), values=tuple(e.get("values", ())),
         description=e.get("description"))
@@ -505,8 +396,8 @@ def _profile(name: str, index: int, e: dict[str, Any], alerts: dict[str, AlertRu
             changes["for_seconds"], changes["for_text"] = parse_duration(o["for"]), o["for"]
         if "relative" in o:
             r = o["relative"]
-            changes["relative"] = Relative(limit=r["to"], factor=float(r.get("factor", 1.0)),
-                                           offset=float(r.get("offset", 0.0)))
+            changes["relative"] = Relative(limit=r["to"], factor=float(r["factor"]),
+                                           offset=float(r["offset"]))
         rules[rule_id] = replace(base, **changes)
     return Profile(name=name, match=e["match"], index=index, examples=tuple(e.get("examples", ())),
                    alerts=rules, description=e.get("description"))
@@ -515,14 +406,17 @@ def _profile(name: str, index: int, e: dict[str, Any], alerts: dict[str, AlertRu
 def load(path: Path | str | None = None) -> RulesConfig:
     """Reads and validates a thresholds file (default: the shipped rules/thresholds.yaml)."""
     cfg_path = Path(path) if path is not None else DEFAULT_PATH
-    file = str(cfg_path)
-    data, marks = _read(cfg_path)
-    problems = _schema_problems(data, marks, file)
+    doc = foundation.read_yaml(cfg_path, ConfigError)
+    if doc.data is None:
+        raise ConfigError([Problem(doc.file, 1, "", "empty file")])
+    problems = _schema_problems(doc)
     if problems:
         raise ConfigError(problems)
-    problems = _semantic_problems(data, marks, file)
+    doc.data = _schema().with_defaults(doc.data)   # the schema's defaults: kind, humanize, ...
+    problems = _semantic_problems(doc)
     if problems:
         raise ConfigError(problems)
+    data = doc.data
 
     settings = data["settings"]
     alerts = {rid: _alert_rule(rid, e) for rid, e in data["alerts"].items()}
@@ -545,7 +439,7 @@ def load(path: Path | str | None = None) -> RulesConfig:
         path=cfg_path, exporter_job=settings["exporter_job"],
         runbook_base_url=settings["runbook_base_url"],
         evaluation_interval=settings.get("evaluation_interval"),
-        prometheus_rule=settings.get("prometheus_rule", {"name": "gpuwarden"}),
+        prometheus_rule=settings["prometheus_rule"],
         alerts=alerts, forecasts=forecasts, monitoring=monitoring,
         profiles={name: _profile(name, i, e, alerts)
                   for i, (name, e) in enumerate((data.get("profiles") or {}).items())})

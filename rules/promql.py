@@ -16,6 +16,8 @@ the agent's predictor and the dashboard judge a GPU by the numbers its alerts us
 
 from __future__ import annotations
 
+from gpuwarden import durations
+
 from .config import AlertRule, Forecast, MonitoringAlert, Profile, RulesConfig
 
 LEVEL = "instance_gpu"
@@ -36,11 +38,7 @@ def number(value: float) -> str:
 
 def duration(seconds: float) -> str:
     """Seconds as the shortest exact Prometheus duration (600 -> 10m, 90 -> 90s)."""
-    s = int(seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s and s % size == 0:
-            return f"{s // size}{unit}"
-    return f"{s}s"
+    return durations.format_seconds(seconds)
 
 
 def selector(cfg: RulesConfig, **matchers: str) -> str:
