@@ -28,7 +28,8 @@ log = logging.getLogger("gpuwarden.exporter")
 
 
 def _duration(text: str) -> float:
-    from .sim.scenario import seconds
+    """A number of seconds or a Prometheus duration (gpuwarden.durations)."""
+    from gpuwarden.durations import seconds
     try:
         value = seconds(float(text) if text.replace(".", "", 1).isdigit() else text)
     except ValueError as exc:

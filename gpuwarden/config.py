@@ -35,6 +35,8 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, NoRetur
 import jsonschema
 import yaml
 
+from gpuwarden import durations
+
 FieldPath = tuple[str | int, ...]
 ErrorFactory = Callable[[str, str], Exception]
 
@@ -235,6 +237,9 @@ class Schema:
                 for extra in sorted(k for k in err.instance if k not in known
                                     and not any(re.search(p, k) for p in patterns)):
                     out.append((path + (extra,), f"unknown field (allowed: {', '.join(known)})"))
+            elif err.validator == "pattern" and err.validator_value == durations.PATTERN:
+                out.append((path, f"{err.instance!r} does not match Prometheus' duration grammar: "
+                                  f"expected {durations.EXAMPLES}"))
             else:
                 out.append((path, err.message))
         return out

@@ -7,23 +7,23 @@ to when; tests and end-to-end runs read that block instead of repeating the timi
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import yaml
+from gpuwarden import config as foundation
+from gpuwarden.config import Document, LineIndex
+from gpuwarden.durations import seconds
+
+__all__ = ["ACTIONS", "Expectation", "Scenario", "ScenarioError", "from_doc", "load", "parse", "play",
+           "seconds", "shipped"]
 
 ACTIONS = ("load", "power_limit", "fault", "clear_faults", "release_load")
-_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-class ScenarioError(ValueError):
-    """A scenario that cannot be played; the message names the file, line and field."""
+class ScenarioError(foundation.ConfigError, ValueError):
+    """A scenario that cannot be played; each line names the file, line and field."""
 
 
 @dataclass(frozen=True)
@@ -46,107 +46,48 @@ class Scenario:
     doc: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
-def seconds(value: float | int | str) -> float:
-    """Seconds in a number or a duration string like ``90s`` / ``2m``."""
-    if isinstance(value, (int, float)):
-        return float(value)
-    m = _DURATION.match(value)
-    if not m:
-        raise ValueError(f"not a duration: {value!r} (use seconds, or 500ms, 90s, 2m, 1h)")
-    return float(m.group(1)) * _UNIT[m.group(2)]
-
-
-def _schema() -> dict[str, Any]:
-    return json.loads(resources.files("gpuwarden.exporter.sim").joinpath("scenario.schema.json").read_text())
-
-
-_VALIDATOR: jsonschema.protocols.Validator | None = None
-
-
-def _validator() -> jsonschema.protocols.Validator:
-    global _VALIDATOR  # a cache of a constant (the shipped schema), not mutable state
-    if _VALIDATOR is None:
-        schema = _schema()
-        cls = jsonschema.validators.validator_for(schema)
-        _VALIDATOR = cls(schema)
-    return _VALIDATOR
-
-
-def _path(parts: Any) -> str:
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "(top level)"
-
-
-def _line(node: yaml.Node | None, parts: list[Any]) -> int | None:
-    """1-based line of the YAML node at ``parts`` (or of its nearest existing parent)."""
-    line = node.start_mark.line + 1 if node is not None else None
-    for p in parts:
-        if isinstance(node, yaml.MappingNode):
-            nxt = next((v for k, v in node.value if k.value == p), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(p, int) and p < len(node.value):
-            nxt = node.value[p]
-        else:
-            nxt = None
-        if nxt is None:
-            break
-        node = nxt
-        line = node.start_mark.line + 1
-    return line
+def _schema() -> foundation.Schema:
+    return foundation.Schema.packaged("gpuwarden.exporter.sim", "scenario.schema.json")
 
 
 def parse(text: str, source: str = "<scenario>") -> Scenario:
     """Parses and validates a scenario document; raises ScenarioError naming what is wrong."""
-    try:
-        doc = yaml.safe_load(text)
-        node = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"{source}: not valid YAML: {exc}") from exc
-    return from_doc(doc, source, node)
+    doc = foundation.parse_yaml(text, source, ScenarioError)
+    return from_doc(doc.data, source, doc.lines)
 
 
-def from_doc(doc: Any, source: str = "<scenario>", node: yaml.Node | None = None) -> Scenario:
-    """Validates an already-parsed document (a POST body, for instance)."""
-    errors = sorted(_validator().iter_errors(doc), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
-    if errors:
-        # The deepest error is the most specific one ("steps[2].fault.factor"), report it first.
-        err = max(errors, key=lambda e: len(e.absolute_path))
-        where = _path(err.absolute_path)
-        line = _line(node, list(err.absolute_path))
-        at = f"{source}:{line}" if line else source
-        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise ScenarioError(f"{at}: {where}: {err.message}{more}")
+def from_doc(data: Any, source: str = "<scenario>", lines: LineIndex | None = None) -> Scenario:
+    """Validates an already-parsed document (a POST body, for instance); ``lines`` is the YAML
+    line index when there is one. Every schema problem is reported at once."""
+    doc = Document(source, data, lines or LineIndex())
+    problems = _schema().problems(data, doc)
+    if problems:
+        raise ScenarioError(problems)
     steps = []
-    for i, step in enumerate(doc["steps"]):
+    for i, step in enumerate(data["steps"]):
         acts = [a for a in ACTIONS if a in step]
         if len(acts) != 1:
-            line = _line(node, ["steps", i])
-            at = f"{source}:{line}" if line else source
-            raise ScenarioError(f"{at}: steps[{i}]: needs exactly one of {', '.join(ACTIONS)}; found {acts or 'none'}")
+            raise ScenarioError(doc.problem(("steps", i), f"needs exactly one of {', '.join(ACTIONS)}; "
+                                                          f"found {acts or 'none'}"))
         act = acts[0]
         args = step[act] if isinstance(step[act], dict) else {}
         gpu = step["gpu"]
-        if isinstance(gpu, int) and "gpus" in doc and gpu >= doc["gpus"]:
-            line = _line(node, ["steps", i, "gpu"])
-            raise ScenarioError(f"{source}:{line}: steps[{i}].gpu: GPU {gpu} does not exist in a fleet of {doc['gpus']}")
+        if isinstance(gpu, int) and "gpus" in data and gpu >= data["gpus"]:
+            raise ScenarioError(doc.problem(("steps", i, "gpu"),
+                                            f"GPU {gpu} does not exist in a fleet of {data['gpus']}"))
         steps.append((seconds(step["at"]), gpu, act, dict(args)))
     expect = None
-    if "expect" in doc:
-        e = doc["expect"]
+    if "expect" in data:
+        e = data["expect"]
         expect = Expectation(e["rule"], e["gpu"], seconds(e["holds_from"]), seconds(e["holds_until"]))
-    return Scenario(name=doc["name"], description=doc.get("description", ""), gpus=doc.get("gpus"),
-                    model=doc.get("model"), steps=tuple(steps), expect=expect, source=source, doc=doc)
+    return Scenario(name=data["name"], description=data.get("description", ""), gpus=data.get("gpus"),
+                    model=data.get("model"), steps=tuple(steps), expect=expect, source=source, doc=data)
 
 
 def load(path: Path | str) -> Scenario:
     """Reads a scenario file; errors name the file, line and field."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ScenarioError(f"{p}: cannot read scenario file: {exc.strerror}") from exc
-    return parse(text, str(p))
+    doc = foundation.read_yaml(path, ScenarioError)
+    return from_doc(doc.data, doc.file, doc.lines)
 
 
 def shipped() -> dict[str, Path]:
