@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from gpuwarden.scheduler_agent.config import ConfigError, load
-from gpuwarden.scheduler_agent.tls import server_context
+from gpuwarden.scheduler_agent.tls import server_context, validity
 from gpuwarden.scheduler_agent.web import App, Response
 from gpuwarden.listener import Limits
 from tests.helpers import WEBHOOK_TOKEN, console_script, free_port, require_binary, wait_until, write_agent_config
@@ -310,3 +310,24 @@ def test_the_cli_talks_to_an_agent_that_requires_client_certificates(tmp_path: P
     assert half.returncode == 2 and "--cert-file and --key-file go together" in half.stderr
     mismatched = cli("--ca-file", str(pki.ca), "--cert-file", str(pki.client_cert), "--key-file", str(pki.other_key))
     assert mismatched.returncode == 2 and "--cert-file/--key-file" in mismatched.stderr
+
+
+def test_an_expired_or_not_yet_valid_certificate_stops_start_up(tmp_path: Path, pki: Pki) -> None:
+    """Clients refuse such a certificate, so Alertmanager's deliveries would all fail: an error
+    at start naming the field and the date, not a silent outage."""
+    cfg = load(_config(tmp_path, free_port(), _tls_yaml(pki)))
+    not_before, not_after = validity(cfg.tls.cert_file)
+    with pytest.raises(ConfigError, match=r"web\.tls\.cert_file: .* expired on \d{4}-"):
+        server_context(cfg.tls, cfg.error, now=lambda: not_after + 1)
+    with pytest.raises(ConfigError, match=r"web\.tls\.cert_file: .* not valid before \d{4}-"):
+        server_context(cfg.tls, cfg.error, now=lambda: not_before - 1)
+    server_context(cfg.tls, cfg.error, now=lambda: (not_before + not_after) / 2)
+
+
+def test_the_served_certificate_expiry_is_exported(tmp_path: Path, spawn, pki: Pki) -> None:
+    base = _start(spawn, tmp_path, _tls_yaml(pki))
+    _, not_after = validity(pki.server_cert)
+    status, body = _request(base + "/metrics", _client_context(pki))
+    line = next(x for x in body.decode().splitlines()
+                if x.startswith("gpuwarden_agent_tls_certificate_expiry_timestamp_seconds{"))
+    assert status == 200 and float(line.rsplit(" ", 1)[1]) == not_after
