@@ -5,164 +5,135 @@ leaves them to their owners; ``AgentConfig.section("remediation")`` returns that
 (``{}`` when absent) and ``AgentConfig.error(field, message)`` builds a ``ConfigError`` naming
 this file, the line and the field, so their validation reads like ours.
 
+Loading, line numbers, schema validation and defaults go through the shared foundation
+(``gpuwarden.config``): every schema problem is reported at once, one ``file:line: field:
+message`` line each, and the schema's ``default``s are the only defaults. Durations (
+``database.retention``) are Prometheus' (``gpuwarden.durations``) or plain seconds.
+
 Relative paths are relative to the config file's folder.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import yaml
-
+from gpuwarden import config as foundation
+from gpuwarden.config import LineIndex, Problem
+from gpuwarden.durations import seconds as duration_seconds
 from gpuwarden.listener import Limits
 
 from .store import Retention
 from .tls import TlsFiles
 
+__all__ = ["AgentConfig", "ConfigError", "duration_seconds", "load", "schema"]
 
-class ConfigError(Exception):
-    """A config problem; the message names the file, line and field and says what to do."""
+
+class ConfigError(foundation.ConfigError):
+    """A config problem; each line names the file, line and field and says what to do."""
 
 
 @dataclass
 class AgentConfig:
+    """The validated config. Every default comes from config.schema.json (filled into ``raw``
+    by the foundation), none is written here."""
+
     path: Path
     raw: dict[str, Any]
-    listen_host: str = ""
-    listen_port: int = 9787
-    token_file: Path = Path()
-    tls: TlsFiles | None = None          # web.tls; None serves plain HTTP
-    limits: Limits = Limits()            # web.limits
-    database_path: Path = Path()
-    synchronous: str = "NORMAL"
-    retention: Retention = field(default_factory=Retention)   # database.retention
-    scheduler: dict[str, Any] = field(default_factory=dict)
-    executor_kind: str = "local"
-    log_dir: Path = Path()
-    inventory: dict[str, Any] = field(default_factory=dict)
-    _lines: dict[tuple, int] = field(default_factory=dict, repr=False)
+    listen_host: str
+    listen_port: int
+    token_file: Path
+    tls: TlsFiles | None                 # web.tls; None serves plain HTTP
+    limits: Limits                       # web.limits
+    database_path: Path
+    synchronous: str
+    retention: Retention                 # database.retention
+    scheduler: dict[str, Any]
+    executor_kind: str
+    log_dir: Path
+    inventory: dict[str, Any]
+    _lines: LineIndex = field(default_factory=LineIndex, repr=False)
 
     def section(self, name: str) -> dict[str, Any]:
         return dict(self.raw.get(name) or {})
 
     def error(self, field_path: str, message: str) -> ConfigError:
-        keys = tuple(_key(p) for p in field_path.split(".") if p)
-        line = self._lines.get(keys)
-        where = f"{self.path}:{line}" if line else str(self.path)
-        return ConfigError(f"{where}: {field_path}: {message}")
+        return _error(self.path, self._lines, field_path, message)
 
     def resolve(self, p: str) -> Path:
-        q = Path(p).expanduser()
-        return q if q.is_absolute() else (self.path.parent / q)
+        return _resolve(self.path, p)
 
 
-def _key(p: str) -> Any:
-    return int(p) if p.isdigit() else p
+def _error(path: Path, lines: LineIndex, field_path: str, message: str) -> ConfigError:
+    return ConfigError(Problem(str(path), lines.line(foundation.split(field_path)), field_path, message))
 
 
-def schema() -> dict:
-    return json.loads(resources.files("gpuwarden.scheduler_agent").joinpath("config.schema.json").read_text())
+def _resolve(path: Path, p: str) -> Path:
+    q = Path(p).expanduser()
+    return q if q.is_absolute() else (path.parent / q)
 
 
-def _line_map(node: yaml.Node, prefix: tuple = (), out: dict | None = None) -> dict[tuple, int]:
-    out = {} if out is None else out
-    out.setdefault(prefix, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            key = prefix + (k.value,)
-            out[key] = k.start_mark.line + 1
-            _line_map(v, key, out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            _line_map(v, prefix + (i,), out)
-    return out
+def _schema() -> foundation.Schema:
+    return foundation.Schema.packaged("gpuwarden.scheduler_agent", "config.schema.json")
 
 
-_DURATION = re.compile(r"^(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-_UNITS = (7 * 86400, 86400, 3600, 60, 1)
+def schema() -> dict[str, Any]:
+    """The JSON Schema of the agent's config file (shipped as package data)."""
+    return _schema().schema
 
 
-def duration_seconds(value: float | int | str) -> float:
-    """Seconds in a number (seconds) or a duration string (``30d``, ``12h``, ``1w2d``, ``90s``)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    m = _DURATION.match(str(value))
-    if not m or not str(value):
-        raise ValueError(f"{value!r} is not a duration (seconds, or like 30d, 12h, 90m)")
-    return float(sum(int(g) * unit for g, unit in zip(m.groups(), _UNITS) if g))
-
-
-def _retention(cfg: AgentConfig, raw: dict[str, Any]) -> Retention:
+def _retention(path: Path, lines: LineIndex, raw: dict[str, Any]) -> Retention:
     out = {}
-    for key, default, least in (("max_age", "30d", 3600.0), ("interval", "1h", 1.0)):
+    for key, least in (("max_age", 3600.0), ("interval", 1.0)):
+        where = f"database.retention.{key}"
         try:
-            seconds = duration_seconds(raw.get(key, default))
+            seconds = duration_seconds(raw[key])
         except ValueError as exc:
-            raise cfg.error(f"database.retention.{key}", str(exc)) from None
+            raise _error(path, lines, where, str(exc)) from None
         if seconds < least:
-            raise cfg.error(f"database.retention.{key}", f"{raw[key]!r} is {seconds:g}s: it must "
-                            f"be at least {least:g}s" + (" (older rows feed the remediation "
-                                                        "budget and escalation windows)"
-                                                        if key == "max_age" else ""))
+            raise _error(path, lines, where, f"{raw[key]!r} is {seconds:g}s: it must be at least "
+                         f"{least:g}s" + (" (older rows feed the remediation budget and escalation "
+                                          "windows)" if key == "max_age" else ""))
         out[key] = seconds
-    return Retention(enabled=bool(raw.get("enabled", True)), max_age_seconds=out["max_age"],
-                     interval_seconds=out["interval"], batch_size=int(raw.get("batch_size", 500)))
+    return Retention(enabled=raw["enabled"], max_age_seconds=out["max_age"],
+                     interval_seconds=out["interval"], batch_size=raw["batch_size"])
 
 
 def load(path: str | Path) -> AgentConfig:
+    """Reads and validates the config file; raises ConfigError listing every problem."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file: {exc}") from exc
-    try:
-        raw = yaml.safe_load(text)
-        node = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if raw is None:
-        raw = {}
-    cfg = AgentConfig(path=path, raw=raw if isinstance(raw, dict) else {},
-                      _lines=_line_map(node) if node is not None else {})
+    doc = foundation.read_yaml(path, ConfigError)
+    lines = doc.lines
+    raw = {} if doc.data is None else doc.data
     if not isinstance(raw, dict):
-        raise cfg.error("", "the config must be a mapping (web:, database:, ...)")
-    err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema()).iter_errors(raw))
-    if err is not None:
-        field_path = ".".join(str(p) for p in err.absolute_path)
-        raise cfg.error(field_path or "(top level)", err.message)
+        raise _error(path, lines, "", "the config must be a mapping (web:, database:, ...)")
+    problems = _schema().problems(raw, doc)
+    if problems:
+        raise ConfigError(problems)
+    raw = _schema().with_defaults(raw)
     web = raw["web"]
-    host, _, port = web.get("listen_address", ":9787").rpartition(":")
-    cfg.listen_host, cfg.listen_port = host, int(port)
-    if not 0 <= cfg.listen_port <= 65535:
-        raise cfg.error("web.listen_address", f"port {port} is out of range 0-65535")
-    cfg.token_file = cfg.resolve(web["token_file"])
-    if not cfg.token_file.is_file():
-        raise cfg.error("web.token_file", f"{cfg.token_file} does not exist: write a random token into it "
-                                          "(e.g. `openssl rand -hex 32 > FILE`)")
-    lim = web.get("limits") or {}
-    cfg.limits = Limits(header_timeout=lim.get("header_timeout_seconds", Limits.header_timeout),
-                        body_timeout=lim.get("body_timeout_seconds", Limits.body_timeout),
-                        idle_timeout=lim.get("idle_timeout_seconds", Limits.idle_timeout),
-                        max_connections=lim.get("max_connections", Limits.max_connections))
+    host, _, port = web["listen_address"].rpartition(":")
+    if not 0 <= int(port) <= 65535:
+        raise _error(path, lines, "web.listen_address", f"port {port} is out of range 0-65535")
+    token_file = _resolve(path, web["token_file"])
+    if not token_file.is_file():
+        raise _error(path, lines, "web.token_file", f"{token_file} does not exist: write a random token "
+                                                     "into it (e.g. `openssl rand -hex 32 > FILE`)")
+    lim = web["limits"]
+    limits = Limits(header_timeout=lim["header_timeout_seconds"], body_timeout=lim["body_timeout_seconds"],
+                    idle_timeout=lim["idle_timeout_seconds"], max_connections=lim["max_connections"])
     tls = web.get("tls")
-    if tls is not None:
-        cfg.tls = TlsFiles(cfg.resolve(tls["cert_file"]), cfg.resolve(tls["key_file"]),
-                           cfg.resolve(tls["client_ca_file"]) if "client_ca_file" in tls else None)
-    db = raw.get("database") or {}
-    cfg.database_path = cfg.resolve(db.get("path", "gpuwarden-agent.db"))
-    cfg.synchronous = db.get("synchronous", "NORMAL")
-    cfg.retention = _retention(cfg, db.get("retention") or {})
-    cfg.scheduler = dict(raw.get("scheduler") or {})
-    ex = raw.get("executor") or {}
-    cfg.executor_kind = ex.get("kind", "local")
-    cfg.log_dir = cfg.resolve(ex.get("log_dir", "job-logs"))
-    cfg.inventory = dict(raw.get("inventory") or {})
-    if "file" in cfg.inventory:
-        cfg.inventory["file"] = str(cfg.resolve(cfg.inventory["file"]))
-    return cfg
+    tls_files = None if tls is None else TlsFiles(
+        _resolve(path, tls["cert_file"]), _resolve(path, tls["key_file"]),
+        _resolve(path, tls["client_ca_file"]) if "client_ca_file" in tls else None)
+    db = raw["database"]
+    ex = raw["executor"]
+    inventory = dict(raw.get("inventory") or {})
+    if "file" in inventory:
+        inventory["file"] = str(_resolve(path, inventory["file"]))
+    return AgentConfig(
+        path=path, raw=raw, listen_host=host, listen_port=int(port), token_file=token_file, tls=tls_files,
+        limits=limits, database_path=_resolve(path, db["path"]), synchronous=db["synchronous"],
+        retention=_retention(path, lines, db["retention"]), scheduler=dict(raw["scheduler"]),
+        executor_kind=ex["kind"], log_dir=_resolve(path, ex["log_dir"]), inventory=inventory, _lines=lines)

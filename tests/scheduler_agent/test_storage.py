@@ -138,8 +138,9 @@ def _serve(cfg: Path, user: int | None = None, timeout: float = 30) -> subproces
 
 def _config(directory: Path, db_path: str) -> Path:
     (directory / "webhook-token").write_text(WEBHOOK_TOKEN + "\n")
-    cfg = write_agent_config(directory, free_port(), "operator-token-for-storage-tests",
-                             extra="remediation:\n  auth: {bearer_token_file: webhook-token}\n")
+    # write_agent_config adds remediation.auth (webhook-token) itself: a second one would be a
+    # duplicate key, which the config loader refuses.
+    cfg = write_agent_config(directory, free_port(), "operator-token-for-storage-tests")
     cfg.write_text(cfg.read_text().replace("path: agent.db", f"path: {db_path}"))
     return cfg
 
