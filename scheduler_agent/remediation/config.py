@@ -1,7 +1,10 @@
 """The ``remediation:`` section of the agent's YAML config, validated by ``policy_schema.json``.
 
-Defaults live here, once; a missing key means the default. Errors name the source file and the
-field path (``remediation.budget.max_actions_per_minute: 0 is less than the minimum of 1``).
+Validation and defaults go through the shared foundation (``gpuwarden.config``): the schema's
+``default``s are the only defaults (a missing key means the default written there). Errors name
+the source file, the line (in the agent) and the field path
+(``remediation.budget.max_actions_per_minute: 0 is less than the minimum of 1``), every problem
+at once.
 
 Example (every key optional)::
 
@@ -19,62 +22,59 @@ Example (every key optional)::
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from importlib import resources
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-import jsonschema
+from gpuwarden import config as foundation
 
 from .errors import PolicyConfigError
 
 ACTIONS = ("notify", "throttle", "preempt", "quarantine")
 
 
+def _schema() -> foundation.Schema:
+    return foundation.Schema.packaged("gpuwarden.scheduler_agent.remediation", "policy_schema.json")
+
+
 def schema() -> dict[str, Any]:
     """The JSON Schema of the section (shipped as package data)."""
-    text = resources.files("gpuwarden.scheduler_agent.remediation").joinpath("policy_schema.json").read_text()
-    return json.loads(text)
+    return _schema().schema
 
 
 @dataclass(frozen=True)
 class Budget:
-    max_quarantined_ratio: float = 0.25
-    max_throttled_ratio: float = 0.5
-    max_actions_per_minute: int = 30
+    max_quarantined_ratio: float
+    max_throttled_ratio: float
+    max_actions_per_minute: int
 
 
 @dataclass(frozen=True)
 class Escalation:
-    enabled: bool = True
-    count: int = 3
-    window_seconds: float = 3600.0
+    enabled: bool
+    count: int
+    window_seconds: float
 
 
 @dataclass(frozen=True)
 class RemediationConfig:
-    dry_run: bool = False
-    bearer_token_file: str | None = None
-    basic_username: str | None = None
-    basic_password_file: str | None = None
-    max_body_bytes: int = 1 << 20
-    actuator: Mapping[str, Any] = field(default_factory=lambda: {"kind": "none"})
-    throttle_fraction: float | None = 0.8
-    throttle_watts: float | None = None
-    hold_down_seconds: float = 300.0
-    quarantine_preempts: bool = True
-    commands: Mapping[str, list[str]] = field(default_factory=dict)
-    rule_actions: Mapping[str, str] = field(default_factory=dict)
-    escalation: Escalation = Escalation()
-    budget: Budget = Budget()
-    poll_interval_seconds: float = 0.5
-    start_delay_seconds: float = 0.0
+    """The validated section; ``parse`` fills every field (defaults: policy_schema.json)."""
 
-
-def _where(error: jsonschema.ValidationError) -> str:
-    """The field's dotted path (``remediation.commands.quarantine.0``), as the agent's config
-    errors spell it so that its line lookup finds it."""
-    return ".".join(["remediation", *map(str, error.absolute_path)])
+    dry_run: bool
+    bearer_token_file: str | None
+    basic_username: str | None
+    basic_password_file: str | None
+    max_body_bytes: int
+    actuator: Mapping[str, Any]
+    throttle_fraction: float | None      # None when throttle.watts is set
+    throttle_watts: float | None
+    hold_down_seconds: float
+    quarantine_preempts: bool
+    commands: Mapping[str, list[str]]
+    rule_actions: Mapping[str, str]
+    escalation: Escalation
+    budget: Budget
+    poll_interval_seconds: float
+    start_delay_seconds: float
 
 
 ErrorFactory = Callable[[str, str], Exception]
@@ -88,39 +88,30 @@ def parse(section: Mapping[str, Any] | None, source: str = "<config>",
     ``AgentConfig.error``, which adds the file and line); by default ``PolicyConfigError``
     naming ``source`` and the field.
     """
-    make = error or (lambda f, m: PolicyConfigError(f"{source}: {f}: {m}"))
-    doc = {} if section is None else section
-    if not isinstance(doc, Mapping):
-        raise make("remediation", f"expected a mapping, got {type(doc).__name__}")
-    validator = jsonschema.Draft202012Validator(schema())
-    errors = sorted(validator.iter_errors(dict(doc)), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        first = errors[0]
-        more = "".join(f"; also {_where(e)}: {e.message}" for e in errors[1:5])
-        raise make(_where(first), first.message + more)
-    auth = doc.get("auth", {})
+    make = error or foundation.section_error(PolicyConfigError, source)
+    doc = foundation.check_section(section, _schema(), "remediation", make)
+    auth, throttle, worker = doc["auth"], doc["throttle"], doc["worker"]
     basic = auth.get("basic_auth", {})
-    throttle = doc.get("throttle", {})
-    worker = doc.get("worker", {})
-    if "watts" in throttle:
-        fraction, watts = None, float(throttle["watts"])
-    else:
-        fraction, watts = float(throttle.get("fraction", 0.8)), None
+    esc, budget = doc["escalation"], doc["budget"]
     return RemediationConfig(
-        dry_run=bool(doc.get("dry_run", False)),
+        dry_run=bool(doc["dry_run"]),
         bearer_token_file=auth.get("bearer_token_file"),
         basic_username=basic.get("username"),
         basic_password_file=basic.get("password_file"),
-        max_body_bytes=int(doc.get("max_body_bytes", 1 << 20)),
-        actuator=dict(doc.get("actuator", {"kind": "none"})),
-        throttle_fraction=fraction,
-        throttle_watts=watts,
-        hold_down_seconds=float(throttle.get("hold_down_seconds", 300.0)),
-        quarantine_preempts=bool(doc.get("quarantine", {}).get("preempt_jobs", True)),
-        commands={k: list(v) for k, v in doc.get("commands", {}).items()},
-        rule_actions={k: v["action"] for k, v in doc.get("rules", {}).items()},
-        escalation=Escalation(**doc.get("escalation", {})),
-        budget=Budget(**doc.get("budget", {})),
-        poll_interval_seconds=float(worker.get("poll_interval_seconds", 0.5)),
-        start_delay_seconds=float(worker.get("start_delay_seconds", 0.0)),
+        max_body_bytes=int(doc["max_body_bytes"]),
+        actuator=dict(doc["actuator"]),
+        # fraction's default applies unless watts is given (the schema refuses both).
+        throttle_fraction=None if "watts" in throttle else float(throttle["fraction"]),
+        throttle_watts=float(throttle["watts"]) if "watts" in throttle else None,
+        hold_down_seconds=float(throttle["hold_down_seconds"]),
+        quarantine_preempts=bool(doc["quarantine"]["preempt_jobs"]),
+        commands={k: list(v) for k, v in doc["commands"].items()},
+        rule_actions={k: v["action"] for k, v in doc["rules"].items()},
+        escalation=Escalation(enabled=bool(esc["enabled"]), count=int(esc["count"]),
+                              window_seconds=float(esc["window_seconds"])),
+        budget=Budget(max_quarantined_ratio=float(budget["max_quarantined_ratio"]),
+                      max_throttled_ratio=float(budget["max_throttled_ratio"]),
+                      max_actions_per_minute=int(budget["max_actions_per_minute"])),
+        poll_interval_seconds=float(worker["poll_interval_seconds"]),
+        start_delay_seconds=float(worker["start_delay_seconds"]),
     )

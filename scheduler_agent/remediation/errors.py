@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from gpuwarden.config import ConfigError
+
 
 class RemediationError(Exception):
     """Base class of the remediation package's errors."""
@@ -26,8 +28,9 @@ class IntakeError(RemediationError):
         self.reason = reason
 
 
-class PolicyConfigError(RemediationError):
-    """The ``remediation:`` config section is invalid (the message names file and field)."""
+class PolicyConfigError(RemediationError, ConfigError):
+    """The ``remediation:`` config section is invalid (the message names file and field);
+    also the config foundation's ``ConfigError``."""
 
 
 class ActuatorError(RemediationError):

@@ -1,5 +1,8 @@
 """The ``slurm:`` section of the agent's config, validated by ``config.schema.json``.
 
+Validation and defaults go through the shared foundation (``gpuwarden.config``); the schema's
+``default``s are the only defaults.
+
 Example (every key optional; the section's presence selects the Slurm backend)::
 
     slurm:
@@ -15,51 +18,55 @@ Example (every key optional; the section's presence selects the Slurm backend)::
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from importlib import resources
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-import jsonschema
+from gpuwarden import config as foundation
 
 from .errors import SlurmError
 
 
+class SlurmConfigError(SlurmError, foundation.ConfigError):
+    """The ``slurm:`` section is invalid (a ``SlurmError`` and the foundation's ``ConfigError``)."""
+
+
 @dataclass(frozen=True)
 class SlurmConfig:
-    enabled: bool = True
-    scontrol: tuple[str, ...] = ("scontrol",)
-    slurm_conf: str | None = None
-    timeout_seconds: float = 10.0
-    attempts: int = 3
-    backoff_seconds: float = 0.5
-    node_label: str = "instance"
-    nodes: Mapping[str, str] = field(default_factory=dict)
-    start_requeued_now: bool = True
+    """The validated section; ``parse`` fills every field (defaults: config.schema.json)."""
+
+    enabled: bool
+    scontrol: tuple[str, ...]
+    slurm_conf: str | None
+    timeout_seconds: float
+    attempts: int
+    backoff_seconds: float
+    node_label: str
+    nodes: Mapping[str, str]
+    start_requeued_now: bool
+
+
+def _schema() -> foundation.Schema:
+    return foundation.Schema.packaged("gpuwarden.scheduler_agent.slurm", "config.schema.json")
 
 
 def schema() -> dict[str, Any]:
-    text = resources.files("gpuwarden.scheduler_agent.slurm").joinpath("config.schema.json").read_text()
-    return json.loads(text)
+    return _schema().schema
 
 
-def parse(section: Mapping[str, Any], error: Callable[[str, str], Exception] | None = None
+def parse(section: Mapping[str, Any] | None, error: Callable[[str, str], Exception] | None = None
           ) -> SlurmConfig:
     """Validates the section; ``error(field, message)`` builds the exception (the agent passes
     ``AgentConfig.error``, which names the file and line)."""
-    make = error or (lambda f, m: SlurmError(f"{f}: {m}"))
-    err = jsonschema.exceptions.best_match(
-        jsonschema.Draft202012Validator(schema()).iter_errors(dict(section)))
-    if err is not None:
-        raise make(".".join(["slurm", *map(str, err.absolute_path)]), err.message)
+    make = error or foundation.section_error(SlurmConfigError)
+    doc = foundation.check_section(section, _schema(), "slurm", make)
     return SlurmConfig(
-        enabled=bool(section.get("enabled", True)),
-        scontrol=tuple(section.get("scontrol", ["scontrol"])),
-        slurm_conf=section.get("slurm_conf"),
-        timeout_seconds=float(section.get("timeout_seconds", 10)),
-        attempts=int(section.get("attempts", 3)),
-        backoff_seconds=float(section.get("backoff_seconds", 0.5)),
-        node_label=section.get("node_label", "instance"),
-        nodes=dict(section.get("nodes", {})),
-        start_requeued_now=bool(section.get("start_requeued_now", True)),
+        enabled=bool(doc["enabled"]),
+        scontrol=tuple(doc["scontrol"]),
+        slurm_conf=doc.get("slurm_conf"),
+        timeout_seconds=float(doc["timeout_seconds"]),
+        attempts=int(doc["attempts"]),
+        backoff_seconds=float(doc["backoff_seconds"]),
+        node_label=doc["node_label"],
+        nodes=dict(doc["nodes"]),
+        start_requeued_now=bool(doc["start_requeued_now"]),
     )
