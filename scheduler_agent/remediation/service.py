@@ -32,7 +32,7 @@ from .config import RemediationConfig
 from .errors import IntakeError
 from .intake import Credentials, Intake, read_secret
 from .metrics import RemediationCollector
-from .port import SchedulerPort
+from .port import ActionContext, SchedulerPort
 from .worker import Worker
 
 if TYPE_CHECKING:
@@ -47,18 +47,23 @@ OUTCOMES = ("pending", "acted", "recorded", "noop", "dry_run", "skipped_budget",
 
 
 class SchedulerAdapter:
-    """The embedded ``Scheduler`` seen through ``SchedulerPort``."""
+    """The embedded ``Scheduler`` seen through ``SchedulerPort``: the agent's port when no
+    cluster scheduler (``slurm:``) is configured. A preemption's actor in the scheduler's events
+    is the context's source (``remediation``, ``predictor``), else ``actor``."""
 
     def __init__(self, scheduler: "Scheduler", actor: str = "remediation") -> None:
         self._s = scheduler
         self._actor = actor
 
-    def quarantine(self, uuid: str, reason: str, actor: str) -> None:
+    def quarantine(self, uuid: str, reason: str, actor: str,
+                   context: ActionContext | None = None) -> None:
         # The worker preempts separately so that it can record which jobs it stopped.
         self._s.quarantine(uuid, reason, actor, preempt=False)
 
-    def preempt_gpu(self, uuid: str, reason: str) -> list[int]:
-        return list(self._s.preempt_gpu(uuid, reason, self._actor))
+    def preempt_gpu(self, uuid: str, reason: str,
+                    context: ActionContext | None = None) -> list[int]:
+        actor = context.source if context is not None else self._actor
+        return list(self._s.preempt_gpu(uuid, reason, actor))
 
     def set_throttled(self, uuid: str, throttled: bool, reason: str) -> None:
         self._s.set_throttled(uuid, throttled, reason)

@@ -41,7 +41,7 @@ from .actuators import GpuRef, PowerActuator
 from .config import ACTIONS, RemediationConfig
 from .command import UnsafeValue
 from .errors import ActuatorError
-from .port import CURRENT_ACTION, ActionContext, SchedulerPort
+from .port import REMEDIATION, ActionContext, SchedulerPort
 from . import store
 from .store import transaction
 from ..store import Retention
@@ -353,7 +353,7 @@ class Worker:
                 result["hook"] = {**started, "outcome": "uncertain"}
             else:
                 argv = None
-                ctx = CURRENT_ACTION.set(ActionContext(aid, gpu))
+                ctx = ActionContext(REMEDIATION, aid, gpu)
                 try:
                     argv = self._hook_argv(aid, action, gpu, detail)  # checked before acting
                     if action == "throttle":
@@ -363,17 +363,17 @@ class Worker:
                         self.actuator.set_limit(gpu, detail["previous_watts"])
                         self.scheduler.set_throttled(uuid, False, "power limit restored")
                     elif action == "preempt":
-                        result["preempted_jobs"] = self.scheduler.preempt_gpu(uuid, reason)
+                        result["preempted_jobs"] = self.scheduler.preempt_gpu(uuid, reason, ctx)
                     elif action == "quarantine":
-                        result.update(self.scheduler.quarantine(uuid, reason, self.actor) or {})
+                        result.update(self.scheduler.quarantine(uuid, reason, self.actor, ctx)
+                                      or {})
                         if self.cfg.quarantine_preempts:
-                            result["preempted_jobs"] = self.scheduler.preempt_gpu(uuid, reason)
+                            result["preempted_jobs"] = self.scheduler.preempt_gpu(uuid, reason,
+                                                                                  ctx)
                 except Exception as exc:  # noqa: BLE001 - actuator and scheduler errors alike
                     # are recorded as the action's failure; the worker goes on with the next.
                     error = str(exc) or type(exc).__name__
                     result.update(_refused(exc))
-                finally:
-                    CURRENT_ACTION.reset(ctx)
                 if argv is not None and not error:
                     hook_error, result["hook"] = self._run_hook(aid, detail, argv)
             if error or hook_error:

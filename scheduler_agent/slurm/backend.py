@@ -1,4 +1,5 @@
-"""``SlurmPort``: the remediation ``SchedulerPort`` acted out through Slurm.
+"""``SlurmPort``: the agent's ``SchedulerPort`` (remediation's and the predictor's) acted out
+through Slurm.
 
 - ``preempt_gpu``: ``scontrol requeue`` of every running job whose allocation holds that GPU
   index on that node (``scontrol show job -d``: ``GRES=gpu:4(IDX:0-3)``), then
@@ -19,8 +20,11 @@
 
 The embedded scheduler keeps the GPU inventory (UUID -> node, index, from Prometheus or a
 static list) and its state (what ``/api/v1/gpus`` shows). Slurm knows nodes and GPU indexes, not
-UUIDs: a GPU is found from the alert the worker is acting on (``CURRENT_ACTION``: its
-``instance``/``node`` label and ``gpu`` index), or else from that inventory.
+UUIDs: a GPU is found from the ``ActionContext`` the caller passes (the GPU as its alert or its
+predictor series named it: ``instance``/``node`` label and ``gpu`` index), or else from that
+inventory. The context's ``(source, action_id)`` keys the journal, which makes a repeated
+requeue (after a kill, or a predictor migration retried) run no command twice; without a
+context (an operator's quarantine through the API) commands are journaled under no key.
 """
 
 from __future__ import annotations
@@ -32,9 +36,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from ..remediation.port import CURRENT_ACTION
+from ..remediation.port import ActionContext
 from .errors import SlurmError, UnknownNode
-from .journal import Journal
+from .journal import Journal, Key
 from .nodemap import NodeMap
 from .parse import Job, Node, parse_jobs, parse_nodes
 from .runner import Runner
@@ -79,6 +83,10 @@ def format_reason(entries: list[Entry]) -> str:
     return f"{PREFIX} " + "; ".join(str(e) for e in entries)
 
 
+def _key(context: ActionContext | None) -> Key | None:
+    return (context.source, context.action_id) if context is not None else None
+
+
 class SlurmPort:
     def __init__(self, runner: Runner, journal: Journal, nodemap: NodeMap,
                  scheduler: "Scheduler | None" = None, start_requeued_now: bool = True,
@@ -119,9 +127,8 @@ class SlurmPort:
         found = [j for j in parse_jobs(r.stdout) if j.id == job_id]
         return found[0] if found else None
 
-    def locate(self, uuid: str) -> tuple[str, int]:
+    def locate(self, uuid: str, ctx: ActionContext | None = None) -> tuple[str, int]:
         """The GPU's Slurm node name and index; ``UnknownNode`` says why when there is none."""
-        ctx = CURRENT_ACTION.get()
         value, index = "", ""
         if ctx is not None and ctx.gpu.uuid == uuid:
             label = self.nodemap.label
@@ -142,9 +149,9 @@ class SlurmPort:
         return node, int(index)
 
     # -- changing Slurm -------------------------------------------------------------------
-    def _change(self, action_id: int | None, op: str, target: str, args: list[str],
+    def _change(self, key: Key | None, op: str, target: str, args: list[str],
                 before: Mapping[str, Any] | None = None) -> None:
-        row = self.journal.begin(action_id, op, target, self.runner.argv(*args), dict(before or {}))
+        row = self.journal.begin(key, op, target, self.runner.argv(*args), dict(before or {}))
         try:
             r = self.runner.run(*args)
         except SlurmError as exc:
@@ -165,13 +172,13 @@ class SlurmPort:
             self._own.active = False
 
     # -- SchedulerPort --------------------------------------------------------------------
-    def quarantine(self, uuid: str, reason: str, actor: str) -> Mapping[str, Any]:
-        ctx = CURRENT_ACTION.get()
-        aid = ctx.action_id if ctx is not None else None
-        rule = ((ctx.gpu.labels.get("rule") if ctx is not None else "")
+    def quarantine(self, uuid: str, reason: str, actor: str,
+                   context: ActionContext | None = None) -> Mapping[str, Any]:
+        key = _key(context)
+        rule = ((context.gpu.labels.get("rule") if context is not None else "")
                 or reason.split(":", 1)[0].strip() or "manual").replace(" ", "_")
         with self._lock:
-            name, index = self.locate(uuid)
+            name, index = self.locate(uuid, context)
             node = self.node(name)
             detail: dict[str, Any] = {"slurm_node": name, "slurm_scope": "node",
                                       "slurm_note": NODE_SCOPE_NOTE.format(node=name,
@@ -185,28 +192,28 @@ class SlurmPort:
                 detail["slurm"] = f"node {name} already drained for this GPU"
             else:
                 entries = [*ours, Entry(rule, index, uuid)]
-                self._change(aid, "drain", name, ["update", f"NodeName={name}", "State=DRAIN",
+                self._change(key, "drain", name, ["update", f"NodeName={name}", "State=DRAIN",
                                                    f"Reason={format_reason(entries)}"],
                              {"state": node.state, "reason": node.reason})
                 detail["slurm"] = f"drained node {name}"
             self._embedded("quarantine", uuid, reason, actor, False)
         return detail
 
-    def preempt_gpu(self, uuid: str, reason: str) -> list[int]:
-        ctx = CURRENT_ACTION.get()
-        aid = ctx.action_id if ctx is not None else None
+    def preempt_gpu(self, uuid: str, reason: str,
+                    context: ActionContext | None = None) -> list[int]:
+        key = _key(context)
         with self._lock:
-            name, index = self.locate(uuid)
-            plan = self.journal.plan(aid, f"preempt {name} {index}", lambda: [
+            name, index = self.locate(uuid, context)
+            plan = self.journal.plan(key, f"preempt {name} {index}", lambda: [
                 [j.id, j.restarts] for j in self.jobs()
                 if j.state in RUNNING and j.holds(name, index)])
             for job_id, restarts in plan:
-                self._requeue(aid, int(job_id), int(restarts))
+                self._requeue(key, int(job_id), int(restarts))
         return [int(j) for j, _ in plan]
 
-    def _requeue(self, aid: int | None, job_id: int, restarts: int) -> None:
+    def _requeue(self, key: Key | None, job_id: int, restarts: int) -> None:
         target = str(job_id)
-        prev = self.journal.previous(aid, "requeue", target)
+        prev = self.journal.previous(key, "requeue", target)
         job = self.job(job_id)
         if job is None:
             return
@@ -225,17 +232,18 @@ class SlurmPort:
         if not done:
             if job.state not in RUNNING or job.restarts > restarts:
                 return  # it ended, or was requeued by someone else since the plan was made
-            self._change(aid, "requeue", target, ["requeue", target],
+            self._change(key, "requeue", target, ["requeue", target],
                          {"restarts": restarts, "state": job.state})
         if self.start_requeued_now:
             # (On a resumed action the requeue's time is unknown: counted from now.)
-            self._start_now(aid, job_id, not_before=time.monotonic() + REQUEUE_SETTLE_SECONDS)
+            self._start_now(key, job_id, not_before=time.monotonic() + REQUEUE_SETTLE_SECONDS)
 
-    def _start_now(self, aid: int | None, job_id: int, not_before: float, wait: float = 10.0) -> None:
+    def _start_now(self, key: Key | None, job_id: int, not_before: float,
+                   wait: float = 10.0) -> None:
         """Resets the requeued job's start time so it may run soon (else ~120 s later), not
         before ``not_before`` (time.monotonic)."""
         target = str(job_id)
-        prev = self.journal.previous(aid, "start_now", target)
+        prev = self.journal.previous(key, "start_now", target)
         if prev is not None and prev["outcome"] == "ok":
             return
         deadline = max(time.monotonic() + wait, not_before)
@@ -255,7 +263,7 @@ class SlurmPort:
             return
         if prev is not None:
             self.journal.finish(prev["id"], "failed", 0, None, error="interrupted; retried")
-        self._change(aid, "start_now", target, ["update", f"JobId={job_id}", "StartTime=now"],
+        self._change(key, "start_now", target, ["update", f"JobId={job_id}", "StartTime=now"],
                      {"state": job.state, "reason": job.reason})
 
     def release(self, uuid: str, actor: str = "api") -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Mapping
 
 from gpuwarden.scheduler_agent.remediation.actuators import GpuRef, PowerLimits
 from gpuwarden.scheduler_agent.remediation.errors import ActuatorError
+from gpuwarden.scheduler_agent.remediation.port import ActionContext
 
 
 class FakeScheduler:
@@ -14,12 +15,15 @@ class FakeScheduler:
         self.states = {u: "healthy" for u in uuids}
         self.jobs: dict[str, list[int]] = {}
         self.calls: list[tuple] = []
+        self.contexts: list[ActionContext | None] = []   # passed to quarantine and preempt_gpu
         self.alerts: dict[tuple[str, str], str] = {}
         self.lock = threading.Lock()
 
-    def quarantine(self, uuid: str, reason: str, actor: str) -> None:
+    def quarantine(self, uuid: str, reason: str, actor: str,
+                   context: ActionContext | None = None) -> None:
         with self.lock:
             self.calls.append(("quarantine", uuid))
+            self.contexts.append(context)
             if uuid not in self.states:
                 raise KeyError(f"unknown GPU {uuid}")
             self.states[uuid] = "quarantined"
@@ -27,9 +31,11 @@ class FakeScheduler:
     def release(self, uuid: str) -> None:
         self.states[uuid] = "healthy"
 
-    def preempt_gpu(self, uuid: str, reason: str) -> list[int]:
+    def preempt_gpu(self, uuid: str, reason: str,
+                    context: ActionContext | None = None) -> list[int]:
         with self.lock:
             self.calls.append(("preempt", uuid))
+            self.contexts.append(context)
             return self.jobs.pop(uuid, [])
 
     def set_throttled(self, uuid: str, throttled: bool, reason: str) -> None:
