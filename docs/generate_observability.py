@@ -16,10 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +26,7 @@ from typing import Callable, Sequence
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from gpuwarden.scheduler_agent.stack.processes import StackError, console_script
+from gpuwarden.procs import Proc, ProcError, console_script, free_port, free_ports, wait_http
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "OBSERVABILITY.md"
@@ -51,14 +47,8 @@ class Family:
 def _script(name: str) -> str:
     try:
         return console_script(name)
-    except StackError as exc:
+    except ProcError as exc:
         raise SystemExit(str(exc)) from None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> str:
@@ -72,40 +62,24 @@ def _scrape(argv: list[str], url: str, cwd: Path, ready: str | None = None,
     """Starts ``argv``, waits for ``ready`` (default ``url``) to answer, runs ``prepare`` (events
     that make labelled families show their series), returns ``url``'s body once it contains
     ``until``, and stops the process (its whole group, by pid) whatever happens."""
-    log = open(cwd / "child.log", "ab")
-    proc = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = Proc(argv, cwd / "child.log", cwd=cwd, append=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"{argv[0]} exited ({proc.returncode}); see {cwd / 'child.log'}")
-            try:
-                _get(ready or url)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"{argv[0]} did not answer {ready or url} within 30s") from None
-                time.sleep(0.1)
+        try:
+            wait_http(ready or url, 30, proc)
+        except ProcError as exc:
+            raise SystemExit(str(exc)) from None
         if prepare is not None:
             prepare()
+        deadline = time.monotonic() + 30
         while True:
             text = _get(url)
             if until is None or until in text:
                 return text
             if time.monotonic() > deadline:
-                raise SystemExit(f"{url} never showed {until!r} within 30s; see {cwd / 'child.log'}")
+                raise SystemExit(f"{url} never showed {until!r} within 30s; see {proc.log}")
             time.sleep(0.1)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass  # it exited by itself (the SystemExit above says why)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+        proc.stop(10)
 
 
 def families(text: str) -> list[Family]:
@@ -124,7 +98,7 @@ def exporter_metrics(tmp: Path) -> list[Family]:
     non-fatal XID so that the per-XID counter has a series."""
     text = ""
     for model in ("h100", "v100"):
-        port, control = _free_port(), _free_port()
+        port, control = free_ports(2)
         xid = lambda: _get(f"http://127.0.0.1:{control}/api/v1/gpus/0/faults",  # noqa: E731
                            json.dumps({"kind": "xid", "xid": 13}).encode(), {"Content-Type": "application/json"})
         text += _scrape([_script("gpuwarden-exporter"), f"--web.listen-address=127.0.0.1:{port}",
@@ -137,7 +111,7 @@ def agent_metrics(tmp: Path) -> list[Family]:
     """The agent with its scheduler, remediation and predictor plug-ins (the predictor pointed
     at a Prometheus that is not there: its families exist all the same), after one webhook
     delivery so that the per-action counters have a series."""
-    port = _free_port()
+    port = free_port()
     token = "generate-observability-webhook"
     (tmp / "token").write_text("generate-observability-operator\n")
     (tmp / "webhook-token").write_text(token + "\n")
@@ -147,7 +121,7 @@ def agent_metrics(tmp: Path) -> list[Family]:
         "inventory": {"nodes": [{"name": "node-a", "count": GPUS}]},
         "executor": {"kind": "tracking"},
         "remediation": {"auth": {"bearer_token_file": "webhook-token"}},
-        "predictor": {"prometheus_url": f"http://127.0.0.1:{_free_port()}", "timeout_seconds": 1},
+        "predictor": {"prometheus_url": f"http://127.0.0.1:{free_port()}", "timeout_seconds": 1},
     }
     (tmp / "agent.yaml").write_text(yaml.safe_dump(config))
     alert = {"status": "firing", "labels": {"alertname": "GPUThermalWarning", "rule": "THERMAL_WARNING",

@@ -1,4 +1,5 @@
-"""Shared test helpers: free ports, real binaries, processes stopped by pid, polling.
+"""Shared test helpers: real binaries, console scripts, polling, agent configs; free ports and
+processes stopped by pid come from ``gpuwarden.procs`` (the one helper the launcher uses too).
 
 Servers under test bind to 127.0.0.1 on a free port and are stopped by the test that started
 them. In CI (``CI=true``) a missing binary fails the test; elsewhere it skips with the command
@@ -9,28 +10,23 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, TypeVar
 
 import pytest
+
+from gpuwarden.procs import Proc, free_port
+
+__all__ = ["Proc", "free_port", "REPO", "VENV_BIN", "WEBHOOK_TOKEN", "console_script", "http_get",
+           "require_binary", "wait_until", "with_webhook_auth", "write_agent_config"]
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def require_binary(name: str) -> str:
@@ -123,44 +119,3 @@ scheduler:
   tick_seconds: 0.05
 {extra}""")
     return cfg
-
-
-class Proc:
-    """A child process started by a test and stopped by pid (its whole process group)."""
-
-    def __init__(self, argv: Sequence[str], log: Path, cwd: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
-        self.argv = list(argv)
-        self.log_path = log
-        self._log = open(log, "wb")
-        self.popen = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
-                                      cwd=cwd, env=env, start_new_session=True)
-        self.pid = self.popen.pid
-
-    def output(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def stop(self, grace: float = 5.0) -> int:
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.popen.wait(grace)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.pid, signal.SIGKILL)
-                self.popen.wait()
-        self._log.close()
-        return self.popen.returncode
-
-    def kill9(self) -> None:
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.popen.wait()
