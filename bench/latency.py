@@ -2,7 +2,8 @@
 
     python -m bench.latency [--rounds N] [--json FILE]
 
-Brings up the whole loop on free ports (the same harness as tests/e2e: simulated exporter,
+Brings up the whole loop on free ports (the same ``Stack`` and harness as tests/e2e,
+``gpuwarden.stack.harness``: simulated exporter,
 real Prometheus with the SHIPPED rules and ``for:`` durations, real Alertmanager with the
 SHIPPED routing, the agent), injects all eight seed faults at once (each on its own GPU, from
 the shipped scenarios), and measures for each rule:
@@ -16,39 +17,23 @@ the shipped scenarios), and measures for each rule:
 - floor = ``for`` + scrape interval + evaluation interval + the group_wait of the route that
   delivers it (read from alertmanager/alertmanager.yml); target: crossed → action <= floor + 5 s.
 
-Prometheus scrapes and evaluates every 2 s here (tests/e2e/loop.py: a deployment setting).
+Prometheus scrapes and evaluates every 2 s here (``gpuwarden.stack.harness``: a deployment
+setting).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from tests.e2e import loop as L
-from gpuwarden.scheduler_agent.stack.processes import StackError, console_script
+from gpuwarden.stack import harness as L
 
 TARGET_MARGIN = 5.0
-
-
-def _binary(*names: str) -> str:
-    for name in names:
-        found = shutil.which(name)
-        if found:
-            return found
-    raise SystemExit(f"{names[0]} not found on PATH: apt-get install prometheus prometheus-alertmanager")
-
-
-def _script(name: str) -> str:
-    try:
-        return console_script(name)
-    except StackError as exc:
-        raise SystemExit(str(exc)) from None
 
 
 def _action_at(run: L.Run, rule: str, receiver: str) -> float | None:
@@ -64,8 +49,10 @@ def _action_at(run: L.Run, rule: str, receiver: str) -> float | None:
 
 
 def one_round(workdir: Path, timeout: float = 240.0) -> list[dict[str, Any]]:
-    loop = L.start(workdir, _binary("prometheus"), _binary("prometheus-alertmanager", "alertmanager"),
-                   _script("gpuwarden-exporter"), _script("gpuwarden-agent"))
+    try:
+        loop = L.start(workdir)   # Prometheus and Alertmanager from PATH, our console scripts beside Python
+    except L.LoopError as exc:
+        raise SystemExit(f"the loop did not come up: {exc}") from None
     try:
         run = L.inject_all(loop)
         receivers = {r: L.receiver_for(run.specs[r]) for r in L.SEED_RULES}

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.e2e import loop as loop_mod
+from gpuwarden.stack import harness as loop_mod
 from tests.helpers import console_script, require_binary
 
 
@@ -25,15 +25,15 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[loop_mod.Loop]:
     alertmanager = require_binary("alertmanager")
     workdir = tmp_path_factory.mktemp("loop")
     try:
-        running = loop_mod.start(workdir, prometheus, alertmanager, console_script("gpuwarden-exporter"),
-                                 console_script("gpuwarden-agent"))
+        running = loop_mod.start(workdir, prometheus, alertmanager, exporter=console_script("gpuwarden-exporter"),
+                                 agent=console_script("gpuwarden-agent"))
     except loop_mod.LoopError as exc:
         pytest.fail(f"the loop did not come up: {exc} (logs under {workdir / 'logs'})")
     try:
         yield running
     finally:
         running.stop()
-        left = [c.name for c in running.children.started if c.alive()]
+        left = running.stack.running()
         assert not left, f"still running after stop: {left}"
 
 

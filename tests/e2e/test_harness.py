@@ -7,7 +7,7 @@ import pytest
 
 from gpuwarden import rules
 import gpuwarden.rules.config  # noqa: F401 - loads rules.config
-from tests.e2e import loop as L
+from gpuwarden.stack import harness as L
 
 CFG = rules.config.load()
 

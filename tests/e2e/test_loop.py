@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gpuwarden import rules
 import gpuwarden.rules.config  # noqa: F401 - loads rules.config
-from tests.e2e import loop as L
+from gpuwarden.stack import harness as L
 from tests.helpers import http_get, wait_until
 
 CFG = rules.config.load()

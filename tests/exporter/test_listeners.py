@@ -23,7 +23,7 @@ from gpuwarden.exporter.server import MetricsServer
 from gpuwarden.exporter.sim import control
 from gpuwarden.exporter.sim.control import ControlServer
 from gpuwarden.listener import Limits
-from gpuwarden.scheduler_agent.stack.view import NotificationSink
+from gpuwarden.stack.view import NotificationSink
 
 WATTS = json.dumps({"watts": 300}).encode()
 NOTE = json.dumps({"alerts": [{"status": "firing", "labels": {"alertname": "X", "gpu": "1"}}]}).encode()

@@ -6,7 +6,7 @@ import collections
 import io
 from typing import Any
 
-from gpuwarden.scheduler_agent.stack.view import LiveView
+from gpuwarden.stack.view import LiveView
 
 
 class _Sink:

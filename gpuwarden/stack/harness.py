@@ -1,26 +1,25 @@
-"""The whole loop on free ports, for the end-to-end tests and ``python -m bench.latency``.
+"""The whole loop under measurement: faults played on a running ``Stack``, for the end-to-end
+tests (tests/e2e) and ``python -m bench.latency``.
 
 Simulated exporter → Prometheus (the SHIPPED rules in rules/generated, unchanged) → Alertmanager
-(the SHIPPED routing tree; only its receivers' URLs point here) → agent. The files are the ones
-``gpuwarden up`` writes (``scheduler_agent.stack.configs``); the children are started and stopped
-by pid the same way (``scheduler_agent.stack.processes``). What differs from ``gpuwarden up`` is
-deployment settings only, never a rule: every port is a free one, Prometheus scrapes and
-evaluates every ``SCRAPE_INTERVAL``, and the agent's throttle hold-down is short.
+(the SHIPPED routing tree; only its receivers' URLs point here) → agent: a ``Stack``, as
+``gpuwarden up`` starts it. What differs from ``gpuwarden up`` is deployment settings only, never
+a rule: every port is a free one, Prometheus scrapes and evaluates every ``SCRAPE_INTERVAL``, and
+the agent's throttle hold-down is short.
 
 The faults come from the simulator's shipped scenarios (exporter/sim/scenarios): each declares
 the rule it drives (``expect.rule``); its steps before ``holds_until`` inject the fault and the
 steps at ``holds_until`` clear it. ``Fault`` retargets them to any GPU and plays them through the
 control endpoint's ``POST /api/v1/scenario``, so every fault can run at once on its own GPU.
 
-This module imports nothing from pytest: binaries are passed in, and failures raise
-``LoopError`` (tests turn them into failures, the benchmark into an exit status).
+This module imports nothing from pytest: failures raise ``LoopError`` (tests turn them into
+failures, the benchmark into an exit status).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import socket
 import sys
 import threading
 import time
@@ -37,9 +36,11 @@ import yaml
 from gpuwarden import rules
 import gpuwarden.rules.config  # noqa: F401 - loads rules.config
 from gpuwarden.exporter.sim.scenario import seconds, shipped
-from gpuwarden.scheduler_agent.stack import configs
-from gpuwarden.scheduler_agent.stack.processes import Children
-from gpuwarden.scheduler_agent.stack.view import NotificationSink
+from gpuwarden.procs import ProcError
+
+from . import configs
+from .launcher import Stack
+from .view import NotificationSink
 
 # Deployment settings of the loop under test (not rules): Prometheus' scrape and evaluation
 # interval, and the agent's throttle hold-down (agent policy: how long a GPU must stay cool
@@ -65,17 +66,6 @@ T = TypeVar("T")
 
 class LoopError(RuntimeError):
     """The loop did not come up, or a condition was not reached in time; says what and where."""
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
-    try:
-        for s in socks:   # all held open at once, so the n ports are distinct
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _request(method: str, url: str, body: Any = None, token: str | None = None,
@@ -188,30 +178,44 @@ def crossed(rule: rules.config.AlertRule, gpu: dict[str, Any], baseline: dict[st
 
 @dataclass
 class Loop:
-    """A running loop; ``stop()`` stops every child by pid and cancels every job."""
+    """A running stack and the jobs placed on it; ``stop()`` cancels every job, then stops the
+    stack (every child by pid)."""
 
-    workdir: Path
-    ports: configs.Ports
-    token: str
-    children: Children
-    sink: NotificationSink
+    stack: Stack
     jobs: list[int] = field(default_factory=list)
 
     @property
+    def workdir(self) -> Path:
+        return self.stack.workdir
+
+    @property
+    def ports(self) -> configs.Ports:
+        return self.stack.ports
+
+    @property
+    def token(self) -> str:
+        return self.stack.token
+
+    @property
+    def sink(self) -> NotificationSink:
+        assert self.stack.sink is not None, "the stack was never started"
+        return self.stack.sink
+
+    @property
     def agent_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.agent}"
+        return self.stack.agent_url
 
     @property
     def sim_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.sim_control}"
+        return self.stack.sim_url
 
     @property
     def prometheus_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.prometheus}"
+        return self.stack.prometheus_url
 
     @property
     def exporter_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.exporter}"
+        return self.stack.exporter_url
 
     # -- agent ----------------------------------------------------------------------------
     def agent(self, path: str, body: Any = None, method: str | None = None) -> Any:
@@ -268,41 +272,32 @@ class Loop:
                 self.agent(f"/api/v1/jobs/{job_id}", method="DELETE")
             except (OSError, LoopError):
                 pass   # already finished, or the agent is gone (its jobs are then bounded sleeps)
-        self.children.stop_all()
-        self.sink.stop()
+        self.stack.stop()
 
 
-def start(workdir: Path, prometheus: str, alertmanager: str, exporter: str, agent: str,
-          gpu_count: int = GPU_COUNT) -> Loop:
-    """Starts exporter (simulated), agent, Alertmanager and Prometheus, and waits until the agent
-    knows every GPU (discovered from Prometheus). On failure everything started is stopped."""
-    p = _free_ports(6)
-    ports = configs.Ports(exporter=p[0], agent=p[1], prometheus=p[2], alertmanager=p[3], sim_control=p[4], sink=p[5])
-    settings = configs.Settings(scrape_interval=f"{SCRAPE_INTERVAL:g}s",
-                                evaluation_interval=f"{EVALUATION_INTERVAL:g}s",
-                                simulated=True, throttle_hold_down_seconds=HOLD_DOWN_SECONDS)
-    paths = configs.write_all(workdir, ports, settings)
-    children = Children(workdir / "logs")
-    sink = NotificationSink(ports.sink).start()
-    loop = Loop(workdir, ports, paths["token"].read_text().strip(), children, sink)
+def settings() -> configs.Settings:
+    """The loop's deployment settings (not rules): fast scrapes and evaluations, short hold-down."""
+    return configs.Settings(scrape_interval=f"{SCRAPE_INTERVAL:g}s", evaluation_interval=f"{EVALUATION_INTERVAL:g}s",
+                            simulated=True, throttle_hold_down_seconds=HOLD_DOWN_SECONDS)
+
+
+def start(workdir: Path, prometheus: str | None = None, alertmanager: str | None = None,
+          gpu_count: int = GPU_COUNT, exporter: str | None = None, agent: str | None = None) -> Loop:
+    """Starts a ``Stack`` of ``gpu_count`` simulated GPUs on free ports with the loop's
+    ``settings()`` and waits until the agent knows every GPU (discovered from Prometheus). On
+    failure everything started is stopped and LoopError says why."""
     try:
-        exp = children.start("exporter", [exporter, f"--web.listen-address=127.0.0.1:{ports.exporter}",
-                                          f"--simulate={gpu_count}",
-                                          f"--sim.control-address=127.0.0.1:{ports.sim_control}"])
-        children.wait_ready(exp, loop.exporter_url + "/metrics")
-        ag = children.start("agent", [agent, "serve", f"--config={paths['agent']}"], cwd=workdir / "agent")
-        children.wait_ready(ag, loop.agent_url + "/healthz")
-        am = children.start("alertmanager", [
-            alertmanager, f"--config.file={paths['alertmanager']}",
-            f"--storage.path={workdir / 'alertmanager/data'}",
-            f"--web.listen-address=127.0.0.1:{ports.alertmanager}", "--cluster.listen-address="])
-        children.wait_ready(am, f"http://127.0.0.1:{ports.alertmanager}/-/ready")
-        prom = children.start("prometheus", [
-            prometheus, f"--config.file={paths['prometheus']}",
-            f"--storage.tsdb.path={workdir / 'prometheus/data'}",
-            f"--web.listen-address=127.0.0.1:{ports.prometheus}"])
-        children.wait_ready(prom, loop.prometheus_url + "/-/ready")
-        poll(lambda: len(loop.gpus()) >= gpu_count, 60, f"the agent to discover {gpu_count} GPUs from Prometheus")
+        stack = Stack(workdir, prometheus=prometheus, alertmanager=alertmanager, settings=settings(),
+                      gpu_count=gpu_count, exporter=exporter, agent=agent)
+    except ProcError as exc:
+        raise LoopError(str(exc)) from None
+    loop = Loop(stack)
+    try:
+        stack.start()
+        stack.wait_for_gpus(gpu_count, timeout=60)
+    except ProcError as exc:
+        loop.stop()
+        raise LoopError(str(exc)) from None
     except BaseException:
         loop.stop()
         raise
