@@ -1,25 +1,31 @@
-"""Wires the agent together: database, scheduler, executor, HTTP app, metrics, tracing, plug-ins.
+"""Wires the agent together: database, scheduler, executor, HTTP app, metrics, tracing, the
+scheduler port, plug-ins.
 
-Plug-in seam (remediation, predictor): if ``scheduler_agent.<name>.plugin`` exists it must define
-``install(agent: Agent) -> object | None``. ``install`` runs after the scheduler has recovered
-and before the HTTP server starts, so it can::
+The scheduler port (``remediation.port.SchedulerPort``) is built once, here, before any
+plug-in: ``SlurmPort`` when the config has a ``slurm:`` section (``slurm.plugin.install``), else
+``SchedulerAdapter`` over the embedded scheduler. It is ``agent.port``, and every plug-in gets
+that same object as an argument; no plug-in sets anything another reads, so their order in
+``PLUGINS`` is only the order in which they start (and, reversed, close).
+
+Plug-in seam (each module in ``PLUGINS``: predictor, remediation):
+``install(agent: Agent, port: SchedulerPort) -> object | None``. ``install`` runs after the
+scheduler has recovered and before the HTTP server starts, so it can::
 
     agent.db.migrate("remediation", MIGRATIONS)          # its own tables
     agent.config.section("remediation")                  # its raw config (validate it yourself,
     agent.config.error("remediation.budget", "...")      #   raising errors that name the line)
     agent.app.add_route("POST", "/webhook/alertmanager", handler, auth=BearerAuth(path), openapi={...})
     agent.registry.register(MyCollector(...))            # its metrics on the agent's registry
-    agent.scheduler.quarantine(...), .set_alert(...), .risk = fn, .subscribe(listener)
+    port.preempt_gpu(uuid, reason, context), port.quarantine(...)   # act on GPUs: the port
+    agent.scheduler.risk = fn, .subscribe(listener)                # the embedded scheduler's hooks
     agent.tracer_provider.get_tracer("gpuwarden.remediation")
 
 If the returned object has ``start()`` it is called once the server listens, and ``close()`` at
-shutdown (plug-ins are closed before the scheduler).
+shutdown (plug-ins are closed before the port, and the port before the scheduler).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import ipaddress
 import logging
 from typing import Any
@@ -32,7 +38,12 @@ from .config import AgentConfig
 from .executor import Executor, LocalExecutor, TrackingExecutor
 from .inventory import PrometheusDiscovery, load_file, static_specs
 from .metrics import SchedulerCollector
+from .predictor import plugin as predictor
+from .remediation import plugin as remediation
+from .remediation.port import SchedulerPort
+from .remediation.service import SchedulerAdapter
 from .scheduler import Scheduler, SchedulerOptions
+from .slurm import plugin as slurm
 from .store import Database
 from .tls import ExpiryCollector, ReloadingContext
 from .tracing import provider_from_env
@@ -40,8 +51,8 @@ from .web import App, BearerAuth
 
 log = logging.getLogger(__name__)
 
-# slurm before remediation: it sets agent.scheduler_port, which remediation then acts through.
-PLUGINS = ("predictor", "slurm", "remediation")
+# Installed in this order with the agent and its port; started in it, closed in reverse.
+PLUGINS = (predictor, remediation)
 
 
 class Agent:
@@ -72,17 +83,16 @@ class Agent:
             self.discovery = PrometheusDiscovery(self.scheduler.sync_inventory, p["url"],
                                                  p.get("refresh_seconds", 30), p.get("node_label", "instance"),
                                                  p.get("timeout_seconds", 10))
-        self.plugins: list[Any] = []
-        for name in PLUGINS:
-            mod = f"gpuwarden.scheduler_agent.{name}.plugin"
-            try:
-                found = importlib.util.find_spec(mod) is not None
-            except ModuleNotFoundError:
-                found = False
-            if found:
-                plugin = importlib.import_module(mod).install(self)
-                if plugin is not None:
-                    self.plugins.append(plugin)
+        # The one scheduler port, before any plug-in that acts through it.
+        slurm_port = slurm.install(self)
+        self.port: SchedulerPort = (slurm_port if slurm_port is not None
+                                    else SchedulerAdapter(self.scheduler))
+        # The Slurm port first: closed after the plug-ins that use it.
+        self.plugins: list[Any] = [slurm_port] if slurm_port is not None else []
+        for component in PLUGINS:
+            plugin = component.install(self, self.port)
+            if plugin is not None:
+                self.plugins.append(plugin)
 
     def start(self) -> tuple[str, int]:
         host = self.config.listen_host

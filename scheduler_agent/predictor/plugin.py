@@ -1,4 +1,5 @@
-"""Plug-in seam (scheduler_agent.server): wires PredictorService into the agent.
+"""Plug-in seam (scheduler_agent.server): ``install(agent, port)`` wires PredictorService into
+the agent.
 
 Enabled by a ``predictor:`` section in the agent's config::
 
@@ -12,15 +13,19 @@ Enabled by a ``predictor:`` section in the agent's config::
       migrate: true             # false: forecast and score risk, never preempt
       rules_file: null          # thresholds file (default: the shipped rules/thresholds.yaml)
 
-The scheduler's ``risk`` hook becomes ``service.risk``; migrations call
-``scheduler.preempt_gpu(uuid, reason, actor="predictor")``; metrics land on the agent's registry;
-spans come from the agent's tracer provider.
+The scheduler's ``risk`` hook becomes ``service.risk``; migrations go through ``port``, the
+agent's one scheduler port (the embedded scheduler's, or Slurm's when ``slurm:`` is configured),
+as ``port.preempt_gpu(uuid, reason, ActionContext("predictor", migration_id, gpu))``
+(``migrations.PortMigrator``); metrics land on the agent's registry; spans come from the agent's
+tracer provider.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..remediation.port import SchedulerPort
+from .migrations import PortMigrator
 from .service import PredictorService
 
 _NUMBERS = {"period_seconds": 30.0, "window_seconds": 600.0, "step_seconds": 15.0,
@@ -28,7 +33,7 @@ _NUMBERS = {"period_seconds": 30.0, "window_seconds": 600.0, "step_seconds": 15.
 _KEYS = {"prometheus_url", "migrate", "rules_file", *_NUMBERS}
 
 
-def install(agent: Any) -> PredictorService | None:
+def install(agent: Any, port: SchedulerPort) -> PredictorService | None:
     section = agent.config.section("predictor")
     if not section:
         return None
@@ -53,19 +58,17 @@ def install(agent: Any) -> PredictorService | None:
         cfg = rules_config.load(agent.config.resolve(rules_file) if rules_file else None)
     except rules_config.ConfigError as exc:
         raise agent.config.error("predictor.rules_file", str(exc)) from None
-    scheduler = agent.scheduler
-
-    def migrate_off(uuid: str, reason: str) -> list[int]:
-        return scheduler.preempt_gpu(uuid, reason, actor="predictor")
-
     from .prom import PrometheusClient
+    migrator = PortMigrator(agent.db, port) if migrate else None
     try:
         svc = PredictorService(PrometheusClient(url, nums["timeout_seconds"]), cfg, period=nums["period_seconds"],
                                lead_time=nums["lead_time_seconds"], window=nums["window_seconds"],
-                               step=nums["step_seconds"], on_migrate=migrate_off if migrate else None,
+                               step=nums["step_seconds"], migrator=migrator,
                                tracer_provider=agent.tracer_provider)
     except ValueError as exc:
+        if migrator is not None:
+            migrator.close()
         raise agent.config.error("predictor", str(exc)) from None
-    scheduler.risk = svc.risk
+    agent.scheduler.risk = svc.risk
     agent.registry.register(svc.collector())
     return svc

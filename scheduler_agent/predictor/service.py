@@ -4,9 +4,10 @@ Every ``period`` seconds one run (span ``health.check``) range-queries Prometheu
 ``window`` seconds of every MetricSpec, forecasts each GPU (health.evaluate), publishes the
 result for the scheduler's risk hook (``service.risk``) and the collector, and migrates ahead of
 time: a GPU predicted to cross a migrating metric's threshold within ``lead_time`` gets
-``on_migrate(uuid, reason)`` (wired to ``scheduler.preempt_gpu``) every run until it returns
-something other than an empty list (jobs moved), then not again until the prediction clears,
-so a requeued job that lands back on the only free GPU is not bounced every period.
+``migrator.migrate(gpu, reason)`` (in the agent: ``migrations.PortMigrator``, through the
+agent's scheduler port, embedded or Slurm) every run until it returns something other than an
+empty list (jobs moved), then not again until the prediction clears, so a requeued job that
+lands back on the only free GPU is not bounced every period.
 
 Prometheus down, slow (each request is bounded by ``timeout``) or erroring never raises out of
 a run: the last good result stays published, marked stale, ``gpuwarden_predictor_up`` drops to
@@ -20,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import AbstractSet, Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 from opentelemetry import trace
@@ -58,6 +59,35 @@ class Snapshot:
         return not self.ok
 
 
+class Migrator(Protocol):
+    """Where the predictor's migrations go."""
+
+    def migrate(self, gpu: GpuHealth, reason: str) -> Sequence[int] | None:
+        """Moves the GPU's jobs elsewhere; their ids ([]: none ran there; None: not known)."""
+
+    def predicted(self, uuids: AbstractSet[str]) -> None:
+        """After every good run: the GPUs predicted now (a migration of any other has ended)."""
+
+    def close(self) -> None:
+        """At the service's close."""
+
+
+class FunctionMigrator:
+    """A plain function ``on_migrate(uuid, reason)`` as a ``Migrator`` (tools and tests)."""
+
+    def __init__(self, fn: Callable[[str, str], Any]) -> None:
+        self.fn = fn
+
+    def migrate(self, gpu: GpuHealth, reason: str) -> Any:
+        return self.fn(gpu.uuid, reason)
+
+    def predicted(self, uuids: AbstractSet[str]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _as_specs(thresholds: Any) -> tuple[list[MetricSpec], str | None]:
     """MetricSpecs and the exporter's scrape job (None when given bare MetricSpecs)."""
     if thresholds is None or isinstance(thresholds, (str, Path)):
@@ -75,7 +105,8 @@ class PredictorService:
     """Periodic predictor. ``risk`` is the scheduler's hook; ``collector()`` its metrics.
 
     ``thresholds``: None (the shipped rules/thresholds.yaml), a path to a thresholds file, a
-    loaded ``rules.config.RulesConfig``, or MetricSpecs.
+    loaded ``rules.config.RulesConfig``, or MetricSpecs. Migrations go to ``migrator``, or to
+    the function ``on_migrate(uuid, reason)`` (one or the other; neither: never migrate).
     """
 
     def __init__(self, prom_url: str | PrometheusClient, thresholds: Any = None, *, period: float = 30.0,
@@ -83,6 +114,7 @@ class PredictorService:
                  timeout: float | None = None, min_confidence: float = MIN_CONFIDENCE,
                  on_risk: Callable[[str, float], None] | None = None,
                  on_migrate: Callable[[str, str], Any] | None = None,
+                 migrator: Migrator | None = None,
                  tracer_provider: Any = None, clock: Callable[[], float] = time.time,
                  error_selector: str | None = None) -> None:
         if period <= 0 or window <= 0 or step <= 0 or lead_time < 0:
@@ -90,6 +122,8 @@ class PredictorService:
                              f"lead_time ({lead_time}) >= 0")
         if window < 5 * step:
             raise ValueError(f"window {window:g}s holds fewer than 5 steps of {step:g}s; widen it")
+        if on_migrate is not None and migrator is not None:
+            raise ValueError("give on_migrate or migrator, not both")
         self.specs, job = _as_specs(thresholds)
         if error_selector is None:
             error_selector = f'{{job="{job}"}}' if job else ""
@@ -97,7 +131,9 @@ class PredictorService:
             prom_url, timeout if timeout is not None else max(1.0, min(10.0, 0.8 * period)))
         self.period, self.lead_time, self.window, self.step = period, lead_time, window, step
         self.min_confidence = min_confidence
-        self.on_risk, self.on_migrate = on_risk, on_migrate
+        self.on_risk = on_risk
+        self.migrator: Migrator | None = (FunctionMigrator(on_migrate) if on_migrate is not None
+                                          else migrator)
         provider = tracer_provider if tracer_provider is not None else trace.NoOpTracerProvider()
         self._tracer = provider.get_tracer("gpuwarden.predictor")
         self._clock = clock
@@ -200,11 +236,17 @@ class PredictorService:
                 except Exception:  # noqa: BLE001 - a hook's failure must not stop the predictor
                     log.exception("predictor: on_risk(%s) failed", uuid)
         self._migrated &= set(cands)  # re-arm GPUs whose prediction cleared
+        if self.migrator is None:
+            return
+        try:
+            self.migrator.predicted(set(cands))
+        except Exception:  # noqa: BLE001 - e.g. the database busy; said again next run
+            log.exception("predictor: recording the predicted GPUs failed")
         for uuid, reason in cands.items():
-            if uuid in self._migrated or self.on_migrate is None:
+            if uuid in self._migrated:
                 continue
             try:
-                moved = self.on_migrate(uuid, reason)
+                moved = self.migrator.migrate(gpus[uuid], reason)
             except Exception:  # noqa: BLE001 - e.g. a GPU the scheduler does not know; retried next run
                 log.exception("predictor: migrating jobs off %s failed", uuid)
                 continue
@@ -236,6 +278,8 @@ class PredictorService:
         if self._thread is not None:
             self._thread.join(self.client.timeout * (2 + 2 * len(self.specs)) + 1)
             self._thread = None
+        if self.migrator is not None:
+            self.migrator.close()
 
     stop = close
 

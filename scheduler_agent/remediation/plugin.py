@@ -1,8 +1,9 @@
-"""The agent's plug-in entry point (see ``scheduler_agent.server``): ``install(agent)``.
+"""The agent's plug-in entry point (see ``scheduler_agent.server``): ``install(agent, port)``.
 
 Reads and validates the ``remediation:`` section (errors name the config file, line and field),
 migrates our tables, registers the routes and the metrics collector, and returns the
-``Remediation`` whose worker the agent starts once its server listens.
+``Remediation`` whose worker the agent starts once its server listens. The worker acts through
+``port``, the agent's one scheduler port (the embedded scheduler's, or Slurm's).
 
 Credentials by role: the webhook takes Alertmanager's credential (``remediation.auth``) and
 nothing else does; the operator's (``web.token_file``) does everything else. The agent refuses
@@ -20,13 +21,14 @@ from typing import TYPE_CHECKING
 from .config import parse
 from .errors import PolicyConfigError
 from .intake import read_secret
-from .service import Remediation, SchedulerAdapter, credentials_from
+from .port import SchedulerPort
+from .service import Remediation, credentials_from
 
 if TYPE_CHECKING:
     from ..server import Agent
 
 
-def install(agent: "Agent") -> Remediation:
+def install(agent: "Agent", port: SchedulerPort) -> Remediation:
     cfg = agent.config
     rc = parse(cfg.section("remediation"), str(cfg.path), error=cfg.error)
     # Paths in the section are relative to the config file, like every path in it.
@@ -51,8 +53,6 @@ def install(agent: "Agent") -> Remediation:
                         "the webhook's credential (Alertmanager's) must differ from the operator's, "
                         "which submits jobs and releases GPUs; put a new random token in "
                         "remediation.auth.bearer_token_file")
-    # A cluster backend plug-in (scheduler_agent.slurm) may have set its own port.
-    port = getattr(agent, "scheduler_port", None) or SchedulerAdapter(agent.scheduler)
     rem = Remediation.create(agent.db, rc, port,
                              tracer_provider=agent.tracer_provider, credentials=creds)
     rem.worker.retention = cfg.retention  # database.retention: pruned in the worker's idle time

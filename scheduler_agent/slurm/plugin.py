@@ -1,12 +1,15 @@
-"""The agent's plug-in entry point (see ``scheduler_agent.server``): ``install(agent)``.
+"""Builds the agent's Slurm port (see ``scheduler_agent.server``): ``install(agent)``.
 
-With a ``slurm:`` section (and ``enabled`` not false) it builds the ``SlurmPort`` and sets it as
-``agent.scheduler_port``, which the remediation plug-in (installed after this one) acts through
-instead of the embedded scheduler. It also follows the embedded scheduler's quarantine/release
-events (operators using ``/api/v1/gpus/{uuid}/release``) and adds two routes:
+With a ``slurm:`` section (and ``enabled`` not false) it returns the ``SlurmPort``; the agent
+calls it before any plug-in and hands that port to remediation and to the predictor, which act
+through it instead of the embedded scheduler (``None``: the agent uses the embedded one). It
+also follows the embedded scheduler's quarantine/release events (operators using
+``/api/v1/gpus/{uuid}/release``) and adds two routes:
 
   GET  /api/v1/slurm/commands                 the journal of Slurm commands, newest first
   POST /api/v1/slurm/gpus/{uuid}/release      release in Slurm (and in the agent), with the answer
+
+The agent closes the port (its journal's connection) after the plug-ins that use it.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ def install(agent: "Agent") -> SlurmPort | None:
                     sc.timeout_seconds, sc.attempts, sc.backoff_seconds)
     port = SlurmPort(runner, Journal(agent.db), NodeMap(sc.nodes, sc.node_label),
                      agent.scheduler, sc.start_requeued_now)
-    agent.scheduler_port = port  # type: ignore[attr-defined] - read by the remediation plug-in
     agent.scheduler.subscribe(port.on_event)
     _routes(agent, port)
     return port

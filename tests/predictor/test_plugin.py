@@ -1,4 +1,4 @@
-"""The agent plug-in: config validation and wiring (risk hook, metrics, migration to preempt_gpu)."""
+"""The agent plug-in: config validation and wiring (risk hook, metrics, migration through the port)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, generate_latest
 
 from gpuwarden.scheduler_agent.predictor import plugin
+from gpuwarden.scheduler_agent.remediation.service import SchedulerAdapter
+from gpuwarden.scheduler_agent.store import Database
 from tests.predictor.fakeprom import FakePrometheus
 
 
@@ -39,11 +41,16 @@ class FakeScheduler:
 
 
 class FakeAgent:
-    def __init__(self, section: dict[str, Any]) -> None:
+    def __init__(self, section: dict[str, Any], db: Database | None = None) -> None:
         self.config = FakeConfig(section)
         self.scheduler = FakeScheduler()
+        self.port = SchedulerAdapter(self.scheduler)  # type: ignore[arg-type]
+        self.db = db
         self.registry = CollectorRegistry()
         self.tracer_provider = TracerProvider()
+
+    def install(self) -> Any:
+        return plugin.install(self, self.port)
 
 
 @pytest.fixture
@@ -54,7 +61,7 @@ def prom() -> Iterator[FakePrometheus]:
 
 
 def test_absent_section_disables_the_predictor() -> None:
-    assert plugin.install(FakeAgent({})) is None
+    assert FakeAgent({}).install() is None
 
 
 @pytest.mark.parametrize("section, field", [
@@ -66,18 +73,20 @@ def test_absent_section_disables_the_predictor() -> None:
 ])
 def test_bad_config_names_the_field(section: dict[str, Any], field: str) -> None:
     with pytest.raises(ValueError, match=field):
-        plugin.install(FakeAgent(section))
+        FakeAgent(section).install()
 
 
-def test_wires_risk_hook_metrics_and_migration(prom: FakePrometheus) -> None:
+def test_wires_risk_hook_metrics_and_migration(prom: FakePrometheus, tmp_path: Path) -> None:
     import time
     now = time.time()
     prom.add("gpu_temperature_celsius", {"gpu": "0", "uuid": "GPU-a"}, lambda t: 80 + (t - now) / 60)
-    agent = FakeAgent({"prometheus_url": prom.url, "lead_time_seconds": 600, "period_seconds": 30})
-    svc = plugin.install(agent)
+    db = Database(tmp_path / "agent.db")
+    agent = FakeAgent({"prometheus_url": prom.url, "lead_time_seconds": 600, "period_seconds": 30}, db)
+    svc = agent.install()
     assert svc is not None
     svc.run_once()
     assert agent.scheduler.risk("GPU-a") > 0.5
     assert [(u, a) for u, _, a in agent.scheduler.preempted] == [("GPU-a", "predictor")]
     assert "gpu_failure_risk_score" in generate_latest(agent.registry).decode()
     svc.close()
+    db.close()
