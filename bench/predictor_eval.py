@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.traces import DURATION, STEP, Trace, generate
+from gpuwarden.procs import Proc, ProcError, free_port, wait_http
 from gpuwarden.scheduler_agent.predictor.forecast import PERSIST, Forecast, confirm, forecast_series, raw_forecast
 from gpuwarden.scheduler_agent.predictor.trend import InsufficientData
 
@@ -89,13 +89,6 @@ def check_equivalence(traces: list[Trace], window: float, ours: dict[str, dict[f
 
 # --- predict_linear in a real Prometheus ------------------------------------------------------
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class PromEngine:
     """A Prometheus 2.42 server over a TSDB holding every trace as bench_trace{trace=...}."""
 
@@ -117,24 +110,15 @@ class PromEngine:
                        check=True, stdout=subprocess.DEVNULL)
         cfg = workdir / "prometheus.yml"
         cfg.write_text("global: {}\n")
-        self.port = _free_port()
-        self.log = open(workdir / "prometheus.log", "wb")
-        self.proc = subprocess.Popen(
-            ["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={data}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=30d"],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.close()
-                raise SystemExit(f"prometheus did not become ready; see {workdir / 'prometheus.log'}")
-            time.sleep(0.2)
+        self.port = free_port()
+        self.proc = Proc(["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={data}",
+                          f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=30d"],
+                         workdir / "prometheus.log", name="prometheus")
+        try:
+            wait_http(f"http://127.0.0.1:{self.port}/-/ready", 30, self.proc, interval=0.2)
+        except ProcError as exc:
+            self.close()
+            raise SystemExit(f"prometheus did not become ready: {exc}") from None
 
     def query_range(self, expr: str, start: float, end: float) -> dict[str, dict[float, float]]:
         q = urllib.parse.urlencode({"query": expr, "start": self.base + start, "end": self.base + end,
@@ -147,14 +131,7 @@ class PromEngine:
         return out
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, 15)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait()
-        self.log.close()
+        self.proc.stop(10)
 
 
 # --- scoring ------------------------------------------------------------------------------------

@@ -28,18 +28,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from gpuwarden.procs import free_port
+
 TOKEN = "bench-operator-token"
 WEBHOOK = "bench-webhook-token"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(python: str, folder: Path, nofile: int) -> tuple[subprocess.Popen, int]:
-    port = _free_port()
+    port = free_port()
     (folder / "token").write_text(TOKEN + "\n")
     (folder / "webhook-token").write_text(WEBHOOK + "\n")
     (folder / "agent.yaml").write_text(
