@@ -9,5 +9,8 @@ mapped under this name by ``pyproject.toml`` (``package-dir``)::
     gpuwarden.dashboards       dashboards/        the Grafana dashboard and its generator
     gpuwarden.alertmanager     alertmanager/      the shipped routing (package data only)
 
-Code shared by every component (the hardened HTTP listener) lives beside this file.
+Code shared by every component (the hardened HTTP listener) lives beside this file, and so does
+what belongs to none of them: ``gpuwarden.stack``, the launcher (``gpuwarden up``: one ``Stack``
+over the exporter, the agent, Alertmanager and Prometheus), and ``gpuwarden.procs``, the one
+helper for child processes and free ports.
 """
