@@ -24,20 +24,18 @@ Scoring (see bench/traces.py for the true crossing, which honours the rule's ``f
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from bench.traces import DURATION, STEP, Trace, generate
+from gpuwarden.prom import PrometheusClient
 from gpuwarden.procs import Proc, ProcError, free_port, wait_http
 from gpuwarden.scheduler_agent.predictor.forecast import PERSIST, Forecast, confirm, forecast_series, raw_forecast
 from gpuwarden.scheduler_agent.predictor.trend import InsufficientData
@@ -121,13 +119,10 @@ class PromEngine:
             raise SystemExit(f"prometheus did not become ready: {exc}") from None
 
     def query_range(self, expr: str, start: float, end: float) -> dict[str, dict[float, float]]:
-        q = urllib.parse.urlencode({"query": expr, "start": self.base + start, "end": self.base + end,
-                                    "step": STEP})
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1/query_range?{q}", timeout=60) as r:
-            body = json.load(r)
+        prom = PrometheusClient(f"http://127.0.0.1:{self.port}", timeout=60)
         out: dict[str, dict[float, float]] = {}
-        for s in body["data"]["result"]:
-            out[s["metric"]["trace"]] = {round(float(ts) - self.base, 3): float(v) for ts, v in s["values"]}
+        for s in prom.query_range(expr, self.base + start, self.base + end, STEP):
+            out[s.labels["trace"]] = {round(float(ts) - self.base, 3): float(v) for ts, v in zip(s.times, s.values)}
         return out
 
     def close(self) -> None:

@@ -19,8 +19,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from gpuwarden.durations import parse as parse_duration
+from gpuwarden.prom import PrometheusClient, PrometheusError, Series
+
 from . import queries
-from .prom import Prometheus, PrometheusError, Series, format_duration, parse_duration
 
 DASHBOARD = Path(__file__).resolve().parent / "gpu-fleet.json"
 
@@ -61,6 +63,18 @@ def variable_values(range_s: float, step_s: float, scrape_s: float, instance: st
         "__interval": format_duration(step_s),
         "__range": format_duration(range_s),
     }
+
+
+def format_duration(seconds: float) -> str:
+    """A Grafana-style interval for ``seconds``: whole seconds, at least 1s (``$__interval``)."""
+    return f"{max(1, int(round(seconds)))}s"
+
+
+def _drawable(s: Series) -> Series:
+    """``s`` with NaN where Prometheus answered NaN or ±Inf (nothing to draw there)."""
+    import numpy as np
+
+    return Series(s.labels, s.times, np.where(np.isfinite(s.values), s.values, np.nan))
 
 
 def _panels_by_title(model: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -112,6 +126,7 @@ def _draw_panel(ax: Any, panel: dict[str, Any], series: list[tuple[str, Series]]
     crowded = len(series) > _LEGEND_MAX
     shown = 0
     for name, s in series:
+        s = _drawable(s)
         values = s.values
         if _stacked(panel, name):
             values = [v + base.get(t, 0.0) if not math.isnan(v) else math.nan
@@ -144,7 +159,7 @@ def _draw_panel(ax: Any, panel: dict[str, Any], series: list[tuple[str, Series]]
                 fontsize=7, color="grey", va="bottom")
 
 
-def render(prom: Prometheus, out: Path, range_s: float, end: float | None = None,
+def render(prom: PrometheusClient, out: Path, range_s: float, end: float | None = None,
            instance: str = ".*", gpu: str = ".*", dashboard: Path = DASHBOARD,
            panels: Sequence[str] = MAIN_PANELS) -> dict[str, int]:
     """Writes the PNG; returns the number of series drawn per panel title."""
@@ -193,7 +208,7 @@ def render(prom: Prometheus, out: Path, range_s: float, end: float | None = None
     return drawn
 
 
-def _header(prom: Prometheus, model: dict[str, Any], by_title: dict[str, dict[str, Any]],
+def _header(prom: PrometheusClient, model: dict[str, Any], by_title: dict[str, dict[str, Any]],
             values: dict[str, str], end: float, range_s: float) -> str:
     parts = []
     for title in HEADER_STATS:
@@ -204,7 +219,7 @@ def _header(prom: Prometheus, model: dict[str, Any], by_title: dict[str, dict[st
             result = prom.query(queries.substitute(panel["targets"][0]["expr"], values), at=end)
         except PrometheusError:
             result = []
-        shown = f"{result[0].values[0]:g}" if result else "–"
+        shown = f"{_drawable(result[0]).values[0]:g}" if result else "–"
         parts.append(f"{title}: {shown}")
     when = datetime.fromtimestamp(end, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"{model['title']}   last {format_duration(range_s)} to {when}\n"
@@ -229,7 +244,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         ap.error(f"--range: {exc}")
     try:
-        drawn = render(Prometheus(args.url), args.out, range_s, args.end, args.instance, args.gpu,
+        prom = PrometheusClient(args.url)
+    except ValueError as exc:
+        ap.error(f"--prometheus.url: {exc}")
+    try:
+        drawn = render(prom, args.out, range_s, args.end, args.instance, args.gpu,
                        args.dashboard)
     except (RenderError, PrometheusError) as exc:
         print(f"render: {exc}", file=sys.stderr)

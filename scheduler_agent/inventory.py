@@ -3,24 +3,23 @@
 Static: ``nodes: [{name: node-a, gpus: [{index: 0, uuid: GPU-...}]}, {name: node-b, count: 8}]``
 (``count`` makes up uuids ``GPU-<node>-<index>``, for tests and demos).
 
-Prometheus: every ``refresh_seconds`` the agent queries ``gpu_info`` and ``gpu_up`` from the
-Prometheus HTTP API; a GPU's node is the ``node_label`` label (default ``instance``). The result
-goes through ``Scheduler.sync_inventory``: new GPUs join, ``gpu_up == 0`` or absence marks a GPU
+Prometheus: every ``refresh_seconds`` the agent queries ``gpu_info`` and ``gpu_up`` through the
+shared Prometheus client (``gpuwarden.prom``); a GPU's node is the ``node_label`` label (default
+``instance``). The result goes through ``Scheduler.sync_inventory``: new GPUs join, ``gpu_up == 0`` or absence marks a GPU
 lost (its job preempted), and a GPU that comes back is marked up. A failed query changes nothing
 (logged): Prometheus being down is not the fleet being down.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+
+from gpuwarden.prom import PrometheusClient, PrometheusError
 
 from .models import GpuSpec
 
@@ -60,24 +59,18 @@ def load_file(path: str | Path) -> list[GpuSpec]:
     return static_specs(doc["nodes"], str(path))
 
 
-def _query(url: str, expr: str, timeout: float) -> list[dict]:
-    full = url.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    with urllib.request.urlopen(full, timeout=timeout) as resp:
-        doc = json.load(resp)
-    if doc.get("status") != "success":
-        raise InventoryError(f"{full}: {doc.get('error', 'query failed')}")
-    return doc["data"]["result"]
-
-
 def prometheus_specs(url: str, node_label: str = "instance", timeout: float = 10.0) -> list[GpuSpec]:
-    info = _query(url, "gpu_info", timeout)
+    """The GPUs Prometheus knows (``gpu_info``), each up when its ``gpu_up`` reads 1; raises
+    ``PrometheusError`` (the shared client's, naming the URL) when Prometheus cannot be read."""
+    prom = PrometheusClient(url, timeout)
+    info = prom.query("gpu_info")
     up = {}
-    for s in _query(url, "gpu_up", timeout):
-        m = s["metric"]
-        up[(m.get(node_label, ""), m.get("uuid", ""))] = float(s["value"][1]) >= 1
+    for s in prom.query("gpu_up"):
+        m = s.labels
+        up[(m.get(node_label, ""), m.get("uuid", ""))] = bool(s.values[-1] >= 1)
     out, seen = [], set()
     for s in info:
-        m = s["metric"]
+        m = s.labels
         node, uuid = m.get(node_label, ""), m.get("uuid", "")
         if not node or not uuid or uuid in seen:
             continue
@@ -100,13 +93,11 @@ class PrometheusDiscovery:
         self.node_label, self.timeout = node_label, timeout
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.last_error: str | None = None
 
     def refresh_once(self) -> bool:
         try:
             specs = prometheus_specs(self.url, self.node_label, self.timeout)
-        except (OSError, ValueError, KeyError, InventoryError) as exc:
-            self.last_error = str(exc)
+        except (PrometheusError, ValueError, KeyError, InventoryError) as exc:
             log.warning("inventory: Prometheus discovery from %s failed (inventory unchanged): %s", self.url, exc)
             return False
         if not specs:
@@ -114,7 +105,6 @@ class PrometheusDiscovery:
             log.warning("inventory: %s returned no gpu_info series; inventory unchanged", self.url)
             return False
         self.sync(specs, "prometheus")
-        self.last_error = None
         return True
 
     def start(self) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 
 from gpuwarden.dashboards import queries, render
-from gpuwarden.dashboards.prom import Prometheus
+from gpuwarden.prom import PrometheusClient, Series
 from tests.helpers import REPO, console_script, free_port, http_get, require_binary, wait_until
 
 pytestmark = [pytest.mark.binaries, pytest.mark.slow]
@@ -41,17 +40,9 @@ def _post(url: str, doc: dict[str, Any], token: str | None = None) -> dict[str, 
         return json.loads(resp.read() or b"{}")
 
 
-def _api(prom: str, path: str, **params: str) -> Any:
-    status, body = http_get(f"{prom}{path}?{urllib.parse.urlencode(params)}")
-    doc = json.loads(body)
-    assert status == 200 and doc["status"] == "success", (path, params, doc)
-    return doc["data"]
-
-
-def _has_data(result: list[dict[str, Any]]) -> bool:
+def _has_data(result: list[Series]) -> bool:
     """True when some sample is a number (NaN, e.g. a quantile of nothing, is not data)."""
-    values = [r["value"] for r in result if "value" in r] + [v for r in result for v in r.get("values", [])]
-    return any(not math.isnan(float(v)) for _, v in values)
+    return any(not math.isnan(float(v)) for s in result for v in s.values)
 
 
 def _start_stack(spawn: Any, tmp: Path) -> dict[str, str]:
@@ -130,27 +121,25 @@ def _make_it_interesting(urls: dict[str, str]) -> None:
         _post(f"{urls['agent']}/api/v1/jobs", {"name": f"{name}-{i}", "gpus": 1, "command": argv}, TOKEN)
 
 
-def _empty_queries(prom: str, dashboard: dict[str, Any], since: float) -> list[str]:
+def _empty_queries(url: str, dashboard: dict[str, Any], since: float) -> list[str]:
     """Where each query returned no data, evaluated like its panel (instant, or over the range)."""
+    prom = PrometheusClient(url)
     empty = []
     now = time.time()
     for q in queries.panel_queries(dashboard):
         expr = queries.substitute(q.expr, VALUES)
         if q.target and q.target.get("instant"):
-            result = _api(prom, "/api/v1/query", query=expr, time=f"{now:.3f}")["result"]
+            result = prom.query(expr, at=now)
         else:
-            result = _api(prom, "/api/v1/query_range", query=expr, start=f"{since:.3f}",
-                          end=f"{now:.3f}", step="1")["result"]
+            result = prom.query_range(expr, since, now, 1)
         if not _has_data(result):
             empty.append(f"{q.where}: {expr}")
     for q in queries.annotation_queries(dashboard):
         expr = queries.substitute(q.expr, VALUES)
-        if not _has_data(_api(prom, "/api/v1/query_range", query=expr, start=f"{since:.3f}",
-                              end=f"{now:.3f}", step="1")["result"]):
+        if not _has_data(prom.query_range(expr, since, now, 1)):
             empty.append(f"{q.where}: {expr}")
     for name, selector, label in queries.variable_selectors(dashboard):
-        values = _api(prom, f"/api/v1/label/{label}/values",
-                      **{"match[]": queries.substitute(selector, VALUES)})
+        values = prom.label_values(label, [queries.substitute(selector, VALUES)])
         if not values:
             empty.append(f"variable ${name}: label_values({selector}, {label})")
     return empty
@@ -174,13 +163,13 @@ def test_every_panel_query_returns_data_and_the_png_renders(
     assert not last[0], "queries without data after 90 s:\n" + "\n".join(last[0])
 
     # The values are the fleet's, not just any numbers.
-    total = _api(urls["prometheus"], "/api/v1/query", query="sum(cluster_gpus)")["result"]
-    assert float(total[0]["value"][1]) == 4
-    firing = _api(urls["prometheus"], "/api/v1/query",
-                  query='ALERTS{alertstate="firing", rule="ECC_UNCORRECTABLE"}')["result"]
-    assert [a["metric"]["gpu"] for a in firing] == ["1"]
+    prom = PrometheusClient(urls["prometheus"])
+    total = prom.query("sum(cluster_gpus)")
+    assert total[0].values[0] == 4
+    firing = prom.query('ALERTS{alertstate="firing", rule="ECC_UNCORRECTABLE"}')
+    assert [a.labels["gpu"] for a in firing] == ["1"]
 
     out = tmp_path / "fleet.png"
-    drawn = render.render(Prometheus(urls["prometheus"]), out, range_s=time.time() - since + 5)
+    drawn = render.render(PrometheusClient(urls["prometheus"]), out, range_s=time.time() - since + 5)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert all(n > 0 for n in drawn.values()), drawn

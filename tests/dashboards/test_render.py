@@ -16,7 +16,9 @@ from typing import Any, Iterator
 import pytest
 
 from gpuwarden.dashboards import render
-from gpuwarden.dashboards.prom import Prometheus, format_duration, parse_duration
+from gpuwarden.dashboards.render import format_duration
+from gpuwarden.durations import parse as parse_duration
+from gpuwarden.prom import PrometheusClient
 from tests.helpers import free_port
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -70,7 +72,7 @@ def fake_prometheus() -> Iterator[str]:
 
 def test_renders_the_main_panels_to_png(fake_prometheus: str, tmp_path: Path) -> None:
     out = tmp_path / "fleet.png"
-    drawn = render.render(Prometheus(fake_prometheus), out, range_s=900, end=1_700_000_000,
+    drawn = render.render(PrometheusClient(fake_prometheus), out, range_s=900, end=1_700_000_000,
                           gpu="0|1")
     assert out.read_bytes()[:8] == PNG_MAGIC and out.stat().st_size > 20_000
     assert drawn["Temperature"] == 2 and drawn["Power"] == 0
