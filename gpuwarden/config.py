@@ -263,7 +263,8 @@ class Schema:
 
     def defaults(self) -> dict[str, Any]:
         """The schema's defaults of its top-level properties (the defaults of an empty object)."""
-        return self.with_defaults({})
+        out: dict[str, Any] = self.with_defaults({})
+        return out
 
     def _resolve(self, node: Mapping[str, Any]) -> Mapping[str, Any]:
         while "$ref" in node and isinstance(node["$ref"], str) and node["$ref"].startswith("#/"):
@@ -342,7 +343,8 @@ def check_section(section: Any, schema: Schema, name: str, error: ErrorFactory,
     found = [(dotted((name, *path)), message) for path, message in schema.messages(dict(doc), describe)]
     if found:
         fail(sorted(dict.fromkeys(found)), error)
-    return schema.with_defaults(dict(doc))
+    filled: dict[str, Any] = schema.with_defaults(dict(doc))
+    return filled
 
 
 def section_error(cls: type[Exception], file: str = "") -> ErrorFactory:

@@ -1,7 +1,8 @@
 """Plug-in seam (scheduler_agent.server): ``install(agent, port)`` wires PredictorService into
 the agent.
 
-Enabled by a ``predictor:`` section in the agent's config::
+Enabled by a ``predictor:`` section in the agent's config, validated by ``config.schema.json``
+(where the defaults are written) through the config foundation::
 
     predictor:
       prometheus_url: http://127.0.0.1:9090   # required
@@ -24,35 +25,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from gpuwarden import config as foundation
+
 from ..remediation.port import SchedulerPort
 from .migrations import PortMigrator
 from .service import PredictorService
 
-_NUMBERS = {"period_seconds": 30.0, "window_seconds": 600.0, "step_seconds": 15.0,
-            "lead_time_seconds": 300.0, "timeout_seconds": 10.0}
-_KEYS = {"prometheus_url", "migrate", "rules_file", *_NUMBERS}
+
+def _schema() -> foundation.Schema:
+    return foundation.Schema.packaged("gpuwarden.scheduler_agent.predictor", "config.schema.json")
 
 
 def install(agent: Any, port: SchedulerPort) -> PredictorService | None:
     section = agent.config.section("predictor")
     if not section:
         return None
-    for key in section:
-        if key not in _KEYS:
-            raise agent.config.error(f"predictor.{key}", f"unknown key; expected one of {', '.join(sorted(_KEYS))}")
-    url = section.get("prometheus_url")
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise agent.config.error("predictor.prometheus_url", f"needs an http(s) URL of Prometheus, got {url!r}")
-    nums: dict[str, float] = {}
-    for key, default in _NUMBERS.items():
-        v = section.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (v == 0 and key != "lead_time_seconds"):
-            raise agent.config.error(f"predictor.{key}", f"must be a positive number of seconds, got {v!r}")
-        nums[key] = float(v)
-    migrate = section.get("migrate", True)
-    if not isinstance(migrate, bool):
-        raise agent.config.error("predictor.migrate", f"must be true or false, got {migrate!r}")
-    rules_file = section.get("rules_file")
+    # config.schema.json: every problem at once, named predictor.<key>; its defaults filled in.
+    settings = foundation.check_section(section, _schema(), "predictor", agent.config.error)
+    url, migrate, rules_file = settings["prometheus_url"], settings["migrate"], settings["rules_file"]
+    nums = {key: float(value) for key, value in settings.items() if key.endswith("_seconds")}
     from gpuwarden.rules import config as rules_config
     try:
         cfg = rules_config.load(agent.config.resolve(rules_file) if rules_file else None)
