@@ -14,8 +14,6 @@ Client verbs take --url (default http://127.0.0.1:9787, or $GPUWARDEN_AGENT_URL)
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import logging
 import signal
 import sqlite3
@@ -147,17 +145,14 @@ def _client_main(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # The components' verbs live in their packages, imported only for their verbs (the
+    # predictor's brings numpy).
     if argv[:1] == ["predict"]:
-        try:
-            found = importlib.util.find_spec("gpuwarden.scheduler_agent.predictor.cli") is not None
-        except ModuleNotFoundError:
-            found = False
-        if not found:
-            print("gpuwarden-agent: predict: the predictor is not installed in this build", file=sys.stderr)
-            return 2
-        return int(importlib.import_module("gpuwarden.scheduler_agent.predictor.cli").main(argv[1:]) or 0)
-    if argv[:1] in (["actions"], ["breaker"]):  # remediation's verbs live in its package
-        return int(importlib.import_module("gpuwarden.scheduler_agent.remediation.cli").main(argv) or 0)
+        from .predictor import cli as predictor_cli
+        return int(predictor_cli.main(argv[1:]) or 0)
+    if argv[:1] in (["actions"], ["breaker"]):
+        from .remediation import cli as remediation_cli
+        return int(remediation_cli.main(argv) or 0)
     args = _parser().parse_args(argv)
     if args.cmd == "serve":
         return _serve(args)
