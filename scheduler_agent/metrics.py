@@ -1,4 +1,4 @@
-"""The scheduler's Prometheus metrics, built per scrape from its state (no state of our own).
+"""The scheduler's Prometheus metrics, built per scrape from ``Scheduler.snapshot()`` (no state of our own).
 
 Register one ``SchedulerCollector`` on the app's own ``CollectorRegistry``; other components
 register their collectors on the same registry (``agent.registry``). Names keep the seed's
@@ -32,11 +32,7 @@ class SchedulerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         s = self.scheduler
-        with s.db.lock:
-            counters = dict(s._counters)
-            jobs = [(j.state) for j in s._jobs.values()]
-            gpus = [(g.node, g.index, g.uuid, g.state, g.schedulable, g.job_id is not None)
-                    for g in s._gpus.values()]
+        counters, jobs, gpus = s.snapshot()
         for key, (name, doc) in _COUNTERS.items():
             c = CounterMetricFamily(name, doc)
             c.add_metric([], counters.get(key, 0))

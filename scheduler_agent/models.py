@@ -1,4 +1,4 @@
-"""Value types and errors shared by the scheduler, the API and the plug-ins.
+"""Value types, options and errors shared by the scheduler, the API and the plug-ins.
 
 Errors form one small hierarchy so the HTTP layer maps them without knowing who raised them:
 ``InvalidRequest`` -> 400 (names the field), ``NotFound`` -> 404, ``Conflict`` -> 409.
@@ -13,6 +13,17 @@ ACTIVE_JOB_STATES = ("pending", "running", "stopping")
 # gpu_state values, most severe first: a GPU reports the first that applies.
 GPU_STATES = ("lost", "quarantined", "alerting", "throttled", "healthy")
 SEVERITIES = ("info", "warning", "critical")
+
+
+@dataclass
+class SchedulerOptions:
+    """The ``scheduler`` config section (see config.py)."""
+
+    max_preemptions: int = 3
+    stop_grace_seconds: float = 10.0
+    tick_seconds: float = 1.0
+    risk_candidates: int = 16
+    max_name_length: int = 200
 
 
 class SchedulerError(Exception):
