@@ -37,7 +37,6 @@ class ExporterService:
         self.discovery: Discovery | None = None
         self.sampler: Sampler | None = None
         self.xid: XidWatcher | None = None
-        self.init_attempts = 0
         self._loader = loader
         self._retry = (retry_initial, retry_max)
         self._event_wait_ms = event_wait_ms
@@ -58,7 +57,6 @@ class ExporterService:
     def _supervise(self) -> None:
         delay, cap = self._retry
         while not self._stop.is_set():
-            self.init_attempts += 1
             try:
                 if self._loader is not None:
                     self._loader()

@@ -22,9 +22,6 @@ from .config import Budget
 
 log = logging.getLogger("gpuwarden.remediation")
 
-# Actions that consume the budget (notify and restores do not).
-BUDGETED = ("throttle", "preempt", "quarantine")
-
 
 @dataclass(frozen=True)
 class BreakerState:
