@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 JOB_STATES = ("pending", "running", "stopping", "completed", "failed", "cancelled")
-ACTIVE_JOB_STATES = ("pending", "running", "stopping")
 # gpu_state values, most severe first: a GPU reports the first that applies.
 GPU_STATES = ("lost", "quarantined", "alerting", "throttled", "healthy")
 SEVERITIES = ("info", "warning", "critical")

@@ -17,7 +17,7 @@ The bound keeps risk from reintroducing a scan of the fleet. ``risk`` is the pre
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Sequence
 
 RiskFn = Callable[[str], float]
 
@@ -145,15 +145,3 @@ def naive_place(gpus: Sequence[NaiveGpu], n: int, risk: RiskFn = no_risk) -> Pla
                     key=lambda g: g.index)
     return Placement(best[2], tuple(g.uuid for g in chosen), tuple(g.index for g in chosen))
 
-
-def build_index(gpus: Iterable[tuple[str, str, int]], risk_candidates: int = 16) -> FreeIndex:
-    """A FreeIndex holding every (node, uuid, index) given."""
-    idx = FreeIndex(risk_candidates)
-    for node, uuid, index in gpus:
-        idx.add(node, uuid, index)
-    return idx
-
-
-def summarize(index: FreeIndex) -> Mapping[int, int]:
-    """Nodes per free count (diagnostics and tests)."""
-    return {c: len(b) for c, b in enumerate(index._buckets) if c and b}
