@@ -319,13 +319,13 @@ def _leaves(errors: Iterable[jsonschema.ValidationError]) -> Iterator[jsonschema
 
 def fail(found: Sequence[tuple[str, str]], error: ErrorFactory) -> NoReturn:
     """Raises the problems ``(field, message)`` through ``error``: one exception carrying all of
-    them when the factory builds ``ConfigError``s (each with its own line), else the first one's
-    with the others appended."""
+    them, by line, when the factory builds ``ConfigError``s (each with its own line), else the
+    first one's with the others appended."""
     excs = [error(field, message) for field, message in found]
     first = excs[0]
     if all(isinstance(e, ConfigError) for e in excs):
-        problems = [p for e in excs for p in e.problems]  # type: ignore[attr-defined]
-        raise type(first)(problems)
+        problems = [p for e in excs if isinstance(e, ConfigError) for p in e.problems]
+        raise type(first)(sorted(problems, key=lambda p: p.line or 0))
     more = "".join(f"; also {f}: {m}" for f, m in found[1:])
     if more:
         raise error(found[0][0], found[0][1] + more)
