@@ -1,5 +1,5 @@
-"""The one Prometheus HTTP API client: instant and range queries, series, label values, the
-loaded configuration. The predictor, the dashboards' renderer and live checks, and the agent's
+"""The one Prometheus HTTP API client: instant and range queries, series, label values, alerts,
+the loaded configuration. The predictor, the dashboards' renderer and live checks, and the agent's
 inventory discovery all read Prometheus through it.
 
 Why not a library: ``prometheus-api-client`` (the maintained one) pulls pandas, matplotlib and
@@ -111,6 +111,10 @@ class PrometheusClient:
         selectors = list(match)
         return list(self.get(f"/api/v1/label/{urllib.parse.quote(label, safe='')}/values",
                              [("match[]", m) for m in selectors], what=", ".join(selectors) or label))
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """``/api/v1/alerts``: the alerts pending or firing now, as Prometheus lists them."""
+        return list(self.get("/api/v1/alerts", {}).get("alerts", []))
 
     def config(self) -> dict[str, Any]:
         """The configuration Prometheus has loaded (``/api/v1/status/config``), parsed."""

@@ -96,6 +96,8 @@ def test_instant_range_series_labels_and_config(stand: tuple[Stand, str]) -> Non
     assert prom.label_values("uuid", ['gpu_up{job="x"}']) == ["GPU-a", "GPU-b"]
     assert st.asked[-1][1] == {"match[]": ['gpu_up{job="x"}']}
     assert prom.scrape_interval() == 15.0
+    st.routes["/api/v1/alerts"] = _ok({"alerts": [{"labels": {"alertname": "GpuHot"}, "state": "firing"}]})
+    assert prom.alerts() == [{"labels": {"alertname": "GpuHot"}, "state": "firing"}]
     st.routes["/api/v1/query"] = _ok({"resultType": "scalar", "result": [7, "4"]})
     (s,) = prom.query("scalar(4)")
     assert s.labels == {} and s.values[0] == 4

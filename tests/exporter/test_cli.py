@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gpuwarden.prom import PrometheusClient, PrometheusError, Series
 from tests.helpers import console_script, free_port, http_get, require_binary, wait_until
 
 
@@ -74,17 +75,21 @@ def test_prometheus_scrapes_all_8_simulated_gpus(spawn, tmp_path: Path):
     prom = spawn([prometheus, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                   f"--web.listen-address=127.0.0.1:{pport}"], name="prometheus")
 
-    def query(q: str) -> list:
-        status, body = http_get(f"http://127.0.0.1:{pport}/api/v1/query?query={urllib.parse.quote(q)}")
-        return json.loads(body)["data"]["result"] if status == 200 else []
+    client = PrometheusClient(f"http://127.0.0.1:{pport}", timeout=5)
+
+    def query(q: str) -> list[Series]:
+        try:
+            return client.query(q)
+        except PrometheusError:  # not up yet
+            return []
 
     result = wait_until(lambda: query('gpu_up{job="gpuwarden-exporter"} == 1') if len(
         query('gpu_up{job="gpuwarden-exporter"} == 1')) == 8 else None, timeout=30,
         what=f"Prometheus to see 8 GPUs up\n{prom.output()[-2000:]}")
-    assert sorted(r["metric"]["gpu"] for r in result) == [str(i) for i in range(8)]
+    assert sorted(r.labels["gpu"] for r in result) == [str(i) for i in range(8)]
     temps = query("gpu_temperature_celsius")
-    assert len(temps) == 8 and all(20 < float(r["value"][1]) < 100 for r in temps)
-    assert len({r["metric"]["uuid"] for r in temps}) == 8
+    assert len(temps) == 8 and all(20 < r.values[0] < 100 for r in temps)
+    assert len({r.labels["uuid"] for r in temps}) == 8
 
 
 def test_independent_nvml_library_with_a_lost_gpu(spawn, tmp_path):

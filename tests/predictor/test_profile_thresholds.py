@@ -9,12 +9,12 @@ forecast against the latter, so its power neither reads as critical nor moves it
 from __future__ import annotations
 
 import json
-import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from gpuwarden.prom import PrometheusClient, Series
 from gpuwarden.rules.promql import THRESHOLD_RECORD
 from gpuwarden.scheduler_agent.predictor.health import migration_candidates
 from gpuwarden.scheduler_agent.predictor.service import PredictorService
@@ -23,10 +23,8 @@ from tests.helpers import REPO, console_script, free_port, http_get, require_bin
 pytestmark = [pytest.mark.binaries, pytest.mark.slow]
 
 
-def _query(prom: str, expr: str) -> list[dict]:
-    status, body = http_get(f"{prom}/api/v1/query?{urllib.parse.urlencode({'query': expr})}")
-    assert status == 200, body
-    return json.loads(body)["data"]["result"]
+def _query(prom: str, expr: str) -> list[Series]:
+    return PrometheusClient(prom, timeout=5).query(expr)
 
 
 def test_predictor_uses_the_h100_profile_threshold_recorded_by_prometheus(tmp_path: Path, spawn) -> None:
@@ -55,10 +53,10 @@ def test_predictor_uses_the_h100_profile_threshold_recorded_by_prometheus(tmp_pa
                what=f"prometheus: {prometheus.output()[-2000:]}")
     recorded = wait_until(lambda: len(r := _query(prom, f'{THRESHOLD_RECORD}{{rule="POWER_CRITICAL"}}')) == 2 and r,
                           30, what="the recorded POWER_CRITICAL threshold of both GPUs")
-    limits = {r["metric"]["uuid"]: float(r["value"][1]) for r in _query(prom, "gpu_power_limit_watts")}
-    assert {r["metric"]["profile"] for r in recorded} == {"H100"}
+    limits = {r.labels["uuid"]: r.values[0] for r in _query(prom, "gpu_power_limit_watts")}
+    assert {r.labels["profile"] for r in recorded} == {"H100"}
     for r in recorded:
-        assert float(r["value"][1]) == pytest.approx(1.125 * limits[r["metric"]["uuid"]])
+        assert r.values[0] == pytest.approx(1.125 * limits[r.labels["uuid"]])
 
     svc = PredictorService(prom, None, period=2, window=10, step=1, timeout=5)
     hot = None
