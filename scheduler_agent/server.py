@@ -8,8 +8,9 @@ that same object as an argument; no plug-in sets anything another reads, so thei
 ``PLUGINS`` is only the order in which they start (and, reversed, close).
 
 Plug-in seam (each module in ``PLUGINS``: predictor, remediation):
-``install(agent: Agent, port: SchedulerPort) -> object | None``. ``install`` runs after the
-scheduler has recovered and before the HTTP server starts, so it can::
+``install(agent: plugins.Host, port: SchedulerPort) -> object | None`` (``Host``: the part of
+``Agent`` a plug-in may use). ``install`` runs after the scheduler has recovered and before the
+HTTP server starts, so it can::
 
     agent.db.migrate("remediation", MIGRATIONS)          # its own tables
     agent.config.section("remediation")                  # its raw config (validate it yourself,

@@ -23,7 +23,7 @@ tracer provider.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from gpuwarden import config as foundation
 
@@ -31,12 +31,15 @@ from ..remediation.port import SchedulerPort
 from .migrations import PortMigrator
 from .service import PredictorService
 
+if TYPE_CHECKING:
+    from ..plugins import Host
+
 
 def _schema() -> foundation.Schema:
     return foundation.Schema.packaged("gpuwarden.scheduler_agent.predictor", "config.schema.json")
 
 
-def install(agent: Any, port: SchedulerPort) -> PredictorService | None:
+def install(agent: "Host", port: SchedulerPort) -> PredictorService | None:
     section = agent.config.section("predictor")
     if not section:
         return None

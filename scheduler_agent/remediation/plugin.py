@@ -25,10 +25,10 @@ from .port import SchedulerPort
 from .service import Remediation, credentials_from
 
 if TYPE_CHECKING:
-    from ..server import Agent
+    from ..plugins import Host
 
 
-def install(agent: "Agent", port: SchedulerPort) -> Remediation:
+def install(agent: "Host", port: SchedulerPort) -> Remediation:
     cfg = agent.config
     rc = parse(cfg.section("remediation"), str(cfg.path), error=cfg.error)
     # Paths in the section are relative to the config file, like every path in it.

@@ -24,10 +24,10 @@ from .nodemap import NodeMap
 from .runner import Runner
 
 if TYPE_CHECKING:
-    from ..server import Agent
+    from ..plugins import Host
 
 
-def install(agent: "Agent") -> SlurmPort | None:
+def install(agent: "Host") -> SlurmPort | None:
     cfg = agent.config
     if "slurm" not in cfg.raw:
         return None
@@ -43,7 +43,7 @@ def install(agent: "Agent") -> SlurmPort | None:
     return port
 
 
-def _routes(agent: "Agent", port: SlurmPort) -> None:
+def _routes(agent: "Host", port: SlurmPort) -> None:
     from ..web import Response  # noqa: PLC0415
 
     def commands(req):  # type: ignore[no-untyped-def]
