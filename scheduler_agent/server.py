@@ -82,8 +82,8 @@ class Agent:
         if "prometheus" in inv:
             p = inv["prometheus"]
             self.discovery = PrometheusDiscovery(self.scheduler.sync_inventory, p["url"],
-                                                 p.get("refresh_seconds", 30), p.get("node_label", "instance"),
-                                                 p.get("timeout_seconds", 10))
+                                                 p["refresh_seconds"], p["node_label"],
+                                                 p["timeout_seconds"])
         # The one scheduler port, before any plug-in that acts through it.
         slurm_port = slurm.install(self)
         self.port: SchedulerPort = (slurm_port if slurm_port is not None

@@ -100,7 +100,7 @@ def predict_csv(args: argparse.Namespace, out: TextIO) -> int:
 
 def predict_prometheus(args: argparse.Namespace, out: TextIO) -> int:
     from .health import GpuHealth
-    from .prom import PrometheusClient, PrometheusError
+    from gpuwarden.prom import PrometheusClient, PrometheusError
     from .report import at_risk, gpu_report
     from .service import PredictorService
 

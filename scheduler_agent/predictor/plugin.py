@@ -52,7 +52,7 @@ def install(agent: "Host", port: SchedulerPort) -> PredictorService | None:
         cfg = rules_config.load(agent.config.resolve(rules_file) if rules_file else None)
     except rules_config.ConfigError as exc:
         raise agent.config.error("predictor.rules_file", str(exc)) from None
-    from .prom import PrometheusClient
+    from gpuwarden.prom import PrometheusClient
     migrator = PortMigrator(agent.db, port) if migrate else None
     try:
         svc = PredictorService(PrometheusClient(url, nums["timeout_seconds"]), cfg, period=nums["period_seconds"],

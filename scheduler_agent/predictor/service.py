@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 
 from .forecast import MIN_CONFIDENCE, PERSIST
 from .health import GpuHealth, evaluate, gpu_key, migration_candidates
-from .prom import PrometheusClient, PrometheusError
+from gpuwarden.prom import PrometheusClient, PrometheusError
 from .specs import MetricSpec, specs_from_rules
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry, generate_latest
 
-from gpuwarden.scheduler_agent.predictor.prom import PrometheusClient, PrometheusQueryError, PrometheusUnavailable
+from gpuwarden.prom import PrometheusClient, PrometheusQueryError, PrometheusUnavailable
 from gpuwarden.scheduler_agent.predictor.service import PredictorService
 from gpuwarden.scheduler_agent.predictor.specs import MetricSpec
 from tests.helpers import free_port
