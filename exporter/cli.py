@@ -15,6 +15,8 @@ from typing import Sequence
 
 from prometheus_client import CollectorRegistry
 
+from gpuwarden import logs
+
 from . import collectors
 from .collector import GpuCollector
 from .sim.models import DEFAULT_MODEL, MODELS
@@ -24,7 +26,7 @@ from .service import DEFAULT_TIMEOUT, ExporterService
 DEFAULT_LISTEN = ":9786"
 DEFAULT_CONTROL = "127.0.0.1:9788"
 
-log = logging.getLogger("gpuwarden.exporter")
+log = logging.getLogger(__name__)
 
 
 def _duration(text: str) -> float:
@@ -64,15 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="simulator control endpoint (default %(default)s; '' disables it). It has no "
                           "authentication: anyone who can reach it can inject faults and set power "
                           "limits, so keep it on loopback (a warning is logged otherwise)")
-    p.add_argument("--log.level", dest="log_level", default="info", metavar="LEVEL",
-                   choices=("debug", "info", "warn", "error"), help="(default %(default)s)")
+    logs.add_flags(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = {"warn": "WARNING"}.get(args.log_level, args.log_level.upper())
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(args.log_level, args.log_format)
     try:
         host, port = parse_listen_address(args.listen)
         enabled = collectors.enabled({n: getattr(args, f"collector_{n}") for n in collectors.COLLECTORS})

@@ -16,7 +16,7 @@ import pynvml
 
 from .nvml import Device, ErrorLog, code_name
 
-log = logging.getLogger("gpuwarden.exporter")
+log = logging.getLogger(__name__)
 
 WAIT_MS = 1000
 

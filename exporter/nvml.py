@@ -17,7 +17,7 @@ import pynvml
 
 from .exposition import LabelSet
 
-log = logging.getLogger("gpuwarden.exporter")
+log = logging.getLogger(__name__)
 
 # Answers that will not change until the driver changes: ask once, then never again.
 UNSUPPORTED_CODES = frozenset({

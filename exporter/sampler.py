@@ -25,7 +25,7 @@ from .collectors.base import Collector, FieldRead, Sample
 from .nvml import (UNSUPPORTED_CODES, Device, ErrorLog, GpuLost, Reader, field_buffer, field_value,
                            get_field_values, read_identity)
 
-log = logging.getLogger("gpuwarden.exporter")
+log = logging.getLogger(__name__)
 
 FIELD_CALL = "nvmlDeviceGetFieldValues"
 

@@ -16,7 +16,7 @@ from gpuwarden.listener import Admit, Head, Limits, Listener, Reply, text_reply
 
 from .exposition import CONTENT_TYPE, TextRenderer
 
-log = logging.getLogger("gpuwarden.exporter.http")
+log = logging.getLogger(__name__)
 
 LANDING = b"""<html><head><title>gpuwarden exporter</title></head><body>
 <h1>gpuwarden exporter</h1><p><a href="/metrics">Metrics</a></p></body></html>

@@ -17,7 +17,7 @@ from .events import XidWatcher
 from .nvml import Discovery, ErrorLog, code_name, init_and_discover, shutdown_quietly
 from .sampler import Sampler, Snapshot
 
-log = logging.getLogger("gpuwarden.exporter")
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 5.0   # below Prometheus' default 10 s scrape timeout
 

@@ -46,7 +46,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-log = logging.getLogger("gpuwarden.http")
+log = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 2048   # the kernel's queue of connections not yet accepted
 ACCEPT_BATCH = 64       # connections accepted per event-loop turn

@@ -14,12 +14,13 @@ Client verbs take --url (default http://127.0.0.1:9787, or $GPUWARDEN_AGENT_URL)
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sqlite3
 import sys
 import threading
 from typing import Any, Sequence
+
+from gpuwarden import logs
 
 from .client import Client, add_client_args, run_cli
 
@@ -29,8 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="run the agent")
     s.add_argument("--config", required=True)
-    s.add_argument("--log.level", dest="log_level", default="info",
-                   choices=["debug", "info", "warning", "error"])
+    logs.add_flags(s)
 
     jobs = sub.add_parser("jobs").add_subparsers(dest="verb", required=True)
     p = jobs.add_parser("submit")
@@ -78,7 +78,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .server import Agent
     from .store import StoreError
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(args.log_level, args.log_format)
     cfg = None
     try:
         cfg = load(args.config)

@@ -33,7 +33,7 @@ from .faults import FaultError
 from .fleet import Fleet, UnknownGpu
 from .scenario import ScenarioError, from_doc, parse, play
 
-log = logging.getLogger("gpuwarden.sim.control")
+log = logging.getLogger(__name__)
 _GPU_ROUTE = re.compile(r"^/api/v1/gpus/([^/]+)/(power-limit|load|faults)$")
 MAX_BODY = 1 << 20
 

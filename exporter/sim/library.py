@@ -23,7 +23,7 @@ from .fleet import Fleet
 from .nvml_api import (FUNCTIONS, ERROR_GPU_IS_LOST, ERROR_INVALID_ARGUMENT, ERROR_NOT_SUPPORTED,
                                    ERROR_UNINITIALIZED, ERROR_UNKNOWN, HANDLE_BASE)
 
-log = logging.getLogger("gpuwarden.sim")
+log = logging.getLogger(__name__)
 
 class SimLibrary:
     """A libnvidia-ml look-alike over ``fleet``.

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from .config import Budget
 
-log = logging.getLogger("gpuwarden.remediation")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,9 @@ def open_breaker(conn: sqlite3.Connection, reason: str, now: float) -> None:
     cur = conn.execute("UPDATE remediation_breaker SET state = 'open', opened_at = ?, reason = ? "
                        "WHERE id = 1 AND state = 'closed'", (now, reason))
     if cur.rowcount:
-        log.error(json.dumps({"event": "remediation.breaker_open", "reason": reason,
-                              "hint": "the agent acts on nothing until a person runs "
-                                      "'gpuwarden-agent breaker reset'"}))
+        log.error("remediation breaker open", extra={
+            "event": "remediation.breaker_open", "reason": reason,
+            "hint": "the agent acts on nothing until a person runs 'gpuwarden-agent breaker reset'"})
 
 
 def reset_breaker(conn: sqlite3.Connection, actor: str, now: float | None = None) -> bool:
@@ -69,8 +69,8 @@ def reset_breaker(conn: sqlite3.Connection, actor: str, now: float | None = None
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    log.warning(json.dumps({"event": "remediation.breaker_reset", "actor": actor,
-                            "was_open": was_open}))
+    log.warning("remediation breaker reset", extra={"event": "remediation.breaker_reset", "actor": actor,
+                                                    "was_open": was_open})
     return was_open
 
 

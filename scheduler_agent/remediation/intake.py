@@ -26,7 +26,7 @@ from .errors import IntakeError, PolicyConfigError
 from .payload import Notification, parse_notification
 from .store import transaction
 
-log = logging.getLogger("gpuwarden.remediation")
+log = logging.getLogger(__name__)
 
 
 
@@ -123,11 +123,11 @@ class Intake:
             # Those instances are not here, so nothing can be done for them from this
             # delivery; we keep the count on the notification row, log it and count it in
             # the metrics, and act on what we got. The routing we ship sets max_alerts: 0.
-            log.warning(json.dumps({
+            log.warning("Alertmanager truncated a notification", extra={
                 "event": "remediation.truncated", "notification_id": accepted.notification_id,
                 "group_key": notification.group_key, "truncated_alerts":
                 notification.truncated_alerts, "hint": "set max_alerts: 0 on the webhook "
-                "receiver so that Alertmanager sends every alert of the group"}))
+                "receiver so that Alertmanager sends every alert of the group"})
         if self._on_accepted is not None and accepted.new_events:
             self._on_accepted()
         return accepted

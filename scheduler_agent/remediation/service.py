@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from ..scheduler import Scheduler
     from ..store import Database
 
-log = logging.getLogger("gpuwarden.remediation")
+log = logging.getLogger(__name__)
 
 OUTCOMES = ("pending", "acted", "recorded", "noop", "dry_run", "skipped_budget",
             "skipped_breaker", "failed", "uncertain")
@@ -187,7 +187,7 @@ class Remediation:
                 return Response(exc.status, {"error": exc.reason, "field": None})
             except sqlite3.Error as exc:
                 # Not stored: 503 makes Alertmanager retry, so nothing is lost.
-                log.error(json.dumps({"event": "remediation.intake_error", "error": str(exc)}))
+                log.error("could not store a notification", extra={"event": "remediation.intake_error", "error": str(exc)})
                 return Response(503, {"error": f"could not store the notification: {exc}",
                                       "field": None}, headers={"Retry-After": "5"})
             return Response(202, {"status": "accepted", "notification_id": a.notification_id,

@@ -47,7 +47,7 @@ from .. import store as agent_store
 if TYPE_CHECKING:
     from ..store import Database
 
-log = logging.getLogger("gpuwarden.remediation")
+log = logging.getLogger(__name__)
 
 OTHER = "other"
 KNOWN_ACTIONS = ("notify", "throttle", "preempt", "quarantine", "restore")
@@ -228,8 +228,9 @@ def known_label_values() -> dict[str, set[str]]:
             if getattr(a, "severity", None):
                 severities.add(str(a.severity))
     except Exception as exc:  # noqa: BLE001 - metrics must not stop the agent from starting
-        log.warning(json.dumps({"event": "remediation.rules_unreadable", "error": str(exc),
-                                "hint": "alerts of unknown rules are counted as 'other'"}))
+        log.warning("the shipped rules could not be read", extra={
+            "event": "remediation.rules_unreadable", "error": str(exc),
+            "hint": "alerts of unknown rules are counted as 'other'"})
     rules.update(_generated_rule_ids())
     if not rules:
         rules.update(FALLBACK_RULES)

@@ -46,7 +46,7 @@ from . import store
 from .store import transaction
 from ..store import Retention
 
-log = logging.getLogger("gpuwarden.remediation")
+log = logging.getLogger(__name__)
 
 RESTORE_RETRY_SECONDS = 30.0
 
@@ -92,7 +92,7 @@ class Worker:
             try:
                 busy = self.run_once()
             except sqlite3.Error as exc:  # locked or full: the rows stay, retried next round
-                log.error(json.dumps({"event": "remediation.worker_error", "error": str(exc)}))
+                log.error("remediation worker error", extra={"event": "remediation.worker_error", "error": str(exc)})
                 busy = 0
             if not busy:
                 self.prune_when_idle()
@@ -136,7 +136,7 @@ class Worker:
         try:
             fleet = dict(self.scheduler.fleet())
         except Exception as exc:  # noqa: BLE001 - without the fleet, open quarantines are unknown
-            log.warning(json.dumps({"event": "remediation.prune_skipped", "error": str(exc)}))
+            log.warning("retention pruning skipped", extra={"event": "remediation.prune_skipped", "error": str(exc)})
             self._next_prune = now + r.interval_seconds
             return None
         try:
@@ -144,13 +144,13 @@ class Worker:
                                                    if st == "quarantined"], r.batch_size,
                                should_stop=lambda: self._wake.is_set() or self._stop.is_set())
         except sqlite3.Error as exc:
-            log.error(json.dumps({"event": "remediation.prune_error", "error": str(exc)}))
+            log.error("retention pruning failed", extra={"event": "remediation.prune_error", "error": str(exc)})
             self._next_prune = now + r.interval_seconds
             return None
         if done.pop("done"):
             self._next_prune = now + r.interval_seconds
         if any(done.values()):
-            log.info(json.dumps({"event": "remediation.pruned", "older_than": cutoff, **done}))
+            log.info("pruned old alerts and actions", extra={"event": "remediation.pruned", "older_than": cutoff, **done})
         return done
 
     # -- deciding -------------------------------------------------------------------------
@@ -168,8 +168,8 @@ class Worker:
                                              ev["status"] == "firing")
                 except Exception as exc:  # noqa: BLE001 - the scheduler's own errors vary;
                     # an unknown GPU must not stop the decision from being recorded.
-                    log.warning(json.dumps({"event": "remediation.set_alert_failed",
-                                            "uuid": ev["uuid"], "error": str(exc)}))
+                    log.warning("recording the alert on the GPU failed", extra={
+                        "event": "remediation.set_alert_failed", "uuid": ev["uuid"], "error": str(exc)})
             if action not in ACTIONS:
                 self._finish(ev, action, "failed", {}, f"action {action!r} is not one of "
                              f"{', '.join(ACTIONS)} (the alert's action label or remediation.rules)")
@@ -487,7 +487,7 @@ def _refused(exc: BaseException) -> dict[str, Any]:
 
 def _log_decision(ev: dict[str, Any], action: str, outcome: str, detail: dict[str, Any],
                   error: str) -> None:
-    """One structured line per decision (JSON, so log pipelines need no parsing rules)."""
+    """One structured line per decision (gpuwarden.logs renders the fields as logfmt or JSON)."""
     line = {"event": "remediation.decision", "rule": ev["rule"], "severity": ev["severity"],
             "status": ev["status"], "uuid": ev["uuid"], "fingerprint": ev["fingerprint"],
             "starts_at": ev["starts_at"], "action": action, "outcome": outcome,
@@ -495,5 +495,4 @@ def _log_decision(ev: dict[str, Any], action: str, outcome: str, detail: dict[st
     if error:
         line["error"] = error
     log.log(logging.WARNING if outcome in ("failed", "skipped_budget", "uncertain")
-            else logging.INFO,
-            json.dumps(line, default=str))
+            else logging.INFO, "remediation decision: %s %s", action, outcome, extra=line)

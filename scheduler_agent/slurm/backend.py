@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 # second in which slurmd revoked the previous run's credential, with a second to spare.
 REQUEUE_SETTLE_SECONDS = 2.0
 
-log = logging.getLogger("gpuwarden.slurm")
+log = logging.getLogger(__name__)
 
 PREFIX = "gpuwarden:"
 NODE_SCOPE_NOTE = ("Slurm 22.05 cannot drain a single GPU: the whole node {node} ({gpus} GPUs) "
@@ -337,5 +337,6 @@ class SlurmPort:
                 self.quarantine(event["gpu_uuid"], f"manual: {reason}",
                                 event.get("actor") or "api")
         except SlurmError as exc:
-            log.error('{"event": "slurm.api_action_failed", "kind": %r, "uuid": %r, '
-                      '"error": %r}', event["kind"], event["gpu_uuid"], str(exc))
+            log.error("mirroring an API action into Slurm failed", extra={
+                "event": "slurm.api_action_failed", "kind": event["kind"], "uuid": event["gpu_uuid"],
+                "error": str(exc)})

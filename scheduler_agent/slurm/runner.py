@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 from .errors import SlurmError
 
-log = logging.getLogger("gpuwarden.slurm")
+log = logging.getLogger(__name__)
 
 TRANSIENT = re.compile(r"Unable to contact slurm controller|Socket timed out|Zero Bytes were "
                        r"transmitted|Connection refused|Resource temporarily unavailable|"
@@ -70,8 +70,8 @@ class Runner:
                     return Result(argv, rc, out, err, attempt)
                 why = f"exit {rc}: {(err or out).strip()[:500]}"
                 transient = bool(TRANSIENT.search(err + out))
-            log.warning('{"event": "slurm.command_failed", "argv": %r, "attempt": %d, '
-                        '"error": %r}', _show(argv), attempt, why)
+            log.warning("a Slurm command failed", extra={
+                "event": "slurm.command_failed", "argv": _show(argv), "attempt": attempt, "error": why})
             if not transient or attempt == self.attempts:
                 raise SlurmError(f"{_show(argv)}: {why}"
                                  + (f" (after {attempt} attempts)" if attempt > 1 else ""))

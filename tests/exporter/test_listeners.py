@@ -271,7 +271,7 @@ def test_control_unknown_gpu_is_404_before_the_body_is_read(make_exporter):
 
 def test_control_warns_when_it_binds_beyond_loopback(make_exporter, caplog):
     fleet = make_exporter(1).fleet
-    with caplog.at_level(logging.WARNING, logger="gpuwarden.sim.control"):
+    with caplog.at_level(logging.WARNING, logger="gpuwarden.exporter.sim.control"):
         server = ControlServer(fleet, "127.0.0.1", 0).start()
         server.stop()
         assert not caplog.records

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from gpuwarden import logs
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -238,13 +240,15 @@ def test_spans_alert_rule_with_child_per_action(make_rem):
     provider.shutdown()
 
 
-def test_decision_logged_as_one_json_line(make_rem, caplog):
+def test_decision_logged_as_one_structured_line(make_rem, caplog):
     rem = make_rem()
-    with caplog.at_level("INFO", logger="gpuwarden.remediation"):
+    with caplog.at_level("INFO", logger="gpuwarden.scheduler_agent.remediation"):
         deliver(rem, alert("GPU-1"))
-    lines = [json.loads(r.message) for r in caplog.records
-             if '"remediation.decision"' in r.message]
-    assert len(lines) == 1 and lines[0]["outcome"] == "acted" and lines[0]["uuid"] == "GPU-1"
+    decisions = [r for r in caplog.records if getattr(r, "event", None) == "remediation.decision"]
+    assert len(decisions) == 1 and decisions[0].outcome == "acted" and decisions[0].uuid == "GPU-1"
+    line = json.loads(logs.JsonFormatter().format(decisions[0]))  # the same fields in --log.format=json
+    assert line["outcome"] == "acted" and line["logger"] == "gpuwarden.scheduler_agent.remediation.worker"
+    assert 'outcome=acted' in logs.LogfmtFormatter().format(decisions[0])
 
 
 @pytest.mark.parametrize("section,field", [
