@@ -33,10 +33,12 @@ TOKEN = "bench-token"
 def _config(d: Path) -> Path:
     (d / "token").write_text(TOKEN)
     cfg = d / "agent.yaml"
-    cfg.write_text("web: {listen_address: '127.0.0.1:0', token_file: token}\n"
-                   "database: {path: agent.db}\n"
-                   "inventory: {nodes: [" + ", ".join(f"{{name: n{i}, count: 8}}" for i in range(64)) + "]}\n"
-                   "executor: {kind: tracking}\n")
+    cfg.write_text(
+        "web: {listen_address: '127.0.0.1:0', token_file: token}\n"
+        "database: {path: agent.db}\n"
+        "inventory: {nodes: [" + ", ".join(f"{{name: n{i}, count: 8}}" for i in range(64)) + "]}\n"
+        "executor: {kind: tracking}\n"
+    )
     return cfg
 
 
@@ -63,8 +65,7 @@ def over_http(jobs: int, clients: int) -> float:
             conn = http.client.HTTPConnection(host, port, timeout=30)
             headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
             for i in range(n):
-                conn.request("POST", "/api/v1/jobs", json.dumps({"name": f"j{offset + i}", "gpus": 1 + i % 4}),
-                             headers)
+                conn.request("POST", "/api/v1/jobs", json.dumps({"name": f"j{offset + i}", "gpus": 1 + i % 4}), headers)
                 resp = conn.getresponse()
                 resp.read()
                 if resp.status != 201:

@@ -24,7 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 CONTENDERS = ("gpuwarden", "nvitop (gpu only)", "nvitop (with host)")
 # Per-GPU health signals beyond plain telemetry (what operators alert on).
@@ -38,7 +38,7 @@ def _percentile(xs: list[float], q: float) -> float:
 
 def _one_size(gpus: int, rounds: int, per_round: int, latency_us: float) -> dict:
     """Runs in a fresh process per fleet size (pynvml and nvitop keep process-wide state)."""
-    logging.disable(logging.CRITICAL)          # nvitop logs every unsupported call; not measured
+    logging.disable(logging.CRITICAL)  # nvitop logs every unsupported call; not measured
     from prometheus_client import CollectorRegistry
     from prometheus_client.exposition import generate_latest
 
@@ -60,6 +60,7 @@ def _one_size(gpus: int, rounds: int, per_round: int, latency_us: float) -> dict
 
     from nvitop import Device
     from nvitop_exporter.exporter import PrometheusExporter
+
     devices = Device.all()
     peer = PrometheusExporter(devices, hostname="bench", registry=CollectorRegistry(), interval=1.0)
 
@@ -73,20 +74,23 @@ def _one_size(gpus: int, rounds: int, per_round: int, latency_us: float) -> dict
         return nvitop_gpu()
 
     fns: dict[str, Callable[[], bytes]] = {
-        "gpuwarden": lambda: renderer.render(ours),   # what GET /metrics runs
+        "gpuwarden": lambda: renderer.render(ours),  # what GET /metrics runs
         "nvitop (gpu only)": nvitop_gpu,
         "nvitop (with host)": nvitop_host,
     }
     first_uuid = fleet.gpus[0].uuid
     out: dict[str, dict] = {}
     stats = {name: {"cpu": [], "wall": [], "calls": 0, "n": 0} for name in fns}
-    for name, fn in fns.items():             # warm up: first scrapes learn what is unsupported
+    for name, fn in fns.items():  # warm up: first scrapes learn what is unsupported
         for _ in range(5):
             text = fn().decode()
         series = [ln for ln in text.splitlines() if not ln.startswith("#") and f'"{first_uuid}"' in ln]
         names = {ln.split("{", 1)[0] for ln in series}
-        out[name] = {"series_per_gpu": len(series), "metrics_per_gpu": len(names),
-                     "health_per_gpu": len([n for n in names if HEALTH.search(n)])}
+        out[name] = {
+            "series_per_gpu": len(series),
+            "metrics_per_gpu": len(names),
+            "health_per_gpu": len([n for n in names if HEALTH.search(n)]),
+        }
     for _ in range(rounds):
         for name, fn in fns.items():
             st = stats[name]
@@ -111,33 +115,46 @@ def _one_size(gpus: int, rounds: int, per_round: int, latency_us: float) -> dict
 
 
 def _table(results: dict[int, dict]) -> str:
-    lines = ["| GPUs | exporter | CPU ms/scrape | p50 ms | p99 ms | NVML calls/scrape | series/GPU | metrics/GPU | health metrics/GPU |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| GPUs | exporter | CPU ms/scrape | p50 ms | p99 ms | NVML calls/scrape | series/GPU | metrics/GPU | health metrics/GPU |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for gpus, res in results.items():
         for name in CONTENDERS:
             r = res[name]
-            lines.append(f"| {gpus} | {name} | {r['cpu_ms']:.3f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
-                         f"{r['calls']:.0f} | {r['series_per_gpu']} | {r['metrics_per_gpu']} | {r['health_per_gpu']} |")
+            lines.append(
+                f"| {gpus} | {name} | {r['cpu_ms']:.3f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
+                f"{r['calls']:.0f} | {r['series_per_gpu']} | {r['metrics_per_gpu']} | {r['health_per_gpu']} |"
+            )
     lines.append("")
-    lines.append("| GPUs | CPU ratio nvitop(gpu only)/gpuwarden | CPU ratio nvitop(with host)/gpuwarden | "
-                 "NVML calls ratio | gpuwarden p99 ms |")
+    lines.append(
+        "| GPUs | CPU ratio nvitop(gpu only)/gpuwarden | CPU ratio nvitop(with host)/gpuwarden | "
+        "NVML calls ratio | gpuwarden p99 ms |"
+    )
     lines.append("|---:|---:|---:|---:|---:|")
     for gpus, res in results.items():
         o = res["gpuwarden"]
-        lines.append(f"| {gpus} | {res['nvitop (gpu only)']['cpu_ms'] / o['cpu_ms']:.2f}x | "
-                     f"{res['nvitop (with host)']['cpu_ms'] / o['cpu_ms']:.2f}x | "
-                     f"{res['nvitop (gpu only)']['calls'] / o['calls']:.2f}x | {o['p99_ms']:.3f} |")
+        lines.append(
+            f"| {gpus} | {res['nvitop (gpu only)']['cpu_ms'] / o['cpu_ms']:.2f}x | "
+            f"{res['nvitop (with host)']['cpu_ms'] / o['cpu_ms']:.2f}x | "
+            f"{res['nvitop (gpu only)']['calls'] / o['calls']:.2f}x | {o['p99_ms']:.3f} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.exporter_scrape", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.exporter_scrape",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--gpus", type=int, nargs="+", default=[8, 64])
     p.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default %(default)s)")
-    p.add_argument("--per-round", type=int, default=0, help="scrapes per contender per round (default: 400/GPUs, at least 5)")
+    p.add_argument(
+        "--per-round", type=int, default=0, help="scrapes per contender per round (default: 400/GPUs, at least 5)"
+    )
     p.add_argument("--latency-us", type=float, default=0.0, help="added to every simulated NVML device call")
-    p.add_argument("--one", type=int, help=argparse.SUPPRESS)   # child mode: one fleet size, JSON out
+    p.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child mode: one fleet size, JSON out
     args = p.parse_args(argv)
     if args.one:
         per = args.per_round or max(5, 400 // args.one)
@@ -150,8 +167,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results: dict[int, dict] = {}
     for gpus in args.gpus:
-        cmd = [sys.executable, "-m", "bench.exporter_scrape", "--one", str(gpus), "--rounds", str(args.rounds),
-               "--per-round", str(args.per_round), "--latency-us", str(args.latency_us)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.exporter_scrape",
+            "--one",
+            str(gpus),
+            "--rounds",
+            str(args.rounds),
+            "--per-round",
+            str(args.per_round),
+            "--latency-us",
+            str(args.latency_us),
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             print(res.stderr, file=sys.stderr)

@@ -42,10 +42,13 @@ MODES = ("durable", "durable-paused-worker", "baseline")
 
 class _NoScheduler:
     def quarantine(self, uuid: str, reason: str, actor: str, context: Any = None) -> None: ...
-    def preempt_gpu(self, uuid: str, reason: str, context: Any = None) -> list[int]: return []
+    def preempt_gpu(self, uuid: str, reason: str, context: Any = None) -> list[int]:
+        return []
+
     def set_throttled(self, uuid: str, throttled: bool, reason: str) -> None: ...
     def set_alert(self, uuid: str, rule: str, severity: str, firing: bool) -> None: ...
-    def fleet(self) -> dict[str, str]: return {}
+    def fleet(self) -> dict[str, str]:
+        return {}
 
 
 _seq = itertools.count()
@@ -55,36 +58,61 @@ def _body(n: int) -> bytes:
     alerts = []
     for _ in range(n):
         i = next(_seq)
-        alerts.append({
+        alerts.append(
+            {
+                "status": "firing",
+                "labels": {
+                    "alertname": "THERMAL_WARNING",
+                    "rule": "THERMAL_WARNING",
+                    "severity": "warning",
+                    "action": "notify",
+                    "uuid": f"GPU-{i % 4096}",
+                    "gpu": str(i % 8),
+                    "instance": f"node{i % 512}:9786",
+                },
+                "annotations": {
+                    "summary": "GPU temperature at or above 80 C",
+                    "runbook_url": "https://example.org/runbooks/thermal",
+                },
+                "startsAt": "2024-05-01T10:00:00.123456789Z",
+                "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "http://prometheus:9090/graph",
+                "fingerprint": f"{i:016x}",
+            }
+        )
+    return json.dumps(
+        {
+            "version": "4",
+            "groupKey": '{}:{alertname="THERMAL_WARNING"}',
+            "truncatedAlerts": 0,
             "status": "firing",
-            "labels": {"alertname": "THERMAL_WARNING", "rule": "THERMAL_WARNING",
-                       "severity": "warning", "action": "notify", "uuid": f"GPU-{i % 4096}",
-                       "gpu": str(i % 8), "instance": f"node{i % 512}:9786"},
-            "annotations": {"summary": "GPU temperature at or above 80 C",
-                            "runbook_url": "https://example.org/runbooks/thermal"},
-            "startsAt": "2024-05-01T10:00:00.123456789Z", "endsAt": "0001-01-01T00:00:00Z",
-            "generatorURL": "http://prometheus:9090/graph", "fingerprint": f"{i:016x}"})
-    return json.dumps({"version": "4", "groupKey": "{}:{alertname=\"THERMAL_WARNING\"}",
-                       "truncatedAlerts": 0, "status": "firing", "receiver": "gpuwarden",
-                       "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
-                       "externalURL": "http://am:9093", "alerts": alerts}).encode()
+            "receiver": "gpuwarden",
+            "groupLabels": {},
+            "commonLabels": {},
+            "commonAnnotations": {},
+            "externalURL": "http://am:9093",
+            "alerts": alerts,
+        }
+    ).encode()
 
 
 def _server(mode: str, folder: Path) -> tuple[App, int, Remediation | None]:
     app = App(BearerAuth(token="bench-operator-token"))
     rem = None
     if mode.startswith("durable"):
-        rem = Remediation.create(str(folder / f"agent-{next(_seq)}.db"), parse(None), _NoScheduler(),
-                                 credentials=Credentials(TOKEN.encode()))
+        rem = Remediation.create(
+            str(folder / f"agent-{next(_seq)}.db"), parse(None), _NoScheduler(), credentials=Credentials(TOKEN.encode())
+        )
         rem.register_routes(app)
         if mode == "durable":
             rem.start()
     else:
+
         def webhook(req: Any) -> Response:
             n = parse_notification(req.body)
             return Response(202, {"status": "accepted", "alerts": len(n.alerts)})
-        app.add_route("POST", "/webhook/alertmanager", webhook, auth=Credentials(TOKEN.encode()),
-                      max_body=1 << 24)
+
+        app.add_route("POST", "/webhook/alertmanager", webhook, auth=Credentials(TOKEN.encode()), max_body=1 << 24)
     server = app.serve("127.0.0.1", 0)
     return app, server.port, rem
 
@@ -102,8 +130,12 @@ def _run(port: int, per_post: int, seconds: float, clients: int) -> tuple[float,
         j = k
         while time.perf_counter() < deadline:
             t0 = time.perf_counter()
-            conn.request("POST", "/webhook/alertmanager", bodies[j % len(bodies)],
-                         {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+            conn.request(
+                "POST",
+                "/webhook/alertmanager",
+                bodies[j % len(bodies)],
+                {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+            )
             resp = conn.getresponse()
             resp.read()
             if resp.status != 202:
@@ -129,8 +161,12 @@ def _big_notification(folder: Path, alerts: int = 25_000) -> str:
     """One notification of ``alerts`` alerts (about 10 MB, an alert storm in one group) through
     the real intake with ``max_body_bytes`` raised to 16 MiB: accepted, and how long it took."""
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        rem = Remediation.create(str(Path(tmp) / "big.db"), parse({"max_body_bytes": 16 << 20}),
-                                 _NoScheduler(), credentials=Credentials(TOKEN.encode()))
+        rem = Remediation.create(
+            str(Path(tmp) / "big.db"),
+            parse({"max_body_bytes": 16 << 20}),
+            _NoScheduler(),
+            credentials=Credentials(TOKEN.encode()),
+        )
         app = App(BearerAuth(token="bench-operator-token"))
         rem.register_routes(app)
         port = app.serve("127.0.0.1", 0).port
@@ -138,16 +174,22 @@ def _big_notification(folder: Path, alerts: int = 25_000) -> str:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
             t0 = time.perf_counter()
-            conn.request("POST", "/webhook/alertmanager", body,
-                         {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+            conn.request(
+                "POST",
+                "/webhook/alertmanager",
+                body,
+                {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+            )
             resp = conn.getresponse()
             answer = json.loads(resp.read())
             took = time.perf_counter() - t0
         finally:
             app.shutdown()
             rem.stop()
-    return (f"One notification of {alerts:,} alerts ({len(body) / 1e6:.1f} MB) with max_body_bytes: "
-            f"16777216: HTTP {resp.status}, {answer.get('alerts', 0):,} alerts stored in {took:.2f} s.")
+    return (
+        f"One notification of {alerts:,} alerts ({len(body) / 1e6:.1f} MB) with max_body_bytes: "
+        f"16777216: HTTP {resp.status}, {answer.get('alerts', 0):,} alerts stored in {took:.2f} s."
+    )
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -170,16 +212,20 @@ def main(argv: list[str] | None = None) -> int:
                     app, port, rem = _server(mode, Path(tmp))
                     try:
                         results.setdefault((mode, per_post), []).append(
-                            _run(port, per_post, args.seconds, args.clients))
+                            _run(port, per_post, args.seconds, args.clients)
+                        )
                     finally:
                         app.shutdown()
                         if rem is not None:
                             rem.stop()
-    lines = [f"`python -m bench.intake --seconds {args.seconds:g} --clients {args.clients} "
-             f"--rounds {args.rounds}` ({args.clients} keep-alive clients, median of "
-             f"{args.rounds} interleaved rounds; p50/p99 over all POSTs of the mode)", "",
-             "| alerts/POST | mode | alerts/s | POSTs/s | p50 ms | p99 ms | durable/baseline |",
-             "|---:|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"`python -m bench.intake --seconds {args.seconds:g} --clients {args.clients} "
+        f"--rounds {args.rounds}` ({args.clients} keep-alive clients, median of "
+        f"{args.rounds} interleaved rounds; p50/p99 over all POSTs of the mode)",
+        "",
+        "| alerts/POST | mode | alerts/s | POSTs/s | p50 ms | p99 ms | durable/baseline |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
     for per_post in (1, 100):
         base = statistics.median(r[0] for r in results[("baseline", per_post)])
         for mode in MODES:
@@ -187,8 +233,10 @@ def main(argv: list[str] | None = None) -> int:
             rate = statistics.median(r[0] for r in runs)
             lat = [x for r in runs for x in r[1]]
             ratio = f"{rate / base:.2f}" if mode != "baseline" else ""
-            lines.append(f"| {per_post} | {mode} | {rate:,.0f} | {rate / per_post:,.0f} | "
-                         f"{_pct(lat, 0.5):.1f} | {_pct(lat, 0.99):.1f} | {ratio} |")
+            lines.append(
+                f"| {per_post} | {mode} | {rate:,.0f} | {rate / per_post:,.0f} | "
+                f"{_pct(lat, 0.5):.1f} | {_pct(lat, 0.99):.1f} | {ratio} |"
+            )
     lines += ["", _big_notification(Path(tempfile.gettempdir()))]
     text = "\n".join(lines)
     print(text)

@@ -34,8 +34,7 @@ def _jobs(n: int, seed: int) -> list[int]:
     return [rng.choice(SIZES) for _ in range(n)]
 
 
-def run_indexed(nodes: int, per_node: int, jobs: list[int], placements: int, seed: int,
-                risky: bool = False) -> float:
+def run_indexed(nodes: int, per_node: int, jobs: list[int], placements: int, seed: int, risky: bool = False) -> float:
     """Seconds per placement with the index."""
     idx = FreeIndex()
     total = nodes * per_node
@@ -57,7 +56,7 @@ def run_indexed(nodes: int, per_node: int, jobs: list[int], placements: int, see
             done += 1
         while idx.free_count() < total // 10 or (p is None and running):
             gone = running.pop(rng.randrange(len(running)))
-            for u, i in zip(gone.uuids, gone.indexes):
+            for u, i in zip(gone.uuids, gone.indexes, strict=False):
                 idx.add(gone.node, u, i)
             p = gone if p is None else p
     return (time.perf_counter() - t0) / placements
@@ -121,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     jobs = _jobs(a.queued, 1)
 
-    print(f"## 1. steady state: {a.nodes} nodes x {a.gpus_per_node} GPUs, {a.queued} queued jobs, "
-          f"{a.rounds} interleaved rounds")
+    print(
+        f"## 1. steady state: {a.nodes} nodes x {a.gpus_per_node} GPUs, {a.queued} queued jobs, "
+        f"{a.rounds} interleaved rounds"
+    )
     fast, slow, risky = [], [], []
     for r in range(a.rounds):
         fast.append(run_indexed(a.nodes, a.gpus_per_node, jobs, a.indexed_placements, r))
@@ -140,17 +141,19 @@ def main(argv: list[str] | None = None) -> int:
     print("|---:|---:|---:|---:|---:|")
     base = None
     for nodes in (128, 256, 512, 1024):
-        fi = statistics.median(run_indexed(nodes, a.gpus_per_node, jobs, a.indexed_placements // 2, r)
-                               for r in range(a.rounds))
-        ni = statistics.median(run_naive(nodes, a.gpus_per_node, jobs, a.naive_placements, r)
-                               for r in range(a.rounds))
+        fi = statistics.median(
+            run_indexed(nodes, a.gpus_per_node, jobs, a.indexed_placements // 2, r) for r in range(a.rounds)
+        )
+        ni = statistics.median(run_naive(nodes, a.gpus_per_node, jobs, a.naive_placements, r) for r in range(a.rounds))
         base = base or (fi, ni)
         print(f"| {nodes} | {fi * 1e6:,.1f} | {ni * 1e6:,.1f} | {fi / base[0]:.2f}x | {ni / base[1]:.2f}x |")
 
     print(f"\n## 3. end to end: Scheduler.schedule_once, {a.queued} queued, SQLite WAL")
     placed, secs = run_scheduler(a.nodes, a.gpus_per_node, a.queued)
-    print(f"| placements in one pass | seconds | placements / s |\n|---:|---:|---:|\n"
-          f"| {placed} | {secs:.3f} | {placed / secs:,.0f} |")
+    print(
+        f"| placements in one pass | seconds | placements / s |\n|---:|---:|---:|\n"
+        f"| {placed} | {secs:.3f} | {placed / secs:,.0f} |"
+    )
     return 0
 
 

@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.traces import DURATION, STEP, Trace, generate
-from gpuwarden.prom import PrometheusClient
 from gpuwarden.procs import Proc, ProcError, free_port, wait_http
+from gpuwarden.prom import PrometheusClient
 from gpuwarden.scheduler_agent.predictor.forecast import PERSIST, Forecast, confirm, forecast_series, raw_forecast
 from gpuwarden.scheduler_agent.predictor.trend import InsufficientData
 
@@ -44,6 +44,7 @@ METRIC = "bench_trace"
 
 
 # --- ours ---------------------------------------------------------------------------------
+
 
 def ours_ttt(trace: Trace, window: float) -> dict[float, float | None]:
     """seconds_to_threshold at every scrape time once the window is full (keyed by time).
@@ -61,7 +62,7 @@ def ours_ttt(trace: Trace, window: float) -> dict[float, float | None]:
             continue
         lo = int(np.searchsorted(t, now - window, side="left"))
         try:
-            raw[i] = raw_forecast(t[lo:i + 1], y[lo:i + 1], trace.threshold, window)
+            raw[i] = raw_forecast(t[lo : i + 1], y[lo : i + 1], trace.threshold, window)
         except InsufficientData:
             raw[i] = None
         if now >= window:
@@ -71,21 +72,23 @@ def ours_ttt(trace: Trace, window: float) -> dict[float, float | None]:
     return out
 
 
-def check_equivalence(traces: list[Trace], window: float, ours: dict[str, dict[float, float | None]],
-                      n: int = 40) -> None:
+def check_equivalence(
+    traces: list[Trace], window: float, ours: dict[str, dict[float, float | None]], n: int = 40
+) -> None:
     """Spot-checks that the bench scores what the CSV interface would report."""
     rng = np.random.default_rng(0)
     for k in rng.choice(len(traces), size=min(n, len(traces)), replace=False):
         tr = traces[int(k)]
         i = int(rng.integers(int(window / STEP), tr.times.size))
         lo = int(np.searchsorted(tr.times, tr.times[i] - window - PERSIST * STEP, side="left"))
-        got = forecast_series(tr.times[lo:i + 1], tr.values[lo:i + 1], tr.threshold, window).seconds_to_threshold
+        got = forecast_series(tr.times[lo : i + 1], tr.values[lo : i + 1], tr.threshold, window).seconds_to_threshold
         want = ours[tr.name][float(tr.times[i])]
         if (got is None) != (want is None) or (got is not None and abs(got - want) > 1e-6):  # type: ignore[operator]
             raise AssertionError(f"{tr.name} at {tr.times[i]}: bench {want} != forecast_series {got}")
 
 
 # --- predict_linear in a real Prometheus ------------------------------------------------------
+
 
 class PromEngine:
     """A Prometheus 2.42 server over a TSDB holding every trace as bench_trace{trace=...}."""
@@ -100,18 +103,29 @@ class PromEngine:
         with om.open("w") as f:
             f.write(f"# TYPE {METRIC} gauge\n")
             for tr in traces:
-                for t, v in zip(tr.times, tr.values):
+                for t, v in zip(tr.times, tr.values, strict=False):
                     f.write(f'{METRIC}{{trace="{tr.name}"}} {float(v)!r} {self.base + float(t):.3f}\n')
             f.write("# EOF\n")
         data = workdir / "data"
-        subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(om), str(data)],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["promtool", "tsdb", "create-blocks-from", "openmetrics", str(om), str(data)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         cfg = workdir / "prometheus.yml"
         cfg.write_text("global: {}\n")
         self.port = free_port()
-        self.proc = Proc(["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={data}",
-                          f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=30d"],
-                         workdir / "prometheus.log", name="prometheus")
+        self.proc = Proc(
+            [
+                "prometheus",
+                f"--config.file={cfg}",
+                f"--storage.tsdb.path={data}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--storage.tsdb.retention.time=30d",
+            ],
+            workdir / "prometheus.log",
+            name="prometheus",
+        )
         try:
             wait_http(f"http://127.0.0.1:{self.port}/-/ready", 30, self.proc, interval=0.2)
         except ProcError as exc:
@@ -122,7 +136,9 @@ class PromEngine:
         prom = PrometheusClient(f"http://127.0.0.1:{self.port}", timeout=60)
         out: dict[str, dict[float, float]] = {}
         for s in prom.query_range(expr, self.base + start, self.base + end, STEP):
-            out[s.labels["trace"]] = {round(float(ts) - self.base, 3): float(v) for ts, v in zip(s.times, s.values)}
+            out[s.labels["trace"]] = {
+                round(float(ts) - self.base, 3): float(v) for ts, v in zip(s.times, s.values, strict=False)
+            }
         return out
 
     def close(self) -> None:
@@ -130,6 +146,7 @@ class PromEngine:
 
 
 # --- scoring ------------------------------------------------------------------------------------
+
 
 @dataclass
 class Score:
@@ -144,8 +161,9 @@ class Score:
     steps: int = 0
 
 
-def score(traces: list[Trace], warns: dict[str, dict[float, bool]], ttts: dict[str, dict[float, float | None]],
-          horizon: float) -> Score:
+def score(
+    traces: list[Trace], warns: dict[str, dict[float, bool]], ttts: dict[str, dict[float, float | None]], horizon: float
+) -> Score:
     s = Score()
     for tr in traces:
         cross = tr.crossing
@@ -181,10 +199,12 @@ def _med(xs: list[float]) -> float:
 
 
 def _row(name: str, s: Score) -> str:
-    return (f"| {name} | {s.detected}/{s.crossing} | {_med(s.leads) / 60:.1f} | "
-            f"{np.percentile(s.leads, 25) / 60 if s.leads else float('nan'):.1f} | "
-            f"{s.false_alarms}/{s.quiet} | {100 * s.alarm_steps / max(1, s.steps):.2f}% | "
-            f"{_med(s.ttt_err_first) / 60:.1f} | {_med(s.ttt_err_all) / 60:.1f} |")
+    return (
+        f"| {name} | {s.detected}/{s.crossing} | {_med(s.leads) / 60:.1f} | "
+        f"{np.percentile(s.leads, 25) / 60 if s.leads else float('nan'):.1f} | "
+        f"{s.false_alarms}/{s.quiet} | {100 * s.alarm_steps / max(1, s.steps):.2f}% | "
+        f"{_med(s.ttt_err_first) / 60:.1f} | {_med(s.ttt_err_all) / 60:.1f} |"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,8 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     W = args.window
     traces = generate(args.seed, args.scale)
     n_cross = sum(tr.crossing is not None for tr in traces)
-    print(f"{len(traces)} traces (seed {args.seed}), {n_cross} cross their threshold; window {W:g}s, "
-          f"scrape step {STEP:g}s, duration {DURATION / 60:g} min")
+    print(
+        f"{len(traces)} traces (seed {args.seed}), {n_cross} cross their threshold; window {W:g}s, "
+        f"scrape step {STEP:g}s, duration {DURATION / 60:g} min"
+    )
 
     t0 = time.perf_counter()
     ours = {tr.name: ours_ttt(tr, W) for tr in traces}
@@ -214,8 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             rng_w = f"{int(W)}s"
             level = engine.query_range(f"predict_linear({METRIC}[{rng_w}], 0)", W, DURATION)
             slope = engine.query_range(f"deriv({METRIC}[{rng_w}])", W, DURATION)
-            pl = {h: engine.query_range(f"predict_linear({METRIC}[{rng_w}], {h:g})", W, DURATION)
-                  for h in horizons}
+            pl = {h: engine.query_range(f"predict_linear({METRIC}[{rng_w}], {h:g})", W, DURATION) for h in horizons}
         finally:
             engine.close()
     t_prom = time.perf_counter() - t0
@@ -223,8 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     pl_ttt: dict[str, dict[float, float | None]] = {}
     for name, series in level.items():
         thr = by_name[name].threshold
-        pl_ttt[name] = {t: ((thr - v) / slope[name][t] if slope[name].get(t, 0) > 0 else None)
-                        for t, v in series.items()}
+        pl_ttt[name] = {
+            t: ((thr - v) / slope[name][t] if slope[name].get(t, 0) > 0 else None) for t, v in series.items()
+        }
 
     groups: list[tuple[str, list[Trace]]] = [("all", traces)]
     if args.families:
@@ -235,14 +257,18 @@ def main(argv: list[str] | None = None) -> int:
         pl_w = {n: {t: (v >= by_name[n].threshold) for t, v in d.items()} for n, d in pl[h].items()}
         for gname, group in groups:
             print(f"\nHorizon H = {h / 60:g} min, traces: {gname}\n")
-            print("| method | warned before crossing | median lead (min) | p25 lead (min) | "
-                  "false-alarm traces | alarm steps on quiet traces | TTT abs err at 1st warning (min, median) | "
-                  "TTT abs err, all warnings (min, median) |")
+            print(
+                "| method | warned before crossing | median lead (min) | p25 lead (min) | "
+                "false-alarm traces | alarm steps on quiet traces | TTT abs err at 1st warning (min, median) | "
+                "TTT abs err, all warnings (min, median) |"
+            )
             print("|---|---|---|---|---|---|---|---|")
             print(_row("gpuwarden (Theil–Sen, 2 windows, gated)", score(group, ours_w, ours, h)))
             print(_row("predict_linear (Prometheus 2.42)", score(group, pl_w, pl_ttt, h)))
-    print(f"\nours: {t_ours:.1f}s for {sum(len(d) for d in ours.values())} forecasts; "
-          f"Prometheus (build TSDB, start, {2 + len(horizons)} query_range): {t_prom:.1f}s")
+    print(
+        f"\nours: {t_ours:.1f}s for {sum(len(d) for d in ours.values())} forecasts; "
+        f"Prometheus (build TSDB, start, {2 + len(horizons)} query_range): {t_prom:.1f}s"
+    )
     return 0
 
 

@@ -42,14 +42,20 @@ def _start(python: str, folder: Path, nofile: int) -> tuple[subprocess.Popen, in
         f'web: {{listen_address: "127.0.0.1:{port}", token_file: token}}\n'
         "database: {path: agent.db}\nexecutor: {kind: tracking}\n"
         "inventory: {nodes: [{name: n0, count: 8}]}\n"
-        "remediation: {auth: {bearer_token_file: webhook-token}}\n")
+        "remediation: {auth: {bearer_token_file: webhook-token}}\n"
+    )
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
     agent = Path(python).parent / "gpuwarden-agent"
-    proc = subprocess.Popen([str(agent), "serve", "--config=agent.yaml"], cwd=folder, preexec_fn=limit,
-                            stdout=open(folder / "agent.log", "wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(agent), "serve", "--config=agent.yaml"],
+        cwd=folder,
+        preexec_fn=limit,
+        stdout=open(folder / "agent.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if _probe(port, 1.0) is not None:
@@ -81,7 +87,7 @@ def measure(python: str, connections: int, nofile: int) -> dict[str, float]:
         next_probe = time.perf_counter()
         try:
             give_up = time.monotonic() + 30  # an agent whose backlog is full makes each connect wait
-            for i in range(connections):
+            for _i in range(connections):
                 if time.monotonic() > give_up:
                     break
                 try:
@@ -124,11 +130,14 @@ def measure(python: str, connections: int, nofile: int) -> dict[str, float]:
                 proc.wait()
         ok = [p for p in probes if p is not None]
         return {
-            "opened": len(opened), "flood_seconds": flood_end - min(opened.values(), default=flood_end),
-            "probes": len(probes), "probe_failures": len(probes) - len(ok),
+            "opened": len(opened),
+            "flood_seconds": flood_end - min(opened.values(), default=flood_end),
+            "probes": len(probes),
+            "probe_failures": len(probes) - len(ok),
             "probe_p50_ms": statistics.median(ok) * 1000 if ok else float("nan"),
             "probe_max_ms": max(ok) * 1000 if ok else float("nan"),
-            "closed": len(closed_after), "still_open_after_30s": still_open,
+            "closed": len(closed_after),
+            "still_open_after_30s": still_open,
             "closed_p50_s": statistics.median(closed_after) if closed_after else float("nan"),
             "closed_max_s": max(closed_after) if closed_after else float("nan"),
         }
@@ -145,16 +154,23 @@ def main(argv: list[str] | None = None) -> int:
     runs = [("this tree", sys.executable)]
     if args.baseline_python:
         runs.insert(0, ("baseline", args.baseline_python))
-    print(f"`python -m bench.stalled --connections {args.connections} --nofile {args.nofile}"
-          + (" --baseline-python ...`" if args.baseline_python else "`") + "\n")
-    print("| agent | stalled opened | /healthz probes | failed | p50 ms | max ms | stalled closed | "
-          "closed after p50 / max s | open after 30 s |")
+    print(
+        f"`python -m bench.stalled --connections {args.connections} --nofile {args.nofile}"
+        + (" --baseline-python ...`" if args.baseline_python else "`")
+        + "\n"
+    )
+    print(
+        "| agent | stalled opened | /healthz probes | failed | p50 ms | max ms | stalled closed | "
+        "closed after p50 / max s | open after 30 s |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, python in runs:
         r = measure(python, args.connections, args.nofile)
-        print(f"| {name} | {r['opened']:.0f} | {r['probes']:.0f} | {r['probe_failures']:.0f} | "
-              f"{r['probe_p50_ms']:.1f} | {r['probe_max_ms']:.1f} | {r['closed']:.0f} | "
-              f"{r['closed_p50_s']:.1f} / {r['closed_max_s']:.1f} | {r['still_open_after_30s']:.0f} |")
+        print(
+            f"| {name} | {r['opened']:.0f} | {r['probes']:.0f} | {r['probe_failures']:.0f} | "
+            f"{r['probe_p50_ms']:.1f} | {r['probe_max_ms']:.1f} | {r['closed']:.0f} | "
+            f"{r['closed_p50_s']:.1f} / {r['closed_max_s']:.1f} | {r['still_open_after_30s']:.0f} |"
+        )
     return 0
 
 

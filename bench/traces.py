@@ -46,7 +46,7 @@ class Trace:
 def true_crossing(times: np.ndarray, values: np.ndarray, threshold: float, hold: float) -> float | None:
     """Start time of the first run at or above ``threshold`` lasting at least ``hold`` seconds."""
     start: float | None = None
-    for t, v in zip(times, values):
+    for t, v in zip(times, values, strict=False):
         if v >= threshold:
             if start is None:
                 start = float(t)
@@ -127,7 +127,7 @@ def spikes(rng: np.random.Generator) -> np.ndarray:
     for _ in range(rng.integers(2, 7)):
         i = int(rng.integers(60, t.size - 2))
         width = int(rng.integers(1, 3))
-        y[i:i + width] += rng.uniform(5, 12)
+        y[i : i + width] += rng.uniform(5, 12)
     return y
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gpuwarden.rules.promql import THRESHOLD_RECORD
+
 from . import grafana as g
 from .grafana import Grid, Target, Threshold
-from gpuwarden.rules.promql import THRESHOLD_RECORD
 
 UID = "gpuwarden-fleet"
 TITLE = "GPU fleet (gpuwarden)"
@@ -27,8 +28,13 @@ WHO = "{{instance}} GPU {{gpu}}"
 AGENT_ACTIVE = "agent: alerts active"
 
 # DESIGN.md: throttling = any of these clock-event reasons (the others are benign).
-THROTTLING_REASONS = ("sw_power_cap", "hw_slowdown", "sw_thermal_slowdown",
-                      "hw_thermal_slowdown", "hw_power_brake_slowdown")
+THROTTLING_REASONS = (
+    "sw_power_cap",
+    "hw_slowdown",
+    "sw_thermal_slowdown",
+    "hw_thermal_slowdown",
+    "hw_power_brake_slowdown",
+)
 
 # Colours named by Grafana's palette.
 OK, INFO, WARN, CRIT = "green", "blue", "orange", "red"
@@ -42,11 +48,11 @@ class DashboardConfigError(Exception):
 class Thresholds:
     """The alert thresholds the dashboard draws as lines, in the metrics' base units."""
 
-    temperature_warning: float   # THERMAL_WARNING, °C
+    temperature_warning: float  # THERMAL_WARNING, °C
     temperature_critical: float  # THERMAL_CRITICAL, °C
-    power_warning: float         # POWER_SPIKE, W
-    power_critical: float        # POWER_CRITICAL, W
-    memory_pressure: float       # MEMORY_PRESSURE, used/total ratio
+    power_warning: float  # POWER_SPIKE, W
+    power_critical: float  # POWER_CRITICAL, W
+    memory_pressure: float  # MEMORY_PRESSURE, used/total ratio
 
     RULES = {
         "temperature_warning": "THERMAL_WARNING",
@@ -57,7 +63,7 @@ class Thresholds:
     }
 
     @classmethod
-    def from_rules(cls, config: Any, source: str = "rules/thresholds.yaml") -> "Thresholds":
+    def from_rules(cls, config: Any, source: str = "rules/thresholds.yaml") -> Thresholds:
         """Reads each line's value from ``config.alerts[rule].threshold`` (a rules.config.RulesConfig)."""
         values: dict[str, float] = {}
         for name, rule in cls.RULES.items():
@@ -65,7 +71,8 @@ class Thresholds:
             if alert is None:
                 raise DashboardConfigError(
                     f"{source}: no alert {rule!r}; the dashboard draws its {name.replace('_', ' ')} "
-                    f"line from it. Restore the rule or change dashboards/fleet.py.")
+                    f"line from it. Restore the rule or change dashboards/fleet.py."
+                )
             values[name] = float(alert.threshold)
         return cls(**values)
 
@@ -86,77 +93,145 @@ def build(th: Thresholds) -> dict[str, Any]:
     panels += [
         # The agent exports the seed's cluster_gpus_total as the gauge cluster_gpus (a gauge
         # may not end in _total).
-        g.stat("GPUs total", "GPUs the agent's scheduler knows about.", grid.place(3, 4),
-               Target("sum(cluster_gpus)", instant=True), thresholds=[Threshold(None, INFO)]),
-        g.stat("GPUs available", "GPUs free for new jobs: healthy, not quarantined, not allocated.",
-               grid.place(3, 4), Target("sum(cluster_gpus_available)", instant=True),
-               thresholds=[Threshold(None, WARN), Threshold(1, OK)]),
-        g.stat("GPUs allocated", "GPUs running jobs.", grid.place(3, 4),
-               Target("sum(cluster_gpus_allocated)", instant=True), thresholds=[Threshold(None, INFO)]),
-        g.stat("GPUs unhealthy", "GPUs quarantined or with a firing critical alert.",
-               grid.place(3, 4), Target("sum(cluster_gpus_unhealthy)", instant=True),
-               thresholds=[Threshold(None, OK), Threshold(1, CRIT)]),
-        g.stat("Jobs pending", "Jobs waiting in the queue, preempted jobs included.",
-               grid.place(3, 4), Target("sum(jobs_pending)", instant=True),
-               thresholds=[Threshold(None, OK), Threshold(10, WARN)]),
-        g.stat("Jobs running", "Jobs holding GPUs now.", grid.place(3, 4),
-               Target("sum(jobs_running)", instant=True), thresholds=[Threshold(None, INFO)]),
-        g.stat("Jobs failed", "Jobs that exited with an error in the selected time range.",
-               grid.place(3, 4), Target("sum(increase(jobs_failed_total[$__range]))", instant=True),
-               thresholds=[Threshold(None, OK), Threshold(1, CRIT)]),
-        g.stat("Alerts firing", "GPU alerts firing in Prometheus now (0 when none).",
-               grid.place(3, 4),
-               Target('count(ALERTS{alertstate="firing", rule!="", instance=~"$instance"}) or vector(0)',
-                      instant=True),
-               thresholds=[Threshold(None, OK), Threshold(1, CRIT)]),
+        g.stat(
+            "GPUs total",
+            "GPUs the agent's scheduler knows about.",
+            grid.place(3, 4),
+            Target("sum(cluster_gpus)", instant=True),
+            thresholds=[Threshold(None, INFO)],
+        ),
+        g.stat(
+            "GPUs available",
+            "GPUs free for new jobs: healthy, not quarantined, not allocated.",
+            grid.place(3, 4),
+            Target("sum(cluster_gpus_available)", instant=True),
+            thresholds=[Threshold(None, WARN), Threshold(1, OK)],
+        ),
+        g.stat(
+            "GPUs allocated",
+            "GPUs running jobs.",
+            grid.place(3, 4),
+            Target("sum(cluster_gpus_allocated)", instant=True),
+            thresholds=[Threshold(None, INFO)],
+        ),
+        g.stat(
+            "GPUs unhealthy",
+            "GPUs quarantined or with a firing critical alert.",
+            grid.place(3, 4),
+            Target("sum(cluster_gpus_unhealthy)", instant=True),
+            thresholds=[Threshold(None, OK), Threshold(1, CRIT)],
+        ),
+        g.stat(
+            "Jobs pending",
+            "Jobs waiting in the queue, preempted jobs included.",
+            grid.place(3, 4),
+            Target("sum(jobs_pending)", instant=True),
+            thresholds=[Threshold(None, OK), Threshold(10, WARN)],
+        ),
+        g.stat(
+            "Jobs running",
+            "Jobs holding GPUs now.",
+            grid.place(3, 4),
+            Target("sum(jobs_running)", instant=True),
+            thresholds=[Threshold(None, INFO)],
+        ),
+        g.stat(
+            "Jobs failed",
+            "Jobs that exited with an error in the selected time range.",
+            grid.place(3, 4),
+            Target("sum(increase(jobs_failed_total[$__range]))", instant=True),
+            thresholds=[Threshold(None, OK), Threshold(1, CRIT)],
+        ),
+        g.stat(
+            "Alerts firing",
+            "GPU alerts firing in Prometheus now (0 when none).",
+            grid.place(3, 4),
+            Target('count(ALERTS{alertstate="firing", rule!="", instance=~"$instance"}) or vector(0)', instant=True),
+            thresholds=[Threshold(None, OK), Threshold(1, CRIT)],
+        ),
     ]
 
     # 2. Temperature trends + 3. power consumption, threshold lines from the alert rules.
     section("Thermals and power")
     panels += [
         g.timeseries(
-            "Temperature", f"GPU core temperature. Dashed lines: THERMAL_WARNING (>= "
+            "Temperature",
+            f"GPU core temperature. Dashed lines: THERMAL_WARNING (>= "
             f"{th.temperature_warning:g} °C) and THERMAL_CRITICAL (> {th.temperature_critical:g} °C).",
-            grid.place(12, 8), [Target(f"gpu_temperature_celsius{GPU}", WHO)], "celsius",
-            thresholds=[Threshold(th.temperature_warning, WARN),
-                        Threshold(th.temperature_critical, CRIT)]),
-        _with_limit_style(g.timeseries(
-            "Power", f"Board power draw, and the enforced power limit (a throttle lowers it). "
-            f"Dashed lines: POWER_SPIKE (> {th.power_warning:g} W) and POWER_CRITICAL "
-            f"(>= {th.power_critical:g} W).",
             grid.place(12, 8),
-            [Target(f"gpu_power_watts{GPU}", WHO),
-             Target(f"gpu_power_limit_watts{GPU}", WHO + " limit")], "watt",
-            thresholds=[Threshold(th.power_warning, WARN), Threshold(th.power_critical, CRIT)])),
+            [Target(f"gpu_temperature_celsius{GPU}", WHO)],
+            "celsius",
+            thresholds=[Threshold(th.temperature_warning, WARN), Threshold(th.temperature_critical, CRIT)],
+        ),
+        _with_limit_style(
+            g.timeseries(
+                "Power",
+                f"Board power draw, and the enforced power limit (a throttle lowers it). "
+                f"Dashed lines: POWER_SPIKE (> {th.power_warning:g} W) and POWER_CRITICAL "
+                f"(>= {th.power_critical:g} W).",
+                grid.place(12, 8),
+                [Target(f"gpu_power_watts{GPU}", WHO), Target(f"gpu_power_limit_watts{GPU}", WHO + " limit")],
+                "watt",
+                thresholds=[Threshold(th.power_warning, WARN), Threshold(th.power_critical, CRIT)],
+            )
+        ),
         # The lines above are the default profile's; this is each GPU against its own profile.
         g.bargauge(
-            "Share of its own critical threshold", "Each GPU's temperature and power as a share "
+            "Share of its own critical threshold",
+            "Each GPU's temperature and power as a share "
             "of the THERMAL_CRITICAL and POWER_CRITICAL thresholds its own alerts use (its model's "
             "profile, relative to its own limits: instance_gpu:gpu_alert_threshold:effective). "
-            "100 % is where the alert's condition holds.", grid.place(24, 6),
-            Target(" or ".join(
-                f"{metric}{GPU} / on (instance, gpu) group_left (rule) "
-                f'{THRESHOLD_RECORD}{{rule="{rule}", instance=~"$instance", gpu=~"$gpu"}}'
-                for metric, rule in (("gpu_temperature_celsius", "THERMAL_CRITICAL"),
-                                     ("gpu_power_watts", "POWER_CRITICAL"))),
-                WHO + " {{rule}}", instant=True), "percentunit",
-            thresholds=[Threshold(None, OK), Threshold(0.9, WARN), Threshold(1, CRIT)], minimum=0,
-            maximum=1.1),
+            "100 % is where the alert's condition holds.",
+            grid.place(24, 6),
+            Target(
+                " or ".join(
+                    f"{metric}{GPU} / on (instance, gpu) group_left (rule) "
+                    f'{THRESHOLD_RECORD}{{rule="{rule}", instance=~"$instance", gpu=~"$gpu"}}'
+                    for metric, rule in (
+                        ("gpu_temperature_celsius", "THERMAL_CRITICAL"),
+                        ("gpu_power_watts", "POWER_CRITICAL"),
+                    )
+                ),
+                WHO + " {{rule}}",
+                instant=True,
+            ),
+            "percentunit",
+            thresholds=[Threshold(None, OK), Threshold(0.9, WARN), Threshold(1, CRIT)],
+            minimum=0,
+            maximum=1.1,
+        ),
     ]
 
     # 4. Utilization + 5. memory pressure.
     section("Load")
     panels += [
-        g.timeseries("Utilization", "Share of time a kernel ran on the GPU.", grid.place(8, 8),
-                     [Target(f"gpu_utilization_ratio{GPU}", WHO)], "percentunit",
-                     minimum=0, maximum=1),
         g.timeseries(
-            "Memory pressure", f"Framebuffer memory used / total. Dashed line: MEMORY_PRESSURE "
-            f"(>= {th.memory_pressure:.0%}).", grid.place(8, 8),
+            "Utilization",
+            "Share of time a kernel ran on the GPU.",
+            grid.place(8, 8),
+            [Target(f"gpu_utilization_ratio{GPU}", WHO)],
+            "percentunit",
+            minimum=0,
+            maximum=1,
+        ),
+        g.timeseries(
+            "Memory pressure",
+            f"Framebuffer memory used / total. Dashed line: MEMORY_PRESSURE (>= {th.memory_pressure:.0%}).",
+            grid.place(8, 8),
             [Target(f"gpu_memory_used_bytes{GPU} / gpu_memory_total_bytes{GPU}", WHO)],
-            "percentunit", thresholds=[Threshold(th.memory_pressure, WARN)], minimum=0, maximum=1),
-        g.timeseries("Memory used", "Framebuffer memory in use.", grid.place(8, 8),
-                     [Target(f"gpu_memory_used_bytes{GPU}", WHO)], "bytes", minimum=0),
+            "percentunit",
+            thresholds=[Threshold(th.memory_pressure, WARN)],
+            minimum=0,
+            maximum=1,
+        ),
+        g.timeseries(
+            "Memory used",
+            "Framebuffer memory in use.",
+            grid.place(8, 8),
+            [Target(f"gpu_memory_used_bytes{GPU}", WHO)],
+            "bytes",
+            minimum=0,
+        ),
     ]
 
     # 9. ECC errors trending + XID errors + throttling.
@@ -164,90 +239,166 @@ def build(th: Thresholds) -> dict[str, Any]:
     reasons = "|".join(THROTTLING_REASONS)
     panels += [
         g.timeseries(
-            "ECC errors", "New ECC errors per interval (volatile counts; a driver reload resets "
-            "them). Any uncorrectable error quarantines the GPU.", grid.place(8, 8),
-            [Target("sum by (instance, gpu) (increase(gpu_ecc_errors_correctable_total"
-                    f"{GPU}[$__rate_interval]))", WHO + " correctable"),
-             Target("sum by (instance, gpu) (increase(gpu_ecc_errors_uncorrectable_total"
-                    f"{GPU}[$__rate_interval]))", WHO + " uncorrectable")], "short", minimum=0),
+            "ECC errors",
+            "New ECC errors per interval (volatile counts; a driver reload resets "
+            "them). Any uncorrectable error quarantines the GPU.",
+            grid.place(8, 8),
+            [
+                Target(
+                    f"sum by (instance, gpu) (increase(gpu_ecc_errors_correctable_total{GPU}[$__rate_interval]))",
+                    WHO + " correctable",
+                ),
+                Target(
+                    f"sum by (instance, gpu) (increase(gpu_ecc_errors_uncorrectable_total{GPU}[$__rate_interval]))",
+                    WHO + " uncorrectable",
+                ),
+            ],
+            "short",
+            minimum=0,
+        ),
         g.timeseries(
-            "XID errors", "NVIDIA driver XID events per interval, by XID code (e.g. 48 double-bit "
-            "ECC, 79 fallen off the bus).", grid.place(8, 8),
-            [Target(f"sum by (instance, gpu, xid) (increase(gpu_xid_errors_total{GPU}"
-                    "[$__rate_interval]))", WHO + " XID {{xid}}")], "short", minimum=0, bars=True),
+            "XID errors",
+            "NVIDIA driver XID events per interval, by XID code (e.g. 48 double-bit ECC, 79 fallen off the bus).",
+            grid.place(8, 8),
+            [
+                Target(
+                    f"sum by (instance, gpu, xid) (increase(gpu_xid_errors_total{GPU}[$__rate_interval]))",
+                    WHO + " XID {{xid}}",
+                )
+            ],
+            "short",
+            minimum=0,
+            bars=True,
+        ),
         g.timeseries(
-            "Throttling", "How many clock-event reasons that mean throttling are active per GPU "
+            "Throttling",
+            "How many clock-event reasons that mean throttling are active per GPU "
             f"({', '.join(THROTTLING_REASONS)}). The THROTTLING alert fires when any stays "
-            "active; gpu_throttle_active{reason} on the node says which.", grid.place(8, 8),
-            [Target(f'sum by (instance, gpu) (gpu_throttle_active{{instance=~"$instance", '
-                    f'gpu=~"$gpu", reason=~"{reasons}"}})', WHO)], "short", minimum=0),
+            "active; gpu_throttle_active{reason} on the node says which.",
+            grid.place(8, 8),
+            [
+                Target(
+                    f'sum by (instance, gpu) (gpu_throttle_active{{instance=~"$instance", '
+                    f'gpu=~"$gpu", reason=~"{reasons}"}})',
+                    WHO,
+                )
+            ],
+            "short",
+            minimum=0,
+        ),
     ]
 
     # 8. Active alerts.
     section("Alerts")
     panels += [
         g.timeseries(
-            "Active alerts", "Firing alerts in Prometheus by rule, and the alerts the agent "
+            "Active alerts",
+            "Firing alerts in Prometheus by rule, and the alerts the agent "
             "holds active (after intake; a gap between them means webhooks are not arriving).",
             grid.place(12, 8),
-            [Target('count by (rule, severity) (ALERTS{alertstate="firing", rule!="", '
-                    'instance=~"$instance", gpu=~"$gpu"})', "{{rule}} ({{severity}})"),
-             Target("sum(alerts_active)", AGENT_ACTIVE)], "short", minimum=0, stack=True),
+            [
+                Target(
+                    'count by (rule, severity) (ALERTS{alertstate="firing", rule!="", '
+                    'instance=~"$instance", gpu=~"$gpu"})',
+                    "{{rule}} ({{severity}})",
+                ),
+                Target("sum(alerts_active)", AGENT_ACTIVE),
+            ],
+            "short",
+            minimum=0,
+            stack=True,
+        ),
     ]
-    panels[-1]["fieldConfig"]["overrides"].append({  # the agent's count is a total, not a layer
-        "matcher": {"id": "byName", "options": AGENT_ACTIVE},
-        "properties": [{"id": "custom.stacking", "value": {"mode": "none", "group": "A"}},
-                       {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}],
-    })
+    panels[-1]["fieldConfig"]["overrides"].append(
+        {  # the agent's count is a total, not a layer
+            "matcher": {"id": "byName", "options": AGENT_ACTIVE},
+            "properties": [
+                {"id": "custom.stacking", "value": {"mode": "none", "group": "A"}},
+                {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+            ],
+        }
+    )
     panels += [
         g.table(
-            "Firing alerts", "Every firing alert with its GPU and the action it asks the agent for.",
+            "Firing alerts",
+            "Every firing alert with its GPU and the action it asks the agent for.",
             grid.place(12, 8),
-            Target('ALERTS{alertstate="firing", rule!="", instance=~"$instance", gpu=~"$gpu"}',
-                   instant=True, table=True),
-            hidden=["Time", "Value", "__name__", "alertstate", "job"]),
+            Target(
+                'ALERTS{alertstate="firing", rule!="", instance=~"$instance", gpu=~"$gpu"}', instant=True, table=True
+            ),
+            hidden=["Time", "Value", "__name__", "alertstate", "job"],
+        ),
     ]
 
     # 7. Job execution time + 10. GPU state distribution.
     section("Jobs")
     panels += [
         g.timeseries(
-            "Job execution time", "Run time of finished jobs (quantiles of job_duration_seconds).",
+            "Job execution time",
+            "Run time of finished jobs (quantiles of job_duration_seconds).",
             grid.place(12, 8),
-            [Target(f"histogram_quantile({q}, sum by (le) "
-                    "(rate(job_duration_seconds_bucket[$__rate_interval])))", f"p{int(q * 100)}")
-             for q in (0.5, 0.95, 0.99)], "s", minimum=0),
+            [
+                Target(
+                    f"histogram_quantile({q}, sum by (le) (rate(job_duration_seconds_bucket[$__rate_interval])))",
+                    f"p{int(q * 100)}",
+                )
+                for q in (0.5, 0.95, 0.99)
+            ],
+            "s",
+            minimum=0,
+        ),
         g.bargauge(
-            "Job execution time distribution", "Finished jobs per run-time bucket in the "
-            "selected time range.", grid.place(6, 8),
-            Target("sum by (le) (increase(job_duration_seconds_bucket[$__range]))", "{{le}}",
-                   instant=True, heatmap=True), "short", thresholds=[Threshold(None, INFO)],
-            minimum=0),
-        g.piechart("GPU state distribution", "GPUs per scheduler state (the agent's gpu_state).",
-                   grid.place(6, 8),
-                   Target(f"sum by (state) (gpu_state{AGENT_NODE_GPU})", "{{state}}", instant=True)),
+            "Job execution time distribution",
+            "Finished jobs per run-time bucket in the selected time range.",
+            grid.place(6, 8),
+            Target(
+                "sum by (le) (increase(job_duration_seconds_bucket[$__range]))", "{{le}}", instant=True, heatmap=True
+            ),
+            "short",
+            thresholds=[Threshold(None, INFO)],
+            minimum=0,
+        ),
+        g.piechart(
+            "GPU state distribution",
+            "GPUs per scheduler state (the agent's gpu_state).",
+            grid.place(6, 8),
+            Target(f"sum by (state) (gpu_state{AGENT_NODE_GPU})", "{{state}}", instant=True),
+        ),
     ]
 
     # Forecasts: the agent's predictor and Prometheus' own linear extrapolation.
     section("Forecasts")
     panels += [
         g.bargauge(
-            "Time to threshold", "The agent's predicted time until each trending metric "
-            "crosses its alert threshold.", grid.place(8, 8),
-            Target(f"min by (gpu, metric) (gpu_predicted_seconds_to_threshold{AGENT_GPU})",
-                   "GPU {{gpu}} {{metric}}", instant=True), "s",
+            "Time to threshold",
+            "The agent's predicted time until each trending metric crosses its alert threshold.",
+            grid.place(8, 8),
+            Target(
+                f"min by (gpu, metric) (gpu_predicted_seconds_to_threshold{AGENT_GPU})",
+                "GPU {{gpu}} {{metric}}",
+                instant=True,
+            ),
+            "s",
             thresholds=[Threshold(None, CRIT), Threshold(900, WARN), Threshold(3600, OK)],
-            minimum=0),
-        g.timeseries("Failure risk", "The agent's 0-1 failure risk score per GPU (trend, "
-                     "alerts and error history).", grid.place(8, 8),
-                     [Target(f"gpu_failure_risk_score{AGENT_GPU}", "GPU {{gpu}}")], "percentunit",
-                     minimum=0, maximum=1),
+            minimum=0,
+        ),
         g.timeseries(
-            "Temperature in 15 minutes", "predict_linear over the last 10 minutes, 15 minutes "
-            "ahead; lines as on the temperature panel.", grid.place(8, 8),
-            [Target(f"predict_linear(gpu_temperature_celsius{GPU}[10m], 900)", WHO)], "celsius",
-            thresholds=[Threshold(th.temperature_warning, WARN),
-                        Threshold(th.temperature_critical, CRIT)]),
+            "Failure risk",
+            "The agent's 0-1 failure risk score per GPU (trend, alerts and error history).",
+            grid.place(8, 8),
+            [Target(f"gpu_failure_risk_score{AGENT_GPU}", "GPU {{gpu}}")],
+            "percentunit",
+            minimum=0,
+            maximum=1,
+        ),
+        g.timeseries(
+            "Temperature in 15 minutes",
+            "predict_linear over the last 10 minutes, 15 minutes ahead; lines as on the temperature panel.",
+            grid.place(8, 8),
+            [Target(f"predict_linear(gpu_temperature_celsius{GPU}[10m], 900)", WHO)],
+            "celsius",
+            thresholds=[Threshold(th.temperature_warning, WARN), Threshold(th.temperature_critical, CRIT)],
+        ),
     ]
 
     for i, panel in enumerate(panels, start=1):
@@ -257,7 +408,7 @@ def build(th: Thresholds) -> dict[str, Any]:
         "uid": UID,
         "title": TITLE,
         "description": "Generated by dashboards/generate.py from rules/thresholds.yaml; "
-                       "edit those, not this file, and run `python -m gpuwarden.dashboards.generate`.",
+        "edit those, not this file, and run `python -m gpuwarden.dashboards.generate`.",
         "tags": ["gpu", "gpuwarden", "nvml"],
         "editable": True,
         "graphTooltip": 1,  # shared crosshair: line an alert up with temperature and power
@@ -270,26 +421,35 @@ def build(th: Thresholds) -> dict[str, Any]:
         "liveNow": False,
         "links": [],
         "version": 1,
-        "annotations": {"list": [
-            g.builtin_annotation(),
-            g.annotation("Firing alerts",
-                         'ALERTS{alertstate="firing", rule!="", instance=~"$instance", gpu=~"$gpu"}',
-                         "{{rule}} ({{severity}})", "GPU {{gpu}} on {{instance}}: {{action}}",
-                         "red"),
-        ]},
-        "templating": {"list": [
-            g.datasource_variable(),
-            g.query_variable("instance", "Node", "label_values(gpu_info, instance)"),
-            g.query_variable("gpu", "GPU", 'label_values(gpu_info{instance=~"$instance"}, gpu)'),
-        ]},
+        "annotations": {
+            "list": [
+                g.builtin_annotation(),
+                g.annotation(
+                    "Firing alerts",
+                    'ALERTS{alertstate="firing", rule!="", instance=~"$instance", gpu=~"$gpu"}',
+                    "{{rule}} ({{severity}})",
+                    "GPU {{gpu}} on {{instance}}: {{action}}",
+                    "red",
+                ),
+            ]
+        },
+        "templating": {
+            "list": [
+                g.datasource_variable(),
+                g.query_variable("instance", "Node", "label_values(gpu_info, instance)"),
+                g.query_variable("gpu", "GPU", 'label_values(gpu_info{instance=~"$instance"}, gpu)'),
+            ]
+        },
         "panels": panels,
     }
 
 
 def _with_limit_style(panel: dict[str, Any]) -> dict[str, Any]:
     """Draws the power-limit series dashed so a throttle reads as the limit stepping down."""
-    panel["fieldConfig"]["overrides"].append({
-        "matcher": {"id": "byRegexp", "options": ".* limit$"},
-        "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}],
-    })
+    panel["fieldConfig"]["overrides"].append(
+        {
+            "matcher": {"id": "byRegexp", "options": ".* limit$"},
+            "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}],
+        }
+    )
     return panel

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .fleet import Thresholds, build
 
@@ -33,11 +34,13 @@ def to_json(model: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gpuwarden.dashboards.generate", description=__doc__)
-    ap.add_argument("--rules", type=Path, default=None,
-                    help="thresholds file (default: the shipped rules/thresholds.yaml)")
+    ap.add_argument(
+        "--rules", type=Path, default=None, help="thresholds file (default: the shipped rules/thresholds.yaml)"
+    )
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="dashboard JSON to write")
-    ap.add_argument("--check", action="store_true",
-                    help="write nothing; exit 1 if --out differs from a fresh generation")
+    ap.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if --out differs from a fresh generation"
+    )
     args = ap.parse_args(argv)
 
     text = to_json(dashboard(args.rules))

@@ -90,10 +90,20 @@ def _thresholds(steps: list[Threshold]) -> Json:
     return {"mode": "absolute", "steps": [{"color": s.color, "value": s.value} for s in steps]}
 
 
-def _panel(kind: str, title: str, description: str, grid: Json, targets: list[Target],
-           unit: str, thresholds: list[Threshold], options: Json, custom: Json | None = None,
-           minimum: float | None = None, maximum: float | None = None,
-           decimals: int | None = None) -> Json:
+def _panel(
+    kind: str,
+    title: str,
+    description: str,
+    grid: Json,
+    targets: list[Target],
+    unit: str,
+    thresholds: list[Threshold],
+    options: Json,
+    custom: Json | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    decimals: int | None = None,
+) -> Json:
     defaults: Json = {
         "unit": unit,
         "color": {"mode": "thresholds" if kind in ("stat", "bargauge") else "palette-classic"},
@@ -119,8 +129,15 @@ def _panel(kind: str, title: str, description: str, grid: Json, targets: list[Ta
     }
 
 
-def stat(title: str, description: str, grid: Json, target: Target, unit: str = "short",
-         thresholds: list[Threshold] | None = None, decimals: int | None = 0) -> Json:
+def stat(
+    title: str,
+    description: str,
+    grid: Json,
+    target: Target,
+    unit: str = "short",
+    thresholds: list[Threshold] | None = None,
+    decimals: int | None = 0,
+) -> Json:
     """A single big number (last value), coloured by ``thresholds``."""
     options = {
         "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
@@ -130,13 +147,21 @@ def stat(title: str, description: str, grid: Json, target: Target, unit: str = "
         "textMode": "value",
         "orientation": "auto",
     }
-    return _panel("stat", title, description, grid, [target], unit, thresholds or [], options,
-                  decimals=decimals)
+    return _panel("stat", title, description, grid, [target], unit, thresholds or [], options, decimals=decimals)
 
 
-def timeseries(title: str, description: str, grid: Json, targets: list[Target], unit: str,
-               thresholds: list[Threshold] | None = None, minimum: float | None = None,
-               maximum: float | None = None, stack: bool = False, bars: bool = False) -> Json:
+def timeseries(
+    title: str,
+    description: str,
+    grid: Json,
+    targets: list[Target],
+    unit: str,
+    thresholds: list[Threshold] | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    stack: bool = False,
+    bars: bool = False,
+) -> Json:
     """A graph over time; non-empty ``thresholds`` are drawn as dashed lines across it."""
     custom: Json = {
         "drawStyle": "bars" if bars else "line",
@@ -148,13 +173,23 @@ def timeseries(title: str, description: str, grid: Json, targets: list[Target], 
         "thresholdsStyle": {"mode": "dashed" if thresholds else "off"},
     }
     options = {
-        "legend": {"displayMode": "table", "placement": "right", "showLegend": True,
-                   "calcs": ["lastNotNull", "max"]},
+        "legend": {"displayMode": "table", "placement": "right", "showLegend": True, "calcs": ["lastNotNull", "max"]},
         "tooltip": {"mode": "multi", "sort": "desc"},
     }
     base = [Threshold(None, "green")] + list(thresholds or [])
-    return _panel("timeseries", title, description, grid, targets, unit, base if thresholds else [],
-                  options, custom=custom, minimum=minimum, maximum=maximum)
+    return _panel(
+        "timeseries",
+        title,
+        description,
+        grid,
+        targets,
+        unit,
+        base if thresholds else [],
+        options,
+        custom=custom,
+        minimum=minimum,
+        maximum=maximum,
+    )
 
 
 def piechart(title: str, description: str, grid: Json, target: Target) -> Json:
@@ -162,16 +197,22 @@ def piechart(title: str, description: str, grid: Json, target: Target) -> Json:
         "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
         "pieType": "donut",
         "displayLabels": ["name", "value"],
-        "legend": {"displayMode": "table", "placement": "right", "showLegend": True,
-                   "values": ["value", "percent"]},
+        "legend": {"displayMode": "table", "placement": "right", "showLegend": True, "values": ["value", "percent"]},
         "tooltip": {"mode": "single", "sort": "none"},
     }
     return _panel("piechart", title, description, grid, [target], "short", [], options)
 
 
-def bargauge(title: str, description: str, grid: Json, target: Target, unit: str,
-             thresholds: list[Threshold] | None = None, minimum: float | None = None,
-             maximum: float | None = None) -> Json:
+def bargauge(
+    title: str,
+    description: str,
+    grid: Json,
+    target: Target,
+    unit: str,
+    thresholds: list[Threshold] | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> Json:
     """Horizontal bars, one per series (last value): a histogram when fed ``le`` buckets."""
     options = {
         "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
@@ -182,18 +223,30 @@ def bargauge(title: str, description: str, grid: Json, target: Target, unit: str
         "namePlacement": "auto",
         "sizing": "auto",
     }
-    return _panel("bargauge", title, description, grid, [target], unit, thresholds or [], options,
-                  minimum=minimum, maximum=maximum)
+    return _panel(
+        "bargauge",
+        title,
+        description,
+        grid,
+        [target],
+        unit,
+        thresholds or [],
+        options,
+        minimum=minimum,
+        maximum=maximum,
+    )
 
 
 def table(title: str, description: str, grid: Json, target: Target, hidden: list[str]) -> Json:
     """Instant query shown as rows, one per series, with ``hidden`` columns left out."""
     options = {"showHeader": True, "cellHeight": "sm", "footer": {"show": False}}
     panel = _panel("table", title, description, grid, [target], "short", [], options)
-    panel["transformations"] = [{
-        "id": "organize",
-        "options": {"excludeByName": {name: True for name in hidden}, "renameByName": {}},
-    }]
+    panel["transformations"] = [
+        {
+            "id": "organize",
+            "options": {"excludeByName": {name: True for name in hidden}, "renameByName": {}},
+        }
+    ]
     return panel
 
 

@@ -7,8 +7,9 @@ the PNG renderer talk to Prometheus directly, so they need the concrete text Gra
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 # Grafana's built-in variables (always defined by Grafana); ``$__all`` is the "All" selection.
 BUILTINS = ("__rate_interval", "__interval", "__range", "__all")
@@ -34,22 +35,25 @@ def variables_used(text: str) -> set[str]:
 
 def substitute(text: str, values: dict[str, str]) -> str:
     """``text`` with every variable replaced by ``values[name]`` (KeyError names a missing one)."""
+
     def repl(m: re.Match[str]) -> str:
         name = next(g for g in m.groups() if g)
         if name not in values:
             raise KeyError(f"no value for variable ${name} in {text!r}")
         return values[name]
+
     return _VAR.sub(repl, text)
 
 
 def panel_queries(dashboard: dict[str, Any]) -> Iterator[Query]:
     """Every panel target's expression (rows included, however deeply nested)."""
+
     def walk(panels: list[dict[str, Any]]) -> Iterator[Query]:
         for p in panels:
             for t in p.get("targets", []):
-                yield Query(f'panel {p.get("id")} "{p.get("title")}" target {t.get("refId")}',
-                            t["expr"], p, t)
+                yield Query(f'panel {p.get("id")} "{p.get("title")}" target {t.get("refId")}', t["expr"], p, t)
             yield from walk(p.get("panels", []))
+
     yield from walk(dashboard.get("panels", []))
 
 

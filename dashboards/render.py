@@ -15,9 +15,10 @@ import math
 import re
 import sys
 import time
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from gpuwarden.durations import parse as parse_duration
 from gpuwarden.prom import PrometheusClient, PrometheusError, Series
@@ -27,8 +28,16 @@ from . import queries
 DASHBOARD = Path(__file__).resolve().parent / "gpu-fleet.json"
 
 # The panels drawn, in reading order (two per row), by their title in the dashboard.
-MAIN_PANELS = ("Temperature", "Power", "Utilization", "Memory pressure", "Throttling",
-               "Active alerts", "ECC errors", "Failure risk")
+MAIN_PANELS = (
+    "Temperature",
+    "Power",
+    "Utilization",
+    "Memory pressure",
+    "Throttling",
+    "Active alerts",
+    "ECC errors",
+    "Failure risk",
+)
 # The stats written in the header line.
 HEADER_STATS = ("GPUs total", "GPUs available", "GPUs unhealthy", "Jobs pending", "Alerts firing")
 
@@ -52,8 +61,7 @@ def legend(fmt: str, labels: dict[str, str]) -> str:
     return out
 
 
-def variable_values(range_s: float, step_s: float, scrape_s: float, instance: str,
-                    gpu: str) -> dict[str, str]:
+def variable_values(range_s: float, step_s: float, scrape_s: float, instance: str, gpu: str) -> dict[str, str]:
     """What Grafana would put in place of each variable for this range and step."""
     return {
         "instance": instance,
@@ -85,8 +93,11 @@ def _threshold_lines(panel: dict[str, Any]) -> list[tuple[float, str]]:
     defaults = panel["fieldConfig"]["defaults"]
     if defaults.get("custom", {}).get("thresholdsStyle", {}).get("mode", "off") == "off":
         return []
-    return [(s["value"], _COLORS.get(s["color"], s["color"]))
-            for s in defaults["thresholds"]["steps"] if s["value"] is not None]
+    return [
+        (s["value"], _COLORS.get(s["color"], s["color"]))
+        for s in defaults["thresholds"]["steps"]
+        if s["value"] is not None
+    ]
 
 
 def _format_axis(ax: Any, unit: str) -> None:
@@ -108,7 +119,8 @@ def _stacked(panel: dict[str, Any], name: str) -> bool:
     for o in fc.get("overrides", []):
         m = o["matcher"]
         hit = (m["id"] == "byName" and m["options"] == name) or (
-            m["id"] == "byRegexp" and re.fullmatch(m["options"], name) is not None)
+            m["id"] == "byRegexp" and re.fullmatch(m["options"], name) is not None
+        )
         for prop in o["properties"] if hit else []:
             if prop["id"] == "custom.stacking":
                 mode = prop["value"].get("mode", "none")
@@ -129,11 +141,12 @@ def _draw_panel(ax: Any, panel: dict[str, Any], series: list[tuple[str, Series]]
         s = _drawable(s)
         values = s.values
         if _stacked(panel, name):
-            values = [v + base.get(t, 0.0) if not math.isnan(v) else math.nan
-                      for t, v in zip(s.times, s.values)]
-            for t, v in zip(s.times, s.values):
+            values = [
+                v + base.get(t, 0.0) if not math.isnan(v) else math.nan for t, v in zip(s.times, s.values, strict=False)
+            ]
+            for t, v in zip(s.times, s.values, strict=False):
                 base[t] = base.get(t, 0.0) + (0.0 if math.isnan(v) else v)
-        times = [datetime.fromtimestamp(t, tz=timezone.utc) for t in s.times]
+        times = [datetime.fromtimestamp(t, tz=UTC) for t in s.times]
         # A crowded legend lists only the series that ever left zero (the ones worth reading).
         quiet = crowded and all(math.isnan(v) or v == 0 for v in s.values)
         shown += not quiet
@@ -145,23 +158,42 @@ def _draw_panel(ax: Any, panel: dict[str, Any], series: list[tuple[str, Series]]
         ax.set_ylim(defaults.get("min"), defaults.get("max"))
     _format_axis(ax, defaults.get("unit", "short"))
     # Minute ticks repeat on ranges of a few minutes: let matplotlib pick the precision.
-    locator = mdates.AutoDateLocator(tz=timezone.utc, maxticks=7)
+    locator = mdates.AutoDateLocator(tz=UTC, maxticks=7)
     ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=timezone.utc, show_offset=False))
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=UTC, show_offset=False))
     if shown:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, framealpha=0.6,
-                  ncol=1 if shown <= 12 else 2, borderaxespad=0)
+        ax.legend(
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            fontsize=7,
+            framealpha=0.6,
+            ncol=1 if shown <= 12 else 2,
+            borderaxespad=0,
+        )
     if not series:
-        ax.text(0.5, 0.5, "No data", transform=ax.transAxes, ha="center", va="center",
-                fontsize=14, color="grey")
+        ax.text(0.5, 0.5, "No data", transform=ax.transAxes, ha="center", va="center", fontsize=14, color="grey")
     elif crowded and len(series) > shown:
-        ax.text(1.01, 0.0, f"{len(series) - shown} series at 0 not listed", transform=ax.transAxes,
-                fontsize=7, color="grey", va="bottom")
+        ax.text(
+            1.01,
+            0.0,
+            f"{len(series) - shown} series at 0 not listed",
+            transform=ax.transAxes,
+            fontsize=7,
+            color="grey",
+            va="bottom",
+        )
 
 
-def render(prom: PrometheusClient, out: Path, range_s: float, end: float | None = None,
-           instance: str = ".*", gpu: str = ".*", dashboard: Path = DASHBOARD,
-           panels: Sequence[str] = MAIN_PANELS) -> dict[str, int]:
+def render(
+    prom: PrometheusClient,
+    out: Path,
+    range_s: float,
+    end: float | None = None,
+    instance: str = ".*",
+    gpu: str = ".*",
+    dashboard: Path = DASHBOARD,
+    panels: Sequence[str] = MAIN_PANELS,
+) -> dict[str, int]:
     """Writes the PNG; returns the number of series drawn per panel title."""
     import matplotlib
 
@@ -183,7 +215,7 @@ def render(prom: PrometheusClient, out: Path, range_s: float, end: float | None 
     fig, axes = plt.subplots(rows, cols, figsize=(20, 3.4 * rows + 0.8), squeeze=False)
     drawn: dict[str, int] = {}
     try:
-        for ax, title in zip(axes.flat, panels):
+        for ax, title in zip(axes.flat, panels, strict=False):
             panel = by_title[title]
             series: list[tuple[str, Series]] = []
             for target in panel["targets"]:
@@ -196,10 +228,9 @@ def render(prom: PrometheusClient, out: Path, range_s: float, end: float | None 
             series.sort(key=lambda item: item[0])
             _draw_panel(ax, panel, series)
             drawn[title] = len(series)
-        for ax in list(axes.flat)[len(panels):]:
+        for ax in list(axes.flat)[len(panels) :]:
             ax.set_visible(False)
-        fig.suptitle(_header(prom, model, by_title, values, end, range_s), fontsize=13, x=0.01,
-                     ha="left")
+        fig.suptitle(_header(prom, model, by_title, values, end, range_s), fontsize=13, x=0.01, ha="left")
         fig.tight_layout(rect=(0, 0, 1, 0.97))
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=90)
@@ -208,8 +239,14 @@ def render(prom: PrometheusClient, out: Path, range_s: float, end: float | None 
     return drawn
 
 
-def _header(prom: PrometheusClient, model: dict[str, Any], by_title: dict[str, dict[str, Any]],
-            values: dict[str, str], end: float, range_s: float) -> str:
+def _header(
+    prom: PrometheusClient,
+    model: dict[str, Any],
+    by_title: dict[str, dict[str, Any]],
+    values: dict[str, str],
+    end: float,
+    range_s: float,
+) -> str:
     parts = []
     for title in HEADER_STATS:
         panel = by_title.get(title)
@@ -221,19 +258,29 @@ def _header(prom: PrometheusClient, model: dict[str, Any], by_title: dict[str, d
             result = []
         shown = f"{_drawable(result[0]).values[0]:g}" if result else "–"
         parts.append(f"{title}: {shown}")
-    when = datetime.fromtimestamp(end, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"{model['title']}   last {format_duration(range_s)} to {when}\n"
-            + "   ·   ".join(parts))
+    when = datetime.fromtimestamp(end, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f"{model['title']}   last {format_duration(range_s)} to {when}\n" + "   ·   ".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gpuwarden.dashboards.render", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--prometheus.url", dest="url", default="http://127.0.0.1:9090",
-                    help="Prometheus base URL (default %(default)s)")
+    ap = argparse.ArgumentParser(
+        prog="python -m gpuwarden.dashboards.render",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--prometheus.url",
+        dest="url",
+        default="http://127.0.0.1:9090",
+        help="Prometheus base URL (default %(default)s)",
+    )
     ap.add_argument("--out", type=Path, required=True, help="PNG file to write")
-    ap.add_argument("--range", dest="range", default="15m",
-                    help="time range ending now, as a Prometheus duration (default %(default)s)")
+    ap.add_argument(
+        "--range",
+        dest="range",
+        default="15m",
+        help="time range ending now, as a Prometheus duration (default %(default)s)",
+    )
     ap.add_argument("--end", type=float, default=None, help="end of the range, unix seconds (default now)")
     ap.add_argument("--instance", default=".*", help="regex of exporter instances to show")
     ap.add_argument("--gpu", default=".*", help="regex of GPU indexes to show")
@@ -248,14 +295,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         ap.error(f"--prometheus.url: {exc}")
     try:
-        drawn = render(prom, args.out, range_s, args.end, args.instance, args.gpu,
-                       args.dashboard)
+        drawn = render(prom, args.out, range_s, args.end, args.instance, args.gpu, args.dashboard)
     except (RenderError, PrometheusError) as exc:
         print(f"render: {exc}", file=sys.stderr)
         return 1
     empty = [t for t, n in drawn.items() if n == 0]
-    print(f"wrote {args.out} ({len(drawn)} panels" + (f"; no data: {', '.join(empty)}" if empty else "")
-          + ")")
+    print(f"wrote {args.out} ({len(drawn)} panels" + (f"; no data: {', '.join(empty)}" if empty else "") + ")")
     return 0
 
 

@@ -20,12 +20,13 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+
 from gpuwarden.procs import Proc, ProcError, console_script, free_port, free_ports, wait_http
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,8 +58,14 @@ def _get(url: str, body: bytes | None = None, headers: dict[str, str] | None = N
         return resp.read().decode()
 
 
-def _scrape(argv: list[str], url: str, cwd: Path, ready: str | None = None,
-            prepare: Callable[[], None] | None = None, until: str | None = None) -> str:
+def _scrape(
+    argv: list[str],
+    url: str,
+    cwd: Path,
+    ready: str | None = None,
+    prepare: Callable[[], None] | None = None,
+    until: str | None = None,
+) -> str:
     """Starts ``argv``, waits for ``ready`` (default ``url``) to answer, runs ``prepare`` (events
     that make labelled families show their series), returns ``url``'s body once it contains
     ``until``, and stops the process (its whole group, by pid) whatever happens."""
@@ -99,11 +106,27 @@ def exporter_metrics(tmp: Path) -> list[Family]:
     text = ""
     for model in ("h100", "v100"):
         port, control = free_ports(2)
-        xid = lambda: _get(f"http://127.0.0.1:{control}/api/v1/gpus/0/faults",  # noqa: E731
-                           json.dumps({"kind": "xid", "xid": 13}).encode(), {"Content-Type": "application/json"})
-        text += _scrape([_script("gpuwarden-exporter"), f"--web.listen-address=127.0.0.1:{port}",
-                         f"--simulate={GPUS}", f"--sim.model={model}", f"--sim.control-address=127.0.0.1:{control}"],
-                        f"http://127.0.0.1:{port}/metrics", tmp, prepare=xid, until='gpu_xid_errors_total{')
+
+        def xid(control=control):
+            return _get(
+                f"http://127.0.0.1:{control}/api/v1/gpus/0/faults",
+                json.dumps({"kind": "xid", "xid": 13}).encode(),
+                {"Content-Type": "application/json"},
+            )
+
+        text += _scrape(
+            [
+                _script("gpuwarden-exporter"),
+                f"--web.listen-address=127.0.0.1:{port}",
+                f"--simulate={GPUS}",
+                f"--sim.model={model}",
+                f"--sim.control-address=127.0.0.1:{control}",
+            ],
+            f"http://127.0.0.1:{port}/metrics",
+            tmp,
+            prepare=xid,
+            until="gpu_xid_errors_total{",
+        )
     return families(text)
 
 
@@ -124,17 +147,51 @@ def agent_metrics(tmp: Path) -> list[Family]:
         "predictor": {"prometheus_url": f"http://127.0.0.1:{free_port()}", "timeout_seconds": 1},
     }
     (tmp / "agent.yaml").write_text(yaml.safe_dump(config))
-    alert = {"status": "firing", "labels": {"alertname": "GPUThermalWarning", "rule": "THERMAL_WARNING",
-                                            "severity": "warning", "action": "notify", "instance": "node-a",
-                                            "gpu": "0", "uuid": "GPU-node-a-0"},
-             "annotations": {}, "startsAt": "2026-01-01T00:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
-             "generatorURL": "", "fingerprint": "0000000000000001"}
-    body = {"version": "4", "groupKey": "{}:{}", "truncatedAlerts": 0, "status": "firing", "receiver": "gpuwarden-agent",
-            "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "", "alerts": [alert]}
-    deliver = lambda: _get(f"http://127.0.0.1:{port}/webhook/alertmanager", json.dumps(body).encode(),  # noqa: E731
-                           {"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
-    text = _scrape([_script("gpuwarden-agent"), "serve", "--config=agent.yaml"], f"http://127.0.0.1:{port}/metrics",
-                   tmp, ready=f"http://127.0.0.1:{port}/healthz", prepare=deliver, until="remediation_actions_total{")
+    alert = {
+        "status": "firing",
+        "labels": {
+            "alertname": "GPUThermalWarning",
+            "rule": "THERMAL_WARNING",
+            "severity": "warning",
+            "action": "notify",
+            "instance": "node-a",
+            "gpu": "0",
+            "uuid": "GPU-node-a-0",
+        },
+        "annotations": {},
+        "startsAt": "2026-01-01T00:00:00Z",
+        "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "",
+        "fingerprint": "0000000000000001",
+    }
+    body = {
+        "version": "4",
+        "groupKey": "{}:{}",
+        "truncatedAlerts": 0,
+        "status": "firing",
+        "receiver": "gpuwarden-agent",
+        "groupLabels": {},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "",
+        "alerts": [alert],
+    }
+
+    def deliver():
+        return _get(
+            f"http://127.0.0.1:{port}/webhook/alertmanager",
+            json.dumps(body).encode(),
+            {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        )
+
+    text = _scrape(
+        [_script("gpuwarden-agent"), "serve", "--config=agent.yaml"],
+        f"http://127.0.0.1:{port}/metrics",
+        tmp,
+        ready=f"http://127.0.0.1:{port}/healthz",
+        prepare=deliver,
+        until="remediation_actions_total{",
+    )
     return families(text)
 
 
@@ -201,8 +258,10 @@ def render(exporter: list[Family], agent: list[Family]) -> str:
         labels = r.get("labels", {})
         runbook = r.get("annotations", {}).get("runbook_url", "")
         rel = f"[{r['alert']}](runbooks/{runbook.rsplit('/', 1)[-1]})" if runbook else "—"
-        lines.append(f"| `{r['alert']}` | {labels.get('rule', '—')} | {labels.get('severity', '—')} | "
-                     f"{labels.get('action', '—')} | {r.get('for', '0s')} | `{_cell(r['expr'])}` | {rel} |")
+        lines.append(
+            f"| `{r['alert']}` | {labels.get('rule', '—')} | {labels.get('severity', '—')} | "
+            f"{labels.get('action', '—')} | {r.get('for', '0s')} | `{_cell(r['expr'])}` | {rel} |"
+        )
     lines += ["", f"## Recording rules: {len(records)}", "", "| record | labels | expression |", "|---|---|---|"]
     for _src, r in records:
         labels = ", ".join(f'{k}="{v}"' for k, v in (r.get("labels") or {}).items())

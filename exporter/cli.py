@@ -11,7 +11,7 @@ import logging
 import signal
 import sys
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry
 
@@ -19,9 +19,9 @@ from gpuwarden import logs
 
 from . import collectors
 from .collector import GpuCollector
-from .sim.models import DEFAULT_MODEL, MODELS
 from .server import MetricsServer, parse_listen_address
 from .service import DEFAULT_TIMEOUT, ExporterService
+from .sim.models import DEFAULT_MODEL, MODELS
 
 DEFAULT_LISTEN = ":9786"
 DEFAULT_CONTROL = "127.0.0.1:9788"
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 def _duration(text: str) -> float:
     """A number of seconds or a Prometheus duration (gpuwarden.durations)."""
     from gpuwarden.durations import seconds
+
     try:
         value = seconds(float(text) if text.replace(".", "", 1).isdigit() else text)
     except ValueError as exc:
@@ -42,30 +43,66 @@ def _duration(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gpuwarden-exporter", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN, metavar="ADDRESS",
-                   help="address to serve /metrics on (default %(default)s)")
-    p.add_argument("--web.telemetry-path", dest="metrics_path", default="/metrics", metavar="PATH",
-                   help="path of the metrics page (default %(default)s)")
-    p.add_argument("--collector.timeout", dest="timeout", type=_duration, default=DEFAULT_TIMEOUT, metavar="DURATION",
-                   help="longest a scrape waits for NVML; GPUs still being read are served stale "
-                        "(default %(default)ss; keep it under Prometheus' scrape_timeout)")
+    p = argparse.ArgumentParser(
+        prog="gpuwarden-exporter", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        default=DEFAULT_LISTEN,
+        metavar="ADDRESS",
+        help="address to serve /metrics on (default %(default)s)",
+    )
+    p.add_argument(
+        "--web.telemetry-path",
+        dest="metrics_path",
+        default="/metrics",
+        metavar="PATH",
+        help="path of the metrics page (default %(default)s)",
+    )
+    p.add_argument(
+        "--collector.timeout",
+        dest="timeout",
+        type=_duration,
+        default=DEFAULT_TIMEOUT,
+        metavar="DURATION",
+        help="longest a scrape waits for NVML; GPUs still being read are served stale "
+        "(default %(default)ss; keep it under Prometheus' scrape_timeout)",
+    )
     for name, c in collectors.COLLECTORS.items():
-        p.add_argument(f"--collector.{name}", dest=f"collector_{name}", action=argparse.BooleanOptionalAction,
-                       default=c.default_enabled, help=f"{c.help} (default {'on' if c.default_enabled else 'off'})")
+        p.add_argument(
+            f"--collector.{name}",
+            dest=f"collector_{name}",
+            action=argparse.BooleanOptionalAction,
+            default=c.default_enabled,
+            help=f"{c.help} (default {'on' if c.default_enabled else 'off'})",
+        )
     sim = p.add_argument_group("simulation (never used unless asked for)")
-    sim.add_argument("--simulate", type=int, metavar="N",
-                     help="serve N simulated GPUs instead of reading NVML's library")
-    sim.add_argument("--scenario", metavar="FILE",
-                     help="play this scenario on the simulated fleet (implies --simulate; "
-                          "fleet size from the scenario's 'gpus', else 8)")
-    sim.add_argument("--sim.model", dest="sim_model", default=DEFAULT_MODEL, metavar="MODEL",
-                     help=f"simulated board ({', '.join(MODELS)}; default {DEFAULT_MODEL}, judged by the default thresholds)")
-    sim.add_argument("--sim.control-address", dest="control", default=DEFAULT_CONTROL, metavar="ADDRESS",
-                     help="simulator control endpoint (default %(default)s; '' disables it). It has no "
-                          "authentication: anyone who can reach it can inject faults and set power "
-                          "limits, so keep it on loopback (a warning is logged otherwise)")
+    sim.add_argument(
+        "--simulate", type=int, metavar="N", help="serve N simulated GPUs instead of reading NVML's library"
+    )
+    sim.add_argument(
+        "--scenario",
+        metavar="FILE",
+        help="play this scenario on the simulated fleet (implies --simulate; "
+        "fleet size from the scenario's 'gpus', else 8)",
+    )
+    sim.add_argument(
+        "--sim.model",
+        dest="sim_model",
+        default=DEFAULT_MODEL,
+        metavar="MODEL",
+        help=f"simulated board ({', '.join(MODELS)}; default {DEFAULT_MODEL}, judged by the default thresholds)",
+    )
+    sim.add_argument(
+        "--sim.control-address",
+        dest="control",
+        default=DEFAULT_CONTROL,
+        metavar="ADDRESS",
+        help="simulator control endpoint (default %(default)s; '' disables it). It has no "
+        "authentication: anyone who can reach it can inject faults and set power "
+        "limits, so keep it on loopback (a warning is logged otherwise)",
+    )
     logs.add_flags(p)
     return p
 
@@ -138,8 +175,7 @@ def _simulation(args: argparse.Namespace):
             raise ValueError(f"{args.scenario}: {exc}") from exc
     lib = SimLibrary(fleet)
     control = None
-    banner = (f"gpuwarden-exporter: SIMULATION: {count} simulated {fleet.gpus[0].model.name} GPU(s); "
-              "no real GPU is read")
+    banner = f"gpuwarden-exporter: SIMULATION: {count} simulated {fleet.gpus[0].model.name} GPU(s); no real GPU is read"
     if scenario is not None:
         banner += f"; playing scenario {scenario.name!r} from {args.scenario}"
     if args.control:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.samples import Sample as PromSample
@@ -15,9 +15,11 @@ UP = ("gpu_up", "1 when the GPU answered this collection, 0 when it errored, is 
 NVML_UP = ("gpuwarden_exporter_nvml_up", "1 when NVML is initialised, 0 while it is missing or failing.")
 DURATION = ("gpuwarden_exporter_collect_duration_seconds", "Time this scrape waited for its GPU collection.")
 ERRORS = ("gpuwarden_exporter_nvml_errors_total", "NVML calls that returned an error, by call and return code.")
-STALE = ("gpuwarden_exporter_gpu_stale",
-         "1 when the GPU's reader missed the collection deadline (a hung NVML call); its other series "
-         "then carry the last values read.")
+STALE = (
+    "gpuwarden_exporter_gpu_stale",
+    "1 when the GPU's reader missed the collection deadline (a hung NVML call); its other series "
+    "then carry the last values read.",
+)
 CALLS = ("gpuwarden_exporter_nvml_calls_total", "NVML calls made to read GPUs.")
 
 
@@ -28,7 +30,7 @@ class GpuCollector:
         self.service = service
 
     def describe(self) -> list[Metric]:
-        return []   # nothing to pre-declare; avoids a collection at registration time
+        return []  # nothing to pre-declare; avoids a collection at registration time
 
     def collect(self) -> Iterator[Metric]:
         svc = self.service

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 import pynvml
 
@@ -34,7 +34,7 @@ class XidWatcher:
         self.registered: list[int] = []
         self.running = False
 
-    def start(self) -> "XidWatcher":
+    def start(self) -> XidWatcher:
         self._thread.start()
         return self
 
@@ -76,11 +76,14 @@ class XidWatcher:
                     if exc.value == pynvml.NVML_ERROR_TIMEOUT:
                         continue
                     self._errors.add("nvmlEventSetWait_v2", exc.value)
-                    if exc.value in (pynvml.NVML_ERROR_FUNCTION_NOT_FOUND, pynvml.NVML_ERROR_NOT_SUPPORTED,
-                                     pynvml.NVML_ERROR_UNINITIALIZED):
+                    if exc.value in (
+                        pynvml.NVML_ERROR_FUNCTION_NOT_FOUND,
+                        pynvml.NVML_ERROR_NOT_SUPPORTED,
+                        pynvml.NVML_ERROR_UNINITIALIZED,
+                    ):
                         log.warning("XID events stopped: nvmlEventSetWait_v2: %s", code_name(exc.value))
                         return
-                    self._stop.wait(1.0)   # e.g. a lost GPU answering at once: do not spin
+                    self._stop.wait(1.0)  # e.g. a lost GPU answering at once: do not spin
                     continue
                 if not data.eventType & pynvml.nvmlEventTypeXidCriticalError:
                     continue

@@ -9,13 +9,13 @@ remembers the result; everything else follows the same format, from the same met
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_MAX_CACHED = 100_000   # label sets; far above any real fleet, it only guards against label churn
+_MAX_CACHED = 100_000  # label sets; far above any real fleet, it only guards against label churn
 
 
 class LabelSet(dict):
@@ -91,7 +91,7 @@ class TextRenderer:
         label_text = self._label_text
         for fam in families:
             append(self._header(fam))
-            skip_created = fam.type != "gauge"   # 0.0.4 has no _created series (client_python skips them)
+            skip_created = fam.type != "gauge"  # 0.0.4 has no _created series (client_python skips them)
             for s in fam.samples:
                 if skip_created and s.name.endswith("_created"):
                     continue

@@ -10,8 +10,9 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import pynvml
 
@@ -20,15 +21,20 @@ from .exposition import LabelSet
 log = logging.getLogger(__name__)
 
 # Answers that will not change until the driver changes: ask once, then never again.
-UNSUPPORTED_CODES = frozenset({
-    pynvml.NVML_ERROR_NOT_SUPPORTED,
-    pynvml.NVML_ERROR_FUNCTION_NOT_FOUND,
-    pynvml.NVML_ERROR_NO_PERMISSION,
-    pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH,
-})
+UNSUPPORTED_CODES = frozenset(
+    {
+        pynvml.NVML_ERROR_NOT_SUPPORTED,
+        pynvml.NVML_ERROR_FUNCTION_NOT_FOUND,
+        pynvml.NVML_ERROR_NO_PERMISSION,
+        pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH,
+    }
+)
 
-_CODE_NAMES = {getattr(pynvml, n): n[len("NVML_ERROR_"):].lower()
-               for n in dir(pynvml) if n.startswith("NVML_ERROR_") and isinstance(getattr(pynvml, n), int)}
+_CODE_NAMES = {
+    getattr(pynvml, n): n[len("NVML_ERROR_") :].lower()
+    for n in dir(pynvml)
+    if n.startswith("NVML_ERROR_") and isinstance(getattr(pynvml, n), int)
+}
 
 
 def code_name(code: int) -> str:
@@ -53,7 +59,7 @@ _VALUE_MEMBER = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5:
 def field_buffer(field_ids: list[int]) -> ctypes.Array:
     """A reusable nvmlFieldValue_t array with the field ids filled in (one per GPU worker)."""
     buf = (FieldValue * len(field_ids))()
-    for slot, fid in zip(buf, field_ids):
+    for slot, fid in zip(buf, field_ids, strict=False):
         slot.fieldId = fid
     return buf
 
@@ -62,7 +68,7 @@ def get_field_values(handle: Any, buf: ctypes.Array) -> ctypes.Array:
     """nvmlDeviceGetFieldValues into ``buf`` (the C entry point, called like pynvml calls it)."""
     fn = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetFieldValues")
     for slot in buf:
-        slot.nvmlReturn = pynvml.NVML_ERROR_UNKNOWN   # a library that skips a slot does not pass it as success
+        slot.nvmlReturn = pynvml.NVML_ERROR_UNKNOWN  # a library that skips a slot does not pass it as success
     pynvml._nvmlCheckReturn(fn(handle, ctypes.c_int32(len(buf)), ctypes.byref(buf)))
     return buf
 
@@ -102,11 +108,11 @@ class Device:
     uuid: str = ""
     name: str = ""
     pci_bus_id: str = ""
-    unsupported: set[str] = field(default_factory=set)    # call keys answered NOT_SUPPORTED & co
+    unsupported: set[str] = field(default_factory=set)  # call keys answered NOT_SUPPORTED & co
     field_fallback: set[str] = field(default_factory=set)  # sample keys the field API cannot give
-    static: dict[str, Any] = field(default_factory=dict)   # fixed figures (limits, thresholds): read once
-    calls: int = 0                                         # NVML calls made for this GPU
-    field_buf: Any = field(default=None, repr=False)       # reused nvmlFieldValue_t array
+    static: dict[str, Any] = field(default_factory=dict)  # fixed figures (limits, thresholds): read once
+    calls: int = 0  # NVML calls made for this GPU
+    field_buf: Any = field(default=None, repr=False)  # reused nvmlFieldValue_t array
     field_buf_ids: list[int] = field(default_factory=list, repr=False)
     _labels: dict[str, str] | None = field(default=None, repr=False)
     _labels_with: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict, repr=False)
@@ -130,6 +136,7 @@ class Device:
     @property
     def handle_value(self) -> int | None:
         import ctypes
+
         return ctypes.cast(self.handle, ctypes.c_void_p).value
 
 

@@ -16,14 +16,23 @@ import math
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import pynvml
 
 from .collectors.base import Collector, FieldRead, Sample
-from .nvml import (UNSUPPORTED_CODES, Device, ErrorLog, GpuLost, Reader, field_buffer, field_value,
-                           get_field_values, read_identity)
+from .nvml import (
+    UNSUPPORTED_CODES,
+    Device,
+    ErrorLog,
+    GpuLost,
+    Reader,
+    field_buffer,
+    field_value,
+    get_field_values,
+    read_identity,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +52,10 @@ def _read_fields(r: Reader, fields: Sequence[FieldRead], field_ids: list[int], s
             dev.field_buf, dev.field_buf_ids = field_buffer(field_ids), list(field_ids)
         values = r.call(FIELD_CALL, get_field_values, dev.handle, dev.field_buf)
         if values is None:
-            if FIELD_CALL in dev.unsupported:     # no field API in this library: individual calls
+            if FIELD_CALL in dev.unsupported:  # no field API in this library: individual calls
                 fallback = list(fields)
         else:
-            for f, fv in zip(active, values):
+            for f, fv in zip(active, values, strict=False):
                 rc = fv.nvmlReturn
                 if rc == pynvml.NVML_SUCCESS:
                     s[f.key] = field_value(fv) * f.scale
@@ -66,8 +75,13 @@ def _read_fields(r: Reader, fields: Sequence[FieldRead], field_ids: list[int], s
                 s[f.key] = v
 
 
-def read_gpu(dev: Device, collectors: Sequence[Collector], fields: Sequence[FieldRead],
-             errors: ErrorLog, field_ids: list[int] | None = None) -> tuple[bool, Sample]:
+def read_gpu(
+    dev: Device,
+    collectors: Sequence[Collector],
+    fields: Sequence[FieldRead],
+    errors: ErrorLog,
+    field_ids: list[int] | None = None,
+) -> tuple[bool, Sample]:
     """Reads one GPU. Returns (up, sample); up is False when the GPU is lost or nothing answered."""
     if dev.handle is None:
         return False, {}
@@ -89,7 +103,7 @@ def read_gpu(dev: Device, collectors: Sequence[Collector], fields: Sequence[Fiel
 class GpuResult:
     up: bool
     sample: Sample
-    at: float           # monotonic time the read finished
+    at: float  # monotonic time the read finished
 
 
 class _Round:
@@ -104,8 +118,8 @@ class _Round:
         self.started = time.monotonic()
         self.pending: collections.deque[int] = collections.deque(indices)
         self.results: dict[int, GpuResult] = {}
-        self.progress = 0                      # GPUs finished; a scrape watches it for stalls
-        self.readers = 0                       # reader threads working on this round
+        self.progress = 0  # GPUs finished; a scrape watches it for stalls
+        self.readers = 0  # reader threads working on this round
         self._remaining = len(indices)
         self._lock = threading.Lock()
         self.done = threading.Event()
@@ -124,7 +138,7 @@ class _Round:
 class _Reader:
     """A thread that reads GPUs for collections; the only kind of thread that calls NVML."""
 
-    def __init__(self, sampler: "Sampler", n: int) -> None:
+    def __init__(self, sampler: Sampler, n: int) -> None:
         self._sampler = sampler
         self._q: queue.SimpleQueue[_Round | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"nvml-reader-{n}", daemon=True)
@@ -146,7 +160,7 @@ class _Reader:
                 t0 = time.monotonic()
                 try:
                     up, sample = read_gpu(dev, s.collectors, s.fields, s.errors, s.field_ids)
-                except Exception:  # noqa: BLE001 - a bug reading one GPU must not kill the reader
+                except Exception:
                     log.exception("GPU %d: read failed", dev.index)
                     up, sample = False, {}
                 now = time.monotonic()
@@ -176,7 +190,7 @@ class GpuState:
 @dataclass(frozen=True)
 class Snapshot:
     gpus: list[GpuState]
-    duration: float     # seconds this scrape waited for its collection
+    duration: float  # seconds this scrape waited for its collection
 
 
 class Sampler:
@@ -189,10 +203,11 @@ class Sampler:
     helper for the GPUs still waiting, so one wedged GPU never holds back the others.
     """
 
-    TARGET_SECONDS = 0.002   # a reader should get through a collection's share in about this
+    TARGET_SECONDS = 0.002  # a reader should get through a collection's share in about this
 
-    def __init__(self, devices: Sequence[Device], collectors: Sequence[Collector], errors: ErrorLog,
-                 timeout: float) -> None:
+    def __init__(
+        self, devices: Sequence[Device], collectors: Sequence[Collector], errors: ErrorLog, timeout: float
+    ) -> None:
         self.collectors = list(collectors)
         self.fields = [f for c in self.collectors for f in c.fields]
         self.field_ids = [f.field_id for f in self.fields]
@@ -204,16 +219,16 @@ class Sampler:
         self._lock = threading.Lock()
         self._last: dict[int, GpuResult] = {}
         self._round: _Round | None = None
-        self._reading: set[int] = set()        # GPUs inside a reader right now (maybe hung)
+        self._reading: set[int] = set()  # GPUs inside a reader right now (maybe hung)
         self._idle: list[_Reader] = []
         self._readers: list[_Reader] = []
-        self._gpu_seconds = 0.0                # learnt from single-reader collections
+        self._gpu_seconds = 0.0  # learnt from single-reader collections
 
     def _take(self, rnd: _Round) -> Device | None:
         """The next GPU of ``rnd`` no other reader is inside, or None when the round is over."""
         with self._lock:
             if time.monotonic() >= rnd.deadline:
-                return None                    # back from a hang: a newer round owns these GPUs
+                return None  # back from a hang: a newer round owns these GPUs
             while rnd.pending:
                 index = rnd.pending.popleft()
                 if index not in self._reading:
@@ -251,7 +266,7 @@ class Sampler:
                 break
             if rnd.progress == seen and rnd.pending:
                 with self._lock:
-                    self._wake(rnd)            # nothing finished for a while: a call is stuck
+                    self._wake(rnd)  # nothing finished for a while: a call is stuck
         with self._lock:
             last = dict(self._last)
         fresh = dict(rnd.results)

@@ -41,15 +41,14 @@ class _Endpoint:
 
     def admit(self, head: Head) -> Admit | Reply:
         if head.method not in ("GET", "HEAD"):
-            return Reply(405, b"method not allowed; GET or HEAD\n", "text/plain; charset=utf-8",
-                         {"allow": "GET, HEAD"})
+            return Reply(405, b"method not allowed; GET or HEAD\n", "text/plain; charset=utf-8", {"allow": "GET, HEAD"})
         return Admit(0)
 
     def handle(self, head: Head, body: bytes, context: Any) -> Reply:
         if head.path == self.metrics_path:
             try:
                 data = self.renderer.render(self.registry)
-            except Exception:  # noqa: BLE001 - report, never drop the connection silently
+            except Exception:
                 log.exception("collecting metrics failed")
                 return text_reply(500, "collection failed; see the exporter log")
             return Reply(200, data, CONTENT_TYPE)
@@ -61,17 +60,24 @@ class _Endpoint:
 class MetricsServer:
     """Serves ``registry`` on ``host:port`` (port 0 picks a free one); binds at construction."""
 
-    def __init__(self, registry: CollectorRegistry, host: str = "", port: int = 9786,
-                 metrics_path: str = "/metrics", limits: Limits = Limits()) -> None:
-        self._listener = Listener(_Endpoint(registry, metrics_path), host or "0.0.0.0", port,
-                                  name="metrics-http", limits=limits)
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str = "",
+        port: int = 9786,
+        metrics_path: str = "/metrics",
+        limits: Limits = Limits(),
+    ) -> None:
+        self._listener = Listener(
+            _Endpoint(registry, metrics_path), host or "0.0.0.0", port, name="metrics-http", limits=limits
+        )
         self.host, self.port = self._listener.host, self._listener.port
 
     def serve_forever(self) -> None:
         """Serves until ``stop()`` is called from another thread or a signal handler."""
         self._listener.serve_forever()
 
-    def start(self) -> "MetricsServer":
+    def start(self) -> MetricsServer:
         self._listener.start()
         return self
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import pynvml
 
@@ -19,16 +19,22 @@ from .sampler import Sampler, Snapshot
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = 5.0   # below Prometheus' default 10 s scrape timeout
+DEFAULT_TIMEOUT = 5.0  # below Prometheus' default 10 s scrape timeout
 
 
 class ExporterService:
     """Owns NVML for the process. ``loader`` (optional) installs the library before nvmlInit
     (the simulator passes one; None lets pynvml load libnvidia-ml.so.1 the usual way)."""
 
-    def __init__(self, collectors: Sequence[Collector], timeout: float = DEFAULT_TIMEOUT,
-                 loader: Callable[[], None] | None = None, retry_initial: float = 1.0,
-                 retry_max: float = 60.0, event_wait_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        collectors: Sequence[Collector],
+        timeout: float = DEFAULT_TIMEOUT,
+        loader: Callable[[], None] | None = None,
+        retry_initial: float = 1.0,
+        retry_max: float = 60.0,
+        event_wait_ms: int = 1000,
+    ) -> None:
         if timeout <= 0:
             raise ValueError(f"collection timeout must be positive, got {timeout}")
         self.collectors = list(collectors)
@@ -48,7 +54,7 @@ class ExporterService:
     def nvml_up(self) -> bool:
         return self.sampler is not None
 
-    def start(self, wait: float = 2.0) -> "ExporterService":
+    def start(self, wait: float = 2.0) -> ExporterService:
         """Starts initialising NVML; waits up to ``wait`` seconds for the first attempt."""
         self._thread.start()
         self._first_attempt.wait(wait)
@@ -63,8 +69,9 @@ class ExporterService:
                 disc = init_and_discover(self.errors)
             except pynvml.NVMLError as exc:
                 self.errors.add("nvmlInit", exc.value)
-                log.warning("NVML unavailable (%s); exporting nvml_up 0, retrying in %.0fs",
-                            code_name(exc.value), delay)
+                log.warning(
+                    "NVML unavailable (%s); exporting nvml_up 0, retrying in %.0fs", code_name(exc.value), delay
+                )
                 self._first_attempt.set()
                 self._stop.wait(delay)
                 delay = min(delay * 2, cap)
@@ -85,7 +92,7 @@ class ExporterService:
     def stop(self) -> None:
         self._stop.set()
         if self.xid is not None:
-            self.xid.stop()   # returns from its wait within event_wait_ms
+            self.xid.stop()  # returns from its wait within event_wait_ms
         if self.sampler is not None:
             self.sampler.stop()
             shutdown_quietly()

@@ -27,10 +27,11 @@ import copy
 import functools
 import json
 import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, NoReturn, Sequence
+from typing import Any, ClassVar, NoReturn
 
 import jsonschema
 import yaml
@@ -127,8 +128,9 @@ class Document:
         return Problem(self.file, self.lines.line(path), dotted(path), message)
 
 
-def _walk(node: yaml.Node, path: FieldPath, marks: dict[FieldPath, int],
-          duplicates: list[tuple[FieldPath, int]]) -> None:
+def _walk(
+    node: yaml.Node, path: FieldPath, marks: dict[FieldPath, int], duplicates: list[tuple[FieldPath, int]]
+) -> None:
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
@@ -157,8 +159,9 @@ def parse_yaml(text: str, file: str, error: type[ConfigError] = ConfigError) -> 
         duplicates: list[tuple[FieldPath, int]] = []
         _walk(node, (), marks, duplicates)
         if duplicates:
-            raise error([Problem(file, line, dotted(p), "duplicate key (remove one of them)")
-                         for p, line in duplicates])
+            raise error(
+                [Problem(file, line, dotted(p), "duplicate key (remove one of them)") for p, line in duplicates]
+            )
         data = loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
@@ -199,7 +202,7 @@ class Schema:
         self._validator = cls(self.schema)
 
     @classmethod
-    def packaged(cls, package: str, resource: str) -> "Schema":
+    def packaged(cls, package: str, resource: str) -> Schema:
         """The schema shipped as package data (``importlib.resources``), loaded once."""
         return _packaged(package, resource)
 
@@ -210,8 +213,9 @@ class Schema:
         failed ``oneOf``/``anyOf`` reports its most relevant branch's error."""
         yield from _leaves(self._validator.iter_errors(data))
 
-    def problems(self, data: Any, doc: Document | None = None, prefix: FieldPath = (),
-                 describe: Describe | None = None) -> list[Problem]:
+    def problems(
+        self, data: Any, doc: Document | None = None, prefix: FieldPath = (), describe: Describe | None = None
+    ) -> list[Problem]:
         """Every violation of ``data`` (the whole of ``doc.data``, or the section at ``prefix``
         of it) as ``Problem``s sorted by line, each at most once."""
         file = doc.file if doc else ""
@@ -230,16 +234,24 @@ class Schema:
             custom = describe(err, path) if describe is not None else None
             if custom is not None:
                 out += custom
-            elif err.validator == "additionalProperties" and isinstance(err.instance, dict) \
-                    and err.validator_value is False:
+            elif (
+                err.validator == "additionalProperties"
+                and isinstance(err.instance, dict)
+                and err.validator_value is False
+            ):
                 known = sorted(err.schema.get("properties", {}))
                 patterns = list(err.schema.get("patternProperties", {}))
-                for extra in sorted(k for k in err.instance if k not in known
-                                    and not any(re.search(p, k) for p in patterns)):
+                for extra in sorted(
+                    k for k in err.instance if k not in known and not any(re.search(p, k) for p in patterns)
+                ):
                     out.append((path + (extra,), f"unknown field (allowed: {', '.join(known)})"))
             elif err.validator == "pattern" and err.validator_value == durations.PATTERN:
-                out.append((path, f"{err.instance!r} does not match Prometheus' duration grammar: "
-                                  f"expected {durations.EXAMPLES}"))
+                out.append(
+                    (
+                        path,
+                        f"{err.instance!r} does not match Prometheus' duration grammar: expected {durations.EXAMPLES}",
+                    )
+                )
             else:
                 out.append((path, err.message))
         return out
@@ -294,7 +306,7 @@ class Schema:
                 self._fill(node["items"], item)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _packaged(package: str, resource: str) -> Schema:
     text = resources.files(package).joinpath(resource).read_text(encoding="utf-8")
     return Schema(json.loads(text), name=resource)
@@ -332,8 +344,9 @@ def fail(found: Sequence[tuple[str, str]], error: ErrorFactory) -> NoReturn:
     raise first
 
 
-def check_section(section: Any, schema: Schema, name: str, error: ErrorFactory,
-                  describe: Describe | None = None) -> dict[str, Any]:
+def check_section(
+    section: Any, schema: Schema, name: str, error: ErrorFactory, describe: Describe | None = None
+) -> dict[str, Any]:
     """Validates the section ``name`` of a bigger file (``None`` = absent = ``{}``), raising every
     problem through ``error(field, message)`` (fields spelled ``name.key.sub``); returns the
     section with the schema's defaults filled in."""
@@ -350,9 +363,11 @@ def check_section(section: Any, schema: Schema, name: str, error: ErrorFactory,
 def section_error(cls: type[Exception], file: str = "") -> ErrorFactory:
     """An ``error(field, message)`` factory for a section read without its file's line index
     (a ``cls`` subclassing ``ConfigError`` gets a ``Problem``, anything else the text)."""
+
     def make(field: str, message: str) -> Exception:
         problem = Problem(file, None, field, message)
         if issubclass(cls, ConfigError):
             return cls([problem])
         return cls(str(problem))
+
     return make

@@ -20,8 +20,15 @@ import re
 # too) and a lookahead that refuses the empty string. Usable as a JSON Schema "pattern".
 PATTERN = r"^(0|(?=[0-9])([0-9]+y)?([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?)$"
 _RE = re.compile(PATTERN)
-_UNITS_MS = (("y", 365 * 86_400_000), ("w", 7 * 86_400_000), ("d", 86_400_000), ("h", 3_600_000),
-             ("m", 60_000), ("s", 1000), ("ms", 1))
+_UNITS_MS = (
+    ("y", 365 * 86_400_000),
+    ("w", 7 * 86_400_000),
+    ("d", 86_400_000),
+    ("h", 3_600_000),
+    ("m", 60_000),
+    ("s", 1000),
+    ("ms", 1),
+)
 EXAMPLES = "e.g. 15s, 5m, 1h30m, 500ms, 2d"
 
 
@@ -34,9 +41,9 @@ def parse(text: str) -> float:
     if m is None:
         raise ValueError(f"{text!r} is not a Prometheus duration: expected {EXAMPLES}")
     total_ms = 0
-    for group, (unit, size_ms) in zip(m.groups()[1:], _UNITS_MS):
+    for group, (unit, size_ms) in zip(m.groups()[1:], _UNITS_MS, strict=False):
         if group:
-            total_ms += int(group[:-len(unit)]) * size_ms
+            total_ms += int(group[: -len(unit)]) * size_ms
     return total_ms / 1000
 
 

@@ -38,9 +38,10 @@ import resource
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import h11
 import uvicorn
@@ -48,20 +49,20 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger(__name__)
 
-LISTEN_BACKLOG = 2048   # the kernel's queue of connections not yet accepted
-ACCEPT_BATCH = 64       # connections accepted per event-loop turn
+LISTEN_BACKLOG = 2048  # the kernel's queue of connections not yet accepted
+ACCEPT_BATCH = 64  # connections accepted per event-loop turn
 
 
 @dataclass(frozen=True)
 class Limits:
     """How much time, how many connections and how many bytes a client may take."""
 
-    header_timeout: float = 10.0     # connect (or last response) -> end of the request's headers
-    body_timeout: float = 30.0       # end of headers -> end of the body
-    idle_timeout: float = 5.0        # keep-alive: a silent connection is closed after this
-    max_connections: int = 512       # well under systemd's default of 1,024 open files
-    max_header_bytes: int = 16384    # request line and headers together
-    threads: int = 8                 # handlers running at once; more requests wait their turn
+    header_timeout: float = 10.0  # connect (or last response) -> end of the request's headers
+    body_timeout: float = 30.0  # end of headers -> end of the body
+    idle_timeout: float = 5.0  # keep-alive: a silent connection is closed after this
+    max_connections: int = 512  # well under systemd's default of 1,024 open files
+    max_header_bytes: int = 16384  # request line and headers together
+    threads: int = 8  # handlers running at once; more requests wait their turn
 
 
 @dataclass
@@ -71,7 +72,7 @@ class Head:
     method: str
     path: str
     query: str
-    headers: dict[str, str]          # lower-cased names; repeated headers joined with ", "
+    headers: dict[str, str]  # lower-cased names; repeated headers joined with ", "
     client: str = ""
 
 
@@ -109,7 +110,7 @@ def text_reply(status: int, message: str) -> Reply:
 class _DeadlineProtocol(H11Protocol):
     """uvicorn's h11 protocol with header/body deadlines and the connection cap (module doc)."""
 
-    limits: Limits = Limits()       # set on the per-listener subclass
+    limits: Limits = Limits()  # set on the per-listener subclass
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -173,8 +174,7 @@ class _DeadlineProtocol(H11Protocol):
         # The oldest connection still sending (or stalling on) its headers, else its body: a
         # request being handled is never the one dropped.
         others = [c for c in self.connections if isinstance(c, _DeadlineProtocol) and c is not self]
-        waiting = ([c for c in others if c._phase == "headers"]
-                   or [c for c in others if c._phase == "body"])
+        waiting = [c for c in others if c._phase == "headers"] or [c for c in others if c._phase == "body"]
         victim = min(waiting, key=lambda c: c._waiting_since) if waiting else self
         log.debug("connection cap (%d) reached: closing %s", self.limits.max_connections, victim.client)
         victim._disarm()
@@ -207,11 +207,16 @@ class _Asgi:
             name, value = k.decode("latin-1"), v.decode("latin-1")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         client = scope.get("client")
-        head = Head(scope["method"], scope["path"], scope["query_string"].decode("latin-1"), headers,
-                    f"{client[0]}:{client[1]}" if client else "")
+        head = Head(
+            scope["method"],
+            scope["path"],
+            scope["query_string"].decode("latin-1"),
+            headers,
+            f"{client[0]}:{client[1]}" if client else "",
+        )
         try:
             decision = self.endpoint.admit(head)
-        except Exception:  # noqa: BLE001 - a bug in admit: answer 500, keep serving
+        except Exception:
             log.exception("%s %s: admitting the request failed", head.method, head.path)
             decision = text_reply(500, "internal error; see the server's log")
         if isinstance(decision, Reply):
@@ -241,14 +246,13 @@ class _Asgi:
     def _handle(self, head: Head, body: bytes, context: Any) -> Reply:
         try:
             return self.endpoint.handle(head, body, context)
-        except Exception:  # noqa: BLE001 - a handler bug: answer 500, keep serving
+        except Exception:
             log.exception("%s %s failed", head.method, head.path)
             return text_reply(500, "internal error; see the server's log")
 
     @staticmethod
     async def _send(send: Callable[..., Any], reply: Reply, close: bool = False) -> None:
-        headers = [(b"content-type", reply.content_type.encode()),
-                   (b"content-length", str(len(reply.body)).encode())]
+        headers = [(b"content-type", reply.content_type.encode()), (b"content-length", str(len(reply.body)).encode())]
         headers += [(k.lower().encode(), v.encode("latin-1", "replace")) for k, v in reply.headers.items()]
         if close:
             headers.append((b"connection", b"close"))
@@ -274,29 +278,46 @@ class Listener:
     served without a restart).
     """
 
-    def __init__(self, endpoint: Endpoint, host: str, port: int, *, name: str = "http",
-                 limits: Limits = Limits(), tls: Any = None) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        host: str,
+        port: int,
+        *,
+        name: str = "http",
+        limits: Limits = Limits(),
+        tls: Any = None,
+    ) -> None:
         limits = _within_open_files(limits, name)
         self.name, self.limits = name, limits
         self._pool = ThreadPoolExecutor(limits.threads, thread_name_prefix=f"{name}-handler")
         protocol = type("Protocol", (_DeadlineProtocol,), {"limits": limits})
         self._config = uvicorn.Config(
-            _Asgi(endpoint, self._pool), http=protocol, lifespan="off", log_config=None,
+            _Asgi(endpoint, self._pool),
+            http=protocol,
+            lifespan="off",
+            log_config=None,
             # error, not warning: uvicorn logs every malformed request at WARNING, which would
             # let any client fill the log.
-            log_level="error", access_log=False, server_header=False, date_header=False,
-            timeout_keep_alive=max(1, round(limits.idle_timeout)), timeout_graceful_shutdown=5,
+            log_level="error",
+            access_log=False,
+            server_header=False,
+            date_header=False,
+            timeout_keep_alive=max(1, round(limits.idle_timeout)),
+            timeout_graceful_shutdown=5,
             h11_max_incomplete_event_size=limits.max_header_bytes,
             # asyncio accepts up to `backlog` connections per loop turn before any of them is
             # set up (and can be shed by the cap): a small batch keeps a flood from taking every
             # descriptor at once. The kernel's queue is set back to 2048 once serving (_serve).
-            backlog=ACCEPT_BATCH)
+            backlog=ACCEPT_BATCH,
+        )
         self._config.load()
         self._config.ssl = _tls_context(tls)
         # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets that say so, and
         # without it every response's body waits for the client's delayed ACK (40 ms on Linux).
-        self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM,
-                                   socket.IPPROTO_TCP)
+        self._sock = socket.socket(
+            socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
+        )
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self._sock.bind((host, port))
@@ -313,7 +334,7 @@ class Listener:
     def tls(self) -> bool:
         return self._config.ssl is not None
 
-    def start(self) -> "Listener":
+    def start(self) -> Listener:
         ready = threading.Event()
 
         def run() -> None:
@@ -367,8 +388,13 @@ def _within_open_files(limits: Limits, name: str) -> Limits:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     room = soft - ACCEPT_BATCH - 128
     if soft != resource.RLIM_INFINITY and limits.max_connections > room:
-        log.warning("%s: max_connections %d lowered to %d for an open-file limit of %d (raise "
-                    "LimitNOFILE to allow more)", name, limits.max_connections, max(room, 16), soft)
+        log.warning(
+            "%s: max_connections %d lowered to %d for an open-file limit of %d (raise LimitNOFILE to allow more)",
+            name,
+            limits.max_connections,
+            max(room, 16),
+            soft,
+        )
         return dataclasses.replace(limits, max_connections=max(room, 16))
     return limits
 

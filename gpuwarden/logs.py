@@ -74,7 +74,17 @@ def setup(level: str = "info", fmt: str = "logfmt") -> None:
 
 def add_flags(parser: Any) -> None:
     """``--log.level`` and ``--log.format`` on an argparse parser, as Prometheus spells them."""
-    parser.add_argument("--log.level", dest="log_level", default="info", choices=LEVELS + ("warning",),
-                        help="only log messages at or above this level (default info)")
-    parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=FORMATS,
-                        help="logfmt (default) or json, one event per line")
+    parser.add_argument(
+        "--log.level",
+        dest="log_level",
+        default="info",
+        choices=LEVELS + ("warning",),
+        help="only log messages at or above this level (default info)",
+    )
+    parser.add_argument(
+        "--log.format",
+        dest="log_format",
+        default="logfmt",
+        choices=FORMATS,
+        help="logfmt (default) or json, one event per line",
+    )

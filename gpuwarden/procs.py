@@ -23,8 +23,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 LOOPBACK = "127.0.0.1"
 
@@ -94,14 +94,28 @@ class Proc:
     child started outlives it.
     """
 
-    def __init__(self, argv: Sequence[str], log: Path, cwd: Path | None = None,
-                 env: dict[str, str] | None = None, name: str | None = None, append: bool = False) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        log: Path,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        name: str | None = None,
+        append: bool = False,
+    ) -> None:
         self.argv = list(argv)
         self.name = name or Path(self.argv[0]).name
         self.log = Path(log)
-        with open(self.log, "ab" if append else "wb") as out:   # the child keeps its own descriptor
-            self.popen = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, cwd=cwd, env=env, start_new_session=True)
+        with open(self.log, "ab" if append else "wb") as out:  # the child keeps its own descriptor
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+            )
         self.pid = self.popen.pid
 
     @property
@@ -130,8 +144,7 @@ class Proc:
 
     def exited(self) -> str:
         """Why the child is gone, with the end of its log."""
-        return (f"{self.name} exited with status {self.popen.returncode}; "
-                f"its log ({self.log}) ends with:\n{self.tail()}")
+        return f"{self.name} exited with status {self.popen.returncode}; its log ({self.log}) ends with:\n{self.tail()}"
 
     def signal(self, sig: int) -> bool:
         """Sends ``sig`` to the child's process group; False when it is already gone."""

@@ -24,8 +24,9 @@ import socket
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import yaml
@@ -56,8 +57,8 @@ class Series:
     """One series of a query's answer: its labels and its points (one for an instant query)."""
 
     labels: dict[str, str]
-    times: np.ndarray    # unix seconds, float64
-    values: np.ndarray   # float64; NaN and ±Inf as Prometheus answered them
+    times: np.ndarray  # unix seconds, float64
+    values: np.ndarray  # float64; NaN and ±Inf as Prometheus answered them
 
 
 class PrometheusClient:
@@ -83,22 +84,28 @@ class PrometheusClient:
         if kind == "scalar":
             return [_series({}, [result])]
         if kind != "vector":
-            raise PrometheusQueryError(f"{expr!r} gave a {kind}, not an instant vector or scalar "
-                                       f"(Prometheus at {self.url})", self.url)
+            raise PrometheusQueryError(
+                f"{expr!r} gave a {kind}, not an instant vector or scalar (Prometheus at {self.url})", self.url
+            )
         return [_series(r.get("metric", {}), [r["value"]]) for r in result]
 
     def query_range(self, expr: str, start: float, end: float, step: float) -> list[Series]:
         """``/api/v1/query_range``: ``expr`` evaluated every ``step`` seconds from ``start`` to
         ``end``."""
-        data = self.get("/api/v1/query_range", {"query": expr, "start": f"{start:.3f}",
-                                                "end": f"{end:.3f}", "step": f"{step:g}"}, what=expr)
+        data = self.get(
+            "/api/v1/query_range",
+            {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"},
+            what=expr,
+        )
         if data.get("resultType") != "matrix":
-            raise PrometheusQueryError(f"{expr!r} gave a {data.get('resultType')}, not a range vector "
-                                       f"(Prometheus at {self.url})", self.url)
+            raise PrometheusQueryError(
+                f"{expr!r} gave a {data.get('resultType')}, not a range vector (Prometheus at {self.url})", self.url
+            )
         return [_series(r.get("metric", {}), r.get("values", [])) for r in data.get("result", [])]
 
-    def series(self, match: Iterable[str], start: float | None = None,
-               end: float | None = None) -> list[dict[str, str]]:
+    def series(
+        self, match: Iterable[str], start: float | None = None, end: float | None = None
+    ) -> list[dict[str, str]]:
         """``/api/v1/series``: the label sets of the series any selector in ``match`` selects."""
         selectors = list(match)
         params = [("match[]", m) for m in selectors]
@@ -109,8 +116,13 @@ class PrometheusClient:
         """``/api/v1/label/<label>/values``: the values ``label`` takes (in the series ``match``
         selects, when given)."""
         selectors = list(match)
-        return list(self.get(f"/api/v1/label/{urllib.parse.quote(label, safe='')}/values",
-                             [("match[]", m) for m in selectors], what=", ".join(selectors) or label))
+        return list(
+            self.get(
+                f"/api/v1/label/{urllib.parse.quote(label, safe='')}/values",
+                [("match[]", m) for m in selectors],
+                what=", ".join(selectors) or label,
+            )
+        )
 
     def alerts(self) -> list[dict[str, Any]]:
         """``/api/v1/alerts``: the alerts pending or firing now, as Prometheus lists them."""
@@ -122,8 +134,9 @@ class PrometheusClient:
         try:
             return yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise PrometheusUnavailable(f"Prometheus at {self.url} answered a config that is not YAML: {exc}",
-                                        self.url) from None
+            raise PrometheusUnavailable(
+                f"Prometheus at {self.url} answered a config that is not YAML: {exc}", self.url
+            ) from None
 
     def scrape_interval(self, default: float = 15.0) -> float:
         """The shortest scrape interval in the loaded config (``default`` when it cannot be read)."""
@@ -132,8 +145,11 @@ class PrometheusClient:
         except PrometheusError:
             return default
         try:
-            found = [durations.parse(c["scrape_interval"]) for c in config.get("scrape_configs") or []
-                     if c.get("scrape_interval")]
+            found = [
+                durations.parse(c["scrape_interval"])
+                for c in config.get("scrape_configs") or []
+                if c.get("scrape_interval")
+            ]
             glob = (config.get("global") or {}).get("scrape_interval")
             if glob:
                 found.append(durations.parse(glob))
@@ -156,35 +172,53 @@ class PrometheusClient:
             if exc.code == 404:
                 raise PrometheusUnavailable(
                     f"cannot query Prometheus at {self.url}: HTTP 404 for {path}: is that Prometheus' "
-                    "base URL (e.g. http://host:9090, no path)?", self.url) from None
+                    "base URL (e.g. http://host:9090, no path)?",
+                    self.url,
+                ) from None
             if 400 <= exc.code < 500:
-                raise PrometheusQueryError(f"Prometheus at {self.url} rejected{asked}: HTTP {exc.code} "
-                                           f"{detail}: fix the query", self.url) from None
-            raise PrometheusUnavailable(f"cannot query Prometheus at {self.url}: HTTP {exc.code} {detail}: "
-                                        "see Prometheus' log; retried next time", self.url) from None
-        except (socket.timeout, TimeoutError):
+                raise PrometheusQueryError(
+                    f"Prometheus at {self.url} rejected{asked}: HTTP {exc.code} {detail}: fix the query", self.url
+                ) from None
+            raise PrometheusUnavailable(
+                f"cannot query Prometheus at {self.url}: HTTP {exc.code} {detail}: "
+                "see Prometheus' log; retried next time",
+                self.url,
+            ) from None
+        except TimeoutError:
             raise self._timed_out() from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             if isinstance(reason, (socket.timeout, TimeoutError)):
                 raise self._timed_out() from None
-            raise PrometheusUnavailable(f"cannot query Prometheus at {self.url}: unreachable ({reason}): "
-                                        "check that it runs there and that the URL is right", self.url) from None
+            raise PrometheusUnavailable(
+                f"cannot query Prometheus at {self.url}: unreachable ({reason}): "
+                "check that it runs there and that the URL is right",
+                self.url,
+            ) from None
         try:
             body = json.loads(raw)
         except ValueError:
             body = None
         if not isinstance(body, dict) or "status" not in body:
-            raise PrometheusUnavailable(f"cannot query Prometheus at {self.url}: the answer to {path} is not "
-                                        "Prometheus' JSON: is that Prometheus' base URL?", self.url)
+            raise PrometheusUnavailable(
+                f"cannot query Prometheus at {self.url}: the answer to {path} is not "
+                "Prometheus' JSON: is that Prometheus' base URL?",
+                self.url,
+            )
         if body.get("status") != "success":
-            raise PrometheusQueryError(f"Prometheus at {self.url} rejected{asked}: {body.get('errorType')}: "
-                                       f"{body.get('error')}: fix the query", self.url)
+            raise PrometheusQueryError(
+                f"Prometheus at {self.url} rejected{asked}: {body.get('errorType')}: "
+                f"{body.get('error')}: fix the query",
+                self.url,
+            )
         return body.get("data")
 
     def _timed_out(self) -> PrometheusUnavailable:
-        return PrometheusUnavailable(f"cannot query Prometheus at {self.url}: did not answer within "
-                                     f"{self.timeout:g}s: check its load, or raise the timeout", self.url)
+        return PrometheusUnavailable(
+            f"cannot query Prometheus at {self.url}: did not answer within "
+            f"{self.timeout:g}s: check its load, or raise the timeout",
+            self.url,
+        )
 
 
 def _series(labels: dict[str, str], points: list[list[Any]]) -> Series:

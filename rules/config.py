@@ -22,9 +22,10 @@ from __future__ import annotations
 import math
 import operator
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import jsonschema
 
@@ -38,14 +39,18 @@ DEFAULT_PATH = Path(__file__).resolve().with_name("thresholds.yaml")
 SCHEMA_PATH = Path(__file__).resolve().with_name("schema.json")
 
 OPS: dict[str, Callable[[float, float], bool]] = {
-    ">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt,
-    "==": operator.eq, "!=": operator.ne,
+    ">=": operator.ge,
+    ">": operator.gt,
+    "<=": operator.le,
+    "<": operator.lt,
+    "==": operator.eq,
+    "!=": operator.ne,
 }
 
 # Limits a profile's threshold may be relative to: name -> (series, extra matchers, unit suffix of
 # the metrics it may be compared with). The exporter publishes these per GPU (DESIGN.md).
 LIMITS: dict[str, tuple[str, tuple[tuple[str, str], ...], str]] = {
-    "power_limit": ("gpu_power_limit_watts", (), "_watts"),                  # enforced limit
+    "power_limit": ("gpu_power_limit_watts", (), "_watts"),  # enforced limit
     "power_limit_default": ("gpu_power_limit_default_watts", (), "_watts"),  # the board's default
     "temperature_slowdown": ("gpu_temperature_threshold_celsius", (("threshold", "slowdown"),), "_celsius"),
     "temperature_shutdown": ("gpu_temperature_threshold_celsius", (("threshold", "shutdown"),), "_celsius"),
@@ -257,8 +262,11 @@ def _semantic_problems(doc: Document) -> list[Problem]:
         problems.append(doc.problem(path, message))
 
     alerts: dict[str, Any] = data.get("alerts", {})
-    sections = [("alerts", alerts), ("forecasts", data.get("forecasts") or {}),
-                ("monitoring", data.get("monitoring") or {})]
+    sections = [
+        ("alerts", alerts),
+        ("forecasts", data.get("forecasts") or {}),
+        ("monitoring", data.get("monitoring") or {}),
+    ]
     seen_ids: dict[str, str] = {}
     seen_names: dict[str, str] = {}
     for section, entries in sections:
@@ -297,19 +305,23 @@ def _semantic_problems(doc: Document) -> list[Problem]:
             continue
         kind = target["kind"]
         if kind not in ("level", "ratio"):
-            bad(path + ("target",), f"{target_id} is of kind {kind}: predict_linear applies to gauges "
-                                    "(kind level or ratio) only")
+            bad(
+                path + ("target",),
+                f"{target_id} is of kind {kind}: predict_linear applies to gauges (kind level or ratio) only",
+            )
             continue
         for metric_key in ("metric", "denominator"):
             if str(target.get(metric_key, "")).endswith("_total"):
-                bad(path + ("target",), f"{target_id}.{metric_key} is a counter: predict_linear "
-                                        "applies to gauges only")
+                bad(path + ("target",), f"{target_id}.{metric_key} is a counter: predict_linear applies to gauges only")
         op, threshold, guard = target["op"], float(target["threshold"]), float(entry["guard"])
         if op not in (">", ">=", "<", "<="):
             bad(path + ("target",), f"{target_id} compares with {op}: a forecast needs <, <=, > or >=")
         elif OPS[op](guard, threshold):
-            bad(path + ("guard",), f"{guard:g} already breaches {target_id} ({op} {threshold:g}): "
-                                   "the guard must sit on the safe side of the threshold")
+            bad(
+                path + ("guard",),
+                f"{guard:g} already breaches {target_id} ({op} {threshold:g}): "
+                "the guard must sit on the safe side of the threshold",
+            )
         if parse_duration(entry["horizon"]) <= 0 or parse_duration(entry["lookback"]) <= 0:
             bad(path + ("horizon",), "lookback and horizon must be longer than 0s")
     problems += _profile_problems(doc)
@@ -339,8 +351,11 @@ def _profile_problems(doc: Document) -> list[Problem]:
                 bad(path + ("examples", i), f"{example!r} does not fully match {prof['match']!r}")
             earlier = next((n for n, r in compiled if r is not None and r.fullmatch(example)), None)
             if earlier:
-                bad(path + ("examples", i), f"{example!r} is judged by the earlier profile {earlier!r} "
-                                            "(first match wins): narrow that profile's match or move this one up")
+                bad(
+                    path + ("examples", i),
+                    f"{example!r} is judged by the earlier profile {earlier!r} "
+                    "(first match wins): narrow that profile's match or move this one up",
+                )
         compiled.append((name, rx))
         for rule_id, override in prof["alerts"].items():
             rpath = path + ("alerts", rule_id)
@@ -360,13 +375,19 @@ def _profile_problems(doc: Document) -> list[Problem]:
                 continue
             kind = base["kind"]
             if kind != "level":
-                bad(rpath + ("relative",), f"{rule_id} is of kind {kind}: only a level (the raw series "
-                                           "itself) can be compared with a GPU limit")
+                bad(
+                    rpath + ("relative",),
+                    f"{rule_id} is of kind {kind}: only a level (the raw series "
+                    "itself) can be compared with a GPU limit",
+                )
                 continue
             suffix = LIMITS[rel["to"]][2]
             if not base["metric"].endswith(suffix):
-                bad(rpath + ("relative", "to"), f"{rel['to']} is in {suffix[1:]} but {rule_id} compares "
-                                                f"{base['metric']}: pick a limit in the metric's unit")
+                bad(
+                    rpath + ("relative", "to"),
+                    f"{rel['to']} is in {suffix[1:]} but {rule_id} compares "
+                    f"{base['metric']}: pick a limit in the metric's unit",
+                )
     return problems
 
 
@@ -375,14 +396,27 @@ def _profile_problems(doc: Document) -> list[Problem]:
 
 def _alert_rule(rule_id: str, e: dict[str, Any]) -> AlertRule:
     return AlertRule(
-        rule=rule_id, alert=e["alert"], family=e["family"], title=e["title"],
-        kind=e["kind"], metric=e["metric"], op=e["op"],
-        threshold=float(e["threshold"]), for_seconds=parse_duration(e["for"]), for_text=e["for"],
-        severity=e["severity"], action=e["action"], unit=e["unit"],
-        humanize=e["humanize"], denominator=e.get("denominator"),
+        rule=rule_id,
+        alert=e["alert"],
+        family=e["family"],
+        title=e["title"],
+        kind=e["kind"],
+        metric=e["metric"],
+        op=e["op"],
+        threshold=float(e["threshold"]),
+        for_seconds=parse_duration(e["for"]),
+        for_text=e["for"],
+        severity=e["severity"],
+        action=e["action"],
+        unit=e["unit"],
+        humanize=e["humanize"],
+        denominator=e.get("denominator"),
         window_seconds=parse_duration(e["window"]) if "window" in e else None,
-        window_text=e.get("window"), label=e.get("label"), values=tuple(e.get("values", ())),
-        description=e.get("description"))
+        window_text=e.get("window"),
+        label=e.get("label"),
+        values=tuple(e.get("values", ())),
+        description=e.get("description"),
+    )
 
 
 def _profile(name: str, index: int, e: dict[str, Any], alerts: dict[str, AlertRule]) -> Profile:
@@ -396,11 +430,16 @@ def _profile(name: str, index: int, e: dict[str, Any], alerts: dict[str, AlertRu
             changes["for_seconds"], changes["for_text"] = parse_duration(o["for"]), o["for"]
         if "relative" in o:
             r = o["relative"]
-            changes["relative"] = Relative(limit=r["to"], factor=float(r["factor"]),
-                                           offset=float(r["offset"]))
+            changes["relative"] = Relative(limit=r["to"], factor=float(r["factor"]), offset=float(r["offset"]))
         rules[rule_id] = replace(base, **changes)
-    return Profile(name=name, match=e["match"], index=index, examples=tuple(e.get("examples", ())),
-                   alerts=rules, description=e.get("description"))
+    return Profile(
+        name=name,
+        match=e["match"],
+        index=index,
+        examples=tuple(e.get("examples", ())),
+        alerts=rules,
+        description=e.get("description"),
+    )
 
 
 def load(path: Path | str | None = None) -> RulesConfig:
@@ -412,7 +451,7 @@ def load(path: Path | str | None = None) -> RulesConfig:
     problems = _schema_problems(doc)
     if problems:
         raise ConfigError(problems)
-    doc.data = _schema().with_defaults(doc.data)   # the schema's defaults: kind, humanize, ...
+    doc.data = _schema().with_defaults(doc.data)  # the schema's defaults: kind, humanize, ...
     problems = _semantic_problems(doc)
     if problems:
         raise ConfigError(problems)
@@ -422,24 +461,51 @@ def load(path: Path | str | None = None) -> RulesConfig:
     alerts = {rid: _alert_rule(rid, e) for rid, e in data["alerts"].items()}
     forecasts = {
         rid: Forecast(
-            rule=rid, alert=e["alert"], title=e["title"], target=alerts[e["target"]],
-            lookback_seconds=parse_duration(e["lookback"]), lookback_text=e["lookback"],
-            horizon_seconds=parse_duration(e["horizon"]), horizon_text=e["horizon"],
-            guard=float(e["guard"]), for_seconds=parse_duration(e["for"]), for_text=e["for"],
-            severity=e["severity"], action=e["action"], description=e.get("description"))
-        for rid, e in (data.get("forecasts") or {}).items()}
+            rule=rid,
+            alert=e["alert"],
+            title=e["title"],
+            target=alerts[e["target"]],
+            lookback_seconds=parse_duration(e["lookback"]),
+            lookback_text=e["lookback"],
+            horizon_seconds=parse_duration(e["horizon"]),
+            horizon_text=e["horizon"],
+            guard=float(e["guard"]),
+            for_seconds=parse_duration(e["for"]),
+            for_text=e["for"],
+            severity=e["severity"],
+            action=e["action"],
+            description=e.get("description"),
+        )
+        for rid, e in (data.get("forecasts") or {}).items()
+    }
     monitoring = {
         rid: MonitoringAlert(
-            rule=rid, alert=e["alert"], family=e["family"], title=e["title"], kind=e["kind"],
-            for_seconds=parse_duration(e["for"]), for_text=e["for"], severity=e["severity"],
-            action=e["action"], lookback_text=e.get("lookback"), window_text=e.get("window"),
-            xids=tuple(e.get("xids", ())), description=e.get("description"))
-        for rid, e in (data.get("monitoring") or {}).items()}
+            rule=rid,
+            alert=e["alert"],
+            family=e["family"],
+            title=e["title"],
+            kind=e["kind"],
+            for_seconds=parse_duration(e["for"]),
+            for_text=e["for"],
+            severity=e["severity"],
+            action=e["action"],
+            lookback_text=e.get("lookback"),
+            window_text=e.get("window"),
+            xids=tuple(e.get("xids", ())),
+            description=e.get("description"),
+        )
+        for rid, e in (data.get("monitoring") or {}).items()
+    }
     return RulesConfig(
-        path=cfg_path, exporter_job=settings["exporter_job"],
+        path=cfg_path,
+        exporter_job=settings["exporter_job"],
         runbook_base_url=settings["runbook_base_url"],
         evaluation_interval=settings.get("evaluation_interval"),
         prometheus_rule=settings["prometheus_rule"],
-        alerts=alerts, forecasts=forecasts, monitoring=monitoring,
-        profiles={name: _profile(name, i, e, alerts)
-                  for i, (name, e) in enumerate((data.get("profiles") or {}).items())})
+        alerts=alerts,
+        forecasts=forecasts,
+        monitoring=monitoring,
+        profiles={
+            name: _profile(name, i, e, alerts) for i, (name, e) in enumerate((data.get("profiles") or {}).items())
+        },
+    )

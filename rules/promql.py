@@ -138,8 +138,10 @@ def alert_expr(cfg: RulesConfig, rule: AlertRule) -> str:
         return cmp
     if rule.relative is not None:
         # Against the GPU's own limit; where the GPU does not report it, against `threshold`.
-        cmp = (f"({value} {rule.op} {JOIN} group_left () ({relative_threshold(cfg, rule)})"
-               f" or {cmp} unless {JOIN} {limit_selector(cfg, rule)})")
+        cmp = (
+            f"({value} {rule.op} {JOIN} group_left () ({relative_threshold(cfg, rule)})"
+            f" or {cmp} unless {JOIN} {limit_selector(cfg, rule)})"
+        )
     elif rule.kind in ("ratio", "growth", "any"):
         cmp = f"({cmp})"
     return f"{cmp} and {JOIN} {_first_match(cfg, cfg.profiles[rule.profile])}"
@@ -180,8 +182,7 @@ def forecast_record(fc: Forecast) -> str:
 
 
 def forecast_record_expr(cfg: RulesConfig, fc: Forecast) -> str:
-    return (f"predict_linear({forecast_source(cfg, fc)}[{duration(fc.lookback_seconds)}], "
-            f"{number(fc.horizon_seconds)})")
+    return f"predict_linear({forecast_source(cfg, fc)}[{duration(fc.lookback_seconds)}], {number(fc.horizon_seconds)})"
 
 
 def own_threshold(cfg: RulesConfig, rule_id: str) -> str:
@@ -198,9 +199,11 @@ def forecast_alert_expr(cfg: RulesConfig, fc: Forecast) -> str:
     if t.kind == "ratio":
         current = f"({current})"
     guard_op = ">=" if t.op in (">", ">=") else "<="
-    return (f"{forecast_record(fc)} {t.op} {own_threshold(cfg, t.rule)}"
-            f" and {current} {guard_op} {number(fc.guard)}"
-            f" unless {current} {t.op} {own_threshold(cfg, t.rule)}")
+    return (
+        f"{forecast_record(fc)} {t.op} {own_threshold(cfg, t.rule)}"
+        f" and {current} {guard_op} {number(fc.guard)}"
+        f" unless {current} {t.op} {own_threshold(cfg, t.rule)}"
+    )
 
 
 def monitoring_expr(cfg: RulesConfig, m: MonitoringAlert) -> str:
@@ -212,9 +215,11 @@ def monitoring_expr(cfg: RulesConfig, m: MonitoringAlert) -> str:
     if m.kind == "series_vanished":
         # Seen within the lookback, gone now, while its exporter is scraped fine (a down exporter
         # has its own alert; without this every GPU of it would "vanish" too).
-        return (f"(present_over_time(gpu_up{sel}[{m.lookback_text}])"
-                f" unless on ({', '.join(GPU_LABELS)}) gpu_up{sel})"
-                f" and on (instance) (up{sel} == 1)")
+        return (
+            f"(present_over_time(gpu_up{sel}[{m.lookback_text}])"
+            f" unless on ({', '.join(GPU_LABELS)}) gpu_up{sel})"
+            f" and on (instance) (up{sel} == 1)"
+        )
     if m.kind == "nvml_down":
         return f"gpuwarden_exporter_nvml_up{sel} == 0"
     if m.kind == "gpu_down":
@@ -225,6 +230,5 @@ def monitoring_expr(cfg: RulesConfig, m: MonitoringAlert) -> str:
         # increase() > 0 is true only when the counter really grew (a reset back to 0 adds
         # nothing); a series that first appears at 1 has no earlier sample for increase(),
         # so a series absent `window` ago counts as new errors too.
-        return (f"increase({series}[{m.window_text}]) > 0"
-                f" or ({series} > 0 unless {series} offset {m.window_text})")
+        return f"increase({series}[{m.window_text}]) > 0 or ({series} > 0 unless {series} offset {m.window_text})"
     raise ValueError(f"unknown monitoring kind {m.kind!r}")

@@ -20,8 +20,14 @@ RECORDING_FILE = "gpuwarden-recording.rules.yml"
 ALERTS_FILE = "gpuwarden-alerts.rules.yml"
 MANIFEST_FILE = "gpuwarden.prometheusrule.yaml"
 
-_OP_WORDS = {">=": "at or above", ">": "above", "<=": "at or below", "<": "below",
-             "==": "equal to", "!=": "not equal to"}
+_OP_WORDS = {
+    ">=": "at or above",
+    ">": "above",
+    "<=": "at or below",
+    "<": "below",
+    "==": "equal to",
+    "!=": "not equal to",
+}
 _GPU = "GPU {{ $labels.gpu }} ({{ $labels.uuid }}) on {{ $labels.instance }}"
 
 
@@ -41,8 +47,10 @@ def _held(for_text: str, seconds: float) -> str:
 
 
 _LIMIT_WORDS = {
-    "power_limit": "its enforced power limit", "power_limit_default": "its default power limit",
-    "temperature_slowdown": "its slowdown temperature", "temperature_shutdown": "its shutdown temperature",
+    "power_limit": "its enforced power limit",
+    "power_limit_default": "its default power limit",
+    "temperature_slowdown": "its slowdown temperature",
+    "temperature_shutdown": "its shutdown temperature",
     "temperature_gpu_max": "its maximum operating temperature",
     "memory_temperature_max": "its memory's maximum operating temperature",
 }
@@ -67,19 +75,22 @@ def threshold_description(rule: AlertRule) -> str:
     unit = "" if rule.humanize == "humanizePercentage" else rule.unit
     cmp = f"{_OP_WORDS[rule.op]} {shown(rule.threshold, rule)}"
     if rule.relative is not None:
-        cmp = (f"{_OP_WORDS[rule.op]} {relative_words(rule)} (or {shown(rule.threshold, rule)} "
-               "where the GPU does not report that limit)")
+        cmp = (
+            f"{_OP_WORDS[rule.op]} {relative_words(rule)} (or {shown(rule.threshold, rule)} "
+            "where the GPU does not report that limit)"
+        )
     held = _held(rule.for_text, rule.for_seconds)
     if rule.kind == "level":
         text = f"{rule.metric} is {v}{unit}, {cmp}{held}."
     elif rule.kind == "ratio":
         text = f"{rule.metric} / {rule.denominator} is {v}, {cmp}{held}."
     elif rule.kind == "growth":
-        text = (f"{rule.metric} grew by {v}{unit} within {rule.window_text}, {cmp}"
-                " (counted from the window's lowest value, so a counter reset never adds).")
+        text = (
+            f"{rule.metric} grew by {v}{unit} within {rule.window_text}, {cmp}"
+            " (counted from the window's lowest value, so a counter reset never adds)."
+        )
     else:
-        text = (f"{rule.metric} is {v} for one of {rule.label} {', '.join(rule.values)}, "
-                f"{cmp}{held}.")
+        text = f"{rule.metric} is {v} for one of {rule.label} {', '.join(rule.values)}, {cmp}{held}."
     judged = f" Thresholds of profile {rule.profile}." if rule.profile else ""
     return f"{_GPU}: {text}{judged} Action: {rule.action}."
 
@@ -91,10 +102,12 @@ def forecast_description(fc: Forecast) -> str:
     guard_words = "at or above" if t.op in (">", ">=") else "at or below"
     unit = "" if t.humanize == "humanizePercentage" else t.unit
     what = t.metric if t.kind == "level" else f"{t.metric} / {t.denominator}"
-    return (f"{_GPU}: {what} is forecast at {_value(t.humanize)}{unit} in {fc.horizon_text} "
-            f"(linear trend over {fc.lookback_text}), {_OP_WORDS[t.op]} its {t.rule} threshold "
-            f"({shown(t.threshold, t)} unless its model's profile sets another); it is already "
-            f"{guard_words} {shown(fc.guard, t)}. Action: {fc.action}.")
+    return (
+        f"{_GPU}: {what} is forecast at {_value(t.humanize)}{unit} in {fc.horizon_text} "
+        f"(linear trend over {fc.lookback_text}), {_OP_WORDS[t.op]} its {t.rule} threshold "
+        f"({shown(t.threshold, t)} unless its model's profile sets another); it is already "
+        f"{guard_words} {shown(fc.guard, t)}. Action: {fc.action}."
+    )
 
 
 def monitoring_description(cfg: RulesConfig, m: MonitoringAlert) -> str:
@@ -102,17 +115,26 @@ def monitoring_description(cfg: RulesConfig, m: MonitoringAlert) -> str:
         return m.description
     v, job, held = _value(), cfg.exporter_job, _held(m.for_text, m.for_seconds)
     text = {
-        "target_down": (f"Prometheus cannot scrape job {job} at {{{{ $labels.instance }}}} "
-                        f"(up = {v}){held}: its GPUs are unmonitored and get no remediation."),
-        "series_absent": (f"No gpu_up series from job {job}{held} (absent = {v}): the exporter "
-                          "is not scraped at all, or reports no GPU."),
-        "series_vanished": (f"{_GPU} reported gpu_up within the last {m.lookback_text} "
-                            f"(present = {v}) but no longer does, while its exporter is up."),
-        "nvml_down": (f"gpuwarden_exporter_nvml_up is {v} on {{{{ $labels.instance }}}}{held}: "
-                      "the exporter reads no GPU."),
+        "target_down": (
+            f"Prometheus cannot scrape job {job} at {{{{ $labels.instance }}}} "
+            f"(up = {v}){held}: its GPUs are unmonitored and get no remediation."
+        ),
+        "series_absent": (
+            f"No gpu_up series from job {job}{held} (absent = {v}): the exporter "
+            "is not scraped at all, or reports no GPU."
+        ),
+        "series_vanished": (
+            f"{_GPU} reported gpu_up within the last {m.lookback_text} "
+            f"(present = {v}) but no longer does, while its exporter is up."
+        ),
+        "nvml_down": (
+            f"gpuwarden_exporter_nvml_up is {v} on {{{{ $labels.instance }}}}{held}: the exporter reads no GPU."
+        ),
         "gpu_down": f"{_GPU}: gpu_up is {v}{held}: the GPU errors or fell off the bus.",
-        "fatal_xid": (f"{_GPU}: XID {{{{ $labels.xid }}}} reported ({v} within {m.window_text}); "
-                      f"fatal XIDs: {', '.join(str(x) for x in m.xids)}."),
+        "fatal_xid": (
+            f"{_GPU}: XID {{{{ $labels.xid }}}} reported ({v} within {m.window_text}); "
+            f"fatal XIDs: {', '.join(str(x) for x in m.xids)}."
+        ),
     }[m.kind]
     return f"{text} Action: {m.action}."
 
@@ -129,14 +151,20 @@ def monitoring_scope(m: MonitoringAlert) -> str:
     return {"target_down": "instance", "nvml_down": "instance", "series_absent": "global"}.get(m.kind, "gpu")
 
 
-def _alert(cfg: RulesConfig, a: AlertRule | Forecast | MonitoringAlert, expr: str,
-           description: str, scope: str) -> dict[str, Any]:
+def _alert(
+    cfg: RulesConfig, a: AlertRule | Forecast | MonitoringAlert, expr: str, description: str, scope: str
+) -> dict[str, Any]:
     return {
         "alert": a.alert,
         "expr": expr,
         "for": promql.duration(a.for_seconds),
-        "labels": {"rule": a.rule, "severity": a.severity, "action": a.action, "family": a.family,
-                   **({"profile": a.profile} if isinstance(a, AlertRule) and a.profile else {})},
+        "labels": {
+            "rule": a.rule,
+            "severity": a.severity,
+            "action": a.action,
+            "family": a.family,
+            **({"profile": a.profile} if isinstance(a, AlertRule) and a.profile else {}),
+        },
         "annotations": {
             "summary": summary(a.title, scope),
             "description": description,
@@ -151,8 +179,7 @@ def alert_rule(cfg: RulesConfig, a: AlertRule | Forecast | MonitoringAlert) -> d
         return _alert(cfg, a, promql.alert_expr(cfg, a), threshold_description(a), "gpu")
     if isinstance(a, Forecast):
         return _alert(cfg, a, promql.forecast_alert_expr(cfg, a), forecast_description(a), "gpu")
-    return _alert(cfg, a, promql.monitoring_expr(cfg, a), monitoring_description(cfg, a),
-                  monitoring_scope(a))
+    return _alert(cfg, a, promql.monitoring_expr(cfg, a), monitoring_description(cfg, a), monitoring_scope(a))
 
 
 def recording_groups(cfg: RulesConfig) -> list[dict[str, Any]]:
@@ -164,23 +191,32 @@ def recording_groups(cfg: RulesConfig) -> list[dict[str, Any]]:
         rules.append({"record": promql.forecast_record(fc), "expr": promql.forecast_record_expr(cfg, fc)})
     for a in threshold_rules(cfg):
         if a.kind in promql.THRESHOLD_KINDS:
-            rules.append({"record": promql.THRESHOLD_RECORD, "expr": promql.threshold_expr(cfg, a),
-                          "labels": {"rule": a.rule, **({"profile": a.profile} if a.profile else {})}})
+            rules.append(
+                {
+                    "record": promql.THRESHOLD_RECORD,
+                    "expr": promql.threshold_expr(cfg, a),
+                    "labels": {"rule": a.rule, **({"profile": a.profile} if a.profile else {})},
+                }
+            )
     return [_group(cfg, "gpuwarden.recording", rules)] if rules else []
 
 
 def threshold_rules(cfg: RulesConfig) -> list[AlertRule]:
     """Each rule's default version followed by its profiles' versions, in file order."""
-    return [version for rule in cfg.alerts.values()
-            for version in (rule, *(p.alerts[rule.rule] for p in cfg.profiles_overriding(rule.rule)))]
+    return [
+        version
+        for rule in cfg.alerts.values()
+        for version in (rule, *(p.alerts[rule.rule] for p in cfg.profiles_overriding(rule.rule)))
+    ]
 
 
 def alert_groups(cfg: RulesConfig) -> list[dict[str, Any]]:
     sections: tuple[tuple[str, list[Any]], ...] = (
-        ("gpuwarden.thresholds", threshold_rules(cfg)), ("gpuwarden.forecasts", list(cfg.forecasts.values())),
-        ("gpuwarden.monitoring", list(cfg.monitoring.values())))
-    return [_group(cfg, name, [alert_rule(cfg, a) for a in entries])
-            for name, entries in sections if entries]
+        ("gpuwarden.thresholds", threshold_rules(cfg)),
+        ("gpuwarden.forecasts", list(cfg.forecasts.values())),
+        ("gpuwarden.monitoring", list(cfg.monitoring.values())),
+    )
+    return [_group(cfg, name, [alert_rule(cfg, a) for a in entries]) for name, entries in sections if entries]
 
 
 def _group(cfg: RulesConfig, name: str, rules: list[dict[str, Any]]) -> dict[str, Any]:
@@ -214,6 +250,5 @@ class _Dumper(yaml.SafeDumper):
 
 
 def dump(header: str, doc: Any) -> str:
-    body = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=10_000,
-                     default_flow_style=False)
+    body = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=10_000, default_flow_style=False)
     return header + body

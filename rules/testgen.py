@@ -26,9 +26,17 @@ from .config import AlertRule, Forecast, MonitoringAlert, RulesConfig
 TEST_FILE = "gpuwarden-alerts.test.yml"
 INSTANCE = "gpu-node-1:9786"
 TOTAL_BYTES = 80 * 1024**3  # an 80 GiB GPU for ratio tests
-KNOWN_REASONS = ("gpu_idle", "applications_clocks_setting", "sw_power_cap", "hw_slowdown",
-                 "sync_boost", "sw_thermal_slowdown", "hw_thermal_slowdown",
-                 "hw_power_brake_slowdown", "display_clock_setting")
+KNOWN_REASONS = (
+    "gpu_idle",
+    "applications_clocks_setting",
+    "sw_power_cap",
+    "hw_slowdown",
+    "sync_boost",
+    "sw_thermal_slowdown",
+    "hw_thermal_slowdown",
+    "hw_power_brake_slowdown",
+    "display_clock_setting",
+)
 
 Labels = dict[str, str]
 
@@ -42,7 +50,7 @@ class TestGenError(ValueError):
 
 def go_g4(v: float) -> str:
     """Go's fmt %.4g (same rules as C's, which Python follows)."""
-    return "%.4g" % v
+    return f"{v:.4g}"
 
 
 def humanize(v: float) -> str:
@@ -74,8 +82,7 @@ def humanize1024(v: float) -> str:
     return go_g4(v) + prefix
 
 
-FUNCS = {"humanize": humanize, "humanizePercentage": lambda v: go_g4(v * 100) + "%",
-         "humanize1024": humanize1024}
+FUNCS = {"humanize": humanize, "humanizePercentage": lambda v: go_g4(v * 100) + "%", "humanize1024": humanize1024}
 _TEMPLATE = re.compile(r"\{\{\s*(.*?)\s*\}\}")
 
 
@@ -85,14 +92,16 @@ def expand(template: str, labels: Labels, value: float) -> str:
     def one(m: re.Match[str]) -> str:
         expr = m.group(1)
         if expr.startswith("$labels."):
-            return labels.get(expr[len("$labels."):], "")
+            return labels.get(expr[len("$labels.") :], "")
         parts = [p.strip() for p in expr.split("|")]
         if parts[0] == "$value" and len(parts) == 1:
             return go_g4(value) if not float(value).is_integer() else str(int(value))
         if parts[0] == "$value" and len(parts) == 2 and parts[1] in FUNCS:
             return FUNCS[parts[1]](value)
-        raise TestGenError(f"template {m.group(0)!r} is beyond what generated tests expand: "
-                           "use $labels.<name>, $value or $value | humanize* in descriptions")
+        raise TestGenError(
+            f"template {m.group(0)!r} is beyond what generated tests expand: "
+            "use $labels.<name>, $value or $value | humanize* in descriptions"
+        )
 
     return _TEMPLATE.sub(one, template)
 
@@ -122,8 +131,9 @@ def values(samples: list[float | None]) -> str:
     return " ".join(out)
 
 
-def expected(cfg: RulesConfig, a: AlertRule | Forecast | MonitoringAlert, labels: Labels,
-             value: float) -> dict[str, Any]:
+def expected(
+    cfg: RulesConfig, a: AlertRule | Forecast | MonitoringAlert, labels: Labels, value: float
+) -> dict[str, Any]:
     rendered = render.alert_rule(cfg, a)
     full = {**labels, **rendered["labels"]}
     ann = {k: expand(v, full, value) for k, v in rendered["annotations"].items()}
@@ -162,8 +172,14 @@ def _epsilon(rule: AlertRule) -> float:
 def boundary_values(rule: AlertRule) -> tuple[float, float]:
     """(fires, quiet): the two values either side of the boundary, one being the threshold."""
     eps, thr = _epsilon(rule), rule.threshold
-    fires, quiet = {">=": (thr, thr - eps), ">": (thr + eps, thr), "<=": (thr, thr + eps),
-                    "<": (thr - eps, thr), "==": (thr, thr + eps), "!=": (thr + eps, thr)}[rule.op]
+    fires, quiet = {
+        ">=": (thr, thr - eps),
+        ">": (thr + eps, thr),
+        "<=": (thr, thr + eps),
+        "<": (thr - eps, thr),
+        "==": (thr, thr + eps),
+        "!=": (thr + eps, thr),
+    }[rule.op]
     fires, quiet = round(fires, 9), round(quiet, 9)
     if not rule.breached(fires) or rule.breached(quiet):
         raise TestGenError(f"{rule.rule}: cannot find values either side of {rule.op} {thr:g}")
@@ -176,9 +192,13 @@ def _gauge_inputs(cfg: RulesConfig, rule: AlertRule, i: int, samples: list[Any])
     if rule.kind == "level":
         return [{"series": series(rule.metric, labels), "values": values(samples)}], None
     used = [s if isinstance(s, str) or s is None else _used_for(rule, s) for s in samples]
-    return [{"series": series(rule.metric, labels), "values": values(used)},
-            {"series": series(str(rule.denominator), labels),
-             "values": values([TOTAL_BYTES if not isinstance(s, str) else s for s in samples])}], None
+    return [
+        {"series": series(rule.metric, labels), "values": values(used)},
+        {
+            "series": series(str(rule.denominator), labels),
+            "values": values([TOTAL_BYTES if not isinstance(s, str) else s for s in samples]),
+        },
+    ], None
 
 
 def _used_for(rule: AlertRule, ratio: float) -> float:
@@ -231,12 +251,16 @@ def _growth_case(cfg: RulesConfig, rule: AlertRule, s: int) -> dict[str, Any]:
     gpu1 = [200.0 + min(max(k - j + 1, 0), g - 1) for k in range(length)]
     gpu2 = [500.0 if k < j else 0.0 for k in range(length)]
     gpu3 = [500.0 if k < j else (0.0 if k == j else float(g)) for k in range(length)]
-    inputs = [{"series": series(rule.metric, gpu_labels(cfg, i)), "values": values(v)}
-              for i, v in enumerate((gpu0, gpu1, gpu2, gpu3))]
+    inputs = [
+        {"series": series(rule.metric, gpu_labels(cfg, i)), "values": values(v)}
+        for i, v in enumerate((gpu0, gpu1, gpu2, gpu3))
+    ]
     both = [expected(cfg, rule, gpu_labels(cfg, 0), g), expected(cfg, rule, gpu_labels(cfg, 3), g)]
-    checks = [check(rule.alert, (j - 1) * s, []),
-              check(rule.alert, (j + g) * s + F, both),  # GPU 1 has its g-1 by now
-              check(rule.alert, (j + w + 2) * s + F, [])]
+    checks = [
+        check(rule.alert, (j - 1) * s, []),
+        check(rule.alert, (j + g) * s + F, both),  # GPU 1 has its g-1 by now
+        check(rule.alert, (j + w + 2) * s + F, []),
+    ]
     if F:
         checks.insert(1, check(rule.alert, j * s + F - s, []))
     return {"interval": f"{s}s", "input_series": inputs, "alert_rule_test": checks}
@@ -253,8 +277,12 @@ def _any_case(cfg: RulesConfig, rule: AlertRule, s: int) -> dict[str, Any]:
     inputs = []
     for i, active in ((0, rule.values[0]), (1, others[0]), (2, rule.values[-1])):
         for reason in (*rule.values, others[0]):
-            inputs.append({"series": series(rule.metric, {**gpu_labels(cfg, i), label: reason}),
-                           "values": values([1.0 if reason == active else 0.0] * (n + 1))})
+            inputs.append(
+                {
+                    "series": series(rule.metric, {**gpu_labels(cfg, i), label: reason}),
+                    "values": values([1.0 if reason == active else 0.0] * (n + 1)),
+                }
+            )
     firing = [expected(cfg, rule, gpu_labels(cfg, i), 1.0) for i in (0, 2)]
     checks = [check(rule.alert, F, firing)]
     if F:
@@ -280,10 +308,13 @@ def forecast_case(cfg: RulesConfig, fc: Forecast, s: int) -> dict[str, Any]:
     inputs: list[dict[str, Any]] = []
     for i, samples in enumerate((ramp, flat, low)):
         if t.kind == "ratio":
-            inputs += [{"series": series(t.metric, gpu_labels(cfg, i)),
-                        "values": values([TOTAL_BYTES * v for v in samples])},
-                       {"series": series(str(t.denominator), gpu_labels(cfg, i)),
-                        "values": values([TOTAL_BYTES] * len(samples))}]
+            inputs += [
+                {"series": series(t.metric, gpu_labels(cfg, i)), "values": values([TOTAL_BYTES * v for v in samples])},
+                {
+                    "series": series(str(t.denominator), gpu_labels(cfg, i)),
+                    "values": values([TOTAL_BYTES] * len(samples)),
+                },
+            ]
         else:
             inputs.append({"series": series(t.metric, gpu_labels(cfg, i)), "values": values(samples)})
     # group_eval_order (below) evaluates the recording group first, so the alert reads the
@@ -291,9 +322,11 @@ def forecast_case(cfg: RulesConfig, fc: Forecast, s: int) -> dict[str, Any]:
     predicted = v0 + rate * t_fire + rate * H
     if t.breached(v0 + rate * t_fire) or not t.breached(predicted):
         raise TestGenError(f"{fc.rule}: no ramp crosses {t.rule}'s threshold late enough to test")
-    checks = [check(fc.alert, t_guard + F - s, []),
-              check(fc.alert, t_fire, [expected(cfg, fc, gpu_labels(cfg, 0), predicted)]),
-              check(t.alert, t_fire, [])]
+    checks = [
+        check(fc.alert, t_guard + F - s, []),
+        check(fc.alert, t_fire, [expected(cfg, fc, gpu_labels(cfg, 0), predicted)]),
+        check(t.alert, t_fire, []),
+    ]
     return {"interval": f"{s}s", "input_series": inputs, "alert_rule_test": checks}
 
 
@@ -310,29 +343,50 @@ def monitoring_cases(cfg: RulesConfig, m: MonitoringAlert, s: int) -> list[dict[
 
     if m.kind in ("target_down", "nvml_down"):
         metric = "up" if m.kind == "target_down" else "gpuwarden_exporter_nvml_up"
-        return [{"interval": f"{s}s",
-                 "input_series": [{"series": series(metric, inst), "values": values([1.0] + [0.0] * n)}],
-                 "alert_rule_test": before_and_at(s, [expected(cfg, m, inst, 0.0)])}]
+        return [
+            {
+                "interval": f"{s}s",
+                "input_series": [{"series": series(metric, inst), "values": values([1.0] + [0.0] * n)}],
+                "alert_rule_test": before_and_at(s, [expected(cfg, m, inst, 0.0)]),
+            }
+        ]
     if m.kind == "series_absent":
         return [
-            {"interval": f"{s}s", "input_series": [{"series": series("up", inst), "values": values([1.0] * n)}],
-             "alert_rule_test": before_and_at(0, [expected(cfg, m, {"job": job}, 1.0)])},
-            {"interval": f"{s}s",
-             "input_series": [{"series": series("gpu_up", gpu_labels(cfg, 0)), "values": values([1.0] * n)}],
-             "alert_rule_test": [check(m.alert, F + s, [])]},
+            {
+                "interval": f"{s}s",
+                "input_series": [{"series": series("up", inst), "values": values([1.0] * n)}],
+                "alert_rule_test": before_and_at(0, [expected(cfg, m, {"job": job}, 1.0)]),
+            },
+            {
+                "interval": f"{s}s",
+                "input_series": [{"series": series("gpu_up", gpu_labels(cfg, 0)), "values": values([1.0] * n)}],
+                "alert_rule_test": [check(m.alert, F + s, [])],
+            },
         ]
     if m.kind == "series_vanished":
         k = 3
-        return [{"interval": f"{s}s", "input_series": [
-            {"series": series("up", inst), "values": values([1.0] * (k + n + 1))},
-            {"series": series("gpu_up", gpu_labels(cfg, 0)), "values": values([1.0] * k + ["stale"])},
-            {"series": series("gpu_up", gpu_labels(cfg, 1)), "values": values([1.0] * (k + n + 1))}],
-            "alert_rule_test": before_and_at(k * s, [expected(cfg, m, gpu_labels(cfg, 0), 1.0)])}]
+        return [
+            {
+                "interval": f"{s}s",
+                "input_series": [
+                    {"series": series("up", inst), "values": values([1.0] * (k + n + 1))},
+                    {"series": series("gpu_up", gpu_labels(cfg, 0)), "values": values([1.0] * k + ["stale"])},
+                    {"series": series("gpu_up", gpu_labels(cfg, 1)), "values": values([1.0] * (k + n + 1))},
+                ],
+                "alert_rule_test": before_and_at(k * s, [expected(cfg, m, gpu_labels(cfg, 0), 1.0)]),
+            }
+        ]
     if m.kind == "gpu_down":
-        return [{"interval": f"{s}s", "input_series": [
-            {"series": series("gpu_up", gpu_labels(cfg, 0)), "values": values([1.0] + [0.0] * n)},
-            {"series": series("gpu_up", gpu_labels(cfg, 1)), "values": values([1.0] * (n + 1))}],
-            "alert_rule_test": before_and_at(s, [expected(cfg, m, gpu_labels(cfg, 0), 0.0)])}]
+        return [
+            {
+                "interval": f"{s}s",
+                "input_series": [
+                    {"series": series("gpu_up", gpu_labels(cfg, 0)), "values": values([1.0] + [0.0] * n)},
+                    {"series": series("gpu_up", gpu_labels(cfg, 1)), "values": values([1.0] * (n + 1))},
+                ],
+                "alert_rule_test": before_and_at(s, [expected(cfg, m, gpu_labels(cfg, 0), 0.0)]),
+            }
+        ]
     if m.kind == "fatal_xid":
         return [_xid_case(cfg, m, s)]
     raise TestGenError(f"{m.rule}: no generated test for kind {m.kind}")
@@ -353,12 +407,13 @@ def _xid_case(cfg: RulesConfig, m: MonitoringAlert, s: int) -> dict[str, Any]:
     inputs = [
         {"series": series("gpu_xid_errors_total", xl(0, fatal)), "values": values(appear)},
         {"series": series("gpu_xid_errors_total", xl(1, other)), "values": values(appear)},
-        {"series": series("gpu_xid_errors_total", xl(2, fatal)),
-         "values": values([3.0] * a + [0.0] * (length - a))},
+        {"series": series("gpu_xid_errors_total", xl(2, fatal)), "values": values([3.0] * a + [0.0] * (length - a))},
     ]
-    checks = [check(m.alert, (a - 1) * s, []),
-              check(m.alert, a * s + F, [expected(cfg, m, xl(0, fatal), 1.0)]),
-              check(m.alert, (a + w + 2) * s + F, [])]
+    checks = [
+        check(m.alert, (a - 1) * s, []),
+        check(m.alert, a * s + F, [expected(cfg, m, xl(0, fatal), 1.0)]),
+        check(m.alert, (a + w + 2) * s + F, []),
+    ]
     if F:
         checks.insert(1, check(m.alert, a * s + F - s, []))
     return {"interval": f"{s}s", "input_series": inputs, "alert_rule_test": checks}
@@ -397,8 +452,10 @@ def profile_cases(cfg: RulesConfig, rule: AlertRule, s: int) -> list[dict[str, A
         {"series": series(rule.metric, gpu_labels(cfg, 1)), "values": values([quiet] * (n + 3))},
         {"series": series(rule.metric, gpu_labels(cfg, 2)), "values": values([fallback] * (n + 1) + ["stale"])},
         {"series": limit_series, "values": values([limit] * (n + 3))},
-        {"series": limit_series.replace('gpu="0",uuid="GPU-00000000"', 'gpu="1",uuid="GPU-00000001"'),
-         "values": values([limit] * (n + 3))},
+        {
+            "series": limit_series.replace('gpu="0",uuid="GPU-00000000"', 'gpu="1",uuid="GPU-00000001"'),
+            "values": values([limit] * (n + 3)),
+        },
         *(_info_series(cfg, i, model) for i in range(3)),
     ]
     firing = [expected(cfg, rule, gpu_labels(cfg, 0), fires), expected(cfg, rule, gpu_labels(cfg, 2), fallback)]
@@ -422,6 +479,10 @@ def test_files(cfg: RulesConfig) -> dict[str, Any]:
     for m in cfg.monitoring.values():
         tests += monitoring_cases(cfg, m, s)
     groups = [g["name"] for g in render.recording_groups(cfg) + render.alert_groups(cfg)]
-    doc = {"rule_files": [render.RECORDING_FILE, render.ALERTS_FILE],
-           "evaluation_interval": f"{s}s", "group_eval_order": groups, "tests": tests}
+    doc = {
+        "rule_files": [render.RECORDING_FILE, render.ALERTS_FILE],
+        "evaluation_interval": f"{s}s",
+        "group_eval_order": groups,
+        "tests": tests,
+    }
     return {TEST_FILE: doc}

@@ -18,7 +18,8 @@ import signal
 import sqlite3
 import sys
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from gpuwarden import logs
 
@@ -64,11 +65,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _table(rows: list[dict], cols: list[str]) -> str:
-    cells = [[("" if r.get(c) is None else (",".join(map(str, r[c])) if isinstance(r.get(c), list) else str(r[c])))
-              for c in cols] for r in rows]
+    cells = [
+        [
+            ("" if r.get(c) is None else (",".join(map(str, r[c])) if isinstance(r.get(c), list) else str(r[c])))
+            for c in cols
+        ]
+        for r in rows
+    ]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(cols, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=False))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False)) for row in cells]
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -88,10 +94,12 @@ def _serve(args: argparse.Namespace) -> int:
         # The database (database.path) cannot be used: damaged, read-only, its folder missing
         # or not writable, full. Exit 2 with what to do, no traceback (systemd would restart
         # into the same error forever otherwise).
-        msg = (str(exc) if isinstance(exc, StoreError) else
-               f"{exc} ({getattr(exc, 'sqlite_errorname', type(exc).__name__)})")
-        where = (str(cfg.error("database.path", msg)) if cfg is not None
-                 else f"database.path: {msg}")
+        msg = (
+            str(exc)
+            if isinstance(exc, StoreError)
+            else f"{exc} ({getattr(exc, 'sqlite_errorname', type(exc).__name__)})"
+        )
+        where = str(cfg.error("database.path", msg)) if cfg is not None else f"database.path: {msg}"
         print(f"gpuwarden-agent: {where}", file=sys.stderr)
         return 2
     except (ConfigError, InventoryError, ValueError, OSError) as exc:
@@ -134,8 +142,11 @@ def _client_main(args: argparse.Namespace) -> int:
                     print(_table(out, ["node", "index", "uuid", "state", "job_id", "quarantine_reason"]))
                     return None
             elif args.verb == "quarantine":
-                out = c.call("POST", f"/api/v1/gpus/{args.uuid}/quarantine",
-                             {"reason": args.reason, "preempt": not args.no_preempt})
+                out = c.call(
+                    "POST",
+                    f"/api/v1/gpus/{args.uuid}/quarantine",
+                    {"reason": args.reason, "preempt": not args.no_preempt},
+                )
             else:
                 out = c.call("POST", f"/api/v1/gpus/{args.uuid}/release", {})
         return out
@@ -149,9 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # predictor's brings numpy).
     if argv[:1] == ["predict"]:
         from .predictor import cli as predictor_cli
+
         return int(predictor_cli.main(argv[1:]) or 0)
     if argv[:1] in (["actions"], ["breaker"]):
         from .remediation import cli as remediation_cli
+
         return int(remediation_cli.main(argv) or 0)
     args = _parser().parse_args(argv)
     if args.cmd == "serve":

@@ -9,8 +9,9 @@ import ssl
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 class ApiError(Exception):
@@ -20,8 +21,9 @@ class ApiError(Exception):
 
 
 class Client:
-    def __init__(self, url: str, token: str | None = None, timeout: float = 10.0,
-                 context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, url: str, token: str | None = None, timeout: float = 10.0, context: ssl.SSLContext | None = None
+    ) -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
@@ -55,16 +57,23 @@ def add_client_args(p: argparse.ArgumentParser) -> None:
     env = os.environ.get
     p.add_argument("--url", default=env("GPUWARDEN_AGENT_URL", "http://127.0.0.1:9787"))
     p.add_argument("--token-file", default=env("GPUWARDEN_TOKEN_FILE"))
-    p.add_argument("--ca-file", default=env("GPUWARDEN_CA_FILE"),
-                   help="CA certificates (PEM) to trust for an https:// agent (default: the system's)")
-    p.add_argument("--cert-file", default=env("GPUWARDEN_CERT_FILE"),
-                   help="client certificate (PEM), for an agent with web.tls.client_ca_file")
+    p.add_argument(
+        "--ca-file",
+        default=env("GPUWARDEN_CA_FILE"),
+        help="CA certificates (PEM) to trust for an https:// agent (default: the system's)",
+    )
+    p.add_argument(
+        "--cert-file",
+        default=env("GPUWARDEN_CERT_FILE"),
+        help="client certificate (PEM), for an agent with web.tls.client_ca_file",
+    )
     p.add_argument("--key-file", default=env("GPUWARDEN_KEY_FILE"), help="the client certificate's key (PEM)")
     p.add_argument("--json", action="store_true", help="print the API's JSON")
 
 
 def _client(args: argparse.Namespace) -> Client:
     """A Client from add_client_args' options; raises ValueError naming the option at fault."""
+
     def read(option: str, path: str) -> bytes:
         try:
             return Path(path).read_bytes()
@@ -76,8 +85,11 @@ def _client(args: argparse.Namespace) -> Client:
     if args.ca_file or args.cert_file or args.key_file:
         if bool(args.cert_file) != bool(args.key_file):
             raise ValueError("--cert-file and --key-file go together")
-        for option, path in (("--ca-file", args.ca_file), ("--cert-file", args.cert_file),
-                             ("--key-file", args.key_file)):
+        for option, path in (
+            ("--ca-file", args.ca_file),
+            ("--cert-file", args.cert_file),
+            ("--key-file", args.key_file),
+        ):
             if path:
                 read(option, path)
         try:
@@ -88,8 +100,10 @@ def _client(args: argparse.Namespace) -> Client:
             try:
                 context.load_cert_chain(args.cert_file, args.key_file)
             except ssl.SSLError as exc:
-                raise ValueError(f"--cert-file/--key-file: {args.cert_file} and {args.key_file} do not load "
-                                 f"as a certificate and its key: {exc}") from None
+                raise ValueError(
+                    f"--cert-file/--key-file: {args.cert_file} and {args.key_file} do not load "
+                    f"as a certificate and its key: {exc}"
+                ) from None
     return Client(args.url, token, context=context)
 
 
@@ -107,8 +121,11 @@ def run_cli(args: argparse.Namespace, request: Callable[[Client], Any]) -> int:
     try:
         out = request(client)
     except ApiError as exc:
-        hint = ("; pass the operator's token (web.token_file) with --token-file FILE or "
-                "GPUWARDEN_TOKEN_FILE") if exc.status == 401 else ""
+        hint = (
+            ("; pass the operator's token (web.token_file) with --token-file FILE or GPUWARDEN_TOKEN_FILE")
+            if exc.status == 401
+            else ""
+        )
         print(f"gpuwarden-agent: {exc}{hint}", file=sys.stderr)
         return 1
     except OSError as exc:

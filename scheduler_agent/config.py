@@ -44,11 +44,11 @@ class AgentConfig:
     listen_host: str
     listen_port: int
     token_file: Path
-    tls: TlsFiles | None                 # web.tls; None serves plain HTTP
-    limits: Limits                       # web.limits
+    tls: TlsFiles | None  # web.tls; None serves plain HTTP
+    limits: Limits  # web.limits
     database_path: Path
     synchronous: str
-    retention: Retention                 # database.retention
+    retention: Retention  # database.retention
     scheduler: dict[str, Any]
     executor_kind: str
     log_dir: Path
@@ -92,12 +92,21 @@ def _retention(path: Path, lines: LineIndex, raw: dict[str, Any]) -> Retention:
         except ValueError as exc:
             raise _error(path, lines, where, str(exc)) from None
         if seconds < least:
-            raise _error(path, lines, where, f"{raw[key]!r} is {seconds:g}s: it must be at least "
-                         f"{least:g}s" + (" (older rows feed the remediation budget and escalation "
-                                          "windows)" if key == "max_age" else ""))
+            raise _error(
+                path,
+                lines,
+                where,
+                f"{raw[key]!r} is {seconds:g}s: it must be at least "
+                f"{least:g}s"
+                + (" (older rows feed the remediation budget and escalation windows)" if key == "max_age" else ""),
+            )
         out[key] = seconds
-    return Retention(enabled=raw["enabled"], max_age_seconds=out["max_age"],
-                     interval_seconds=out["interval"], batch_size=raw["batch_size"])
+    return Retention(
+        enabled=raw["enabled"],
+        max_age_seconds=out["max_age"],
+        interval_seconds=out["interval"],
+        batch_size=raw["batch_size"],
+    )
 
 
 def load(path: str | Path) -> AgentConfig:
@@ -118,22 +127,48 @@ def load(path: str | Path) -> AgentConfig:
         raise _error(path, lines, "web.listen_address", f"port {port} is out of range 0-65535")
     token_file = _resolve(path, web["token_file"])
     if not token_file.is_file():
-        raise _error(path, lines, "web.token_file", f"{token_file} does not exist: write a random token "
-                                                     "into it (e.g. `openssl rand -hex 32 > FILE`)")
+        raise _error(
+            path,
+            lines,
+            "web.token_file",
+            f"{token_file} does not exist: write a random token into it (e.g. `openssl rand -hex 32 > FILE`)",
+        )
     lim = web["limits"]
-    limits = Limits(header_timeout=lim["header_timeout_seconds"], body_timeout=lim["body_timeout_seconds"],
-                    idle_timeout=lim["idle_timeout_seconds"], max_connections=lim["max_connections"])
+    limits = Limits(
+        header_timeout=lim["header_timeout_seconds"],
+        body_timeout=lim["body_timeout_seconds"],
+        idle_timeout=lim["idle_timeout_seconds"],
+        max_connections=lim["max_connections"],
+    )
     tls = web.get("tls")
-    tls_files = None if tls is None else TlsFiles(
-        _resolve(path, tls["cert_file"]), _resolve(path, tls["key_file"]),
-        _resolve(path, tls["client_ca_file"]) if "client_ca_file" in tls else None)
+    tls_files = (
+        None
+        if tls is None
+        else TlsFiles(
+            _resolve(path, tls["cert_file"]),
+            _resolve(path, tls["key_file"]),
+            _resolve(path, tls["client_ca_file"]) if "client_ca_file" in tls else None,
+        )
+    )
     db = raw["database"]
     ex = raw["executor"]
     inventory = dict(raw.get("inventory") or {})
     if "file" in inventory:
         inventory["file"] = str(_resolve(path, inventory["file"]))
     return AgentConfig(
-        path=path, raw=raw, listen_host=host, listen_port=int(port), token_file=token_file, tls=tls_files,
-        limits=limits, database_path=_resolve(path, db["path"]), synchronous=db["synchronous"],
-        retention=_retention(path, lines, db["retention"]), scheduler=dict(raw["scheduler"]),
-        executor_kind=ex["kind"], log_dir=_resolve(path, ex["log_dir"]), inventory=inventory, _lines=lines)
+        path=path,
+        raw=raw,
+        listen_host=host,
+        listen_port=int(port),
+        token_file=token_file,
+        tls=tls_files,
+        limits=limits,
+        database_path=_resolve(path, db["path"]),
+        synchronous=db["synchronous"],
+        retention=_retention(path, lines, db["retention"]),
+        scheduler=dict(raw["scheduler"]),
+        executor_kind=ex["kind"],
+        log_dir=_resolve(path, ex["log_dir"]),
+        inventory=inventory,
+        _lines=lines,
+    )

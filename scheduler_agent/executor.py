@@ -38,9 +38,10 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class JobRun:
     gpu_uuids: tuple[str, ...]
     node: str
     env: dict[str, str] | None = None
-    key: str = ""          # unique per agent database, job and run: finds orphans after a crash
+    key: str = ""  # unique per agent database, job and run: finds orphans after a crash
 
 
 class Executor(Protocol):
@@ -80,13 +81,13 @@ class TrackingExecutor:
             self._callbacks[job.id] = on_exit
         return {"executor": "tracking"}
 
-    def stop(self, job_id: int, grace_seconds: float) -> None:  # noqa: ARG002
+    def stop(self, job_id: int, grace_seconds: float) -> None:
         with self._lock:
             cb = self._callbacks.pop(job_id, None)
         if cb is not None:
             cb(job_id, None)
 
-    def recover(self, job: JobRun, handle: dict | None) -> None:  # noqa: ARG002 - nothing ran here
+    def recover(self, job: JobRun, handle: dict | None) -> None:
         return None
 
     def close(self) -> None:
@@ -101,8 +102,7 @@ def job_environment(job: JobRun) -> dict[str, str]:
     """The whole environment a local job gets: ``PATH`` and ``HOME`` (the agent's, else
     defaults), the job spec's ``env``, then the variables the agent sets (which the spec cannot
     override). Nothing else of the agent's environment (tokens, proxies, ...) is passed on."""
-    env = {"PATH": os.environ.get("PATH") or DEFAULT_PATH,
-           "HOME": os.environ.get("HOME") or "/"}
+    env = {"PATH": os.environ.get("PATH") or DEFAULT_PATH, "HOME": os.environ.get("HOME") or "/"}
     env.update(job.env or {})
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in job.gpu_indexes)
     env["GPUWARDEN_JOB_ID"] = str(job.id)
@@ -118,7 +118,7 @@ def _proc_start_time(pid: int) -> int | None:
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = data[data.rindex(")") + 2:].split()
+    fields = data[data.rindex(")") + 2 :].split()
     try:
         if fields[0] == "Z":
             return None
@@ -145,18 +145,23 @@ class LocalExecutor:
             raise ValueError(f"job {job.id}: LocalExecutor needs a command")
         env = job_environment(job)
         path = self.log_path(job.id)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0),
-                     LOG_MODE)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), LOG_MODE)
         with open(fd, "ab") as out:
-            proc = subprocess.Popen(job.command, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-                                    close_fds=True)
+            proc = subprocess.Popen(
+                job.command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+            )
         with self._lock:
             self._procs[job.id] = proc
-        handle = {"executor": "local", "pid": proc.pid, "start_time": _proc_start_time(proc.pid),
-                  "log": str(path)}
-        threading.Thread(target=self._wait, args=(job.id, proc, on_exit),
-                         name=f"job-{job.id}-wait", daemon=True).start()
+        handle = {"executor": "local", "pid": proc.pid, "start_time": _proc_start_time(proc.pid), "log": str(path)}
+        threading.Thread(
+            target=self._wait, args=(job.id, proc, on_exit), name=f"job-{job.id}-wait", daemon=True
+        ).start()
         return handle
 
     def _wait(self, job_id: int, proc: subprocess.Popen, on_exit: ExitCallback) -> None:
@@ -165,7 +170,7 @@ class LocalExecutor:
             self._procs.pop(job_id, None)
         try:
             on_exit(job_id, rc)
-        except Exception:  # noqa: BLE001 - a callback bug must not kill the waiter silently
+        except Exception:
             log.exception("job %s: exit callback failed", job_id)
 
     def stop(self, job_id: int, grace_seconds: float) -> None:
@@ -174,8 +179,9 @@ class LocalExecutor:
         if proc is None or proc.poll() is not None:
             return
         _signal_group(proc.pid, signal.SIGTERM)
-        threading.Thread(target=self._escalate, args=(proc, grace_seconds),
-                         name=f"job-{job_id}-kill", daemon=True).start()
+        threading.Thread(
+            target=self._escalate, args=(proc, grace_seconds), name=f"job-{job_id}-kill", daemon=True
+        ).start()
 
     def _escalate(self, proc: subprocess.Popen, grace: float) -> None:
         deadline = time.monotonic() + grace
@@ -200,8 +206,7 @@ class LocalExecutor:
         if job.key:
             groups.update(_find_by_key(job.key))
         for pgid in groups:
-            log.warning("job %s: process group %s outlived the agent; killing it before requeue",
-                        job.id, pgid)
+            log.warning("job %s: process group %s outlived the agent; killing it before requeue", job.id, pgid)
             _signal_group(pgid, signal.SIGTERM)
         deadline = time.monotonic() + 2.0
         while groups and time.monotonic() < deadline:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -79,16 +80,21 @@ def prometheus_specs(url: str, node_label: str = "instance", timeout: float = 10
             index = int(m.get("gpu", "0"))
         except ValueError:
             continue
-        out.append(GpuSpec(node=node, index=index, uuid=uuid, name=m.get("name", ""),
-                           up=up.get((node, uuid), False)))
+        out.append(GpuSpec(node=node, index=index, uuid=uuid, name=m.get("name", ""), up=up.get((node, uuid), False)))
     return out
 
 
 class PrometheusDiscovery:
     """Refreshes the inventory from Prometheus in a daemon thread."""
 
-    def __init__(self, sync: Callable[[list[GpuSpec], str], None], url: str, refresh_seconds: float = 30.0,
-                 node_label: str = "instance", timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        sync: Callable[[list[GpuSpec], str], None],
+        url: str,
+        refresh_seconds: float = 30.0,
+        node_label: str = "instance",
+        timeout: float = 10.0,
+    ) -> None:
         self.sync, self.url, self.refresh = sync, url, refresh_seconds
         self.node_label, self.timeout = node_label, timeout
         self._stop = threading.Event()

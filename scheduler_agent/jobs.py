@@ -32,9 +32,17 @@ _FINAL_COUNTER = {"completed": "completed", "failed": "failed", "cancelled": "ca
 
 
 class JobLifecycle:
-    def __init__(self, store: SchedulerStore, gpus: GpuTable, executor: Executor, tracking: Executor,
-                 options: SchedulerOptions, tracer: trace.Tracer, clock: Callable[[], float],
-                 wake: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        store: SchedulerStore,
+        gpus: GpuTable,
+        executor: Executor,
+        tracking: Executor,
+        options: SchedulerOptions,
+        tracer: trace.Tracer,
+        clock: Callable[[], float],
+        wake: Callable[[], None],
+    ) -> None:
         self._store, self._gpus = store, gpus
         self._executor, self._tracking = executor, tracking
         self._options, self._tracer, self._clock, self._wake = options, tracer, clock, wake
@@ -67,9 +75,16 @@ class JobLifecycle:
         return [j.state for j in self._jobs.values()]
 
     def _run_of(self, job: ActiveJob) -> JobRun:
-        return JobRun(id=job.id, name=job.name, command=job.command, gpu_indexes=job.indexes,
-                      gpu_uuids=job.uuids, node=job.node or "", env=job.env,
-                      key=f"{self._store.instance}:{job.id}:{job.runs}")
+        return JobRun(
+            id=job.id,
+            name=job.name,
+            command=job.command,
+            gpu_indexes=job.indexes,
+            gpu_uuids=job.uuids,
+            node=job.node or "",
+            env=job.env,
+            key=f"{self._store.instance}:{job.id}:{job.runs}",
+        )
 
     def _enqueue(self, job: ActiveJob) -> None:
         bisect.insort(self._queue, job.queue_key)
@@ -85,9 +100,17 @@ class JobLifecycle:
         self._wake()
 
     # ----------------------------------------------------------------------------- requests
-    def submit(self, name: str, gpus: int, priority: int = 0, command: list[str] | None = None,
-               time_limit: float | None = None, idempotency_key: str | None = None,
-               env: dict[str, str] | None = None, actor: str = "api") -> dict:
+    def submit(
+        self,
+        name: str,
+        gpus: int,
+        priority: int = 0,
+        command: list[str] | None = None,
+        time_limit: float | None = None,
+        idempotency_key: str | None = None,
+        env: dict[str, str] | None = None,
+        actor: str = "api",
+    ) -> dict:
         max_name = self._options.max_name_length
         if not isinstance(name, str) or not name or len(name) > max_name:
             raise InvalidRequest(f"name must be 1-{max_name} characters", "name")
@@ -95,11 +118,15 @@ class JobLifecycle:
             raise InvalidRequest("gpus must be an integer >= 1", "gpus")
         if not isinstance(priority, int) or isinstance(priority, bool):
             raise InvalidRequest("priority must be an integer", "priority")
-        if command is not None and (not isinstance(command, list) or not command
-                                    or not all(isinstance(a, str) and "\x00" not in a for a in command)):
+        if command is not None and (
+            not isinstance(command, list)
+            or not command
+            or not all(isinstance(a, str) and "\x00" not in a for a in command)
+        ):
             raise InvalidRequest("command must be a non-empty list of strings (argv)", "command")
-        if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
-                                       or not time_limit > 0):
+        if time_limit is not None and (
+            isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or not time_limit > 0
+        ):
             raise InvalidRequest("time_limit_seconds must be a number > 0", "time_limit_seconds")
         with self._tracer.start_as_current_span("job.submit") as span, self._store.commit():
             if idempotency_key is not None:
@@ -113,16 +140,33 @@ class JobLifecycle:
                 raise InvalidRequest(f"gpus: asks for {gpus} GPUs but the largest node has {largest}", "gpus")
             seq = self._tail_seq
             self._tail_seq += 1
-            job_id = self._store.insert_job(name, gpus, priority, command, env, time_limit,
-                                            idempotency_key, seq, self._clock())
-            job = ActiveJob(id=job_id, name=name, gpus=gpus, priority=priority,
-                            command=command, time_limit=time_limit, state="pending", seq=seq, env=env)
+            job_id = self._store.insert_job(
+                name, gpus, priority, command, env, time_limit, idempotency_key, seq, self._clock()
+            )
+            job = ActiveJob(
+                id=job_id,
+                name=name,
+                gpus=gpus,
+                priority=priority,
+                command=command,
+                time_limit=time_limit,
+                state="pending",
+                seq=seq,
+                env=env,
+            )
             self._jobs[job.id] = job
             self._enqueue(job)
             self._store.count("submitted")
             self._store.record("job.submitted", job.id, actor=actor, gpus=gpus, priority=priority)
-            span.set_attributes({"job.id": job.id, "job.name": name, "job.gpus": gpus,
-                                 "job.priority": priority, "job.tracking_only": command is None})
+            span.set_attributes(
+                {
+                    "job.id": job.id,
+                    "job.name": name,
+                    "job.gpus": gpus,
+                    "job.priority": priority,
+                    "job.tracking_only": command is None,
+                }
+            )
             self._wake()
             return self._store.job(job.id)
 
@@ -149,8 +193,7 @@ class JobLifecycle:
                 return False
             job.preemptions += 1
             self._store.count("preempted")
-            self._store.record("job.preempted", job.id, actor=actor, reason=reason,
-                               preemptions=job.preemptions)
+            self._store.record("job.preempted", job.id, actor=actor, reason=reason, preemptions=job.preemptions)
             self._stop(job, "preempt", reason)
             return True
 
@@ -158,15 +201,18 @@ class JobLifecycle:
         now, hit = self._clock(), []
         with self._store.commit():
             for job in list(self._jobs.values()):
-                if (job.state == "running" and job.time_limit and job.started_at is not None
-                        and now - job.started_at > job.time_limit):
+                if (
+                    job.state == "running"
+                    and job.time_limit
+                    and job.started_at is not None
+                    and now - job.started_at > job.time_limit
+                ):
                     self._stop(job, "time_limit", f"time limit of {job.time_limit:g}s exceeded")
                     hit.append(job.id)
         return hit
 
     # --------------------------------------------------------------------------- transitions
-    def _finish(self, job: ActiveJob, state: str, reason: str | None = None,
-                exit_code: int | None = None) -> None:
+    def _finish(self, job: ActiveJob, state: str, reason: str | None = None, exit_code: int | None = None) -> None:
         now = self._clock()
         if state in ("completed", "failed") and job.started_at is not None:
             self.stats.observe(now - job.started_at)
@@ -213,9 +259,15 @@ class JobLifecycle:
         elif job.stop_reason == "time_limit":
             self._finish(job, "failed", reason=job.stop_detail, exit_code=exit_code)
         elif job.preemptions >= self._options.max_preemptions:
-            self._finish(job, "failed", exit_code=exit_code, reason=(
-                f"preempted {job.preemptions} times (scheduler.max_preemptions="
-                f"{self._options.max_preemptions}); last: {job.stop_detail}"))
+            self._finish(
+                job,
+                "failed",
+                exit_code=exit_code,
+                reason=(
+                    f"preempted {job.preemptions} times (scheduler.max_preemptions="
+                    f"{self._options.max_preemptions}); last: {job.stop_detail}"
+                ),
+            )
         else:
             self._requeue(job, head=True, why=f"preempted: {job.stop_detail}")
 
@@ -248,15 +300,22 @@ class JobLifecycle:
                 if job.gpus > free:
                     continue
                 with tracer.start_as_current_span("job.schedule") as span:
-                    span.set_attributes({"job.id": job.id, "job.name": job.name, "job.gpus": job.gpus,
-                                         "job.priority": job.priority})
+                    span.set_attributes(
+                        {"job.id": job.id, "job.name": job.name, "job.gpus": job.gpus, "job.priority": job.priority}
+                    )
                     with tracer.start_as_current_span("scheduler.placement") as pspan:
                         placement = gpus.place(job.gpus, risk)
-                        pspan.set_attributes({"job.id": job.id, "job.gpus": job.gpus,
-                                              "placement.found": placement is not None})
+                        pspan.set_attributes(
+                            {"job.id": job.id, "job.gpus": job.gpus, "placement.found": placement is not None}
+                        )
                         if placement is not None:
-                            pspan.set_attributes({"node": placement.node, "gpu.uuids": list(placement.uuids),
-                                                  "gpu.indexes": list(placement.indexes)})
+                            pspan.set_attributes(
+                                {
+                                    "node": placement.node,
+                                    "gpu.uuids": list(placement.uuids),
+                                    "gpu.indexes": list(placement.indexes),
+                                }
+                            )
                     if placement is None:
                         continue
                     self._dequeue(job)
@@ -266,8 +325,9 @@ class JobLifecycle:
                     gpus.assign(job.id, job.uuids)
                     self._store.save_job(job, handle=None)
                     self._store.record("job.scheduled", job.id, node=job.node, gpus=list(job.uuids))
-                    span.set_attributes({"node": job.node, "gpu.uuids": list(job.uuids),
-                                         "gpu.indexes": list(job.indexes)})
+                    span.set_attributes(
+                        {"node": job.node, "gpu.uuids": list(job.uuids), "gpu.indexes": list(job.indexes)}
+                    )
                     started.append((job, self._run_of(job)))
             if started:
                 self._store.count("scheduled", len(started))
@@ -279,10 +339,18 @@ class JobLifecycle:
         return [job.id for job, _ in started]
 
     def _launch(self, job: ActiveJob, run: JobRun) -> None:
-        span = self._tracer.start_span("job.run", attributes={
-            "job.id": job.id, "job.name": job.name, "job.gpus": job.gpus, "node": run.node,
-            "gpu.uuids": list(run.gpu_uuids), "gpu.indexes": list(run.gpu_indexes),
-            "job.tracking_only": job.command is None})
+        span = self._tracer.start_span(
+            "job.run",
+            attributes={
+                "job.id": job.id,
+                "job.name": job.name,
+                "job.gpus": job.gpus,
+                "node": run.node,
+                "gpu.uuids": list(run.gpu_uuids),
+                "gpu.indexes": list(run.gpu_indexes),
+                "job.tracking_only": job.command is None,
+            },
+        )
         self._run_spans[job.id] = span
         ex = self._executor if job.command else self._tracking
         with self._store.commit():

@@ -73,7 +73,7 @@ class Gpu:
     throttle_reason: str | None = None
     lost: bool = False
     lost_reason: str | None = None
-    alerts: dict[str, str] = field(default_factory=dict)   # firing rule -> severity
+    alerts: dict[str, str] = field(default_factory=dict)  # firing rule -> severity
     job_id: int | None = None
 
     @property
@@ -103,12 +103,21 @@ class Gpu:
 
     def to_dict(self) -> dict:
         return {
-            "uuid": self.uuid, "node": self.node, "index": self.index, "name": self.name,
-            "state": self.state, "schedulable": self.schedulable, "job_id": self.job_id,
-            "quarantined": self.quarantined, "quarantine_reason": self.quarantine_reason,
-            "quarantine_actor": self.quarantine_actor, "quarantined_at": self.quarantined_at,
-            "throttled": self.throttled, "throttle_reason": self.throttle_reason,
-            "lost": self.lost, "lost_reason": self.lost_reason,
+            "uuid": self.uuid,
+            "node": self.node,
+            "index": self.index,
+            "name": self.name,
+            "state": self.state,
+            "schedulable": self.schedulable,
+            "job_id": self.job_id,
+            "quarantined": self.quarantined,
+            "quarantine_reason": self.quarantine_reason,
+            "quarantine_actor": self.quarantine_actor,
+            "quarantined_at": self.quarantined_at,
+            "throttled": self.throttled,
+            "throttle_reason": self.throttle_reason,
+            "lost": self.lost,
+            "lost_reason": self.lost_reason,
             "alerts": [{"rule": r, "severity": s} for r, s in sorted(self.alerts.items())],
         }
 
@@ -131,7 +140,7 @@ class ActiveJob:
     uuids: tuple[str, ...] = ()
     indexes: tuple[int, ...] = ()
     started_at: float | None = None
-    stop_reason: str | None = None       # cancel | preempt | time_limit (while stopping)
+    stop_reason: str | None = None  # cancel | preempt | time_limit (while stopping)
     stop_detail: str | None = None
     env: dict[str, str] | None = None
 
@@ -143,13 +152,24 @@ class ActiveJob:
 def job_row(r) -> dict:
     """A jobs row (sqlite3.Row) as the API shows it."""
     import json
+
     return {
-        "id": r["id"], "name": r["name"], "gpus": r["gpus"], "priority": r["priority"],
+        "id": r["id"],
+        "name": r["name"],
+        "gpus": r["gpus"],
+        "priority": r["priority"],
         "command": json.loads(r["command"]) if r["command"] else None,
-        "time_limit_seconds": r["time_limit"], "state": r["state"], "reason": r["reason"],
-        "exit_code": r["exit_code"], "preemptions": r["preemptions"], "runs": r["runs"],
-        "node": r["node"], "gpu_uuids": json.loads(r["gpu_uuids"] or "[]"),
+        "time_limit_seconds": r["time_limit"],
+        "state": r["state"],
+        "reason": r["reason"],
+        "exit_code": r["exit_code"],
+        "preemptions": r["preemptions"],
+        "runs": r["runs"],
+        "node": r["node"],
+        "gpu_uuids": json.loads(r["gpu_uuids"] or "[]"),
         "gpu_indexes": json.loads(r["gpu_indexes"] or "[]"),
-        "submitted_at": r["submitted_at"], "started_at": r["started_at"],
-        "finished_at": r["finished_at"], "idempotency_key": r["idempotency_key"],
+        "submitted_at": r["submitted_at"],
+        "started_at": r["started_at"],
+        "finished_at": r["finished_at"],
+        "idempotency_key": r["idempotency_key"],
     }

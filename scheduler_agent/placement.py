@@ -16,13 +16,13 @@ The bound keeps risk from reintroducing a scan of the fleet. ``risk`` is the pre
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 RiskFn = Callable[[str], float]
 
 
-def no_risk(uuid: str) -> float:  # noqa: ARG001 - the hook's default
+def no_risk(uuid: str) -> float:
     return 0.0
 
 
@@ -38,9 +38,9 @@ class FreeIndex:
 
     def __init__(self, risk_candidates: int = 16) -> None:
         self.risk_candidates = max(1, risk_candidates)
-        self._free: dict[str, dict[str, int]] = {}     # node -> {uuid: gpu index}
-        self._buckets: list[dict[str, None]] = [{}]     # count -> ordered set of nodes
-        self._node_of: dict[str, str] = {}              # uuid -> node (placeable free only)
+        self._free: dict[str, dict[str, int]] = {}  # node -> {uuid: gpu index}
+        self._buckets: list[dict[str, None]] = [{}]  # count -> ordered set of nodes
+        self._node_of: dict[str, str] = {}  # uuid -> node (placeable free only)
 
     def _move(self, node: str, old: int, new: int) -> None:
         if old:
@@ -141,7 +141,5 @@ def naive_place(gpus: Sequence[NaiveGpu], n: int, risk: RiskFn = no_risk) -> Pla
             best = key
     if best is None:
         return None
-    chosen = sorted(sorted(per_node[best[2]], key=lambda g: (risk(g.uuid), g.index))[:n],
-                    key=lambda g: g.index)
+    chosen = sorted(sorted(per_node[best[2]], key=lambda g: (risk(g.uuid), g.index))[:n], key=lambda g: g.index)
     return Placement(best[2], tuple(g.uuid for g in chosen), tuple(g.index for g in chosen))
-

@@ -24,9 +24,9 @@ if TYPE_CHECKING:
 class Host(Protocol):
     """The agent as its plug-ins see it (``server.Agent`` is one)."""
 
-    config: AgentConfig            # .section(name), .error(field, message), .resolve(path)
-    db: Database                   # .migrate(component, migrations), .path
-    app: App                       # .add_route(...)
-    registry: CollectorRegistry    # .register(collector)
-    scheduler: Scheduler           # the embedded scheduler's hooks: .risk, .subscribe(listener)
+    config: AgentConfig  # .section(name), .error(field, message), .resolve(path)
+    db: Database  # .migrate(component, migrations), .path
+    app: App  # .add_route(...)
+    registry: CollectorRegistry  # .register(collector)
+    scheduler: Scheduler  # the embedded scheduler's hooks: .risk, .subscribe(listener)
     tracer_provider: TracerProvider

@@ -65,15 +65,19 @@ class Snapshot(NamedTuple):
     """The scheduler's state at one instant, for the metrics collector."""
 
     counters: dict[str, int]
-    job_states: list[str]                                  # one per unfinished job
-    gpus: list[tuple[str, int, str, str, bool, bool]]      # node, index, uuid, state, schedulable, busy
+    job_states: list[str]  # one per unfinished job
+    gpus: list[tuple[str, int, str, str, bool, bool]]  # node, index, uuid, state, schedulable, busy
 
 
 class Scheduler:
-    def __init__(self, db: Database, executor: Executor | None = None,
-                 options: SchedulerOptions | None = None,
-                 tracer_provider: trace.TracerProvider | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        db: Database,
+        executor: Executor | None = None,
+        options: SchedulerOptions | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.db = db
         self.executor: Executor = executor or TrackingExecutor()
         self.tracking = TrackingExecutor()
@@ -86,10 +90,11 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._store = SchedulerStore(db, clock)
         self._gpus = GpuTable(self._store, self.options.risk_candidates, self._wake.set)
-        self._jobs = JobLifecycle(self._store, self._gpus, self.executor, self.tracking, self.options,
-                                  self.tracer, clock, self._wake.set)
+        self._jobs = JobLifecycle(
+            self._store, self._gpus, self.executor, self.tracking, self.options, self.tracer, clock, self._wake.set
+        )
         self.stats = self._jobs.stats
-        with self._store.commit():       # loading and recovery: one transaction
+        with self._store.commit():  # loading and recovery: one transaction
             loaded = self._store.load()
             self._gpus.load(loaded.gpus)
             self._jobs.recover(loaded.head_seq, loaded.tail_seq, loaded.jobs)
@@ -102,14 +107,24 @@ class Scheduler:
 
     def snapshot(self) -> Snapshot:
         with self.db.lock:
-            return Snapshot(self._store.counters(), self._jobs.states(),
-                            [(g.node, g.index, g.uuid, g.state, g.schedulable, g.job_id is not None)
-                             for g in self._gpus.all()])
+            return Snapshot(
+                self._store.counters(),
+                self._jobs.states(),
+                [(g.node, g.index, g.uuid, g.state, g.schedulable, g.job_id is not None) for g in self._gpus.all()],
+            )
 
     # ------------------------------------------------------------------------------- jobs
-    def submit(self, name: str, gpus: int, priority: int = 0, command: list[str] | None = None,
-               time_limit: float | None = None, idempotency_key: str | None = None,
-               env: dict[str, str] | None = None, actor: str = "api") -> dict:
+    def submit(
+        self,
+        name: str,
+        gpus: int,
+        priority: int = 0,
+        command: list[str] | None = None,
+        time_limit: float | None = None,
+        idempotency_key: str | None = None,
+        env: dict[str, str] | None = None,
+        actor: str = "api",
+    ) -> dict:
         return self._jobs.submit(name, gpus, priority, command, time_limit, idempotency_key, env, actor)
 
     def get_job(self, job_id: int) -> dict:
@@ -214,7 +229,7 @@ class Scheduler:
             try:
                 self.check_time_limits()
                 self.schedule_once()
-            except Exception:  # noqa: BLE001 - keep scheduling; the error is logged with its trace
+            except Exception:
                 log.exception("scheduling pass failed")
 
     def close(self) -> None:

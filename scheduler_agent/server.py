@@ -64,8 +64,9 @@ class Agent:
         self.tracer_provider = tracer_provider or provider_from_env()
         self.registry = CollectorRegistry()
         self.db = Database(config.database_path, config.synchronous)
-        self.executor: Executor = (LocalExecutor(config.log_dir) if config.executor_kind == "local"
-                                   else TrackingExecutor())
+        self.executor: Executor = (
+            LocalExecutor(config.log_dir) if config.executor_kind == "local" else TrackingExecutor()
+        )
         opts = SchedulerOptions(**config.scheduler)
         self.scheduler = Scheduler(self.db, self.executor, opts, tracer_provider=self.tracer_provider)
         self.app = App(BearerAuth(config.token_file))
@@ -81,13 +82,12 @@ class Agent:
             self.scheduler.sync_inventory(load_file(inv["file"]))
         if "prometheus" in inv:
             p = inv["prometheus"]
-            self.discovery = PrometheusDiscovery(self.scheduler.sync_inventory, p["url"],
-                                                 p["refresh_seconds"], p["node_label"],
-                                                 p["timeout_seconds"])
+            self.discovery = PrometheusDiscovery(
+                self.scheduler.sync_inventory, p["url"], p["refresh_seconds"], p["node_label"], p["timeout_seconds"]
+            )
         # The one scheduler port, before any plug-in that acts through it.
         slurm_port = slurm.install(self)
-        self.port: SchedulerPort = (slurm_port if slurm_port is not None
-                                    else SchedulerAdapter(self.scheduler))
+        self.port: SchedulerPort = slurm_port if slurm_port is not None else SchedulerAdapter(self.scheduler)
         # The Slurm port first: closed after the plug-ins that use it.
         self.plugins: list[Any] = [slurm_port] if slurm_port is not None else []
         for component in PLUGINS:
@@ -104,12 +104,19 @@ class Agent:
         for p in self.plugins:
             if hasattr(p, "start"):
                 p.start()
-        log.info("gpuwarden-agent listening on %s://%s:%s", "https" if self.tls_context else "http",
-                 listener.host, listener.port)
+        log.info(
+            "gpuwarden-agent listening on %s://%s:%s",
+            "https" if self.tls_context else "http",
+            listener.host,
+            listener.port,
+        )
         if self.tls_context is None and not _loopback(host):
-            log.warning("serving plain HTTP on %s: tokens and alert labels cross the network "
-                        "readable and replayable by anyone on the path; set web.tls (cert_file, "
-                        "key_file) or listen on 127.0.0.1 behind a TLS proxy", host or "every address")
+            log.warning(
+                "serving plain HTTP on %s: tokens and alert labels cross the network "
+                "readable and replayable by anyone on the path; set web.tls (cert_file, "
+                "key_file) or listen on 127.0.0.1 behind a TLS proxy",
+                host or "every address",
+            )
         return listener.host, listener.port
 
     def close(self) -> None:

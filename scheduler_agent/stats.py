@@ -31,7 +31,7 @@ class JobStats:
         with self._lock:
             counts, total = list(self._counts), self._sum
         out, running = [], 0
-        for le, c in zip(self.buckets, counts):
+        for le, c in zip(self.buckets, counts, strict=False):
             running += c
             out.append((repr(float(le)), running))
         out.append(("+Inf", running + counts[-1]))

@@ -35,13 +35,13 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, Union
 
 log = logging.getLogger(__name__)
 
-Migration = Union[str, Callable[[sqlite3.Connection], None]]
+Migration = str | Callable[[sqlite3.Connection], None]
 
 SYNCHRONOUS = ("NORMAL", "FULL", "EXTRA")
 BUSY_TIMEOUT_MS = 10_000
@@ -94,8 +94,9 @@ def rollback_quietly(conn: sqlite3.Connection) -> None:
         log.warning("rollback failed: %s", exc)
 
 
-def run_in_transaction(conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], object],
-                       begin: str = "BEGIN IMMEDIATE") -> object:
+def run_in_transaction(
+    conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], object], begin: str = "BEGIN IMMEDIATE"
+) -> object:
     """``body(conn)`` inside ``begin`` ... COMMIT; on any error rolled back (if still open) and
     the *original* error re-raised (SQLITE_FULL as ``DatabaseFull``)."""
     conn.execute(begin)
@@ -137,8 +138,7 @@ def connect(path: str | Path, synchronous: str = "NORMAL") -> sqlite3.Connection
     memory = p == ":memory:"
     if not memory:
         _create_private(p)
-    conn = sqlite3.connect(p, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                           check_same_thread=False)
+    conn = sqlite3.connect(p, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
     try:
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -159,7 +159,8 @@ def _damaged(path: str, what: str) -> StoreError:
         f"{path} is damaged ({what}): the agent will not run on it. Stop here and restore the file "
         f"from a backup, or move it aside (with its -wal and -shm files, e.g. `mv {path} "
         f"{path}.damaged`) and start again: the agent then creates a new, empty database (the "
-        f"audit trail and job history stay in the moved file)")
+        f"audit trail and job history stay in the moved file)"
+    )
 
 
 def _open_error(path: str, exc: sqlite3.Error) -> StoreError:
@@ -168,10 +169,12 @@ def _open_error(path: str, exc: sqlite3.Error) -> StoreError:
     if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
         return _damaged(path, str(exc))
     if code == _SQLITE_READONLY:
-        return StoreError(f"{path}: cannot write the database ({exc}): the agent needs to write the "
-                          f"file and create {Path(path).name}-wal and -shm next to it; make the file "
-                          f"and its folder writable by the agent's user, or point database.path "
-                          f"elsewhere")
+        return StoreError(
+            f"{path}: cannot write the database ({exc}): the agent needs to write the "
+            f"file and create {Path(path).name}-wal and -shm next to it; make the file "
+            f"and its folder writable by the agent's user, or point database.path "
+            f"elsewhere"
+        )
     if code == _SQLITE_FULL:
         return StoreError(f"{path}: database full: {exc}: free space on its file system")
     return StoreError(f"{path}: cannot open database: {exc}")
@@ -189,16 +192,20 @@ class Database:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise StoreError(f"{os.path.abspath(self.path)}: cannot create its folder "
-                                 f"{os.path.abspath(folder)}: {exc.strerror or exc}: create it, "
-                                 f"writable by the agent's user, or point database.path "
-                                 f"elsewhere") from None
+                raise StoreError(
+                    f"{os.path.abspath(self.path)}: cannot create its folder "
+                    f"{os.path.abspath(folder)}: {exc.strerror or exc}: create it, "
+                    f"writable by the agent's user, or point database.path "
+                    f"elsewhere"
+                ) from None
         try:
             self.conn = connect(self.path, synchronous)
-        except OSError as exc:   # the file could not be created (folder not writable, ...)
-            raise StoreError(f"{os.path.abspath(self.path)}: cannot create the database file: "
-                             f"{exc.strerror or exc}: make its folder writable by the agent's "
-                             f"user, or point database.path elsewhere") from None
+        except OSError as exc:  # the file could not be created (folder not writable, ...)
+            raise StoreError(
+                f"{os.path.abspath(self.path)}: cannot create the database file: "
+                f"{exc.strerror or exc}: make its folder writable by the agent's "
+                f"user, or point database.path elsewhere"
+            ) from None
         except sqlite3.Error as exc:
             raise _open_error(self.path, exc) from None
         try:
@@ -266,8 +273,7 @@ class Database:
 
     def applied(self, component: str) -> set[int]:
         with self.lock:
-            rows = self.conn.execute(
-                "SELECT version FROM schema_migrations WHERE component=?", (component,)).fetchall()
+            rows = self.conn.execute("SELECT version FROM schema_migrations WHERE component=?", (component,)).fetchall()
         return {int(r[0]) for r in rows}
 
     def migrate(self, component: str, migrations: Sequence[Migration]) -> int:
@@ -278,8 +284,10 @@ class Database:
         done = self.applied(component)
         newer = [v for v in done if v > len(migrations)]
         if newer:
-            raise StoreError(f"{self.path}: component {component!r} is at version {max(newer)} but this "
-                             f"build knows only {len(migrations)}: run the newer gpuwarden or restore a backup")
+            raise StoreError(
+                f"{self.path}: component {component!r} is at version {max(newer)} but this "
+                f"build knows only {len(migrations)}: run the newer gpuwarden or restore a backup"
+            )
         for version, step in enumerate(migrations, start=1):
             if version in done:
                 continue
@@ -290,8 +298,7 @@ class Database:
                     else:
                         for stmt in _statements(step):
                             c.execute(stmt)
-                    c.execute("INSERT INTO schema_migrations(component, version) VALUES (?, ?)",
-                              (component, version))
+                    c.execute("INSERT INTO schema_migrations(component, version) VALUES (?, ?)", (component, version))
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: migration {component} v{version} failed: {exc}") from exc
         return len(migrations)

@@ -25,9 +25,9 @@ import os
 import ssl
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from prometheus_client.core import GaugeMetricFamily
 
@@ -63,15 +63,19 @@ def validity(cert_file: Path) -> tuple[float, float]:
     return ssl.cert_time_to_seconds(decoded["notBefore"]), ssl.cert_time_to_seconds(decoded["notAfter"])
 
 
-def server_context(files: TlsFiles, error: Callable[[str, str], Exception],
-                   now: Callable[[], float] = time.time) -> ssl.SSLContext:
+def server_context(
+    files: TlsFiles, error: Callable[[str, str], Exception], now: Callable[[], float] = time.time
+) -> ssl.SSLContext:
     """The server's SSLContext; problems raise ``error(field, message)`` naming the file.
 
     ``error`` is ``AgentConfig.error`` in the agent, so the message carries the config file,
     its line and the field (``web.tls.key_file``).
     """
-    for name, path in (("cert_file", files.cert_file), ("key_file", files.key_file),
-                       ("client_ca_file", files.client_ca_file)):
+    for name, path in (
+        ("cert_file", files.cert_file),
+        ("key_file", files.key_file),
+        ("client_ca_file", files.client_ca_file),
+    ):
         if path is None:
             continue
         try:
@@ -87,30 +91,43 @@ def server_context(files: TlsFiles, error: Callable[[str, str], Exception],
         raise error("web.tls.cert_file", f"{files.cert_file} holds no usable PEM certificate: {exc}") from None
     not_before, not_after = validity(files.cert_file)
     if now() > not_after:
-        raise error("web.tls.cert_file", f"{files.cert_file} expired on "
-                    f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(not_after))}: renew it "
-                    "(clients refuse an expired certificate, Alertmanager's deliveries would fail)")
+        raise error(
+            "web.tls.cert_file",
+            f"{files.cert_file} expired on "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(not_after))}: renew it "
+            "(clients refuse an expired certificate, Alertmanager's deliveries would fail)",
+        )
     if now() < not_before:
-        raise error("web.tls.cert_file", f"{files.cert_file} is not valid before "
-                    f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(not_before))}: check "
-                    "this host's clock or the certificate's dates")
+        raise error(
+            "web.tls.cert_file",
+            f"{files.cert_file} is not valid before "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(not_before))}: check "
+            "this host's clock or the certificate's dates",
+        )
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         ctx.load_cert_chain(str(files.cert_file), str(files.key_file), password=_no_password)
     except _EncryptedKey:
-        raise error("web.tls.key_file", f"{files.key_file} is encrypted; the agent needs an unencrypted "
-                                        "key (protect it with file permissions, e.g. chmod 600)") from None
+        raise error(
+            "web.tls.key_file",
+            f"{files.key_file} is encrypted; the agent needs an unencrypted "
+            "key (protect it with file permissions, e.g. chmod 600)",
+        ) from None
     except ssl.SSLError as exc:
-        why = ("does not match the certificate in " + str(files.cert_file)
-               if "KEY_VALUES_MISMATCH" in str(exc) else "holds no usable PEM private key")
+        why = (
+            "does not match the certificate in " + str(files.cert_file)
+            if "KEY_VALUES_MISMATCH" in str(exc)
+            else "holds no usable PEM private key"
+        )
         raise error("web.tls.key_file", f"{files.key_file} {why}: {exc}") from None
     if files.client_ca_file is not None:
         try:
             ctx.load_verify_locations(cafile=str(files.client_ca_file))
         except ssl.SSLError as exc:
-            raise error("web.tls.client_ca_file",
-                        f"{files.client_ca_file} holds no usable PEM CA certificate: {exc}") from None
+            raise error(
+                "web.tls.client_ca_file", f"{files.client_ca_file} holds no usable PEM CA certificate: {exc}"
+            ) from None
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
@@ -139,9 +156,12 @@ class ReloadingContext:
     def current(self) -> ssl.SSLContext:
         if time.time() > self.not_after and time.monotonic() > self._next_expiry_log:
             self._next_expiry_log = time.monotonic() + 3600
-            log.error("TLS: the certificate served from %s expired on %s; clients refuse it: renew it "
-                      "(it is loaded again as soon as the file changes)", self.files.cert_file,
-                      time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.not_after)))
+            log.error(
+                "TLS: the certificate served from %s expired on %s; clients refuse it: renew it "
+                "(it is loaded again as soon as the file changes)",
+                self.files.cert_file,
+                time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.not_after)),
+            )
         signature = self._stat()  # three stat() calls per handshake: cheap next to the handshake
         if signature != self._signature:
             with self._lock:
@@ -152,8 +172,7 @@ class ReloadingContext:
                         self.not_after = validity(self.files.cert_file)[1]
                         log.info("TLS: loaded %s again (a file changed)", self.files.cert_file)
                     except Exception as exc:  # noqa: BLE001 - the config error names field and file
-                        log.error("TLS: the changed files do not load, still serving the previous "
-                                  "certificate: %s", exc)
+                        log.error("TLS: the changed files do not load, still serving the previous certificate: %s", exc)
         return self._context
 
 
@@ -165,8 +184,10 @@ class ExpiryCollector:
         self._context = context
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        g = GaugeMetricFamily("gpuwarden_agent_tls_certificate_expiry_timestamp_seconds",
-                              "When the certificate the agent serves expires (notAfter), Unix time.",
-                              labels=["cert_file"])
+        g = GaugeMetricFamily(
+            "gpuwarden_agent_tls_certificate_expiry_timestamp_seconds",
+            "When the certificate the agent serves expires (notAfter), Unix time.",
+            labels=["cert_file"],
+        )
         g.add_metric([str(self._context.files.cert_file)], self._context.not_after)
         yield g

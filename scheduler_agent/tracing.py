@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -20,8 +20,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 log = logging.getLogger(__name__)
 
 
-def provider_from_env(service_name: str = "gpuwarden-agent",
-                      env: Mapping[str, str] | None = None) -> TracerProvider:
+def provider_from_env(service_name: str = "gpuwarden-agent", env: Mapping[str, str] | None = None) -> TracerProvider:
     env = os.environ if env is None else env
     attrs = {} if env.get("OTEL_SERVICE_NAME") else {"service.name": service_name}
     provider = TracerProvider(resource=Resource.create(attrs))
@@ -44,8 +43,10 @@ def _exporter(name: str) -> SpanExporter | None:
             try:
                 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # type: ignore[no-redef]
             except ImportError:
-                log.warning("OTEL_TRACES_EXPORTER=otlp but opentelemetry-exporter-otlp is not installed: "
-                            "pip install opentelemetry-exporter-otlp; traces are not exported")
+                log.warning(
+                    "OTEL_TRACES_EXPORTER=otlp but opentelemetry-exporter-otlp is not installed: "
+                    "pip install opentelemetry-exporter-otlp; traces are not exported"
+                )
                 return None
         return OTLPSpanExporter()
     log.warning("OTEL_TRACES_EXPORTER=%s is not supported (use none, console or otlp); ignored", name)

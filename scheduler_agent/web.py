@@ -31,9 +31,10 @@ import hmac
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import jsonschema
@@ -49,8 +50,9 @@ MAX_BODY = 1 << 20
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, message: str, field: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.field = status, message, field
         self.headers = headers or {}
@@ -60,7 +62,7 @@ class HttpError(Exception):
 class Request:
     method: str
     path: str
-    headers: dict[str, str]          # lower-cased names
+    headers: dict[str, str]  # lower-cased names
     query: dict[str, list[str]]
     body: bytes
     params: dict[str, Any] = field(default_factory=dict)
@@ -87,10 +89,16 @@ class Request:
         return bearer(self.headers)
 
 
-_BOUNDS = {"maxLength": "must be at most this many characters:", "minLength": "must be at least this many characters:",
-           "maxItems": "must have at most this many items:", "minItems": "must have at least this many items:",
-           "maximum": "must be at most", "minimum": "must be at least", "exclusiveMaximum": "must be below",
-           "exclusiveMinimum": "must be above"}
+_BOUNDS = {
+    "maxLength": "must be at most this many characters:",
+    "minLength": "must be at least this many characters:",
+    "maxItems": "must have at most this many items:",
+    "minItems": "must have at least this many items:",
+    "maximum": "must be at most",
+    "minimum": "must be at least",
+    "exclusiveMaximum": "must be below",
+    "exclusiveMinimum": "must be above",
+}
 
 
 def _no_constant(name: str) -> Any:
@@ -110,7 +118,7 @@ def bearer(headers: dict[str, str]) -> str | None:
 @dataclass
 class Response:
     status: int = 200
-    body: Any = None                  # JSON-able, or bytes with content_type set
+    body: Any = None  # JSON-able, or bytes with content_type set
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -123,7 +131,7 @@ class Response:
 
 
 Handler = Callable[[Request], Response]
-AuthCheck = Union[None, bool, Callable[[Request], bool]]
+AuthCheck = None | bool | Callable[[Request], bool]
 
 
 def read_secret(path: str | Path, what: str) -> bytes:
@@ -178,8 +186,7 @@ class Route:
 class App:
     """Routes, auth and the OpenAPI document; an ``Endpoint`` for ``gpuwarden.listener``."""
 
-    def __init__(self, auth: Callable[[Request], bool], title: str = "gpuwarden agent",
-                 version: str = "0.1.0") -> None:
+    def __init__(self, auth: Callable[[Request], bool], title: str = "gpuwarden agent", version: str = "0.1.0") -> None:
         self.default_auth = auth
         self.routes: list[Route] = []
         self.components: dict[str, dict] = {}
@@ -187,21 +194,36 @@ class App:
         self._listener: Listener | None = None
 
     # ------------------------------------------------------------------------- routing
-    def add_route(self, method: str, path: str, handler: Handler, *, auth: AuthCheck = None,
-                  openapi: dict | None = None, max_body: int = MAX_BODY, max_body_setting: str = "") -> None:
+    def add_route(
+        self,
+        method: str,
+        path: str,
+        handler: Handler,
+        *,
+        auth: AuthCheck = None,
+        openapi: dict | None = None,
+        max_body: int = MAX_BODY,
+        max_body_setting: str = "",
+    ) -> None:
         method = method.upper()
         names = re.findall(r"{(\w+)}", path)
-        pattern = "^" + re.sub(r"{(\w+)}", r"(?P<\1>[^/]+)", re.escape(path).replace(r"\{", "{").replace(r"\}", "}")) + "$"
+        pattern = (
+            "^" + re.sub(r"{(\w+)}", r"(?P<\1>[^/]+)", re.escape(path).replace(r"\{", "{").replace(r"\}", "}")) + "$"
+        )
         for r in self.routes:
             if r.method == method and r.template == path:
                 raise ValueError(f"route {method} {path} is already registered")
         validator = None
-        schema = (((openapi or {}).get("requestBody") or {}).get("content") or {}).get(
-            "application/json", {}).get("schema")
+        schema = (
+            (((openapi or {}).get("requestBody") or {}).get("content") or {}).get("application/json", {}).get("schema")
+        )
         if schema is not None:
             validator = jsonschema.Draft202012Validator(self._resolve(schema))
-        self.routes.append(Route(method, path, re.compile(pattern), names, handler, auth, openapi, validator,
-                                 max_body, max_body_setting))
+        self.routes.append(
+            Route(
+                method, path, re.compile(pattern), names, handler, auth, openapi, validator, max_body, max_body_setting
+            )
+        )
 
     def add_schema(self, name: str, schema: dict) -> None:
         """Adds ``#/components/schemas/<name>`` to the document (for $ref in operations)."""
@@ -229,9 +251,13 @@ class App:
                 op.setdefault("responses", {}).setdefault("401", {"description": "missing or wrong bearer token"})
             paths.setdefault(r.template, {})[r.method.lower()] = op
         return {
-            "openapi": "3.1.0", "info": self.info, "paths": paths,
-            "components": {"schemas": self.components,
-                           "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+            "openapi": "3.1.0",
+            "info": self.info,
+            "paths": paths,
+            "components": {
+                "schemas": self.components,
+                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            },
         }
 
     def _needs_auth(self, r: Route) -> bool:
@@ -242,8 +268,12 @@ class App:
             return
         check = self.default_auth if r.auth is None or r.auth is True else r.auth
         if not check(req):
-            raise HttpError(401, "missing or wrong credentials for this route", "Authorization",
-                            {"WWW-Authenticate": 'Bearer realm="gpuwarden"'})
+            raise HttpError(
+                401,
+                "missing or wrong credentials for this route",
+                "Authorization",
+                {"WWW-Authenticate": 'Bearer realm="gpuwarden"'},
+            )
 
     def _match(self, req: Request) -> tuple[Route, dict[str, str]]:
         """The route for ``req`` (404, 405 otherwise) with its raw path parameters."""
@@ -257,8 +287,11 @@ class App:
                 continue
             return r, {k: unquote(v) for k, v in m.groupdict().items()}
         if allowed:
-            raise HttpError(405, f"{req.method} not allowed on {req.path}; use {', '.join(sorted(set(allowed)))}",
-                            headers={"Allow": ", ".join(sorted(set(allowed)))})
+            raise HttpError(
+                405,
+                f"{req.method} not allowed on {req.path}; use {', '.join(sorted(set(allowed)))}",
+                headers={"Allow": ", ".join(sorted(set(allowed)))},
+            )
         raise HttpError(404, f"no route for {req.path}")
 
     def dispatch(self, req: Request) -> Response:
@@ -282,7 +315,7 @@ class App:
             return _error(exc)
         except SchedulerError as exc:
             return Response(exc.status, {"error": exc.message, "field": exc.field})
-        except Exception:  # noqa: BLE001 - a handler bug: answer 500 and keep serving
+        except Exception:
             log.exception("%s %s failed", req.method, req.path)
             return Response(500, {"error": "internal error; see the agent's log", "field": None})
 
@@ -330,8 +363,7 @@ class App:
         raise HttpError(400, f"{path or 'body'}: {msg}", path or "body")
 
     # -------------------------------------------------------------------------- serving
-    def serve(self, host: str, port: int, tls: ReloadingContext | None = None,
-              limits: Limits = Limits()) -> Listener:
+    def serve(self, host: str, port: int, tls: ReloadingContext | None = None, limits: Limits = Limits()) -> Listener:
         """Starts serving in a background thread; returns the listener (``port`` has the port).
         With ``tls`` it serves HTTPS only."""
         self._listener = Listener(self, host, port, name="agent-http", limits=limits, tls=tls).start()

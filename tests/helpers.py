@@ -13,15 +13,27 @@ import shutil
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import pytest
 
 from gpuwarden.procs import Proc, free_port
 
-__all__ = ["Proc", "free_port", "REPO", "VENV_BIN", "WEBHOOK_TOKEN", "console_script", "http_get",
-           "require_binary", "wait_until", "with_webhook_auth", "write_agent_config"]
+__all__ = [
+    "Proc",
+    "free_port",
+    "REPO",
+    "VENV_BIN",
+    "WEBHOOK_TOKEN",
+    "console_script",
+    "http_get",
+    "require_binary",
+    "wait_until",
+    "with_webhook_auth",
+    "write_agent_config",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
@@ -58,8 +70,7 @@ def console_script(name: str) -> str:
     return found
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,
-               what: str = "condition") -> T:
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> T:
     """Polls ``predicate`` until it returns a truthy value; fails the test after ``timeout``."""
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
@@ -96,8 +107,9 @@ def with_webhook_auth(extra: str) -> str:
     return extra + "\nremediation:\n" + auth
 
 
-def write_agent_config(directory: Path, port: int, token: str,
-                       nodes: str = "[{name: n0, count: 4}, {name: n1, count: 8}]", extra: str = "") -> Path:
+def write_agent_config(
+    directory: Path, port: int, token: str, nodes: str = "[{name: n0, count: 4}, {name: n1, count: 8}]", extra: str = ""
+) -> Path:
     """A minimal ``gpuwarden-agent serve`` config (static inventory, tracking executor, fast ticks)
     and its token files in ``directory`` (``token``, the operator's, and ``webhook-token``,
     Alertmanager's: ``WEBHOOK_TOKEN``); ``extra`` is YAML appended at the top level."""

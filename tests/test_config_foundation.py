@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jsonschema
 import pytest
@@ -41,7 +42,7 @@ def test_every_key_and_item_has_its_line_and_missing_fields_get_their_parents() 
     assert line(()) == 1 and line(("web",)) == 1 and line(("web", "limits", "max_connections")) == 4
     assert line(("nodes", 0)) == 6 and line(("nodes", 1, "gpus", 0)) == 10
     assert line(("nodes", 1, "gpus", 0, "uuid")) == 10
-    assert line(("web", "limits", "header_timeout_seconds")) == 3   # absent: its parent's line
+    assert line(("web", "limits", "header_timeout_seconds")) == 3  # absent: its parent's line
     assert line(("nowhere", "at", "all")) == 1
     assert LineIndex().line(("x",)) is None
 
@@ -50,7 +51,9 @@ def test_duplicate_keys_bad_yaml_unreadable_and_empty_files(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as e:
         foundation.parse_yaml("a: 1\nb:\n  c: 1\n  c: 2\na: 3\n", "d.yaml")
     assert [str(p) for p in e.value.problems] == [
-        "d.yaml:4: b.c: duplicate key (remove one of them)", "d.yaml:5: a: duplicate key (remove one of them)"]
+        "d.yaml:4: b.c: duplicate key (remove one of them)",
+        "d.yaml:5: a: duplicate key (remove one of them)",
+    ]
     with pytest.raises(ConfigError, match="not valid YAML") as e:
         foundation.parse_yaml("a: [unclosed\n", "y.yaml")
     assert e.value.file == "y.yaml" and e.value.line == 2
@@ -99,22 +102,35 @@ def test_every_component_error_is_the_foundations() -> None:
 
 # --- JSON Schema ----------------------------------------------------------------------------
 
-SCHEMA = Schema({
-    "type": "object", "additionalProperties": False,
-    "properties": {
-        "web": {"type": "object", "additionalProperties": False, "default": {},
-                "properties": {"port": {"type": "integer", "default": 9787},
-                               "tls": {"type": "object", "properties": {"cert": {"type": "string"}},
-                                       "required": ["cert"]}}},
-        "every": {"$ref": "#/$defs/duration", "default": "1h"},
-        "at": {"oneOf": [{"type": "number"}, {"$ref": "#/$defs/duration"}]},
-        "rules": {"type": "object", "default": {},
-                  "additionalProperties": {"type": "object",
-                                           "properties": {"action": {"type": "string", "default": "notify"}}}},
-        "optional": {"type": "object", "properties": {"x": {"type": "integer", "default": 1}}},
-    },
-    "$defs": {"duration": {"type": "string", "pattern": foundation.durations.PATTERN}},
-})
+SCHEMA = Schema(
+    {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "web": {
+                "type": "object",
+                "additionalProperties": False,
+                "default": {},
+                "properties": {
+                    "port": {"type": "integer", "default": 9787},
+                    "tls": {"type": "object", "properties": {"cert": {"type": "string"}}, "required": ["cert"]},
+                },
+            },
+            "every": {"$ref": "#/$defs/duration", "default": "1h"},
+            "at": {"oneOf": [{"type": "number"}, {"$ref": "#/$defs/duration"}]},
+            "rules": {
+                "type": "object",
+                "default": {},
+                "additionalProperties": {
+                    "type": "object",
+                    "properties": {"action": {"type": "string", "default": "notify"}},
+                },
+            },
+            "optional": {"type": "object", "properties": {"x": {"type": "integer", "default": 1}}},
+        },
+        "$defs": {"duration": {"type": "string", "pattern": foundation.durations.PATTERN}},
+    }
+)
 
 
 def test_every_schema_problem_at_once_sorted_by_line_with_unknown_keys_on_their_own_lines() -> None:
@@ -132,8 +148,11 @@ def test_every_schema_problem_at_once_sorted_by_line_with_unknown_keys_on_their_
 def test_defaults_are_filled_from_the_schema_only_where_the_schema_says() -> None:
     data = {"rules": {"X": {}, "Y": {"action": "throttle"}}, "web": {"port": 1}}
     filled = SCHEMA.with_defaults(data)
-    assert filled == {"web": {"port": 1}, "every": "1h",
-                      "rules": {"X": {"action": "notify"}, "Y": {"action": "throttle"}}}
+    assert filled == {
+        "web": {"port": 1},
+        "every": "1h",
+        "rules": {"X": {"action": "notify"}, "Y": {"action": "throttle"}},
+    }
     assert data == {"rules": {"X": {}, "Y": {"action": "throttle"}}, "web": {"port": 1}}, "not modified"
     assert SCHEMA.defaults() == {"web": {"port": 9787}, "every": "1h", "rules": {}}
     assert "optional" not in filled, "an object without a default of its own is not made up"
@@ -147,10 +166,12 @@ def test_a_section_reports_through_its_owners_error_factory() -> None:
         return ConfigError(Problem("agent.yml", index.line(foundation.split(field)), field, message))
 
     with pytest.raises(ConfigError) as e:
-        foundation.check_section({"port": "x", "tls": 1}, SCHEMA.__class__(SCHEMA.schema["properties"]["web"]),
-                                 "web", agent_error)
-    assert str(e.value) == ("agent.yml:7: web.tls: 1 is not of type 'object'\n"
-                            "agent.yml:8: web.port: 'x' is not of type 'integer'")
+        foundation.check_section(
+            {"port": "x", "tls": 1}, SCHEMA.__class__(SCHEMA.schema["properties"]["web"]), "web", agent_error
+        )
+    assert str(e.value) == (
+        "agent.yml:7: web.tls: 1 is not of type 'object'\nagent.yml:8: web.port: 'x' is not of type 'integer'"
+    )
     with pytest.raises(ValueError, match=r"^web: expected a mapping, got list$"):
         foundation.check_section([], SCHEMA, "web", lambda f, m: ValueError(f"{f}: {m}"))
     with pytest.raises(ValueError, match=r"^web.at: .*; also web.bogus: unknown field"):
@@ -167,11 +188,14 @@ def test_dotted_and_split_are_inverse() -> None:
 
 # --- the shipped schemas ----------------------------------------------------------------------
 
-SHIPPED = [("gpuwarden.rules", "schema.json"), ("gpuwarden.exporter.sim", "scenario.schema.json"),
-           ("gpuwarden.scheduler_agent", "config.schema.json"),
-           ("gpuwarden.scheduler_agent.remediation", "policy_schema.json"),
-           ("gpuwarden.scheduler_agent.slurm", "config.schema.json"),
-           ("gpuwarden.scheduler_agent.predictor", "config.schema.json")]
+SHIPPED = [
+    ("gpuwarden.rules", "schema.json"),
+    ("gpuwarden.exporter.sim", "scenario.schema.json"),
+    ("gpuwarden.scheduler_agent", "config.schema.json"),
+    ("gpuwarden.scheduler_agent.remediation", "policy_schema.json"),
+    ("gpuwarden.scheduler_agent.slurm", "config.schema.json"),
+    ("gpuwarden.scheduler_agent.predictor", "config.schema.json"),
+]
 
 
 def _defaults(node: Any) -> Iterator[tuple[dict[str, Any], Any]]:
@@ -199,19 +223,25 @@ def test_every_shipped_schema_is_valid_and_its_defaults_satisfy_it(package: str,
 def test_the_agents_defaults_are_the_runtime_classes_defaults() -> None:
     """The config's defaults live in config.schema.json; the classes the agent builds from it
     keep their own for callers without a config (tests, benches): they must agree."""
+    from gpuwarden.listener import Limits
     from gpuwarden.scheduler_agent.scheduler import SchedulerOptions
     from gpuwarden.scheduler_agent.store import Retention
 
-    from gpuwarden.listener import Limits
-
     d = Schema.packaged("gpuwarden.scheduler_agent", "config.schema.json").with_defaults({"web": {"token_file": "t"}})
     lim = d["web"]["limits"]
-    assert (lim["header_timeout_seconds"], lim["body_timeout_seconds"], lim["idle_timeout_seconds"],
-            lim["max_connections"]) == (Limits.header_timeout, Limits.body_timeout, Limits.idle_timeout,
-                                        Limits.max_connections)
+    assert (
+        lim["header_timeout_seconds"],
+        lim["body_timeout_seconds"],
+        lim["idle_timeout_seconds"],
+        lim["max_connections"],
+    ) == (Limits.header_timeout, Limits.body_timeout, Limits.idle_timeout, Limits.max_connections)
     r = d["database"]["retention"]
     assert (r["enabled"], seconds(r["max_age"]), seconds(r["interval"]), r["batch_size"]) == (
-        Retention.enabled, Retention.max_age_seconds, Retention.interval_seconds, Retention.batch_size)
+        Retention.enabled,
+        Retention.max_age_seconds,
+        Retention.interval_seconds,
+        Retention.batch_size,
+    )
     opts = dataclasses.asdict(SchedulerOptions())
     assert {k: opts[k] for k in d["scheduler"]} == d["scheduler"]
 
@@ -225,8 +255,10 @@ def test_section_dataclasses_carry_no_defaults_of_their_own() -> None:
     from gpuwarden.scheduler_agent.slurm.config import SlurmConfig
 
     for cls in (RemediationConfig, Budget, Escalation, SlurmConfig):
-        assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-                   for f in dataclasses.fields(cls)), cls
+        assert all(
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            for f in dataclasses.fields(cls)
+        ), cls
 
 
 def test_section_defaults_come_from_their_schemas() -> None:
@@ -234,12 +266,23 @@ def test_section_defaults_come_from_their_schemas() -> None:
     from gpuwarden.scheduler_agent.slurm.config import parse as slurm
 
     rc = remediation(None)
-    assert (rc.throttle_fraction, rc.throttle_watts, rc.hold_down_seconds, rc.max_body_bytes) == (0.8, None, 300, 1 << 20)
+    assert (rc.throttle_fraction, rc.throttle_watts, rc.hold_down_seconds, rc.max_body_bytes) == (
+        0.8,
+        None,
+        300,
+        1 << 20,
+    )
     assert rc.budget.max_actions_per_minute == 30 and rc.escalation.window_seconds == 3600.0
     assert rc.actuator == {"kind": "none"} and rc.quarantine_preempts and not rc.dry_run
     assert remediation({"throttle": {"watts": 250}}).throttle_fraction is None
     sc = slurm({})
-    assert (sc.scontrol, sc.timeout_seconds, sc.attempts, sc.node_label, sc.nodes) == (("scontrol",), 10, 3, "instance", {})
+    assert (sc.scontrol, sc.timeout_seconds, sc.attempts, sc.node_label, sc.nodes) == (
+        ("scontrol",),
+        10,
+        3,
+        "instance",
+        {},
+    )
 
 
 # --- every component, file:line: field: message ---------------------------------------------
@@ -264,10 +307,14 @@ def test_agent_sections_name_file_line_and_field_and_report_every_problem(tmp_pa
     assert str(e.value).splitlines() == [
         f"{p}:4: scheduler.tick_seconds: 0 is less than or equal to the minimum of 0",
         f"{p}:5: scheduler.max_preemptions: 'many' is not of type 'integer'",
-        f"{p}:7: database.bogus: unknown field (allowed: path, retention, synchronous)"]
+        f"{p}:7: database.bogus: unknown field (allowed: path, retention, synchronous)",
+    ]
 
-    p = _agent_yaml(tmp_path, "remediation:\n  budget:\n    max_actions_per_minute: 0\n"
-                              "slurm:\n  attempts: 0\npredictor:\n  prometheus_url: x\n  migrate: yes please\n")
+    p = _agent_yaml(
+        tmp_path,
+        "remediation:\n  budget:\n    max_actions_per_minute: 0\n"
+        "slurm:\n  attempts: 0\npredictor:\n  prometheus_url: x\n  migrate: yes please\n",
+    )
     cfg = agent.load(p)
     with pytest.raises(agent.ConfigError, match=rf"^{p}:5: remediation.budget.max_actions_per_minute: 0 is less"):
         remediation(cfg.section("remediation"), str(cfg.path), error=cfg.error)
@@ -281,7 +328,8 @@ def test_agent_sections_name_file_line_and_field_and_report_every_problem(tmp_pa
         predictor.install(Agent(), port=None)  # type: ignore[arg-type]
     assert str(e.value).splitlines() == [
         f"{p}:9: predictor.prometheus_url: 'x' does not match '^https?://'",
-        f"{p}:10: predictor.migrate: 'yes please' is not of type 'boolean'"]
+        f"{p}:10: predictor.migrate: 'yes please' is not of type 'boolean'",
+    ]
 
 
 def test_scenario_and_thresholds_name_file_line_and_field(tmp_path: Path) -> None:
@@ -290,7 +338,9 @@ def test_scenario_and_thresholds_name_file_line_and_field(tmp_path: Path) -> Non
     from gpuwarden.rules import config as rules
 
     p = tmp_path / "s.yaml"
-    p.write_text("name: x\nsteps:\n  - {at: 1.5h, gpu: 0, clear_faults: true}\n  - {at: 0, gpu: -1, clear_faults: true}\n")
+    p.write_text(
+        "name: x\nsteps:\n  - {at: 1.5h, gpu: 0, clear_faults: true}\n  - {at: 0, gpu: -1, clear_faults: true}\n"
+    )
     with pytest.raises(ScenarioError) as e:
         load_scenario(p)
     assert [(x.line, x.field) for x in e.value.problems] == [(3, "steps[0].at"), (4, "steps[1].gpu")]

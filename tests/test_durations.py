@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from importlib import resources
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -14,15 +15,47 @@ from gpuwarden import durations
 
 # text -> seconds: what Prometheus' model.ParseDuration accepts.
 VALID = [
-    ("0", 0.0), ("0s", 0.0), ("90s", 90.0), ("500ms", 0.5), ("1m", 60.0), ("1h30m", 5400.0),
-    ("2d", 172800.0), ("1w", 604800.0), ("1y", 31536000.0), ("1w2d", 777600.0),
-    ("1m30s500ms", 90.5), ("1y1w1d1h1m1s1ms", 31536000 + 604800 + 86400 + 3600 + 60 + 1 + 0.001),
-    ("15s", 15.0), ("10m", 600.0), ("1500ms", 1.5), ("007s", 7.0),
+    ("0", 0.0),
+    ("0s", 0.0),
+    ("90s", 90.0),
+    ("500ms", 0.5),
+    ("1m", 60.0),
+    ("1h30m", 5400.0),
+    ("2d", 172800.0),
+    ("1w", 604800.0),
+    ("1y", 31536000.0),
+    ("1w2d", 777600.0),
+    ("1m30s500ms", 90.5),
+    ("1y1w1d1h1m1s1ms", 31536000 + 604800 + 86400 + 3600 + 60 + 1 + 0.001),
+    ("15s", 15.0),
+    ("10m", 600.0),
+    ("1500ms", 1.5),
+    ("007s", 7.0),
 ]
 # Everything else, including what the three parsers it replaced used to accept (``1.5h`` in
 # scenarios and the dashboards' renderer, units in any order in the renderer).
-INVALID = ["", " ", "5 minutes", "1.5h", "0.5s", "30m1h", "1s1s", "1h 30m", "ms", "s", "-1s", "+1s",
-           "1", "10", "1H", "1sec", "90s\n", "1d1y", "∞", "1e3s"]
+INVALID = [
+    "",
+    " ",
+    "5 minutes",
+    "1.5h",
+    "0.5s",
+    "30m1h",
+    "1s1s",
+    "1h 30m",
+    "ms",
+    "s",
+    "-1s",
+    "+1s",
+    "1",
+    "10",
+    "1H",
+    "1sec",
+    "90s\n",
+    "1d1y",
+    "∞",
+    "1e3s",
+]
 
 
 @pytest.mark.parametrize("text,seconds", VALID)
@@ -51,9 +84,21 @@ def test_seconds_refuses_what_is_not_a_duration(value: Any) -> None:
         durations.seconds(value)
 
 
-@pytest.mark.parametrize("seconds,text", [(600, "10m"), (90, "90s"), (86400, "1d"), (3600.0, "1h"),
-                                          (0, "0s"), (604800, "7d"), (0.5, "500ms"), (1.5, "1500ms"),
-                                          (300, "5m"), (45, "45s")])
+@pytest.mark.parametrize(
+    "seconds,text",
+    [
+        (600, "10m"),
+        (90, "90s"),
+        (86400, "1d"),
+        (3600.0, "1h"),
+        (0, "0s"),
+        (604800, "7d"),
+        (0.5, "500ms"),
+        (1.5, "1500ms"),
+        (300, "5m"),
+        (45, "45s"),
+    ],
+)
 def test_format_is_the_shortest_exact_duration(seconds: float, text: str) -> None:
     assert durations.format_seconds(seconds) == text
     assert durations.parse(text) == seconds
@@ -71,8 +116,11 @@ def _patterns(node: Any) -> Iterator[str]:
             yield from _patterns(item)
 
 
-SCHEMAS = [("gpuwarden.rules", "schema.json"), ("gpuwarden.exporter.sim", "scenario.schema.json"),
-           ("gpuwarden.scheduler_agent", "config.schema.json")]
+SCHEMAS = [
+    ("gpuwarden.rules", "schema.json"),
+    ("gpuwarden.exporter.sim", "scenario.schema.json"),
+    ("gpuwarden.scheduler_agent", "config.schema.json"),
+]
 
 
 @pytest.mark.parametrize("package,name", SCHEMAS)

@@ -9,17 +9,20 @@ from __future__ import annotations
 from . import clocks, ecc, memory, pcie, power, thermal, throttle, utilization, xid
 from .base import Collector
 
-COLLECTORS: dict[str, Collector] = {c.name: c for c in (
-    thermal.COLLECTOR,
-    power.COLLECTOR,
-    utilization.COLLECTOR,
-    memory.COLLECTOR,
-    ecc.COLLECTOR,
-    throttle.COLLECTOR,
-    clocks.COLLECTOR,
-    pcie.COLLECTOR,
-    xid.COLLECTOR,
-)}
+COLLECTORS: dict[str, Collector] = {
+    c.name: c
+    for c in (
+        thermal.COLLECTOR,
+        power.COLLECTOR,
+        utilization.COLLECTOR,
+        memory.COLLECTOR,
+        ecc.COLLECTOR,
+        throttle.COLLECTOR,
+        clocks.COLLECTOR,
+        pcie.COLLECTOR,
+        xid.COLLECTOR,
+    )
+}
 
 
 def enabled(overrides: dict[str, bool] | None = None) -> list[Collector]:

@@ -9,8 +9,9 @@ GPU's worker thread and puts base-unit numbers in the sample; ``export`` builds 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.samples import Sample as PromSample
@@ -61,7 +62,7 @@ class FieldRead:
     key: str
     field_id: int
     scale: float = 1.0
-    fallback: Callable[[Reader], float | None] | None = None   # an individual call, base units
+    fallback: Callable[[Reader], float | None] | None = None  # an individual call, base units
 
 
 @dataclass(frozen=True)

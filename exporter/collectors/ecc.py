@@ -3,45 +3,65 @@ or remapped rows (A100 and later), whichever the GPU has."""
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import pynvml
 from prometheus_client.core import Metric
 from prometheus_client.samples import Sample as PromSample
 
-from .base import GPU_LABELS, Collector, FieldRead, GpuMetric, GpuView, new_family
 from ..nvml import Reader
+from .base import GPU_LABELS, Collector, FieldRead, GpuMetric, GpuView, new_family
 
-CORRECTABLE = GpuMetric("gpu_ecc_errors_correctable_total",
-                        "Correctable (single-bit) ECC errors since the driver loaded (volatile count).",
-                        "ecc_correctable", counter=True)
-UNCORRECTABLE = GpuMetric("gpu_ecc_errors_uncorrectable_total",
-                          "Uncorrectable (double-bit) ECC errors since the driver loaded (volatile count).",
-                          "ecc_uncorrectable", counter=True)
+CORRECTABLE = GpuMetric(
+    "gpu_ecc_errors_correctable_total",
+    "Correctable (single-bit) ECC errors since the driver loaded (volatile count).",
+    "ecc_correctable",
+    counter=True,
+)
+UNCORRECTABLE = GpuMetric(
+    "gpu_ecc_errors_uncorrectable_total",
+    "Uncorrectable (double-bit) ECC errors since the driver loaded (volatile count).",
+    "ecc_uncorrectable",
+    counter=True,
+)
 RETIRED_NAME, RETIRED_HELP = "gpu_retired_pages", "Device memory pages retired, by cause."
 REMAPPED_NAME, REMAPPED_HELP = "gpu_remapped_rows", "Device memory rows remapped, by cause."
 
 
 def _ecc(error_type: int):
     def read(r: Reader) -> float | None:
-        n = r.call("nvmlDeviceGetTotalEccErrors", pynvml.nvmlDeviceGetTotalEccErrors, r.device.handle,
-                   error_type, pynvml.NVML_VOLATILE_ECC, key=f"nvmlDeviceGetTotalEccErrors:{error_type}")
+        n = r.call(
+            "nvmlDeviceGetTotalEccErrors",
+            pynvml.nvmlDeviceGetTotalEccErrors,
+            r.device.handle,
+            error_type,
+            pynvml.NVML_VOLATILE_ECC,
+            key=f"nvmlDeviceGetTotalEccErrors:{error_type}",
+        )
         return None if n is None else float(n)
+
     return read
 
 
 def _retired(cause: int):
     def read(r: Reader) -> float | None:
-        pages = r.call("nvmlDeviceGetRetiredPages", pynvml.nvmlDeviceGetRetiredPages, r.device.handle, cause,
-                       key=f"nvmlDeviceGetRetiredPages:{cause}")
+        pages = r.call(
+            "nvmlDeviceGetRetiredPages",
+            pynvml.nvmlDeviceGetRetiredPages,
+            r.device.handle,
+            cause,
+            key=f"nvmlDeviceGetRetiredPages:{cause}",
+        )
         return None if pages is None else float(len(pages))
+
     return read
 
 
 def _remapped(position: int):
     def read(r: Reader) -> float | None:
         rows = r.call("nvmlDeviceGetRemappedRows", pynvml.nvmlDeviceGetRemappedRows, r.device.handle)
-        return None if rows is None else float(rows[position])   # (correctable, uncorrectable, ...)
+        return None if rows is None else float(rows[position])  # (correctable, uncorrectable, ...)
+
     return read
 
 
@@ -60,17 +80,31 @@ def _repairs(gpus: Sequence[GpuView]) -> Iterator[Metric]:
 
 
 COLLECTOR = Collector(
-    name="ecc", help="ECC errors, retired pages, remapped rows",
+    name="ecc",
+    help="ECC errors, retired pages, remapped rows",
     metrics=(CORRECTABLE, UNCORRECTABLE),
     fields=(
-        FieldRead("ecc_correctable", pynvml.NVML_FI_DEV_ECC_SBE_VOL_TOTAL, 1.0,
-                  _ecc(pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED)),
-        FieldRead("ecc_uncorrectable", pynvml.NVML_FI_DEV_ECC_DBE_VOL_TOTAL, 1.0,
-                  _ecc(pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED)),
-        FieldRead("retired_sbe", pynvml.NVML_FI_DEV_RETIRED_SBE, 1.0,
-                  _retired(pynvml.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS)),
-        FieldRead("retired_dbe", pynvml.NVML_FI_DEV_RETIRED_DBE, 1.0,
-                  _retired(pynvml.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR)),
+        FieldRead(
+            "ecc_correctable", pynvml.NVML_FI_DEV_ECC_SBE_VOL_TOTAL, 1.0, _ecc(pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED)
+        ),
+        FieldRead(
+            "ecc_uncorrectable",
+            pynvml.NVML_FI_DEV_ECC_DBE_VOL_TOTAL,
+            1.0,
+            _ecc(pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
+        ),
+        FieldRead(
+            "retired_sbe",
+            pynvml.NVML_FI_DEV_RETIRED_SBE,
+            1.0,
+            _retired(pynvml.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS),
+        ),
+        FieldRead(
+            "retired_dbe",
+            pynvml.NVML_FI_DEV_RETIRED_DBE,
+            1.0,
+            _retired(pynvml.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR),
+        ),
         FieldRead("remapped_cor", pynvml.NVML_FI_DEV_REMAPPED_COR, 1.0, _remapped(0)),
         FieldRead("remapped_unc", pynvml.NVML_FI_DEV_REMAPPED_UNC, 1.0, _remapped(1)),
     ),

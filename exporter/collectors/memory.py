@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pynvml
 
-from .base import Collector, GpuMetric, Sample
 from ..nvml import Reader
+from .base import Collector, GpuMetric, Sample
 
 USED = GpuMetric("gpu_memory_used_bytes", "Device memory in use, in bytes.", "memory_used")
 TOTAL = GpuMetric("gpu_memory_total_bytes", "Device memory, in bytes.", "memory_total")
@@ -18,7 +18,7 @@ def _read(r: Reader, s: Sample) -> None:
     if m is None and "nvmlDeviceGetMemoryInfo_v2" in r.device.unsupported:
         m = r.call("nvmlDeviceGetMemoryInfo", pynvml.nvmlDeviceGetMemoryInfo, h)
     if m is not None:
-        s["memory_used"] = float(m.used)                 # NVML: bytes
+        s["memory_used"] = float(m.used)  # NVML: bytes
         s["memory_total"] = float(m.total)
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pynvml
 
-from .base import Collector, FieldRead, GpuMetric
 from ..nvml import Reader
+from .base import Collector, FieldRead, GpuMetric
 
-REPLAYS = GpuMetric("gpu_pcie_replays_total", "PCIe replays (link-level retransmissions).", "pcie_replays",
-                    counter=True)
+REPLAYS = GpuMetric(
+    "gpu_pcie_replays_total", "PCIe replays (link-level retransmissions).", "pcie_replays", counter=True
+)
 
 
 def _fallback(r: Reader) -> float | None:
@@ -17,6 +18,8 @@ def _fallback(r: Reader) -> float | None:
 
 
 COLLECTOR = Collector(
-    name="pcie", help="PCIe replays", metrics=(REPLAYS,),
+    name="pcie",
+    help="PCIe replays",
+    metrics=(REPLAYS,),
     fields=(FieldRead("pcie_replays", pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER, 1.0, _fallback),),
 )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pynvml
 
-from .base import Collector, LabelledGpuMetric, Sample
 from ..nvml import Reader
+from .base import Collector, LabelledGpuMetric, Sample
 
 # reason label -> NVML bit (nvmlClocksEventReason*, same bits as the older ...ThrottleReason*)
 REASONS: tuple[tuple[str, int], ...] = (
@@ -20,9 +20,12 @@ REASONS: tuple[tuple[str, int], ...] = (
     ("display_clock_setting", 0x100),
 )
 
-ACTIVE = LabelledGpuMetric("gpu_throttle_active",
-                           "1 while NVML reports this clock-event (throttle) reason active, else 0.",
-                           "throttle", "reason")
+ACTIVE = LabelledGpuMetric(
+    "gpu_throttle_active",
+    "1 while NVML reports this clock-event (throttle) reason active, else 0.",
+    "throttle",
+    "reason",
+)
 
 
 def _read(r: Reader, s: Sample) -> None:
@@ -30,8 +33,7 @@ def _read(r: Reader, s: Sample) -> None:
     # The "...ClocksEventReasons" name arrived in driver 535; older libraries have the other.
     bits = r.call("nvmlDeviceGetCurrentClocksEventReasons", pynvml.nvmlDeviceGetCurrentClocksEventReasons, h)
     if bits is None and "nvmlDeviceGetCurrentClocksEventReasons" in r.device.unsupported:
-        bits = r.call("nvmlDeviceGetCurrentClocksThrottleReasons",
-                      pynvml.nvmlDeviceGetCurrentClocksThrottleReasons, h)
+        bits = r.call("nvmlDeviceGetCurrentClocksThrottleReasons", pynvml.nvmlDeviceGetCurrentClocksThrottleReasons, h)
     if bits is not None:
         s["throttle"] = {name: 1.0 if bits & bit else 0.0 for name, bit in REASONS}
 

@@ -44,9 +44,9 @@ def _json(status: int, body: Any) -> Reply:
 
 @dataclass(frozen=True)
 class _Route:
-    name: str              # "gpus", "scenario", or a GPU route's action: power-limit, load, faults
+    name: str  # "gpus", "scenario", or a GPU route's action: power-limit, load, faults
     path: str
-    ref: str = ""          # the GPU: index, UUID or "all"
+    ref: str = ""  # the GPU: index, UUID or "all"
 
 
 def _json_body(raw: bytes) -> Any:
@@ -79,7 +79,7 @@ class _Endpoint:
         ref, what = m.group(1), m.group(2)
         if ref != "all":
             try:
-                self.fleet.gpu(ref)   # 404 for an unknown GPU before reading the body
+                self.fleet.gpu(ref)  # 404 for an unknown GPU before reading the body
             except UnknownGpu as exc:
                 return _json(404, {"error": str(exc)})
         if method == "POST":
@@ -96,8 +96,11 @@ class _Endpoint:
             if route.name == "scenario":
                 raw = body.decode()
                 ctype = head.headers.get("content-type", "")
-                scenario = (from_doc(json.loads(raw), "POST /api/v1/scenario") if "json" in ctype
-                            else parse(raw, "POST /api/v1/scenario"))
+                scenario = (
+                    from_doc(json.loads(raw), "POST /api/v1/scenario")
+                    if "json" in ctype
+                    else parse(raw, "POST /api/v1/scenario")
+                )
                 play(fleet, scenario)
                 return _json(202, {"playing": scenario.name, "steps": len(scenario.steps)})
             if route.name == "clear":
@@ -135,18 +138,20 @@ class ControlServer:
     """Serves the control API for ``fleet`` on ``host:port`` (port 0 picks a free one); binds at
     construction."""
 
-    def __init__(self, fleet: Fleet, host: str = "127.0.0.1", port: int = 9788,
-                 limits: Limits = Limits()) -> None:
+    def __init__(self, fleet: Fleet, host: str = "127.0.0.1", port: int = 9788, limits: Limits = Limits()) -> None:
         self._listener = Listener(_Endpoint(fleet), host, port, name="sim-control", limits=limits)
         self.host, self.port = self._listener.host, self._listener.port
 
-    def start(self) -> "ControlServer":
+    def start(self) -> ControlServer:
         if not _loopback(str(self.host)):
-            log.warning("the simulator's control endpoint listens on %s:%s, not loopback: it has no "
-                        "authentication, so anyone who can reach it can inject faults and set power "
-                        "limits in the simulation (and so trigger the agent's remediation); bind "
-                        "127.0.0.1 with --sim.control-address unless that is intended",
-                        self.host, self.port)
+            log.warning(
+                "the simulator's control endpoint listens on %s:%s, not loopback: it has no "
+                "authentication, so anyone who can reach it can inject faults and set power "
+                "limits in the simulation (and so trigger the agent's remediation); bind "
+                "127.0.0.1 with --sim.control-address unless that is intended",
+                self.host,
+                self.port,
+            )
         self._listener.start()
         return self
 

@@ -6,7 +6,8 @@ one GPU's state; ``clear`` undoes the standing ones (counters keep their counts,
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .physics import SimGpu
 
@@ -44,7 +45,9 @@ def check_fault(doc: Any) -> dict[str, Any]:
         raise FaultError(f"{sorted(missing)[0]}: required for fault kind {kind!r}")
     extra = keys - required - optional
     if extra:
-        raise FaultError(f"{sorted(extra)[0]}: not a field of fault kind {kind!r} (fields: {sorted(required | optional)})")
+        raise FaultError(
+            f"{sorted(extra)[0]}: not a field of fault kind {kind!r} (fields: {sorted(required | optional)})"
+        )
     for key in ("factor", "watts", "seconds", "correctable_per_minute", "per_minute"):
         if key in doc and (not isinstance(doc[key], (int, float)) or isinstance(doc[key], bool) or doc[key] < 0):
             raise FaultError(f"{key}: must be a non-negative number, got {doc[key]!r}")

@@ -14,15 +14,16 @@ import math
 import threading
 import time
 import uuid as uuidlib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from .clock import Clock, RealClock
 from .faults import apply_fault, check_fault, clear_faults
 from .models import DEFAULT_MODEL, MODELS
 from .physics import SimGpu
 
-SYNC_QUANTUM_SECONDS = 0.1   # physics moves at most 10 times a second under real time
+SYNC_QUANTUM_SECONDS = 0.1  # physics moves at most 10 times a second under real time
 WOBBLE_PERIOD_SECONDS = 300.0
 _UUID_NS = uuidlib.UUID("5d1f8a52-3c1e-4f0e-9a53-7a0f0c4e9b21")
 NVML_EVENT_XID = 0x8  # nvmlEventTypeXidCriticalError
@@ -34,27 +35,28 @@ class UnknownGpu(LookupError):
 
 @dataclass
 class TimedAction:
-    at: float                 # absolute clock time
-    seq: int                  # keeps file order among equal times
-    gpu: int | str            # index, UUID or "all"
-    action: str               # load | power_limit | fault | clear_faults
+    at: float  # absolute clock time
+    seq: int  # keeps file order among equal times
+    gpu: int | str  # index, UUID or "all"
+    action: str  # load | power_limit | fault | clear_faults
     args: dict[str, Any]
 
-    def __lt__(self, other: "TimedAction") -> bool:
+    def __lt__(self, other: TimedAction) -> bool:
         return (self.at, self.seq) < (other.at, other.seq)
 
 
 class EventSet:
     def __init__(self) -> None:
-        self.masks: dict[int, int] = {}                    # gpu index -> registered event types
+        self.masks: dict[int, int] = {}  # gpu index -> registered event types
         self.queue: collections.deque[tuple[int, int, int]] = collections.deque()  # (gpu, type, data)
 
 
 class Fleet:
     """``count`` simulated GPUs of one model, moving with ``clock``."""
 
-    def __init__(self, count: int, clock: Clock | None = None, model: str = DEFAULT_MODEL,
-                 driver_version: str = "550.54.15") -> None:
+    def __init__(
+        self, count: int, clock: Clock | None = None, model: str = DEFAULT_MODEL, driver_version: str = "550.54.15"
+    ) -> None:
         if count < 1:
             raise ValueError(f"a simulated fleet needs at least one GPU, got {count}")
         if model not in MODELS:
@@ -66,13 +68,18 @@ class Fleet:
         m = MODELS[model]
         self.gpus: list[SimGpu] = []
         for i in range(count):
-            g = SimGpu(index=i, model=m, uuid=f"GPU-{uuidlib.uuid5(_UUID_NS, f'{model}-{i}')}",
-                       pci_bus_id=f"00000000:{0x18 + i:02X}:00.0", serial=f"1650{i:09d}",
-                       power_limit_watts=m.default_limit_watts,
-                       temperature=m.ambient_celsius + 10)
+            g = SimGpu(
+                index=i,
+                model=m,
+                uuid=f"GPU-{uuidlib.uuid5(_UUID_NS, f'{model}-{i}')}",
+                pci_bus_id=f"00000000:{0x18 + i:02X}:00.0",
+                serial=f"1650{i:09d}",
+                power_limit_watts=m.default_limit_watts,
+                temperature=m.ambient_celsius + 10,
+            )
             self._baseline(g, 0.0)
             g.settle()
-            g.temperature = m.ambient_celsius + m.thermal_resistance * g.power_watts   # start warmed up
+            g.temperature = m.ambient_celsius + m.thermal_resistance * g.power_watts  # start warmed up
             g.settle()
             self.gpus.append(g)
         self._by_uuid = {g.uuid: g for g in self.gpus}
@@ -102,7 +109,7 @@ class Fleet:
         """Brings the fleet up to ``clock.now()``, applying due scenario actions in order."""
         now = self.clock.now()
         if not force and now - self._t < SYNC_QUANTUM_SECONDS:
-            timeline = self._timeline   # read without the lock: the common case must stay cheap
+            timeline = self._timeline  # read without the lock: the common case must stay cheap
             if not timeline or timeline[0].at > now:
                 return
         with self.lock:
@@ -143,8 +150,7 @@ class Fleet:
     # --- control -----------------------------------------------------------------------------
     # Public methods bring time up to now first; the _do_* ones change state at the fleet's
     # current instant (scenario actions call them from inside sync()).
-    def set_load(self, ref: int | str, utilization: float | None = None,
-                 memory_ratio: float | None = None) -> None:
+    def set_load(self, ref: int | str, utilization: float | None = None, memory_ratio: float | None = None) -> None:
         for name, v in (("utilization", utilization), ("memory_ratio", memory_ratio)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0):
                 raise ValueError(f"{name}: must be a number in [0, 1], got {v!r}")
@@ -191,7 +197,7 @@ class Fleet:
     def _do_clear(self, ref: int | str) -> None:
         for g in self._targets(ref):
             clear_faults(g)
-            self._hang_release[g.index].set()   # wakes calls blocked by a hang fault
+            self._hang_release[g.index].set()  # wakes calls blocked by a hang fault
 
     def schedule(self, actions: Iterable[tuple[float, int | str, str, dict[str, Any]]]) -> None:
         """Queues (seconds from now, gpu, action, args) to happen as time passes."""
@@ -199,7 +205,7 @@ class Fleet:
             self.sync(force=True)
             base = self.clock.now()
             for offset, gpu, action, args in actions:
-                self.gpu(0) if gpu == "all" else self.gpu(gpu)   # fail now on a bad reference
+                self.gpu(0) if gpu == "all" else self.gpu(gpu)  # fail now on a bad reference
                 bisect.insort(self._timeline, TimedAction(base + offset, next(self._seq), gpu, action, args))
         self.sync(force=True)
 

@@ -14,16 +14,25 @@ import collections
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Iterator
 from ctypes import CFUNCTYPE, c_int
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pynvml
 
 from .fleet import Fleet
-from .nvml_api import (FUNCTIONS, ERROR_GPU_IS_LOST, ERROR_INVALID_ARGUMENT, ERROR_NOT_SUPPORTED,
-                                   ERROR_UNINITIALIZED, ERROR_UNKNOWN, HANDLE_BASE)
+from .nvml_api import (
+    ERROR_GPU_IS_LOST,
+    ERROR_INVALID_ARGUMENT,
+    ERROR_NOT_SUPPORTED,
+    ERROR_UNINITIALIZED,
+    ERROR_UNKNOWN,
+    FUNCTIONS,
+    HANDLE_BASE,
+)
 
 log = logging.getLogger(__name__)
+
 
 class SimLibrary:
     """A libnvidia-ml look-alike over ``fleet``.
@@ -32,8 +41,7 @@ class SimLibrary:
     added to every device call; ``calls`` counts calls by entry point (for the benchmark).
     """
 
-    def __init__(self, fleet: Fleet, missing: frozenset[str] | set[str] = frozenset(),
-                 latency_s: float = 0.0) -> None:
+    def __init__(self, fleet: Fleet, missing: frozenset[str] | set[str] = frozenset(), latency_s: float = 0.0) -> None:
         self.fleet = fleet
         self.latency_s = latency_s
         self.initialized = 0
@@ -57,7 +65,7 @@ class SimLibrary:
                 if name.startswith("nvmlInit") or self.initialized:
                     return fn(self, *args)
                 return ERROR_UNINITIALIZED
-            except Exception:  # noqa: BLE001 - an exception must not cross into C as "success"
+            except Exception:
                 log.exception("simulated %s failed", name)
                 return ERROR_UNKNOWN
 
@@ -73,7 +81,7 @@ class SimLibrary:
                 fleet.sync()
                 release = fleet.hang_for(g, name)
                 if release is not None:
-                    release.wait(g.hang_seconds)   # blocks like a wedged driver call would
+                    release.wait(g.hang_seconds)  # blocks like a wedged driver call would
                 if self.latency_s:
                     time.sleep(self.latency_s)
                 if g.lost:
@@ -81,7 +89,7 @@ class SimLibrary:
                 if name in g.not_supported:
                     return ERROR_NOT_SUPPORTED
                 return fn(self, g, *args)
-            except Exception:  # noqa: BLE001 - an exception must not cross into C as "success"
+            except Exception:
                 log.exception("simulated %s failed", name)
                 return ERROR_UNKNOWN
 

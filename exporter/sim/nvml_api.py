@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import time
+from collections.abc import Callable
 from ctypes import c_char_p, c_int, c_uint, c_ulonglong, c_void_p, memmove
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import pynvml
 
@@ -25,6 +26,7 @@ class LibraryState(Protocol):
     fleet: Fleet
     initialized: int
 
+
 SUCCESS = 0
 ERROR_UNINITIALIZED = 1
 ERROR_INVALID_ARGUMENT = 2
@@ -36,20 +38,24 @@ ERROR_GPU_IS_LOST = 15
 ERROR_ARGUMENT_VERSION_MISMATCH = 25
 ERROR_UNKNOWN = 999
 
-HANDLE_BASE = 0x6770_0000     # handle of GPU i is HANDLE_BASE + 16 * i (any non-null value works)
+HANDLE_BASE = 0x6770_0000  # handle of GPU i is HANDLE_BASE + 16 * i (any non-null value works)
 EVENT_SET_BASE = 0x6771_0000
-SUPPORTED_EVENTS = 0x8        # nvmlEventTypeXidCriticalError
+SUPPORTED_EVENTS = 0x8  # nvmlEventTypeXidCriticalError
 
 # name -> (argument types, python function, is it a device call (first arg a handle)?)
 FUNCTIONS: dict[str, tuple[tuple[Any, ...], Callable[..., int], bool]] = {}
 
 
-def _c(*argtypes: Any, device: bool = True, names: tuple[str, ...] = ()) -> Callable[[Callable[..., int]], Callable[..., int]]:
+def _c(
+    *argtypes: Any, device: bool = True, names: tuple[str, ...] = ()
+) -> Callable[[Callable[..., int]], Callable[..., int]]:
     """Declares a C entry point (named like the function, plus aliases in ``names``)."""
+
     def deco(fn: Callable[..., int]) -> Callable[..., int]:
         for n in (fn.__name__,) + names:
             FUNCTIONS[n] = (argtypes, fn, device)
         return fn
+
     return deco
 
 
@@ -159,7 +165,7 @@ def nvmlDeviceGetPciInfo_v3(lib: LibraryState, g: SimGpu, out: int) -> int:
     info = pynvml.nvmlPciInfo_t.from_address(out)
     bus = g.pci_bus_id.encode()
     info.busId = bus
-    info.busIdLegacy = bus[-12:]   # the legacy 16-byte field holds the short form
+    info.busIdLegacy = bus[-12:]  # the legacy 16-byte field holds the short form
     info.domain, info.bus, info.device = 0, int(g.pci_bus_id[9:11], 16), 0
     info.pciDeviceId = 0x233010DE
     info.pciSubSystemId = 0x16C110DE
@@ -177,8 +183,7 @@ def nvmlDeviceGetTemperature(lib: LibraryState, g: SimGpu, sensor: int, out: int
 
 @_c(c_void_p, c_uint, c_void_p)
 def nvmlDeviceGetTemperatureThreshold(lib: LibraryState, g: SimGpu, kind: int, out: int) -> int:
-    values = {0: g.model.hw_slowdown_celsius + 5, 1: g.model.slowdown_celsius,
-              2: 95.0, 3: g.model.slowdown_celsius - 3}
+    values = {0: g.model.hw_slowdown_celsius + 5, 1: g.model.slowdown_celsius, 2: 95.0, 3: g.model.slowdown_celsius - 3}
     if kind not in values:
         return ERROR_NOT_SUPPORTED
     _put(c_uint, out, int(values[kind]))
@@ -187,7 +192,7 @@ def nvmlDeviceGetTemperatureThreshold(lib: LibraryState, g: SimGpu, kind: int, o
 
 @_c(c_void_p, c_void_p)
 def nvmlDeviceGetPowerUsage(lib: LibraryState, g: SimGpu, out: int) -> int:
-    _put(c_uint, out, int(g.power_watts * 1000))   # milliwatts
+    _put(c_uint, out, int(g.power_watts * 1000))  # milliwatts
     return SUCCESS
 
 
@@ -231,7 +236,7 @@ def nvmlDeviceGetTotalEnergyConsumption(lib: LibraryState, g: SimGpu, out: int) 
 def nvmlDeviceGetUtilizationRates(lib: LibraryState, g: SimGpu, out: int) -> int:
     u = pynvml.c_nvmlUtilization_t.from_address(out)
     u.gpu = int(round(g.utilization * 100))
-    u.memory = int(round(g.utilization * 60))   # memory controller busy share tracks the load
+    u.memory = int(round(g.utilization * 60))  # memory controller busy share tracks the load
     return SUCCESS
 
 
@@ -267,11 +272,11 @@ def nvmlDeviceGetSupportedClocksEventReasons(lib: LibraryState, g: SimGpu, out: 
 
 @_c(c_void_p, c_uint, c_void_p)
 def nvmlDeviceGetClockInfo(lib: LibraryState, g: SimGpu, kind: int, out: int) -> int:
-    if kind in (0, 1):          # graphics, SM
+    if kind in (0, 1):  # graphics, SM
         _put(c_uint, out, g.sm_clock_mhz)
-    elif kind == 2:             # memory
+    elif kind == 2:  # memory
         _put(c_uint, out, g.model.mem_mhz)
-    elif kind == 3:             # video
+    elif kind == 3:  # video
         _put(c_uint, out, int(g.sm_clock_mhz * 0.9))
     else:
         return ERROR_INVALID_ARGUMENT
@@ -320,26 +325,33 @@ def nvmlDeviceGetPersistenceMode(lib: LibraryState, g: SimGpu, out: int) -> int:
     return SUCCESS
 
 
-@_c(c_void_p, c_void_p, c_void_p, names=("nvmlDeviceGetComputeRunningProcesses_v2",
-                                          "nvmlDeviceGetGraphicsRunningProcesses_v3",
-                                          "nvmlDeviceGetGraphicsRunningProcesses_v2"))
+@_c(
+    c_void_p,
+    c_void_p,
+    c_void_p,
+    names=(
+        "nvmlDeviceGetComputeRunningProcesses_v2",
+        "nvmlDeviceGetGraphicsRunningProcesses_v3",
+        "nvmlDeviceGetGraphicsRunningProcesses_v2",
+    ),
+)
 def nvmlDeviceGetComputeRunningProcesses_v3(lib: LibraryState, g: SimGpu, count: int, infos: int) -> int:
-    _put(c_uint, count, 0)       # the simulator runs no processes of its own
+    _put(c_uint, count, 0)  # the simulator runs no processes of its own
     return SUCCESS
 
 
 @_c(c_void_p, c_void_p, c_void_p, names=("nvmlDeviceGetDecoderUtilization",))
 def nvmlDeviceGetEncoderUtilization(lib: LibraryState, g: SimGpu, util: int, period_us: int) -> int:
-    _put(c_uint, util, 0)              # the simulated jobs do no video work
+    _put(c_uint, util, 0)  # the simulated jobs do no video work
     _put(c_uint, period_us, 167000)
     return SUCCESS
 
 
 @_c(c_void_p, c_uint, c_void_p)
 def nvmlDeviceGetPcieThroughput(lib: LibraryState, g: SimGpu, counter: int, out: int) -> int:
-    if counter not in (0, 1):          # TX, RX
+    if counter not in (0, 1):  # TX, RX
         return ERROR_INVALID_ARGUMENT
-    _put(c_uint, out, int(g.utilization * 2_000_000))   # KB/s, traffic tracks the load
+    _put(c_uint, out, int(g.utilization * 2_000_000))  # KB/s, traffic tracks the load
     return SUCCESS
 
 
@@ -395,7 +407,7 @@ def _field(g: SimGpu, fid: int) -> tuple[int, int] | None:
     """(NVML value type, value) of field ``fid`` on ``g``; None when the board lacks it."""
     UI, ULL = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT, pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
     remap = g.model.memory_repair == "remapping"
-    if fid == 1 or fid == 2:        # ECC mode current/pending
+    if fid == 1 or fid == 2:  # ECC mode current/pending
         return UI, 1
     if fid == 3:
         return ULL, g.ecc_correctable
@@ -466,13 +478,14 @@ def nvmlDeviceGetSupportedEventTypes(lib: LibraryState, g: SimGpu, out: int) -> 
 
 @_c(c_void_p, c_void_p, c_uint, device=False, names=("nvmlEventSetWait",))
 def nvmlEventSetWait_v2(lib: LibraryState, event_set: int | None, out: int, timeout_ms: int) -> int:
-    got = lib.fleet.event_set_wait((event_set or 0) - EVENT_SET_BASE, timeout_ms / 1000.0,
-                                   time.monotonic() + timeout_ms / 1000.0)
+    got = lib.fleet.event_set_wait(
+        (event_set or 0) - EVENT_SET_BASE, timeout_ms / 1000.0, time.monotonic() + timeout_ms / 1000.0
+    )
     if got is None:
         return ERROR_TIMEOUT
     gpu, etype, data = got
     ev = pynvml.c_nvmlEventData_t.from_address(out)
-    c_void_p.from_address(out).value = HANDLE_BASE + 16 * gpu   # .device is the first member
+    c_void_p.from_address(out).value = HANDLE_BASE + 16 * gpu  # .device is the first member
     ev.eventType, ev.eventData = etype, data
     ev.gpuInstanceId = ev.computeInstanceId = 0xFFFFFFFF
     return SUCCESS
@@ -481,5 +494,3 @@ def nvmlEventSetWait_v2(lib: LibraryState, event_set: int | None, out: int, time
 @_c(c_void_p, device=False)
 def nvmlEventSetFree(lib: LibraryState, event_set: int | None) -> int:
     return SUCCESS if lib.fleet.event_set_free((event_set or 0) - EVENT_SET_BASE) else ERROR_INVALID_ARGUMENT
-
-

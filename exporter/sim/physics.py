@@ -31,9 +31,9 @@ class SimGpu:
     pci_bus_id: str
     serial: str
     power_limit_watts: float
-    utilization: float = 0.3            # target load 0-1 set by baseline, scenario or control API
-    memory_ratio: float = 0.3           # share of memory allocated
-    load_pinned: bool = False           # True once a scenario or the API set the load: no wobble
+    utilization: float = 0.3  # target load 0-1 set by baseline, scenario or control API
+    memory_ratio: float = 0.3  # share of memory allocated
+    load_pinned: bool = False  # True once a scenario or the API set the load: no wobble
     temperature: float = 35.0
     power_watts: float = 0.0
     energy_mj: float = 0.0
@@ -46,12 +46,12 @@ class SimGpu:
     remapped_uncorrectable: int = 0
     pcie_replays: int = 0
     lost: bool = False
-    cooling_factor: float = 1.0         # > 1: degraded cooling (fan failure, blocked airflow)
-    extra_watts: float = 0.0            # power_spike fault: draw on top of what load explains
+    cooling_factor: float = 1.0  # > 1: degraded cooling (fan failure, blocked airflow)
+    extra_watts: float = 0.0  # power_spike fault: draw on top of what load explains
     ecc_correctable_per_s: float = 0.0  # ecc fault: rate of new correctable errors
     pcie_replays_per_s: float = 0.0
-    not_supported: set[str] = field(default_factory=set)   # NVML calls answering NOT_SUPPORTED
-    hang_calls: set[str] = field(default_factory=set)      # calls that block ("*" = all)
+    not_supported: set[str] = field(default_factory=set)  # NVML calls answering NOT_SUPPORTED
+    hang_calls: set[str] = field(default_factory=set)  # calls that block ("*" = all)
     hang_seconds: float = 0.0
     _ecc_carry: float = 0.0
     _pcie_carry: float = 0.0
@@ -139,7 +139,7 @@ class SimGpu:
         self.ecc_correctable += correctable
         self.ecc_uncorrectable += uncorrectable
         if self.model.memory_repair == "remapping":
-            self.remapped_correctable += correctable // 8   # a row is remapped every few errors
+            self.remapped_correctable += correctable // 8  # a row is remapped every few errors
             self.remapped_uncorrectable += uncorrectable
         else:
             self.retired_sbe += correctable // 8
@@ -155,16 +155,23 @@ class SimGpu:
     def state(self) -> dict[str, object]:
         """What the control endpoint shows (JSON-ready)."""
         return {
-            "index": self.index, "uuid": self.uuid, "name": self.model.name,
-            "pci_bus_id": self.pci_bus_id, "lost": self.lost,
-            "utilization": round(self.utilization, 4), "memory_ratio": round(self.memory_ratio, 4),
+            "index": self.index,
+            "uuid": self.uuid,
+            "name": self.model.name,
+            "pci_bus_id": self.pci_bus_id,
+            "lost": self.lost,
+            "utilization": round(self.utilization, 4),
+            "memory_ratio": round(self.memory_ratio, 4),
             "temperature_celsius": round(self.temperature, 3),
             "power_watts": round(self.power_watts, 3),
             "power_limit_watts": self.power_limit_watts,
             "energy_joules": round(self.energy_mj / 1000.0, 3),
             "throttle_reasons": self.reasons,
-            "ecc_correctable": self.ecc_correctable, "ecc_uncorrectable": self.ecc_uncorrectable,
+            "ecc_correctable": self.ecc_correctable,
+            "ecc_uncorrectable": self.ecc_uncorrectable,
             "pcie_replays": self.pcie_replays,
-            "cooling_factor": self.cooling_factor, "extra_watts": self.extra_watts,
-            "not_supported": sorted(self.not_supported), "hang_calls": sorted(self.hang_calls),
+            "cooling_factor": self.cooling_factor,
+            "extra_watts": self.extra_watts,
+            "not_supported": sorted(self.not_supported),
+            "hang_calls": sorted(self.hang_calls),
         }

@@ -16,8 +16,18 @@ from gpuwarden import config as foundation
 from gpuwarden.config import Document, LineIndex
 from gpuwarden.durations import seconds
 
-__all__ = ["ACTIONS", "Expectation", "Scenario", "ScenarioError", "from_doc", "load", "parse", "play",
-           "seconds", "shipped"]
+__all__ = [
+    "ACTIONS",
+    "Expectation",
+    "Scenario",
+    "ScenarioError",
+    "from_doc",
+    "load",
+    "parse",
+    "play",
+    "seconds",
+    "shipped",
+]
 
 ACTIONS = ("load", "power_limit", "fault", "clear_faults", "release_load")
 
@@ -67,21 +77,31 @@ def from_doc(data: Any, source: str = "<scenario>", lines: LineIndex | None = No
     for i, step in enumerate(data["steps"]):
         acts = [a for a in ACTIONS if a in step]
         if len(acts) != 1:
-            raise ScenarioError(doc.problem(("steps", i), f"needs exactly one of {', '.join(ACTIONS)}; "
-                                                          f"found {acts or 'none'}"))
+            raise ScenarioError(
+                doc.problem(("steps", i), f"needs exactly one of {', '.join(ACTIONS)}; found {acts or 'none'}")
+            )
         act = acts[0]
         args = step[act] if isinstance(step[act], dict) else {}
         gpu = step["gpu"]
         if isinstance(gpu, int) and "gpus" in data and gpu >= data["gpus"]:
-            raise ScenarioError(doc.problem(("steps", i, "gpu"),
-                                            f"GPU {gpu} does not exist in a fleet of {data['gpus']}"))
+            raise ScenarioError(
+                doc.problem(("steps", i, "gpu"), f"GPU {gpu} does not exist in a fleet of {data['gpus']}")
+            )
         steps.append((seconds(step["at"]), gpu, act, dict(args)))
     expect = None
     if "expect" in data:
         e = data["expect"]
         expect = Expectation(e["rule"], e["gpu"], seconds(e["holds_from"]), seconds(e["holds_until"]))
-    return Scenario(name=data["name"], description=data.get("description", ""), gpus=data.get("gpus"),
-                    model=data.get("model"), steps=tuple(steps), expect=expect, source=source, doc=data)
+    return Scenario(
+        name=data["name"],
+        description=data.get("description", ""),
+        gpus=data.get("gpus"),
+        model=data.get("model"),
+        steps=tuple(steps),
+        expect=expect,
+        source=source,
+        doc=data,
+    )
 
 
 def load(path: Path | str) -> Scenario:

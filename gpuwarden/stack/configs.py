@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import secrets
-from importlib import resources
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +64,7 @@ def prometheus_config(ports: Ports, settings: Settings) -> dict[str, Any]:
     if not rule_files:
         raise FileNotFoundError(f"no generated rules in {RULES_DIR}: run 'gpuwarden-rules generate'")
     return {
-        "global": {"scrape_interval": settings.scrape_interval,
-                   "evaluation_interval": settings.evaluation_interval},
+        "global": {"scrape_interval": settings.scrape_interval, "evaluation_interval": settings.evaluation_interval},
         "rule_files": rule_files,
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{ports.alertmanager}"]}]}]},
         "scrape_configs": [
@@ -89,16 +88,22 @@ def alertmanager_config(ports: Ports, token_file: Path, shipped: Path | None = N
             # Pages and chat messages land in the stack's sink, which the live view shows.
             name = receiver["name"]
             receiver.clear()
-            receiver.update({"name": name, "webhook_configs": [
-                {"url": f"http://127.0.0.1:{ports.sink}/{name}", "send_resolved": True}]})
+            receiver.update(
+                {
+                    "name": name,
+                    "webhook_configs": [{"url": f"http://127.0.0.1:{ports.sink}/{name}", "send_resolved": True}],
+                }
+            )
     return doc
 
 
-def agent_config(workdir: Path, ports: Ports, token_file: Path, webhook_token_file: Path,
-                 settings: Settings) -> dict[str, Any]:
+def agent_config(
+    workdir: Path, ports: Ports, token_file: Path, webhook_token_file: Path, settings: Settings
+) -> dict[str, Any]:
     agent_dir = workdir / "agent"
-    actuator = ({"kind": "sim", "sim_url": f"http://127.0.0.1:{ports.sim_control}"} if settings.simulated
-                else {"kind": "nvml"})
+    actuator = (
+        {"kind": "sim", "sim_url": f"http://127.0.0.1:{ports.sim_control}"} if settings.simulated else {"kind": "nvml"}
+    )
     return {
         "web": {"listen_address": f"127.0.0.1:{ports.agent}", "token_file": str(token_file)},
         "database": {"path": str(agent_dir / "agent.db")},
@@ -107,14 +112,15 @@ def agent_config(workdir: Path, ports: Ports, token_file: Path, webhook_token_fi
         "remediation": {
             "auth": {"bearer_token_file": str(webhook_token_file)},
             "actuator": actuator,
-            "throttle": {**({"watts": settings.throttle_watts} if settings.throttle_watts else {"fraction": 0.7}),
-                         "hold_down_seconds": settings.throttle_hold_down_seconds},
+            "throttle": {
+                **({"watts": settings.throttle_watts} if settings.throttle_watts else {"fraction": 0.7}),
+                "hold_down_seconds": settings.throttle_hold_down_seconds,
+            },
         },
         # Risk scores for placement, the dashboard and `gpuwarden-agent predict`. Migrating ahead
         # of an alert stays off here so that what the demo shows is the alert-driven loop; turn
         # it on with `migrate: true` in a real deployment's agent config.
-        "predictor": {"prometheus_url": f"http://127.0.0.1:{ports.prometheus}", "period_seconds": 15,
-                      "migrate": False},
+        "predictor": {"prometheus_url": f"http://127.0.0.1:{ports.prometheus}", "period_seconds": 15, "migrate": False},
     }
 
 
@@ -134,8 +140,10 @@ def write_all(workdir: Path, ports: Ports, settings: Settings) -> dict[str, Path
     }
     header = "# Written by 'gpuwarden up'; rewritten at every start.\n"
     paths["prometheus"].write_text(header + yaml.safe_dump(prometheus_config(ports, settings), sort_keys=False))
-    paths["alertmanager"].write_text(header + yaml.safe_dump(alertmanager_config(ports, webhook_token),
-                                                             sort_keys=False))
-    paths["agent"].write_text(header + yaml.safe_dump(agent_config(workdir, ports, token, webhook_token, settings),
-                                                      sort_keys=False))
+    paths["alertmanager"].write_text(
+        header + yaml.safe_dump(alertmanager_config(ports, webhook_token), sort_keys=False)
+    )
+    paths["agent"].write_text(
+        header + yaml.safe_dump(agent_config(workdir, ports, token, webhook_token, settings), sort_keys=False)
+    )
     return paths

@@ -20,9 +20,12 @@ from typing import Any
 
 from .view import get_json
 
-JOB_COMMAND = [sys.executable, "-c",
-               "import os, time; print('training on CUDA_VISIBLE_DEVICES=' + os.environ['CUDA_VISIBLE_DEVICES'], "
-               "flush=True); time.sleep(10**6)"]
+JOB_COMMAND = [
+    sys.executable,
+    "-c",
+    "import os, time; print('training on CUDA_VISIBLE_DEVICES=' + os.environ['CUDA_VISIBLE_DEVICES'], "
+    "flush=True); time.sleep(10**6)",
+]
 JOBS = [("train-a", 2), ("train-b", 1), ("eval-c", 1)]
 # With cooling at half its strength (the fault below), a 700 W-class board at 60 % load settles
 # near 100 °C (held at 88 °C by its own slowdown) and at 300 W near 78 °C: the throttle cools it
@@ -54,9 +57,14 @@ def wait_for_gpus(agent_url: str, token: str, count: int, timeout: float = 60.0)
 
 
 def submit_jobs(agent_url: str, token: str) -> list[int]:
-    return [_post(f"{agent_url}/api/v1/jobs", {"name": name, "gpus": n, "command": JOB_COMMAND,
-                                               "idempotency_key": f"demo-{name}"}, token)["id"]
-            for name, n in JOBS]
+    return [
+        _post(
+            f"{agent_url}/api/v1/jobs",
+            {"name": name, "gpus": n, "command": JOB_COMMAND, "idempotency_key": f"demo-{name}"},
+            token,
+        )["id"]
+        for name, n in JOBS
+    ]
 
 
 def _running_gpus(agent_url: str, token: str, job_id: int, timeout: float = 30.0) -> list[str]:

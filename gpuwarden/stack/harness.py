@@ -26,15 +26,16 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import pynvml
 import yaml
 
-from gpuwarden import rules
 import gpuwarden.rules.config  # noqa: F401 - loads rules.config
+from gpuwarden import rules
 from gpuwarden.exporter.sim.scenario import seconds, shipped
 from gpuwarden.procs import ProcError
 
@@ -48,18 +49,29 @@ from .view import NotificationSink
 SCRAPE_INTERVAL = 2.0
 EVALUATION_INTERVAL = 2.0
 HOLD_DOWN_SECONDS = 5.0
-GPU_COUNT = 10          # eight faulted GPUs, each with its own rule, and two spares
-SEED_RULES = ("THERMAL_WARNING", "THERMAL_CRITICAL", "POWER_SPIKE", "POWER_CRITICAL",
-              "ECC_ERRORS_SPIKE", "ECC_UNCORRECTABLE", "THROTTLING", "MEMORY_PRESSURE")
+GPU_COUNT = 10  # eight faulted GPUs, each with its own rule, and two spares
+SEED_RULES = (
+    "THERMAL_WARNING",
+    "THERMAL_CRITICAL",
+    "POWER_SPIKE",
+    "POWER_CRITICAL",
+    "ECC_ERRORS_SPIKE",
+    "ECC_UNCORRECTABLE",
+    "THROTTLING",
+    "MEMORY_PRESSURE",
+)
 # A job that sleeps (its GPU is what matters); bounded, so a job can never outlive a crashed run
 # for long (teardown cancels every job anyway: the agent runs jobs in their own sessions).
 JOB_COMMAND = [sys.executable, "-c", "import time; time.sleep(900)"]
 
 # NVML clock-event reasons that count as throttling (DESIGN.md), as the simulator's bitmask.
-THROTTLING_MASK = (pynvml.nvmlClocksThrottleReasonSwPowerCap | pynvml.nvmlClocksThrottleReasonHwSlowdown
-                   | pynvml.nvmlClocksThrottleReasonSwThermalSlowdown
-                   | pynvml.nvmlClocksThrottleReasonHwThermalSlowdown
-                   | pynvml.nvmlClocksThrottleReasonHwPowerBrakeSlowdown)
+THROTTLING_MASK = (
+    pynvml.nvmlClocksThrottleReasonSwPowerCap
+    | pynvml.nvmlClocksThrottleReasonHwSlowdown
+    | pynvml.nvmlClocksThrottleReasonSwThermalSlowdown
+    | pynvml.nvmlClocksThrottleReasonHwThermalSlowdown
+    | pynvml.nvmlClocksThrottleReasonHwPowerBrakeSlowdown
+)
 
 T = TypeVar("T")
 
@@ -68,8 +80,7 @@ class LoopError(RuntimeError):
     """The loop did not come up, or a condition was not reached in time; says what and where."""
 
 
-def _request(method: str, url: str, body: Any = None, token: str | None = None,
-             timeout: float = 5.0) -> Any:
+def _request(method: str, url: str, body: Any = None, token: str | None = None, timeout: float = 5.0) -> Any:
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
@@ -109,8 +120,10 @@ class Fault:
 
     def doc(self, gpu: int, clear: bool = False) -> dict[str, Any]:
         steps = self.clear_steps if clear else self.inject_steps
-        return {"name": f"e2e-{self.scenario}-{'clear' if clear else 'inject'}-gpu{gpu}",
-                "steps": [{**s, "gpu": gpu} for s in steps]}
+        return {
+            "name": f"e2e-{self.scenario}-{'clear' if clear else 'inject'}-gpu{gpu}",
+            "steps": [{**s, "gpu": gpu} for s in steps],
+        }
 
 
 def shipped_faults() -> dict[str, Fault]:
@@ -153,8 +166,9 @@ def threshold_now(rule: rules.config.AlertRule, gpu: dict[str, Any], slowdown: f
     return float(rule.threshold)
 
 
-def crossed(rule: rules.config.AlertRule, gpu: dict[str, Any], baseline: dict[str, Any],
-            slowdown: float | None = None) -> bool:
+def crossed(
+    rule: rules.config.AlertRule, gpu: dict[str, Any], baseline: dict[str, Any], slowdown: float | None = None
+) -> bool:
     """Whether the simulator's raw state of ``gpu`` is past ``rule``'s threshold now (the moment
     the fault is visible to NVML, from which detection latency counts)."""
     ops = {">=": float.__ge__, ">": float.__gt__, "<=": float.__le__, "<": float.__lt__}
@@ -164,7 +178,7 @@ def crossed(rule: rules.config.AlertRule, gpu: dict[str, Any], baseline: dict[st
     elif rule.metric == "gpu_power_watts":
         value = gpu["power_watts"]
     elif rule.metric == "gpu_ecc_errors_correctable_total":
-        value = gpu["ecc_correctable"] - baseline["ecc_correctable"]   # growth since the fault
+        value = gpu["ecc_correctable"] - baseline["ecc_correctable"]  # growth since the fault
     elif rule.metric == "gpu_ecc_errors_uncorrectable_total":
         value = gpu["ecc_uncorrectable"]
     elif rule.metric == "gpu_throttle_active":
@@ -231,8 +245,9 @@ class Loop:
         return list(reversed(self.agent(f"/api/v1/actions?{q}")["actions"]))
 
     def submit(self, name: str, gpus: int = 1) -> int:
-        job = self.agent("/api/v1/jobs", {"name": name, "gpus": gpus, "command": JOB_COMMAND,
-                                          "idempotency_key": f"e2e-{name}"})
+        job = self.agent(
+            "/api/v1/jobs", {"name": name, "gpus": gpus, "command": JOB_COMMAND, "idempotency_key": f"e2e-{name}"}
+        )
         self.jobs.append(job["id"])
         return int(job["id"])
 
@@ -262,8 +277,11 @@ class Loop:
 
     def notifications(self, rule: str, gpu: int, status: str = "firing") -> list[dict[str, Any]]:
         """What Alertmanager delivered to the on-call/chat receivers for ``rule`` on ``gpu``."""
-        return [n for n in list(self.sink.received)
-                if n["labels"].get("rule") == rule and n["labels"].get("gpu") == str(gpu) and n["status"] == status]
+        return [
+            n
+            for n in list(self.sink.received)
+            if n["labels"].get("rule") == rule and n["labels"].get("gpu") == str(gpu) and n["status"] == status
+        ]
 
     # -- lifecycle --------------------------------------------------------------------------
     def stop(self) -> None:
@@ -271,24 +289,41 @@ class Loop:
             try:
                 self.agent(f"/api/v1/jobs/{job_id}", method="DELETE")
             except (OSError, LoopError):
-                pass   # already finished, or the agent is gone (its jobs are then bounded sleeps)
+                pass  # already finished, or the agent is gone (its jobs are then bounded sleeps)
         self.stack.stop()
 
 
 def settings() -> configs.Settings:
     """The loop's deployment settings (not rules): fast scrapes and evaluations, short hold-down."""
-    return configs.Settings(scrape_interval=f"{SCRAPE_INTERVAL:g}s", evaluation_interval=f"{EVALUATION_INTERVAL:g}s",
-                            simulated=True, throttle_hold_down_seconds=HOLD_DOWN_SECONDS)
+    return configs.Settings(
+        scrape_interval=f"{SCRAPE_INTERVAL:g}s",
+        evaluation_interval=f"{EVALUATION_INTERVAL:g}s",
+        simulated=True,
+        throttle_hold_down_seconds=HOLD_DOWN_SECONDS,
+    )
 
 
-def start(workdir: Path, prometheus: str | None = None, alertmanager: str | None = None,
-          gpu_count: int = GPU_COUNT, exporter: str | None = None, agent: str | None = None) -> Loop:
+def start(
+    workdir: Path,
+    prometheus: str | None = None,
+    alertmanager: str | None = None,
+    gpu_count: int = GPU_COUNT,
+    exporter: str | None = None,
+    agent: str | None = None,
+) -> Loop:
     """Starts a ``Stack`` of ``gpu_count`` simulated GPUs on free ports with the loop's
     ``settings()`` and waits until the agent knows every GPU (discovered from Prometheus). On
     failure everything started is stopped and LoopError says why."""
     try:
-        stack = Stack(workdir, prometheus=prometheus, alertmanager=alertmanager, settings=settings(),
-                      gpu_count=gpu_count, exporter=exporter, agent=agent)
+        stack = Stack(
+            workdir,
+            prometheus=prometheus,
+            alertmanager=alertmanager,
+            settings=settings(),
+            gpu_count=gpu_count,
+            exporter=exporter,
+            agent=agent,
+        )
     except ProcError as exc:
         raise LoopError(str(exc)) from None
     loop = Loop(stack)
@@ -309,14 +344,14 @@ class Run:
     """Every seed rule's fault injected at once, each on its own GPU; the moments that matter."""
 
     loop: Loop
-    gpu: dict[str, int]               # rule -> GPU index
-    uuid: dict[str, str]              # rule -> GPU uuid
-    job_id: int                       # the job running on POWER_CRITICAL's GPU
-    injected_at: dict[str, float]     # rule -> wall-clock time the fault was played
-    crossed_at: dict[str, float] = field(default_factory=dict)   # rule -> raw value first past the threshold
+    gpu: dict[str, int]  # rule -> GPU index
+    uuid: dict[str, str]  # rule -> GPU uuid
+    job_id: int  # the job running on POWER_CRITICAL's GPU
+    injected_at: dict[str, float]  # rule -> wall-clock time the fault was played
+    crossed_at: dict[str, float] = field(default_factory=dict)  # rule -> raw value first past the threshold
     faults: dict[str, Fault] = field(default_factory=dict)
     cleared: set[str] = field(default_factory=set)
-    latencies: dict[str, dict[str, float]] = field(default_factory=dict)   # filled in by the tests
+    latencies: dict[str, dict[str, float]] = field(default_factory=dict)  # filled in by the tests
     specs: dict[str, rules.config.AlertRule] = field(default_factory=dict)  # rule -> version judging its GPU
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -342,14 +377,15 @@ def inject_all(loop: Loop) -> Run:
     victim = by_uuid[job["gpu_uuids"][0]]["index"]
     others = [g["index"] for g in sorted(by_uuid.values(), key=lambda g: g["index"]) if g["index"] != victim]
     gpu = {"POWER_CRITICAL": victim}
-    for rule, index in zip([r for r in SEED_RULES if r != "POWER_CRITICAL"], others):
+    for rule, index in zip([r for r in SEED_RULES if r != "POWER_CRITICAL"], others, strict=False):
         gpu[rule] = index
     index_uuid = {g["index"]: u for u, g in by_uuid.items()}
     baseline = {g["index"]: g for g in by_uuid.values()}
     # The rules judge each GPU by its model's profile (rules/thresholds.yaml: profiles).
     specs = {r: cfg.rule_for(r, baseline[i]["name"]) for r, i in gpu.items()}
-    slowdown = {i: loop.exporter_value("gpu_temperature_threshold_celsius", i, threshold="slowdown")
-                for i in gpu.values()}
+    slowdown = {
+        i: loop.exporter_value("gpu_temperature_threshold_celsius", i, threshold="slowdown") for i in gpu.values()
+    }
     injected: dict[str, float] = {}
     for rule in SEED_RULES:
         injected[rule] = time.time()
@@ -361,7 +397,7 @@ def inject_all(loop: Loop) -> Run:
             try:
                 state = {g["index"]: g for g in loop.sim_gpus()}
             except (OSError, LoopError):
-                return   # the loop is stopping
+                return  # the loop is stopping
             now = time.time()
             for rule, index in gpu.items():
                 if rule not in run.crossed_at and crossed(specs[rule], state[index], baseline[index], slowdown[index]):
@@ -391,8 +427,12 @@ def routes_for(labels: dict[str, str], config: Path | None = None) -> list[tuple
                 raise LoopError(f"alertmanager.yml: matcher {m!r} not understood")
             name, op, value = found.groups()
             have = labels.get(name, "")
-            ok = {"=": have == value, "!=": have != value,
-                  "=~": re.fullmatch(value, have) is not None, "!~": re.fullmatch(value, have) is None}[op]
+            ok = {
+                "=": have == value,
+                "!=": have != value,
+                "=~": re.fullmatch(value, have) is not None,
+                "!~": re.fullmatch(value, have) is None,
+            }[op]
             if not ok:
                 return False
         return True
@@ -407,7 +447,7 @@ def routes_for(labels: dict[str, str], config: Path | None = None) -> list[tuple
                     break
         return out or [(route["receiver"], wait)]
 
-    return walk(doc["route"], 30.0)   # Alertmanager's default group_wait
+    return walk(doc["route"], 30.0)  # Alertmanager's default group_wait
 
 
 def floor_seconds(rule: rules.config.AlertRule, receiver: str) -> float:

@@ -12,8 +12,9 @@ settings (ports, intervals, hold-down), never a rule or a route.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from gpuwarden.procs import LOOPBACK, Proc, ProcError, console_script, free_ports, stop_all, wait_http
 
@@ -22,7 +23,7 @@ from .view import NotificationSink
 
 INSTALL_HINT = "install them with 'apt-get install prometheus prometheus-alertmanager' (or 'make binaries')"
 PROMETHEUS_NAMES = ("prometheus",)
-ALERTMANAGER_NAMES = ("prometheus-alertmanager", "alertmanager")   # Debian's name, upstream's
+ALERTMANAGER_NAMES = ("prometheus-alertmanager", "alertmanager")  # Debian's name, upstream's
 
 
 class StackError(ProcError):
@@ -39,8 +40,9 @@ def find_binary(names: Sequence[str], what: str, given: str | None = None) -> st
         found = shutil.which(name)
         if found:
             return found
-    raise StackError(f"{what} not found on PATH (looked for {', '.join(names)}): {INSTALL_HINT}, "
-                     f"or pass --{what.lower()} PATH")
+    raise StackError(
+        f"{what} not found on PATH (looked for {', '.join(names)}): {INSTALL_HINT}, or pass --{what.lower()} PATH"
+    )
 
 
 def free_stack_ports() -> configs.Ports:
@@ -59,10 +61,20 @@ class Stack:
     free ones; ``exporter`` and ``agent`` to the console scripts of this environment.
     """
 
-    def __init__(self, workdir: Path, *, prometheus: str | None = None, alertmanager: str | None = None,
-                 settings: configs.Settings = configs.Settings(), ports: configs.Ports | None = None,
-                 gpu_count: int = 8, scenario: Path | None = None, exporter: str | None = None,
-                 agent: str | None = None, ready_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        prometheus: str | None = None,
+        alertmanager: str | None = None,
+        settings: configs.Settings = configs.Settings(),
+        ports: configs.Ports | None = None,
+        gpu_count: int = 8,
+        scenario: Path | None = None,
+        exporter: str | None = None,
+        agent: str | None = None,
+        ready_timeout: float = 30.0,
+    ) -> None:
         self.workdir = Path(workdir).resolve()
         self.prometheus_bin = find_binary(PROMETHEUS_NAMES, "Prometheus", prometheus)
         self.alertmanager_bin = find_binary(ALERTMANAGER_NAMES, "Alertmanager", alertmanager)
@@ -111,7 +123,7 @@ class Stack:
         return self.workdir / "logs"
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> "Stack":
+    def start(self) -> Stack:
         if self.procs:
             raise StackError("this stack was started already")
         try:
@@ -128,25 +140,43 @@ class Stack:
         self.sink = NotificationSink(ports.sink).start()
         self._sink_running = True
 
-        exporter = [self._exporter or console_script("gpuwarden-exporter"),
-                    f"--web.listen-address={LOOPBACK}:{ports.exporter}"]
+        exporter = [
+            self._exporter or console_script("gpuwarden-exporter"),
+            f"--web.listen-address={LOOPBACK}:{ports.exporter}",
+        ]
         if self.simulated:
             exporter += [f"--simulate={self.gpu_count}", f"--sim.control-address={LOOPBACK}:{ports.sim_control}"]
             if self.scenario is not None:
                 exporter.append(f"--scenario={self.scenario}")
         self._run("exporter", exporter, self.exporter_url + "/metrics")
-        self._run("agent", [self._agent or console_script("gpuwarden-agent"), "serve",
-                            f"--config={self.paths['agent']}"], self.agent_url + "/healthz", cwd=workdir / "agent")
-        self._run("alertmanager", [
-            self.alertmanager_bin, f"--config.file={self.paths['alertmanager']}",
-            f"--storage.path={workdir / 'alertmanager/data'}",
-            f"--web.listen-address={LOOPBACK}:{ports.alertmanager}", "--cluster.listen-address="],
-            self.alertmanager_url + "/-/ready")
-        self._run("prometheus", [
-            self.prometheus_bin, f"--config.file={self.paths['prometheus']}",
-            f"--storage.tsdb.path={workdir / 'prometheus/data'}",
-            f"--web.listen-address={LOOPBACK}:{ports.prometheus}", "--storage.tsdb.retention.time=2d"],
-            self.prometheus_url + "/-/ready")
+        self._run(
+            "agent",
+            [self._agent or console_script("gpuwarden-agent"), "serve", f"--config={self.paths['agent']}"],
+            self.agent_url + "/healthz",
+            cwd=workdir / "agent",
+        )
+        self._run(
+            "alertmanager",
+            [
+                self.alertmanager_bin,
+                f"--config.file={self.paths['alertmanager']}",
+                f"--storage.path={workdir / 'alertmanager/data'}",
+                f"--web.listen-address={LOOPBACK}:{ports.alertmanager}",
+                "--cluster.listen-address=",
+            ],
+            self.alertmanager_url + "/-/ready",
+        )
+        self._run(
+            "prometheus",
+            [
+                self.prometheus_bin,
+                f"--config.file={self.paths['prometheus']}",
+                f"--storage.tsdb.path={workdir / 'prometheus/data'}",
+                f"--web.listen-address={LOOPBACK}:{ports.prometheus}",
+                "--storage.tsdb.retention.time=2d",
+            ],
+            self.prometheus_url + "/-/ready",
+        )
 
     def _run(self, name: str, argv: list[str], ready_url: str, cwd: Path | None = None) -> Proc:
         proc = Proc(argv, self.logs / f"{name}.log", cwd=cwd, name=name, append=True)
@@ -161,6 +191,7 @@ class Stack:
         """The agent's GPUs once it knows ``count`` of them (default: the simulated fleet's
         size), discovered from Prometheus; StackError after ``timeout`` s."""
         from . import demo
+
         try:
             return demo.wait_for_gpus(self.agent_url, self.token, count or self.gpu_count, timeout)
         except TimeoutError as exc:
@@ -184,7 +215,7 @@ class Stack:
             self.sink.stop()
             self._sink_running = False
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -13,7 +13,8 @@ import sys
 import threading
 import time
 import urllib.request
-from typing import Any, Callable, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from gpuwarden.listener import Admit, Head, Limits, Listener, Reply
 
@@ -27,7 +28,7 @@ def get_json(url: str, token: str | None = None, timeout: float = 3.0) -> Any:
 class _SinkEndpoint:
     """POST /{receiver}: an Alertmanager webhook notification, noted on the sink."""
 
-    def __init__(self, sink: "NotificationSink") -> None:
+    def __init__(self, sink: NotificationSink) -> None:
         self.sink = sink
 
     def admit(self, head: Head) -> Admit | Reply:
@@ -62,13 +63,17 @@ class NotificationSink:
         self.port = self._listener.port
 
     def note(self, receiver: str, alert: Any) -> None:
-        entry = {"at": time.time(), "receiver": receiver,
-                 "status": alert.get("status"), "labels": alert.get("labels", {})}
+        entry = {
+            "at": time.time(),
+            "receiver": receiver,
+            "status": alert.get("status"),
+            "labels": alert.get("labels", {}),
+        }
         with self._lock:  # handlers run in a thread pool
             self.received.append(entry)
             self.total += 1  # after the append: a reader of `total` finds the note
 
-    def start(self) -> "NotificationSink":
+    def start(self) -> NotificationSink:
         self._listener.start()
         return self
 
@@ -87,9 +92,17 @@ def _gpu_label(labels: dict[str, Any]) -> str:
 class LiveView:
     """Polls the stack and renders it; ``step()`` does one poll (the caller owns the loop)."""
 
-    def __init__(self, agent_url: str, prometheus_url: str, token: str, sink: NotificationSink,
-                 header: list[str], out: TextIO = sys.stdout, redraw: bool | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        agent_url: str,
+        prometheus_url: str,
+        token: str,
+        sink: NotificationSink,
+        header: list[str],
+        out: TextIO = sys.stdout,
+        redraw: bool | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.agent_url, self.prometheus_url, self.token = agent_url, prometheus_url, token
         self.sink, self.header, self.out, self.clock = sink, header, out, clock
         self.redraw = out.isatty() if redraw is None else redraw
@@ -139,15 +152,19 @@ class LiveView:
         lines.append(f"{'GPU':<4} {'UUID':<16} {'STATE':<12} {'JOB':<16} ALERTS")
         for g in sorted(snap["gpus"], key=lambda g: (g.get("node", ""), g.get("index", 0))):
             alerts = ",".join(a["rule"] for a in g.get("alerts", []))
-            lines.append(f"{g.get('index', '?'):<4} {_short(g['uuid']):<16} {g.get('state', '?'):<12} "
-                         f"{by_gpu.get(g['uuid'], '-'):<16} {alerts}")
+            lines.append(
+                f"{g.get('index', '?'):<4} {_short(g['uuid']):<16} {g.get('state', '?'):<12} "
+                f"{by_gpu.get(g['uuid'], '-'):<16} {alerts}"
+            )
         pending = sum(1 for j in snap["jobs"] if j.get("state") == "pending")
         lines += ["", f"jobs: {sum(1 for j in snap['jobs'] if j.get('state') == 'running')} running, {pending} pending"]
         lines += ["", "alerts (Prometheus):"]
         for a in sorted(snap["alerts"], key=lambda a: (a["labels"].get("gpu", ""), a["labels"].get("alertname", ""))):
             lab = a["labels"]
-            lines.append(f"  {a['state']:<8} {lab.get('rule', lab.get('alertname')):<20} {_gpu_label(lab):<7} "
-                         f"{lab.get('severity', ''):<9} action={lab.get('action', '')}")
+            lines.append(
+                f"  {a['state']:<8} {lab.get('rule', lab.get('alertname')):<20} {_gpu_label(lab):<7} "
+                f"{lab.get('severity', ''):<9} action={lab.get('action', '')}"
+            )
         breaker = snap.get("breaker") or {}
         lines += ["", f"actions (agent; breaker {breaker.get('state', '?')}):"]
         for act in snap["actions"][:10]:
@@ -163,8 +180,10 @@ class LiveView:
     def _action_line(act: dict[str, Any]) -> str:
         when = time.strftime("%H:%M:%S", time.localtime(act.get("at") or act.get("created_at") or 0))
         detail = act.get("error") or ""
-        return (f"{when} {act.get('rule', '?'):<18} {act.get('status', ''):<8} {act.get('action', '?'):<10} "
-                f"{act.get('outcome', '?'):<14} {_short(act.get('uuid', '') or '')} {detail}").rstrip()
+        return (
+            f"{when} {act.get('rule', '?'):<18} {act.get('status', ''):<8} {act.get('action', '?'):<10} "
+            f"{act.get('outcome', '?'):<14} {_short(act.get('uuid', '') or '')} {detail}"
+        ).rstrip()
 
     @staticmethod
     def _note_line(note: dict[str, Any]) -> str:
@@ -182,8 +201,11 @@ class LiveView:
                 if g["uuid"] in self._last_states or state != "healthy":
                     out.append(f"{stamp} gpu {g.get('index')} ({_short(g['uuid'])}) is {state}")
                 self._last_states[g["uuid"]] = state
-        alerts = {(a["labels"].get("rule", a["labels"].get("alertname", "")), a["labels"].get("gpu", ""), a["state"])
-                  for a in snap["alerts"]}
+        alerts = {
+            (a["labels"].get("rule", a["labels"].get("alertname", "")), a["labels"].get("gpu", ""), a["state"])
+            for a in snap["alerts"]
+        }
+
         def where(gpu: str) -> str:
             return f" gpu {gpu}" if gpu else ""  # monitoring alerts (exporter down...) have none
 
@@ -201,7 +223,7 @@ class LiveView:
         total = self.sink.total
         notes = list(self.sink.received)
         new = min(len(notes), total - self._seen_notes)
-        for note in notes[len(notes) - new:] if new else []:
+        for note in notes[len(notes) - new :] if new else []:
             out.append(f"{stamp} notify " + self._note_line(note))
         self._seen_notes = total
         out += [f"{stamp} ! {e}" for e in snap["errors"]]

@@ -19,8 +19,9 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import TextIO
 
 from .forecast import MIN_CONFIDENCE, forecast_series
 from .trend import InsufficientData
@@ -59,8 +60,9 @@ def read_csv(path: str, stream: TextIO | None = None) -> tuple[list[float], list
                 if first_content:
                     first_content = False
                     continue  # a header such as "timestamp,value"
-                raise InputError(f"{name}:{lineno}: {exc} in {line[:80]!r}; "
-                                 f"expected 'timestamp,value' (seconds, float)") from None
+                raise InputError(
+                    f"{name}:{lineno}: {exc} in {line[:80]!r}; expected 'timestamp,value' (seconds, float)"
+                ) from None
             first_content = False
             times.append(t)
             values.append(v)
@@ -84,51 +86,75 @@ def predict_csv(args: argparse.Namespace, out: TextIO) -> int:
         raise InputError(f"{args.csv}: {exc} (window {args.window:g}s)") from None
     d = f.as_dict()
     ttt = f.seconds_to_threshold
-    d.update({
-        "seconds_to_threshold": _json_number(ttt),
-        "slope_per_second": _json_number(f.slope_per_second),
-        "warn": ttt is not None and ttt <= args.horizon,
-        "horizon": args.horizon,
-        "window": args.window,
-        "samples": len(times),
-        "as_of": times[-1] if times else None,
-    })
+    d.update(
+        {
+            "seconds_to_threshold": _json_number(ttt),
+            "slope_per_second": _json_number(f.slope_per_second),
+            "warn": ttt is not None and ttt <= args.horizon,
+            "horizon": args.horizon,
+            "window": args.window,
+            "samples": len(times),
+            "as_of": times[-1] if times else None,
+        }
+    )
     json.dump(d, out, allow_nan=False, default=_json_number)
     out.write("\n")
     return 0
 
 
 def predict_prometheus(args: argparse.Namespace, out: TextIO) -> int:
-    from .health import GpuHealth
+    from gpuwarden.config import ConfigError
     from gpuwarden.prom import PrometheusClient, PrometheusError
+    from gpuwarden.rules import config as rules_config
+
+    from .health import GpuHealth
     from .report import at_risk, gpu_report
     from .service import PredictorService
 
     try:
-        from gpuwarden.rules import config as rules_config
         cfg = rules_config.load(Path(args.rules) if args.rules else None)
-    except Exception as exc:  # ConfigError names file, line and field
+    except (OSError, ConfigError) as exc:  # ConfigError names file, line and field
         print(f"gpuwarden-agent predict: {exc}", file=sys.stderr)
         return 2
-    svc = PredictorService(PrometheusClient(args.prometheus_url, args.timeout), cfg, lead_time=args.lead_time,
-                           window=args.window, step=args.step, min_confidence=args.min_confidence)
+    svc = PredictorService(
+        PrometheusClient(args.prometheus_url, args.timeout),
+        cfg,
+        lead_time=args.lead_time,
+        window=args.window,
+        step=args.step,
+        min_confidence=args.min_confidence,
+    )
     try:
         gpus = svc.fetch(time.time())
     except PrometheusError as exc:
         print(f"gpuwarden-agent predict: {exc}", file=sys.stderr)
         return 1
-    shown: list[GpuHealth] = [h for h in sorted(gpus.values(), key=lambda h: (h.instance, _idx(h.gpu)))
-                              if args.all or at_risk(h, svc.specs)]
+    shown: list[GpuHealth] = [
+        h for h in sorted(gpus.values(), key=lambda h: (h.instance, _idx(h.gpu))) if args.all or at_risk(h, svc.specs)
+    ]
     if args.json:
-        json.dump([{"gpu": h.gpu, "uuid": h.uuid, "instance": h.instance, "risk": h.risk,
+        json.dump(
+            [
+                {
+                    "gpu": h.gpu,
+                    "uuid": h.uuid,
+                    "instance": h.instance,
+                    "risk": h.risk,
                     "recent_errors": h.recent_errors,
-                    "forecasts": {k: f.as_dict() for k, f in h.forecasts.items()}} for h in shown],
-                  out, indent=2, default=_json_number)
+                    "forecasts": {k: f.as_dict() for k, f in h.forecasts.items()},
+                }
+                for h in shown
+            ],
+            out,
+            indent=2,
+            default=_json_number,
+        )
         out.write("\n")
         return 0
     if not gpus:
-        out.write(f"No GPU series found in Prometheus at {args.prometheus_url} "
-                  f"(is it scraping job {cfg.exporter_job!r}?)\n")
+        out.write(
+            f"No GPU series found in Prometheus at {args.prometheus_url} (is it scraping job {cfg.exporter_job!r}?)\n"
+        )
         return 0
     if not shown:
         out.write(f"No GPU at risk ({len(gpus)} GPUs checked over the last {args.window / 60:g} minutes)\n")
@@ -142,21 +168,42 @@ def _idx(gpu: str) -> tuple[int, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gpuwarden-agent predict", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p = argparse.ArgumentParser(
+        prog="gpuwarden-agent predict",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     p.add_argument("--csv", metavar="FILE", help="offline: timestamp,value file ('-' = stdin)")
     p.add_argument("--threshold", type=float, help="offline: the critical threshold (required with --csv)")
-    p.add_argument("--horizon", type=float, default=DEFAULT_HORIZON,
-                   help="offline: warn when the crossing is predicted within this many seconds (default %(default)g)")
-    p.add_argument("--window", type=float, default=DEFAULT_WINDOW,
-                   help="fit the last this many seconds (default %(default)g)")
-    p.add_argument("--min-confidence", type=float, default=MIN_CONFIDENCE,
-                   help="withhold forecasts less confident than this (default %(default)g)")
-    p.add_argument("--prometheus.url", dest="prometheus_url", default="http://127.0.0.1:9090",
-                   help="Prometheus to range-query (default %(default)s)")
+    p.add_argument(
+        "--horizon",
+        type=float,
+        default=DEFAULT_HORIZON,
+        help="offline: warn when the crossing is predicted within this many seconds (default %(default)g)",
+    )
+    p.add_argument(
+        "--window", type=float, default=DEFAULT_WINDOW, help="fit the last this many seconds (default %(default)g)"
+    )
+    p.add_argument(
+        "--min-confidence",
+        type=float,
+        default=MIN_CONFIDENCE,
+        help="withhold forecasts less confident than this (default %(default)g)",
+    )
+    p.add_argument(
+        "--prometheus.url",
+        dest="prometheus_url",
+        default="http://127.0.0.1:9090",
+        help="Prometheus to range-query (default %(default)s)",
+    )
     p.add_argument("--rules", metavar="FILE", help="thresholds file (default: the shipped rules/thresholds.yaml)")
-    p.add_argument("--lead-time", type=float, default=300.0,
-                   help="migrate when critical is predicted within this many seconds (default %(default)g)")
+    p.add_argument(
+        "--lead-time",
+        type=float,
+        default=300.0,
+        help="migrate when critical is predicted within this many seconds (default %(default)g)",
+    )
     p.add_argument("--step", type=float, default=15.0, help="query_range step, seconds (default %(default)g)")
     p.add_argument("--timeout", type=float, default=10.0, help="Prometheus request timeout, seconds")
     p.add_argument("--all", action="store_true", help="report every GPU, not only those at risk")
@@ -172,13 +219,16 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     if args.window <= 0 or args.horizon < 0 or not 0 <= args.min_confidence <= 1:
-        print("gpuwarden-agent predict: --window must be > 0, --horizon >= 0, --min-confidence in 0..1",
-              file=sys.stderr)
+        print(
+            "gpuwarden-agent predict: --window must be > 0, --horizon >= 0, --min-confidence in 0..1", file=sys.stderr
+        )
         return 2
     if args.csv is not None:
         if args.threshold is None or not math.isfinite(args.threshold):
-            print("gpuwarden-agent predict: --csv needs --threshold T (the critical value, same unit as the file)",
-                  file=sys.stderr)
+            print(
+                "gpuwarden-agent predict: --csv needs --threshold T (the critical value, same unit as the file)",
+                file=sys.stderr,
+            )
             return 2
         try:
             return predict_csv(args, out)

@@ -16,8 +16,8 @@ metric sitting just under its threshold is never scored zero, and 1.0 once it is
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy import stats
@@ -76,8 +76,7 @@ def trend_confidence(trend: Trend) -> float:
     return max(0.0, min(1.0, 2.0 * float(stats.norm.cdf(trend.slope / sigma)) - 1.0))
 
 
-def risk_score(seconds_to_threshold: float | None, confidence: float, level: float,
-               threshold: float) -> float:
+def risk_score(seconds_to_threshold: float | None, confidence: float, level: float, threshold: float) -> float:
     """0-1: confidence·urgency of a predicted crossing, floored by proximity to the threshold."""
     forecast_term = 0.0
     if seconds_to_threshold is not None:
@@ -89,8 +88,9 @@ def risk_score(seconds_to_threshold: float | None, confidence: float, level: flo
     return max(0.0, min(1.0, max(forecast_term, proximity)))
 
 
-def forecast(trend: Trend, threshold: float, recent_values: Sequence[float] | None = None,
-             min_confidence: float = MIN_CONFIDENCE) -> Forecast:
+def forecast(
+    trend: Trend, threshold: float, recent_values: Sequence[float] | None = None, min_confidence: float = MIN_CONFIDENCE
+) -> Forecast:
     """Forecast when ``trend`` reaches ``threshold`` (an upper bound: alerts fire at >= it).
 
     ``recent_values``: the last few raw samples, used to tell "already over" from a spike.
@@ -102,8 +102,9 @@ def forecast(trend: Trend, threshold: float, recent_values: Sequence[float] | No
     else:
         over = 1.0 if trend.last_value >= threshold else 0.0
     if level >= threshold and over >= _OVER_FRACTION:
-        return Forecast(threshold, level, trend.last_value, trend.slope, 0.0, 1.0, 1.0, trend.model,
-                        "over the threshold now")
+        return Forecast(
+            threshold, level, trend.last_value, trend.slope, 0.0, 1.0, 1.0, trend.model, "over the threshold now"
+        )
 
     ttt: float | None = None
     if trend.slope <= 0:
@@ -124,12 +125,12 @@ def forecast(trend: Trend, threshold: float, recent_values: Sequence[float] | No
         reason = f"trend not significant (confidence {confidence:.2f} < {min_confidence:.2f})"
         ttt = None
     risk = risk_score(ttt, confidence, level, threshold)
-    return Forecast(threshold, level, trend.last_value, trend.slope, ttt, confidence, risk,
-                    trend.model, reason)
+    return Forecast(threshold, level, trend.last_value, trend.slope, ttt, confidence, risk, trend.model, reason)
 
 
-def raw_forecast(t: np.ndarray, y: np.ndarray, threshold: float, window: float | None,
-                 min_confidence: float = MIN_CONFIDENCE) -> Forecast:
+def raw_forecast(
+    t: np.ndarray, y: np.ndarray, threshold: float, window: float | None, min_confidence: float = MIN_CONFIDENCE
+) -> Forecast:
     """One forecast as of the last of the (sorted, finite) samples, without persistence."""
     return forecast(fit_trend(t, y, window), threshold, y[-3:], min_confidence)
 
@@ -147,16 +148,28 @@ def confirm(current: Forecast, earlier: Sequence[Forecast | None]) -> Forecast:
         return current
     for f in earlier:
         if f is not None and f.seconds_to_threshold is None:
-            return Forecast(current.threshold, current.current, current.last_value, current.slope_per_second,
-                            None, current.confidence,
-                            risk_score(None, current.confidence, current.current, current.threshold),
-                            current.model, f"not confirmed by the previous {len(earlier)} scrapes ({current.reason})")
+            return Forecast(
+                current.threshold,
+                current.current,
+                current.last_value,
+                current.slope_per_second,
+                None,
+                current.confidence,
+                risk_score(None, current.confidence, current.current, current.threshold),
+                current.model,
+                f"not confirmed by the previous {len(earlier)} scrapes ({current.reason})",
+            )
     return current
 
 
-def forecast_series(times: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray,
-                    threshold: float, window: float | None = None,
-                    min_confidence: float = MIN_CONFIDENCE, persist: int = PERSIST) -> Forecast:
+def forecast_series(
+    times: Sequence[float] | np.ndarray,
+    values: Sequence[float] | np.ndarray,
+    threshold: float,
+    window: float | None = None,
+    min_confidence: float = MIN_CONFIDENCE,
+    persist: int = PERSIST,
+) -> Forecast:
     """Forecast as of the last sample, confirmed by the ``persist`` scrapes before it.
 
     Raises trend.InsufficientData when the last window holds too few samples.

@@ -7,8 +7,8 @@ error 0.5. Noisy-OR because each is an independent way to fail: two metrics at 0
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -83,9 +83,15 @@ SeriesRows = Sequence[tuple[Mapping[str, str], np.ndarray, np.ndarray]]
 MIN_COVERAGE = 0.5
 
 
-def evaluate(specs: Sequence[MetricSpec], series: Mapping[str, SeriesRows], errors: Mapping[str, SeriesRows],
-             at: float, window: float, min_confidence: float = MIN_CONFIDENCE,
-             thresholds: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, GpuHealth]:
+def evaluate(
+    specs: Sequence[MetricSpec],
+    series: Mapping[str, SeriesRows],
+    errors: Mapping[str, SeriesRows],
+    at: float,
+    window: float,
+    min_confidence: float = MIN_CONFIDENCE,
+    thresholds: Mapping[str, Mapping[str, float]] | None = None,
+) -> dict[str, GpuHealth]:
     """GpuHealth per uuid from range-query rows: ``series[spec.name]`` and ``errors[kind]``.
 
     ``thresholds[spec.name][uuid]`` is a GPU's own threshold (its profile's, from Prometheus);
@@ -101,8 +107,9 @@ def evaluate(specs: Sequence[MetricSpec], series: Mapping[str, SeriesRows], erro
             if len(t) == 0 or float(t[-1] - t[0]) < window * MIN_COVERAGE:
                 continue
             try:
-                fc.setdefault(uuid, {})[spec.name] = forecast_series(t, v, own.get(uuid, spec.threshold), window,
-                                                                     min_confidence)
+                fc.setdefault(uuid, {})[spec.name] = forecast_series(
+                    t, v, own.get(uuid, spec.threshold), window, min_confidence
+                )
             except InsufficientData:
                 continue
     errs: dict[str, dict[str, float]] = {}
@@ -121,8 +128,9 @@ def evaluate(specs: Sequence[MetricSpec], series: Mapping[str, SeriesRows], erro
     return out
 
 
-def migration_candidates(gpus: Mapping[str, GpuHealth], specs: Sequence[MetricSpec],
-                         lead_time: float) -> dict[str, str]:
+def migration_candidates(
+    gpus: Mapping[str, GpuHealth], specs: Sequence[MetricSpec], lead_time: float
+) -> dict[str, str]:
     """uuid -> reason, for GPUs predicted to cross a migrating metric's threshold within lead_time.
 
     Forecasts below the confidence gate carry no seconds_to_threshold, so they never migrate.
@@ -136,6 +144,8 @@ def migration_candidates(gpus: Mapping[str, GpuHealth], specs: Sequence[MetricSp
             continue
         spec, f = hit
         if f.seconds_to_threshold is not None and f.seconds_to_threshold <= lead_time:
-            out[uuid] = (f"predicted {spec.rule}: {spec.name} reaches {f.threshold:g} in "
-                         f"{f.seconds_to_threshold:.0f}s (confidence {f.confidence:.2f}, lead time {lead_time:g}s)")
+            out[uuid] = (
+                f"predicted {spec.rule}: {spec.name} reaches {f.threshold:g} in "
+                f"{f.seconds_to_threshold:.0f}s (confidence {f.confidence:.2f}, lead time {lead_time:g}s)"
+            )
     return out

@@ -72,8 +72,7 @@ MIGRATIONS: list[str] = [
 class PortMigrator:
     """The predictor service's migrator in the agent (``service.Migrator``)."""
 
-    def __init__(self, db: Database, port: SchedulerPort,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: Database, port: SchedulerPort, clock: Callable[[], float] = time.time) -> None:
         db.migrate(COMPONENT, MIGRATIONS)
         self.port = port
         self.conn = connect(db.path, "NORMAL")
@@ -89,31 +88,35 @@ class PortMigrator:
             jobs = [int(j) for j in self.port.preempt_gpu(gpu.uuid, reason, context)]
         except Exception as exc:
             with self.lock:
-                self.conn.execute("UPDATE predictor_migrations SET error = ? WHERE id = ?",
-                                  ((str(exc) or type(exc).__name__)[-2000:], mid))
+                self.conn.execute(
+                    "UPDATE predictor_migrations SET error = ? WHERE id = ?",
+                    ((str(exc) or type(exc).__name__)[-2000:], mid),
+                )
             raise
         if jobs:
             with self.lock:
-                self.conn.execute("UPDATE predictor_migrations SET outcome = 'moved', jobs = ?, "
-                                  "error = '', finished_at = ? WHERE id = ?",
-                                  (json.dumps(jobs), self.clock(), mid))
+                self.conn.execute(
+                    "UPDATE predictor_migrations SET outcome = 'moved', jobs = ?, "
+                    "error = '', finished_at = ? WHERE id = ?",
+                    (json.dumps(jobs), self.clock(), mid),
+                )
         return jobs
 
     def predicted(self, uuids: AbstractSet[str]) -> None:
         """The GPUs predicted now: the open migration of any other GPU ends (``cleared``)."""
         with self.lock:
-            rows = self.conn.execute("SELECT id, uuid FROM predictor_migrations "
-                                     "WHERE finished_at IS NULL").fetchall()
+            rows = self.conn.execute("SELECT id, uuid FROM predictor_migrations WHERE finished_at IS NULL").fetchall()
             done = [r["id"] for r in rows if r["uuid"] not in uuids]
             for mid in done:
-                self.conn.execute("UPDATE predictor_migrations SET outcome = 'cleared', "
-                                  "finished_at = ? WHERE id = ?", (self.clock(), mid))
+                self.conn.execute(
+                    "UPDATE predictor_migrations SET outcome = 'cleared', finished_at = ? WHERE id = ?",
+                    (self.clock(), mid),
+                )
 
     def rows(self, limit: int = 100) -> list[dict]:
         """The ledger, newest first (for tests and debugging)."""
         with self.lock:
-            rows = self.conn.execute("SELECT * FROM predictor_migrations ORDER BY id DESC "
-                                     "LIMIT ?", (limit,)).fetchall()
+            rows = self.conn.execute("SELECT * FROM predictor_migrations ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         return [{**dict(r), "jobs": json.loads(r["jobs"])} for r in rows]
 
     def close(self) -> None:
@@ -123,13 +126,16 @@ class PortMigrator:
     def _open(self, uuid: str, reason: str) -> int:
         """The GPU's open migration (this episode's), or a new one."""
         with self.lock:
-            row = self.conn.execute("SELECT id FROM predictor_migrations WHERE uuid = ? AND "
-                                    "finished_at IS NULL ORDER BY id LIMIT 1",
-                                    (uuid,)).fetchone()
+            row = self.conn.execute(
+                "SELECT id FROM predictor_migrations WHERE uuid = ? AND finished_at IS NULL ORDER BY id LIMIT 1",
+                (uuid,),
+            ).fetchone()
             if row is not None:
                 return int(row["id"])
-            cur = self.conn.execute("INSERT INTO predictor_migrations (uuid, reason, started_at) "
-                                    "VALUES (?, ?, ?)", (uuid, reason, self.clock()))
+            cur = self.conn.execute(
+                "INSERT INTO predictor_migrations (uuid, reason, started_at) VALUES (?, ?, ?)",
+                (uuid, reason, self.clock()),
+            )
             assert cur.lastrowid is not None
             log.debug("predictor: migration %s opened for %s", cur.lastrowid, uuid)
             return cur.lastrowid

@@ -39,7 +39,7 @@ def _schema() -> foundation.Schema:
     return foundation.Schema.packaged("gpuwarden.scheduler_agent.predictor", "config.schema.json")
 
 
-def install(agent: "Host", port: SchedulerPort) -> PredictorService | None:
+def install(agent: Host, port: SchedulerPort) -> PredictorService | None:
     section = agent.config.section("predictor")
     if not section:
         return None
@@ -48,17 +48,25 @@ def install(agent: "Host", port: SchedulerPort) -> PredictorService | None:
     url, migrate, rules_file = settings["prometheus_url"], settings["migrate"], settings["rules_file"]
     nums = {key: float(value) for key, value in settings.items() if key.endswith("_seconds")}
     from gpuwarden.rules import config as rules_config
+
     try:
         cfg = rules_config.load(agent.config.resolve(rules_file) if rules_file else None)
     except rules_config.ConfigError as exc:
         raise agent.config.error("predictor.rules_file", str(exc)) from None
     from gpuwarden.prom import PrometheusClient
+
     migrator = PortMigrator(agent.db, port) if migrate else None
     try:
-        svc = PredictorService(PrometheusClient(url, nums["timeout_seconds"]), cfg, period=nums["period_seconds"],
-                               lead_time=nums["lead_time_seconds"], window=nums["window_seconds"],
-                               step=nums["step_seconds"], migrator=migrator,
-                               tracer_provider=agent.tracer_provider)
+        svc = PredictorService(
+            PrometheusClient(url, nums["timeout_seconds"]),
+            cfg,
+            period=nums["period_seconds"],
+            lead_time=nums["lead_time_seconds"],
+            window=nums["window_seconds"],
+            step=nums["step_seconds"],
+            migrator=migrator,
+            tracer_provider=agent.tracer_provider,
+        )
     except ValueError as exc:
         if migrator is not None:
             migrator.close()

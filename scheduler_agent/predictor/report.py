@@ -16,7 +16,7 @@ own (time to critical minus the lead time), so the seed's example is a 5-minute 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from .forecast import Forecast
 from .health import GpuHealth
@@ -62,14 +62,16 @@ def metric_block(gpu: str, spec: MetricSpec, f: Forecast) -> str:
     u = spec.unit
     rate = f.slope_per_second * 60 * spec.scale
     sign = "+" if rate >= 0 else "-"
-    return "\n".join([
-        f"GPU-{gpu} {spec.title} Trend:",
-        f"  Current: {fmt_value(f.current * spec.scale)}{u}",
-        f"  Rate: {sign}{fmt_value(abs(rate))}{u}/minute",
-        f"  Predicted Critical ({fmt_value(f.threshold * spec.scale)}{u}): {fmt_duration(f.seconds_to_threshold)}",
-        f"  Confidence: {f.confidence:.2f}",
-        f"  Risk Score: {f.risk:.2f}",
-    ])
+    return "\n".join(
+        [
+            f"GPU-{gpu} {spec.title} Trend:",
+            f"  Current: {fmt_value(f.current * spec.scale)}{u}",
+            f"  Rate: {sign}{fmt_value(abs(rate))}{u}/minute",
+            f"  Predicted Critical ({fmt_value(f.threshold * spec.scale)}{u}): {fmt_duration(f.seconds_to_threshold)}",
+            f"  Confidence: {f.confidence:.2f}",
+            f"  Risk Score: {f.risk:.2f}",
+        ]
+    )
 
 
 def recommendation(h: GpuHealth, specs: Sequence[MetricSpec], lead_time: float) -> str:

@@ -19,9 +19,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AbstractSet, Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from opentelemetry import trace
@@ -29,9 +30,10 @@ from opentelemetry.trace import Status, StatusCode
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gpuwarden.prom import PrometheusClient, PrometheusError
+
 from .forecast import MIN_CONFIDENCE, PERSIST
 from .health import GpuHealth, evaluate, gpu_key, migration_candidates
-from gpuwarden.prom import PrometheusClient, PrometheusError
 from .specs import MetricSpec, specs_from_rules
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,7 @@ class Migrator(Protocol):
     def migrate(self, gpu: GpuHealth, reason: str) -> Sequence[int] | None:
         """Moves the GPU's jobs elsewhere; their ids ([]: none ran there; None: not known)."""
 
-    def predicted(self, uuids: AbstractSet[str]) -> None:
+    def predicted(self, uuids: Set[str]) -> None:
         """After every good run: the GPUs predicted now (a migration of any other has ended)."""
 
     def close(self) -> None:
@@ -81,7 +83,7 @@ class FunctionMigrator:
     def migrate(self, gpu: GpuHealth, reason: str) -> Any:
         return self.fn(gpu.uuid, reason)
 
-    def predicted(self, uuids: AbstractSet[str]) -> None:
+    def predicted(self, uuids: Set[str]) -> None:
         pass
 
     def close(self) -> None:
@@ -92,6 +94,7 @@ def _as_specs(thresholds: Any) -> tuple[list[MetricSpec], str | None]:
     """MetricSpecs and the exporter's scrape job (None when given bare MetricSpecs)."""
     if thresholds is None or isinstance(thresholds, (str, Path)):
         from gpuwarden.rules import config as rules_config
+
         thresholds = rules_config.load(Path(thresholds) if thresholds is not None else None)
     if hasattr(thresholds, "alerts"):
         return specs_from_rules(thresholds), getattr(thresholds, "exporter_job", None)
@@ -109,17 +112,28 @@ class PredictorService:
     the function ``on_migrate(uuid, reason)`` (one or the other; neither: never migrate).
     """
 
-    def __init__(self, prom_url: str | PrometheusClient, thresholds: Any = None, *, period: float = 30.0,
-                 lead_time: float = 300.0, window: float = 600.0, step: float = 15.0,
-                 timeout: float | None = None, min_confidence: float = MIN_CONFIDENCE,
-                 on_risk: Callable[[str, float], None] | None = None,
-                 on_migrate: Callable[[str, str], Any] | None = None,
-                 migrator: Migrator | None = None,
-                 tracer_provider: Any = None, clock: Callable[[], float] = time.time,
-                 error_selector: str | None = None) -> None:
+    def __init__(
+        self,
+        prom_url: str | PrometheusClient,
+        thresholds: Any = None,
+        *,
+        period: float = 30.0,
+        lead_time: float = 300.0,
+        window: float = 600.0,
+        step: float = 15.0,
+        timeout: float | None = None,
+        min_confidence: float = MIN_CONFIDENCE,
+        on_risk: Callable[[str, float], None] | None = None,
+        on_migrate: Callable[[str, str], Any] | None = None,
+        migrator: Migrator | None = None,
+        tracer_provider: Any = None,
+        clock: Callable[[], float] = time.time,
+        error_selector: str | None = None,
+    ) -> None:
         if period <= 0 or window <= 0 or step <= 0 or lead_time < 0:
-            raise ValueError(f"period ({period}), window ({window}) and step ({step}) must be > 0, "
-                             f"lead_time ({lead_time}) >= 0")
+            raise ValueError(
+                f"period ({period}), window ({window}) and step ({step}) must be > 0, lead_time ({lead_time}) >= 0"
+            )
         if window < 5 * step:
             raise ValueError(f"window {window:g}s holds fewer than 5 steps of {step:g}s; widen it")
         if on_migrate is not None and migrator is not None:
@@ -127,13 +141,15 @@ class PredictorService:
         self.specs, job = _as_specs(thresholds)
         if error_selector is None:
             error_selector = f'{{job="{job}"}}' if job else ""
-        self.client = prom_url if isinstance(prom_url, PrometheusClient) else PrometheusClient(
-            prom_url, timeout if timeout is not None else max(1.0, min(10.0, 0.8 * period)))
+        self.client = (
+            prom_url
+            if isinstance(prom_url, PrometheusClient)
+            else PrometheusClient(prom_url, timeout if timeout is not None else max(1.0, min(10.0, 0.8 * period)))
+        )
         self.period, self.lead_time, self.window, self.step = period, lead_time, window, step
         self.min_confidence = min_confidence
         self.on_risk = on_risk
-        self.migrator: Migrator | None = (FunctionMigrator(on_migrate) if on_migrate is not None
-                                          else migrator)
+        self.migrator: Migrator | None = FunctionMigrator(on_migrate) if on_migrate is not None else migrator
         provider = tracer_provider if tracer_provider is not None else trace.NoOpTracerProvider()
         self._tracer = provider.get_tracer("gpuwarden.predictor")
         self._clock = clock
@@ -165,13 +181,20 @@ class PredictorService:
         """Range-queries Prometheus and evaluates every GPU as of ``now`` (raises PrometheusError)."""
         # PERSIST extra steps: forecasts are confirmed against the windows ending at earlier scrapes.
         start = now - self.window - PERSIST * self.step
-        series = {s.name: [(r.labels, r.times, r.values) for r in self.client.query_range(s.query, start, now, self.step)]
-                  for s in self.specs}
-        errors = {k: [(r.labels, r.times, r.values)
-                      for r in self.client.query_range(q.format(sel=self._error_selector), start, now, self.step)]
-                  for k, q in ERROR_QUERIES.items()}
-        return evaluate(self.specs, series, errors, now, self.window, self.min_confidence,
-                        self.own_thresholds(now, series))
+        series = {
+            s.name: [(r.labels, r.times, r.values) for r in self.client.query_range(s.query, start, now, self.step)]
+            for s in self.specs
+        }
+        errors = {
+            k: [
+                (r.labels, r.times, r.values)
+                for r in self.client.query_range(q.format(sel=self._error_selector), start, now, self.step)
+            ]
+            for k, q in ERROR_QUERIES.items()
+        }
+        return evaluate(
+            self.specs, series, errors, now, self.window, self.min_confidence, self.own_thresholds(now, series)
+        )
 
     def own_thresholds(self, now: float, series: dict[str, list[Any]]) -> dict[str, dict[str, float]]:
         """Each GPU's latest threshold per spec (spec.name -> uuid -> value) from the recording
@@ -187,9 +210,12 @@ class PredictorService:
                     own[gpu_key(r.labels)[0]] = float(finite[-1])
             if not own and series.get(spec.name) and not self._warned_defaults:
                 self._warned_defaults = True
-                log.warning("predictor: Prometheus has no %s; every GPU is judged by the default thresholds "
-                            "(load rules/generated/gpuwarden-recording.rules.yml into Prometheus so that "
-                            "each GPU model's profile applies)", spec.threshold_query)
+                log.warning(
+                    "predictor: Prometheus has no %s; every GPU is judged by the default thresholds "
+                    "(load rules/generated/gpuwarden-recording.rules.yml into Prometheus so that "
+                    "each GPU model's profile applies)",
+                    spec.threshold_query,
+                )
         return out
 
     def run_once(self) -> Snapshot:
@@ -224,7 +250,11 @@ class PredictorService:
             snap = Snapshot(old.gpus, old.at, old.last_success, False, message, old.runs + 1)
             self._snapshot = snap
             self._runs["error"] += 1
-        kept = f"keeping the result from {time.strftime('%H:%M:%S', time.localtime(old.at))}" if old.at else "no result yet"
+        kept = (
+            f"keeping the result from {time.strftime('%H:%M:%S', time.localtime(old.at))}"
+            if old.at
+            else "no result yet"
+        )
         log.warning("predictor: %s; %s", message, kept)
         return snap
 
@@ -233,21 +263,21 @@ class PredictorService:
             for uuid, h in gpus.items():
                 try:
                     self.on_risk(uuid, h.risk)
-                except Exception:  # noqa: BLE001 - a hook's failure must not stop the predictor
+                except Exception:
                     log.exception("predictor: on_risk(%s) failed", uuid)
         self._migrated &= set(cands)  # re-arm GPUs whose prediction cleared
         if self.migrator is None:
             return
         try:
             self.migrator.predicted(set(cands))
-        except Exception:  # noqa: BLE001 - e.g. the database busy; said again next run
+        except Exception:
             log.exception("predictor: recording the predicted GPUs failed")
         for uuid, reason in cands.items():
             if uuid in self._migrated:
                 continue
             try:
                 moved = self.migrator.migrate(gpus[uuid], reason)
-            except Exception:  # noqa: BLE001 - e.g. a GPU the scheduler does not know; retried next run
+            except Exception:
                 log.exception("predictor: migrating jobs off %s failed", uuid)
                 continue
             if moved is not None and not moved:
@@ -268,7 +298,7 @@ class PredictorService:
         while not self._stop.is_set():
             try:
                 self.run_once()
-            except Exception as exc:  # noqa: BLE001 - the agent outlives any predictor bug
+            except Exception as exc:
                 log.exception("predictor: run failed")
                 self._fail(f"internal error: {exc!r}")
             self._stop.wait(self.period)
@@ -295,11 +325,16 @@ class PredictorCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         snap = self._svc.snapshot
-        risk = GaugeMetricFamily("gpu_failure_risk_score", "Predicted failure risk of the GPU, 0-1 "
-                                 "(forecasts toward critical thresholds and recent errors).", labels=["gpu", "uuid"])
-        ttt = GaugeMetricFamily("gpu_predicted_seconds_to_threshold", "Predicted seconds until the metric "
-                                "crosses its critical threshold (absent when no crossing is predicted).",
-                                labels=["gpu", "uuid", "metric"])
+        risk = GaugeMetricFamily(
+            "gpu_failure_risk_score",
+            "Predicted failure risk of the GPU, 0-1 (forecasts toward critical thresholds and recent errors).",
+            labels=["gpu", "uuid"],
+        )
+        ttt = GaugeMetricFamily(
+            "gpu_predicted_seconds_to_threshold",
+            "Predicted seconds until the metric crosses its critical threshold (absent when no crossing is predicted).",
+            labels=["gpu", "uuid", "metric"],
+        )
         for uuid, h in sorted(snap.gpus.items()):
             risk.add_metric([h.gpu, uuid], h.risk)
             for spec in self._svc.specs:
@@ -308,12 +343,16 @@ class PredictorCollector(Collector):
                     ttt.add_metric([h.gpu, uuid, spec.name], f.seconds_to_threshold)
         yield risk
         yield ttt
-        up = GaugeMetricFamily("gpuwarden_predictor_up", "1 when the predictor's last run read Prometheus, "
-                               "0 when it failed and the last result is stale.")
+        up = GaugeMetricFamily(
+            "gpuwarden_predictor_up",
+            "1 when the predictor's last run read Prometheus, 0 when it failed and the last result is stale.",
+        )
         up.add_metric([], 1.0 if snap.ok else 0.0)
         yield up
-        last = GaugeMetricFamily("gpuwarden_predictor_last_success_timestamp_seconds",
-                                 "When the published forecasts were computed (Unix time).")
+        last = GaugeMetricFamily(
+            "gpuwarden_predictor_last_success_timestamp_seconds",
+            "When the published forecasts were computed (Unix time).",
+        )
         if snap.last_success is not None:
             last.add_metric([], snap.last_success)
         yield last

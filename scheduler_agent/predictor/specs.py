@@ -59,28 +59,72 @@ def specs_from_rules(cfg: Any) -> list[MetricSpec]:
         try:
             return cfg.alerts[rule_id]
         except KeyError:
-            raise ValueError(f"{cfg.path}: alerts.{rule_id} is missing; the predictor needs its threshold "
-                             f"(restore it from the shipped rules/thresholds.yaml)") from None
+            raise ValueError(
+                f"{cfg.path}: alerts.{rule_id} is missing; the predictor needs its threshold "
+                f"(restore it from the shipped rules/thresholds.yaml)"
+            ) from None
 
     def own(rule_id: str) -> str:
         job_matcher = f', job="{job}"' if job else ""
         return f'{THRESHOLD_RECORD}{{rule="{rule_id}"{job_matcher}}}'
 
     r = need("THERMAL_CRITICAL")
-    out.append(MetricSpec("temperature", "Temperature", f"{r.metric}{sel}", r.threshold, r.rule, "°C",
-                          hold_seconds=r.for_seconds, threshold_query=own(r.rule)))
+    out.append(
+        MetricSpec(
+            "temperature",
+            "Temperature",
+            f"{r.metric}{sel}",
+            r.threshold,
+            r.rule,
+            "°C",
+            hold_seconds=r.for_seconds,
+            threshold_query=own(r.rule),
+        )
+    )
     r = need("POWER_CRITICAL")
-    out.append(MetricSpec("power", "Power", f"{r.metric}{sel}", r.threshold, r.rule, "W",
-                          hold_seconds=r.for_seconds, threshold_query=own(r.rule)))
+    out.append(
+        MetricSpec(
+            "power",
+            "Power",
+            f"{r.metric}{sel}",
+            r.threshold,
+            r.rule,
+            "W",
+            hold_seconds=r.for_seconds,
+            threshold_query=own(r.rule),
+        )
+    )
     r = need("MEMORY_PRESSURE")
     denom = r.denominator or "gpu_memory_total_bytes"
-    out.append(MetricSpec("memory", "Memory Use", f"{r.metric}{sel} / {denom}{sel}", r.threshold, r.rule, "%",
-                          scale=100.0, hold_seconds=r.for_seconds, migrate=False, threshold_query=own(r.rule)))
+    out.append(
+        MetricSpec(
+            "memory",
+            "Memory Use",
+            f"{r.metric}{sel} / {denom}{sel}",
+            r.threshold,
+            r.rule,
+            "%",
+            scale=100.0,
+            hold_seconds=r.for_seconds,
+            migrate=False,
+            threshold_query=own(r.rule),
+        )
+    )
     r = need("ECC_ERRORS_SPIKE")
     window = r.window_seconds or 300.0
-    out.append(MetricSpec("ecc", "Correctable ECC Rate", f"rate({r.metric}{sel}[{window:g}s])",
-                          r.threshold / window, r.rule, " errors/min", scale=60.0,
-                          hold_seconds=r.for_seconds, threshold_query=f"{own(r.rule)} / {window:g}"))
+    out.append(
+        MetricSpec(
+            "ecc",
+            "Correctable ECC Rate",
+            f"rate({r.metric}{sel}[{window:g}s])",
+            r.threshold / window,
+            r.rule,
+            " errors/min",
+            scale=60.0,
+            hold_seconds=r.for_seconds,
+            threshold_query=f"{own(r.rule)} / {window:g}",
+        )
+    )
     return out
 
 

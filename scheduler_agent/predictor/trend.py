@@ -37,8 +37,8 @@ plateau by itself; the two-window comparison does, whichever slope estimator sit
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy import stats
@@ -125,8 +125,12 @@ def _theil_sen(t: np.ndarray, y: np.ndarray, t_last: float) -> _Fit:
     return _Fit(float(slope), float(low), float(high), float(intercept), float(np.median(t)))
 
 
-def fit_trend(times: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray,
-              window: float | None = None, min_samples: int = MIN_SAMPLES) -> Trend:
+def fit_trend(
+    times: Sequence[float] | np.ndarray,
+    values: Sequence[float] | np.ndarray,
+    window: float | None = None,
+    min_samples: int = MIN_SAMPLES,
+) -> Trend:
     """Fits the trend of ``values`` over the last ``window`` seconds (all samples when None).
 
     Samples need not be evenly spaced; NaN samples (gaps, stale markers) are dropped.
@@ -160,21 +164,40 @@ def fit_trend(times: Sequence[float] | np.ndarray, values: Sequence[float] | np.
         return Trend(full.slope, full.low, full.high, full.level, **base)
     recent = _theil_sen(t[recent_mask], y[recent_mask], t_last)
 
-    if (full.slope > 0 and full.slope - recent.slope > DECEL_Z * (recent.high - recent.slope) / _Z
-            and recent.slope < DECEL_RATIO * full.slope):
+    if (
+        full.slope > 0
+        and full.slope - recent.slope > DECEL_Z * (recent.high - recent.slope) / _Z
+        and recent.slope < DECEL_RATIO * full.slope
+    ):
         # Decelerating rise: model the first-order approach y(t) = A - B e^(-t/tau). Its slope
         # decays by e^(-dt/tau) between the two fits' centre times.
         dt = recent.mid - full.mid
         ratio = recent.slope / full.slope
         if ratio <= 0.0 or dt <= 0:
             # Already flat (or turning down): the plateau is here, at the recent level.
-            return Trend(recent.slope, recent.low, recent.high, recent.level, model="decelerating",
-                         asymptote=max(recent.level, float(np.median(y[recent_mask]))), tau=None, **base)
+            return Trend(
+                recent.slope,
+                recent.low,
+                recent.high,
+                recent.level,
+                model="decelerating",
+                asymptote=max(recent.level, float(np.median(y[recent_mask]))),
+                tau=None,
+                **base,
+            )
         ratio = min(ratio, 0.999)
         tau = dt / -math.log(ratio)
         asymptote = recent.level + recent.slope * tau
-        return Trend(recent.slope, recent.low, recent.high, recent.level, model="decelerating",
-                     asymptote=asymptote, tau=tau, **base)
+        return Trend(
+            recent.slope,
+            recent.low,
+            recent.high,
+            recent.level,
+            model="decelerating",
+            asymptote=asymptote,
+            tau=tau,
+            **base,
+        )
     # Slope from the whole window (twice the samples: the narrower interval), level from the
     # recent half's line: on a climb that bends upward the whole window's line lags below the
     # data at its end, the recent line does not.

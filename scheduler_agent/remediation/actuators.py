@@ -13,9 +13,10 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 from . import command
 from .errors import ActuatorError
@@ -55,8 +56,10 @@ class NoActuator:
     name = "none"
 
     def read(self, gpu: GpuRef) -> PowerLimits:
-        raise ActuatorError("no power actuator configured (remediation.actuator.kind: none); "
-                            "set kind to nvml, sim or command to let the agent throttle")
+        raise ActuatorError(
+            "no power actuator configured (remediation.actuator.kind: none); "
+            "set kind to nvml, sim or command to let the agent throttle"
+        )
 
     def set_limit(self, gpu: GpuRef, watts: float) -> None:
         self.read(gpu)
@@ -74,7 +77,7 @@ class NvmlActuator:
 
     def __init__(self, nvml: ModuleType | None = None) -> None:
         if nvml is None:
-            import pynvml as nvml  # noqa: PLC0415 - only loaded when this actuator is chosen
+            import pynvml as nvml
         self._nvml = nvml
         self._initialised = False
 
@@ -89,7 +92,8 @@ class NvmlActuator:
             raise ActuatorError(
                 f"GPU {gpu.uuid} (instance {gpu.instance or '?'}) not found through NVML on "
                 f"this host: {exc}. The nvml actuator acts on the agent's own host only; use "
-                "actuator kind command (ssh ... nvidia-smi -pl) for other nodes") from None
+                "actuator kind command (ssh ... nvidia-smi -pl) for other nodes"
+            ) from None
 
     def read(self, gpu: GpuRef) -> PowerLimits:
         n = self._nvml
@@ -110,10 +114,10 @@ class NvmlActuator:
             raise ActuatorError(
                 f"GPU {gpu.uuid}: setting the power limit needs root (NVML NoPermission); run "
                 "the agent as root, or use actuator kind command with "
-                "['sudo', 'nvidia-smi', '-i', '{gpu}', '-pl', '{watts}']") from None
+                "['sudo', 'nvidia-smi', '-i', '{gpu}', '-pl', '{watts}']"
+            ) from None
         except n.NVMLError as exc:
-            raise ActuatorError(f"GPU {gpu.uuid}: setting the power limit to {watts:g} W "
-                                f"failed: {exc}") from None
+            raise ActuatorError(f"GPU {gpu.uuid}: setting the power limit to {watts:g} W failed: {exc}") from None
 
 
 class SimActuator:
@@ -128,8 +132,9 @@ class SimActuator:
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base_url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.base_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 raw = resp.read()
@@ -137,8 +142,9 @@ class SimActuator:
             detail = exc.read().decode(errors="replace")[:300]
             raise ActuatorError(f"simulator {method} {path}: HTTP {exc.code}: {detail}") from None
         except (urllib.error.URLError, OSError) as exc:
-            raise ActuatorError(f"simulator at {self.base_url} unreachable ({exc}); is the "
-                                "exporter running with --simulate?") from None
+            raise ActuatorError(
+                f"simulator at {self.base_url} unreachable ({exc}); is the exporter running with --simulate?"
+            ) from None
         return json.loads(raw) if raw.strip() else None
 
     def read(self, gpu: GpuRef) -> PowerLimits:
@@ -149,7 +155,8 @@ class SimActuator:
                 return PowerLimits(
                     float(g["power_limit_watts"]),
                     float(g.get("power_limit_min_watts", 0.0)),
-                    float(g.get("power_limit_max_watts", math.inf)))
+                    float(g.get("power_limit_max_watts", math.inf)),
+                )
         raise ActuatorError(f"simulator has no GPU {gpu.uuid or gpu.gpu}")
 
     def set_limit(self, gpu: GpuRef, watts: float) -> None:
@@ -173,8 +180,13 @@ class CommandActuator:
 
     name = "command"
 
-    def __init__(self, set_command: list[str], read_command: list[str] | None = None,
-                 default_watts: float | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        set_command: list[str],
+        read_command: list[str] | None = None,
+        default_watts: float | None = None,
+        timeout: float = 30.0,
+    ) -> None:
         self.set_command = set_command
         self.read_command = read_command
         self.default_watts = default_watts
@@ -187,8 +199,9 @@ class CommandActuator:
     def read(self, gpu: GpuRef) -> PowerLimits:
         if self.read_command is None:
             if self.default_watts is None:
-                raise ActuatorError("actuator kind command: set read_command or default_watts "
-                                    "so the agent knows which limit to restore")
+                raise ActuatorError(
+                    "actuator kind command: set read_command or default_watts so the agent knows which limit to restore"
+                )
             return PowerLimits(self.default_watts)
         out = command.run(command.render(self.read_command, self._values(gpu)), self.timeout)
         nums = [float(x) for x in re.findall(r"[-+]?\d+(?:\.\d+)?", out)]
@@ -212,6 +225,5 @@ def from_config(spec: Mapping[str, Any]) -> PowerActuator:
     if kind == "sim":
         return SimActuator(spec.get("sim_url", "http://127.0.0.1:9788"), timeout)
     if kind == "command":
-        return CommandActuator(list(spec["set_command"]), spec.get("read_command"),
-                               spec.get("default_watts"), timeout)
+        return CommandActuator(list(spec["set_command"]), spec.get("read_command"), spec.get("default_watts"), timeout)
     return NoActuator()

@@ -1,8 +1,8 @@
 """``gpuwarden-agent actions ...`` and ``gpuwarden-agent breaker ...`` (talk to a running agent).
 
-  gpuwarden-agent actions list [--uuid U] [--outcome O] [--action A] [--limit N] [--json]
-  gpuwarden-agent breaker show
-  gpuwarden-agent breaker reset [--actor NAME]     (needs --token-file: it changes state)
+gpuwarden-agent actions list [--uuid U] [--outcome O] [--action A] [--limit N] [--json]
+gpuwarden-agent breaker show
+gpuwarden-agent breaker reset [--actor NAME]     (needs --token-file: it changes state)
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import argparse
 import getpass
 import time
 import urllib.parse
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..client import Client, add_client_args, run_cli
 
@@ -44,17 +45,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def request(c: Client) -> Any:
         if args.cmd == "actions":
-            q = {k: v for k, v in (("uuid", args.uuid), ("outcome", args.outcome),
-                                   ("action", args.action), ("limit", args.limit)) if v}
+            q = {
+                k: v
+                for k, v in (
+                    ("uuid", args.uuid),
+                    ("outcome", args.outcome),
+                    ("action", args.action),
+                    ("limit", args.limit),
+                )
+                if v
+            }
             out = c.call("GET", "/api/v1/actions?" + urllib.parse.urlencode(q))
             if not args.json:
                 b = out["breaker"]
-                print(f"breaker: {b['state']}" + (f" since {_when(b['opened_at'])}: {b['reason']}"
-                                                  if b["state"] == "open" else ""))
+                print(
+                    f"breaker: {b['state']}"
+                    + (f" since {_when(b['opened_at'])}: {b['reason']}" if b["state"] == "open" else "")
+                )
                 for a in out["actions"]:
                     why = a["error"] or a["detail"].get("reason", "")
-                    print(f"{a['id']:>6}  {_when(a['at'])}  {a['action']:<10} {a['outcome']:<15} "
-                          f"{a['rule'] or '-':<18} {a['uuid'] or '-'}  {why}".rstrip())
+                    print(
+                        f"{a['id']:>6}  {_when(a['at'])}  {a['action']:<10} {a['outcome']:<15} "
+                        f"{a['rule'] or '-':<18} {a['uuid'] or '-'}  {why}".rstrip()
+                    )
                 return None
         elif args.verb == "show":
             out = c.call("GET", "/api/v1/remediation/breaker")

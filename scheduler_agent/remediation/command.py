@@ -36,7 +36,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import subprocess
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from .errors import ActuatorError
 
@@ -44,15 +44,14 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 MAX_VALUE_CHARS = 128
 _HEX_UUID = r"[0-9A-Fa-f][0-9A-Fa-f-]{0,63}"
-_UUID = re.compile(rf"(?:GPU-{_HEX_UUID}|MIG-{_HEX_UUID}|MIG-GPU-{_HEX_UUID}/[0-9]{{1,4}}/[0-9]{{1,4}})",
-                   re.ASCII)
+_UUID = re.compile(rf"(?:GPU-{_HEX_UUID}|MIG-{_HEX_UUID}|MIG-GPU-{_HEX_UUID}/[0-9]{{1,4}}/[0-9]{{1,4}})", re.ASCII)
 _DIGITS6 = re.compile(r"[0-9]{1,6}", re.ASCII)
 _DIGITS19 = re.compile(r"[0-9]{1,19}", re.ASCII)
 _NUMBER = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?", re.ASCII)
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?", re.ASCII)
 _ZONE = re.compile(r"[A-Za-z0-9_.-]{1,32}", re.ASCII)
 _PORT = re.compile(r"[0-9]{1,5}", re.ASCII)
-_OTHER = re.compile(r"[A-Za-z0-9._:/@+_-]{1,%d}" % MAX_VALUE_CHARS, re.ASCII)
+_OTHER = re.compile(rf"[A-Za-z0-9._:/@+_-]{{1,{MAX_VALUE_CHARS}}}", re.ASCII)
 
 
 class UnsafeValue(ActuatorError):
@@ -111,8 +110,7 @@ def _check_instance(value: str) -> str | None:
     if sep and not _port_ok(port):
         return "the port must be 1-65535"
     if not _host_ok(host):
-        return ("must be a host name or address with an optional port (gpu-node-1:9786, "
-                "10.0.0.5:9786, [fe80::1]:9786)")
+        return "must be a host name or address with an optional port (gpu-node-1:9786, 10.0.0.5:9786, [fe80::1]:9786)"
     return None
 
 
@@ -122,8 +120,9 @@ def _fullmatch(pattern: re.Pattern[str], why: str) -> Callable[[str], str | None
 
 CHECKS: dict[str, Callable[[str], str | None]] = {
     "gpu": _fullmatch(_DIGITS6, "a GPU index must be ASCII digits only (at most 6)"),
-    "uuid": _fullmatch(_UUID, "must be an NVML UUID: GPU-<hex and dashes>, MIG-<hex and dashes> "
-                              "or MIG-GPU-<hex and dashes>/<n>/<n>"),
+    "uuid": _fullmatch(
+        _UUID, "must be an NVML UUID: GPU-<hex and dashes>, MIG-<hex and dashes> or MIG-GPU-<hex and dashes>/<n>/<n>"
+    ),
     "instance": _check_instance,
     "watts": _fullmatch(_NUMBER, "must be a number of watts (digits, optional fraction)"),
     "action_id": _fullmatch(_DIGITS19, "must be an integer"),
@@ -135,8 +134,10 @@ def check_other(value: str) -> str | None:
     if value.startswith("-"):
         return "a leading '-' could be read as an option"
     if not _OTHER.fullmatch(value):
-        return (f"must be 1-{MAX_VALUE_CHARS} characters of A-Za-z0-9 . _ : / @ + - "
-                "(anything else could mean something to a shell the command reaches)")
+        return (
+            f"must be 1-{MAX_VALUE_CHARS} characters of A-Za-z0-9 . _ : / @ + - "
+            "(anything else could mean something to a shell the command reaches)"
+        )
     return None
 
 
@@ -169,8 +170,9 @@ def render(template: Sequence[str], values: Mapping[str, object]) -> list[str]:
         if name in checked:
             continue
         if name not in values:
-            raise ActuatorError(f"command template {list(template)!r}: no value for "
-                                f"{{{name}}} (the alert has no label {name!r})")
+            raise ActuatorError(
+                f"command template {list(template)!r}: no value for {{{name}}} (the alert has no label {name!r})"
+            )
         checked[name] = check(name, str(values[name]))
     return [_PLACEHOLDER.sub(lambda m: checked[m.group(1)], arg) for arg in template]
 
@@ -180,8 +182,7 @@ def run(argv: Sequence[str], timeout: float = 30.0) -> str:
 
     Give it only argv from ``render``: the values in it were checked there."""
     try:
-        proc = subprocess.run(list(argv), capture_output=True, timeout=timeout, check=False,
-                              stdin=subprocess.DEVNULL)
+        proc = subprocess.run(list(argv), capture_output=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
     except FileNotFoundError:
         raise ActuatorError(f"command {argv[0]!r} not found (check the command template)") from None
     except subprocess.TimeoutExpired:

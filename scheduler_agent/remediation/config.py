@@ -22,8 +22,9 @@ Example (every key optional)::
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from gpuwarden import config as foundation
 
@@ -65,7 +66,7 @@ class RemediationConfig:
     basic_password_file: str | None
     max_body_bytes: int
     actuator: Mapping[str, Any]
-    throttle_fraction: float | None      # None when throttle.watts is set
+    throttle_fraction: float | None  # None when throttle.watts is set
     throttle_watts: float | None
     hold_down_seconds: float
     quarantine_preempts: bool
@@ -80,8 +81,9 @@ class RemediationConfig:
 ErrorFactory = Callable[[str, str], Exception]
 
 
-def parse(section: Mapping[str, Any] | None, source: str = "<config>",
-          error: ErrorFactory | None = None) -> RemediationConfig:
+def parse(
+    section: Mapping[str, Any] | None, source: str = "<config>", error: ErrorFactory | None = None
+) -> RemediationConfig:
     """Validates the section (``None`` = all defaults) and returns the settings.
 
     ``error(field, message)`` builds the exception to raise (the agent passes
@@ -107,11 +109,14 @@ def parse(section: Mapping[str, Any] | None, source: str = "<config>",
         quarantine_preempts=bool(doc["quarantine"]["preempt_jobs"]),
         commands={k: list(v) for k, v in doc["commands"].items()},
         rule_actions={k: v["action"] for k, v in doc["rules"].items()},
-        escalation=Escalation(enabled=bool(esc["enabled"]), count=int(esc["count"]),
-                              window_seconds=float(esc["window_seconds"])),
-        budget=Budget(max_quarantined_ratio=float(budget["max_quarantined_ratio"]),
-                      max_throttled_ratio=float(budget["max_throttled_ratio"]),
-                      max_actions_per_minute=int(budget["max_actions_per_minute"])),
+        escalation=Escalation(
+            enabled=bool(esc["enabled"]), count=int(esc["count"]), window_seconds=float(esc["window_seconds"])
+        ),
+        budget=Budget(
+            max_quarantined_ratio=float(budget["max_quarantined_ratio"]),
+            max_throttled_ratio=float(budget["max_throttled_ratio"]),
+            max_actions_per_minute=int(budget["max_actions_per_minute"]),
+        ),
         poll_interval_seconds=float(worker["poll_interval_seconds"]),
         start_delay_seconds=float(worker["start_delay_seconds"]),
     )

@@ -17,9 +17,10 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .. import web
 from .errors import IntakeError, PolicyConfigError
@@ -27,7 +28,6 @@ from .payload import Notification, parse_notification
 from .store import transaction
 
 log = logging.getLogger(__name__)
-
 
 
 def read_secret(path: Path | str, what: str) -> bytes:
@@ -86,8 +86,10 @@ class Credentials:
             ok_password = hmac.compare_digest(password, self.basic_password or b"")
             if ok_user & ok_password:  # both compared always, no short-circuit on the user
                 return
-        raise IntakeError(401, "missing or wrong credentials (Authorization: Bearer <token> "
-                               "from the agent's token file, or basic auth)")
+        raise IntakeError(
+            401,
+            "missing or wrong credentials (Authorization: Bearer <token> from the agent's token file, or basic auth)",
+        )
 
 
 @dataclass(frozen=True)
@@ -104,9 +106,12 @@ class Intake:
     The caller was authenticated and the body's size bounded (``remediation.max_body_bytes``)
     by the route before the body was read."""
 
-    def __init__(self, conn: sqlite3.Connection,
-                 on_accepted: Callable[[], None] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        on_accepted: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._conn = conn
         self._lock = threading.Lock()
         self._on_accepted = on_accepted
@@ -123,11 +128,17 @@ class Intake:
             # Those instances are not here, so nothing can be done for them from this
             # delivery; we keep the count on the notification row, log it and count it in
             # the metrics, and act on what we got. The routing we ship sets max_alerts: 0.
-            log.warning("Alertmanager truncated a notification", extra={
-                "event": "remediation.truncated", "notification_id": accepted.notification_id,
-                "group_key": notification.group_key, "truncated_alerts":
-                notification.truncated_alerts, "hint": "set max_alerts: 0 on the webhook "
-                "receiver so that Alertmanager sends every alert of the group"})
+            log.warning(
+                "Alertmanager truncated a notification",
+                extra={
+                    "event": "remediation.truncated",
+                    "notification_id": accepted.notification_id,
+                    "group_key": notification.group_key,
+                    "truncated_alerts": notification.truncated_alerts,
+                    "hint": "set max_alerts: 0 on the webhook "
+                    "receiver so that Alertmanager sends every alert of the group",
+                },
+            )
         if self._on_accepted is not None and accepted.new_events:
             self._on_accepted()
         return accepted
@@ -137,25 +148,38 @@ class Intake:
         cur = conn.execute(
             "INSERT INTO remediation_notifications (received_at, receiver, group_key, status, "
             "alert_count, new_events, truncated_alerts, external_url) VALUES (?,?,?,?,?,0,?,?)",
-            (now, n.receiver, n.group_key, n.status, len(n.alerts), n.truncated_alerts,
-             n.external_url))
+            (now, n.receiver, n.group_key, n.status, len(n.alerts), n.truncated_alerts, n.external_url),
+        )
         nid = cur.lastrowid
         rows = []
         for a in n.alerts:
             labels = a.labels
-            rows.append((nid, a.fingerprint, a.starts_at, a.ends_at, a.status, a.rule,
-                         a.severity, labels.get("action", ""), labels.get("uuid", ""),
-                         labels.get("gpu", ""), labels.get("instance", ""),
-                         json.dumps(labels, sort_keys=True), now))
+            rows.append(
+                (
+                    nid,
+                    a.fingerprint,
+                    a.starts_at,
+                    a.ends_at,
+                    a.status,
+                    a.rule,
+                    a.severity,
+                    labels.get("action", ""),
+                    labels.get("uuid", ""),
+                    labels.get("gpu", ""),
+                    labels.get("instance", ""),
+                    json.dumps(labels, sort_keys=True),
+                    now,
+                )
+            )
         # Under BEGIN IMMEDIATE ids only grow, so the new rows are those past the last id.
         last = conn.execute("SELECT coalesce(max(id), 0) FROM remediation_events").fetchone()[0]
         conn.executemany(
             "INSERT INTO remediation_events (notification_id, fingerprint, starts_at, ends_at, "
             "status, rule, severity, action, uuid, gpu, instance, labels, received_at) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (fingerprint, starts_at, status) "
-            "DO UPDATE SET deliveries = deliveries + 1", rows)
-        new = conn.execute("SELECT count(*) FROM remediation_events WHERE id > ?",
-                           (last,)).fetchone()[0]
-        conn.execute("UPDATE remediation_notifications SET new_events = ? WHERE id = ?",
-                     (new, nid))
+            "DO UPDATE SET deliveries = deliveries + 1",
+            rows,
+        )
+        new = conn.execute("SELECT count(*) FROM remediation_events WHERE id > ?", (last,)).fetchone()[0]
+        conn.execute("UPDATE remediation_notifications SET new_events = ? WHERE id = ?", (new, nid))
         return Accepted(nid, len(n.alerts), new, n.truncated_alerts)

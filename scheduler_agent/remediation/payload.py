@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from .errors import IntakeError
 
@@ -27,12 +28,11 @@ STATUSES = ("firing", "resolved")
 MAX_LABEL_NAME = 256
 MAX_LABEL_VALUE = 4096
 MAX_LABELS = 128
-MAX_FIELD = 8192           # fingerprint, receiver, groupKey, externalURL, annotation values
-MAX_INT = 2**63 - 1        # SQLite's INTEGER
+MAX_FIELD = 8192  # fingerprint, receiver, groupKey, externalURL, annotation values
+MAX_INT = 2**63 - 1  # SQLite's INTEGER
 
 # RFC 3339 as Go's time.Time marshals it: up to nine fractional digits, "Z" or an offset.
-_RFC3339 = re.compile(
-    r"^(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?([Zz]|[+-]\d\d:\d\d)$")
+_RFC3339 = re.compile(r"^(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?([Zz]|[+-]\d\d:\d\d)$")
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,7 @@ def normalise_time(value: str, field: str) -> str:
         raise IntakeError(400, f"{field}: {value[:64]!r} is not an RFC 3339 time")
     year, month, day, hour, minute, second, frac, tz = m.groups()
     try:
-        dt = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
-                      tzinfo=timezone.utc)
+        dt = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=UTC)
         if tz not in ("Z", "z"):
             sign = 1 if tz[0] == "+" else -1
             dt -= sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6]))
@@ -153,7 +152,7 @@ def parse_notification(body: bytes) -> Notification:
         raise IntakeError(400, f"body: expected a JSON object, got {type(doc).__name__}")
     version = doc.get("version")
     if version != "4":
-        raise IntakeError(400, f"version: {version!r} is not \"4\" (Alertmanager webhook v4)")
+        raise IntakeError(400, f'version: {version!r} is not "4" (Alertmanager webhook v4)')
     status = _str(doc, "status", "")
     if status not in STATUSES:
         raise IntakeError(400, f"status: {status[:32]!r} is not 'firing' or 'resolved'")
@@ -162,8 +161,7 @@ def parse_notification(body: bytes) -> Notification:
         raise IntakeError(400, "alerts: expected a list")
     truncated = doc.get("truncatedAlerts", 0)
     if type(truncated) is not int or not 0 <= truncated <= MAX_INT:  # bool is an int: refused too
-        raise IntakeError(400, f"truncatedAlerts: {str(truncated)[:40]} is not an integer "
-                               f"from 0 to {MAX_INT}")
+        raise IntakeError(400, f"truncatedAlerts: {str(truncated)[:40]} is not an integer from 0 to {MAX_INT}")
     parsed = tuple(parse_alert(a, i) for i, a in enumerate(alerts))
     return Notification(
         receiver=_str(doc, "receiver", "", required=False),

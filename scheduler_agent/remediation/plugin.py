@@ -28,33 +28,38 @@ if TYPE_CHECKING:
     from ..plugins import Host
 
 
-def install(agent: "Host", port: SchedulerPort) -> Remediation:
+def install(agent: Host, port: SchedulerPort) -> Remediation:
     cfg = agent.config
     rc = parse(cfg.section("remediation"), str(cfg.path), error=cfg.error)
     # Paths in the section are relative to the config file, like every path in it.
     if not rc.bearer_token_file and not rc.basic_username:
-        raise cfg.error("remediation.auth", "the Alertmanager webhook needs its own credential, "
-                        "distinct from web.token_file (the operator's): set remediation.auth."
-                        "bearer_token_file to a file holding a random token (`openssl rand -hex 32`) "
-                        "and give Alertmanager the same file (http_config.authorization."
-                        "credentials_file)")
+        raise cfg.error(
+            "remediation.auth",
+            "the Alertmanager webhook needs its own credential, "
+            "distinct from web.token_file (the operator's): set remediation.auth."
+            "bearer_token_file to a file holding a random token (`openssl rand -hex 32`) "
+            "and give Alertmanager the same file (http_config.authorization."
+            "credentials_file)",
+        )
     rc = dataclasses.replace(
         rc,
         bearer_token_file=str(cfg.resolve(rc.bearer_token_file)) if rc.bearer_token_file else None,
-        basic_password_file=str(cfg.resolve(rc.basic_password_file))
-        if rc.basic_password_file else None)
+        basic_password_file=str(cfg.resolve(rc.basic_password_file)) if rc.basic_password_file else None,
+    )
     try:
         creds = credentials_from(rc)
         operator = read_secret(cfg.token_file, "web.token_file")
     except PolicyConfigError as exc:
         raise cfg.error("remediation.auth", str(exc)) from None
     if any(hmac.compare_digest(s, operator) for s in creds.secrets()):
-        raise cfg.error("remediation.auth", f"holds the same secret as web.token_file ({cfg.token_file}): "
-                        "the webhook's credential (Alertmanager's) must differ from the operator's, "
-                        "which submits jobs and releases GPUs; put a new random token in "
-                        "remediation.auth.bearer_token_file")
-    rem = Remediation.create(agent.db, rc, port,
-                             tracer_provider=agent.tracer_provider, credentials=creds)
+        raise cfg.error(
+            "remediation.auth",
+            f"holds the same secret as web.token_file ({cfg.token_file}): "
+            "the webhook's credential (Alertmanager's) must differ from the operator's, "
+            "which submits jobs and releases GPUs; put a new random token in "
+            "remediation.auth.bearer_token_file",
+        )
+    rem = Remediation.create(agent.db, rc, port, tracer_provider=agent.tracer_provider, credentials=creds)
     rem.worker.retention = cfg.retention  # database.retention: pruned in the worker's idle time
     rem.register_routes(agent.app)
     agent.registry.register(rem.collector)

@@ -21,8 +21,9 @@ port reads nothing else (no ambient state) to learn which action is calling it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 from .actuators import GpuRef
 
@@ -51,15 +52,15 @@ class ActionContext:
 
 
 class SchedulerPort(Protocol):
-    def quarantine(self, uuid: str, reason: str, actor: str,
-                   context: ActionContext | None = None) -> Mapping[str, Any] | None:
+    def quarantine(
+        self, uuid: str, reason: str, actor: str, context: ActionContext | None = None
+    ) -> Mapping[str, Any] | None:
         """Takes the GPU out of scheduling until a person releases it (no-op if already).
 
         May return details worth keeping in the action's audit entry (the worker merges them
         into its ``detail``), e.g. that a cluster scheduler drained a whole node."""
 
-    def preempt_gpu(self, uuid: str, reason: str,
-                    context: ActionContext | None = None) -> list[int]:
+    def preempt_gpu(self, uuid: str, reason: str, context: ActionContext | None = None) -> list[int]:
         """Stops the jobs on the GPU and requeues them; returns their ids ([] when idle)."""
 
     def set_throttled(self, uuid: str, throttled: bool, reason: str) -> None:

@@ -39,8 +39,9 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from .. import store as agent_store
 
@@ -54,10 +55,23 @@ KNOWN_ACTIONS = ("notify", "throttle", "preempt", "quarantine", "restore")
 KNOWN_SEVERITIES = ("critical", "warning", "info")
 # Used when the shipped rules cannot be read (a broken install): the ids the generator emits.
 FALLBACK_RULES = (
-    "THERMAL_WARNING", "THERMAL_CRITICAL", "POWER_SPIKE", "POWER_CRITICAL", "ECC_ERRORS_SPIKE",
-    "ECC_UNCORRECTABLE", "THROTTLING", "MEMORY_PRESSURE", "THERMAL_FORECAST", "MEMORY_FORECAST",
-    "EXPORTER_DOWN", "GPU_METRICS_ABSENT", "GPU_METRICS_VANISHED", "NVML_DOWN", "GPU_LOST",
-    "XID_FATAL")
+    "THERMAL_WARNING",
+    "THERMAL_CRITICAL",
+    "POWER_SPIKE",
+    "POWER_CRITICAL",
+    "ECC_ERRORS_SPIKE",
+    "ECC_UNCORRECTABLE",
+    "THROTTLING",
+    "MEMORY_PRESSURE",
+    "THERMAL_FORECAST",
+    "MEMORY_FORECAST",
+    "EXPORTER_DOWN",
+    "GPU_METRICS_ABSENT",
+    "GPU_METRICS_VANISHED",
+    "NVML_DOWN",
+    "GPU_LOST",
+    "XID_FATAL",
+)
 
 COMPONENT = "remediation"
 
@@ -155,19 +169,27 @@ CREATE TABLE remediation_counters (
 
 
 def _bounded(column: str, kind: str) -> str:
-    return (f"(CASE WHEN EXISTS (SELECT 1 FROM remediation_label_values WHERE kind = '{kind}' "
-            f"AND value = {column}) THEN {column} ELSE '{OTHER}' END)")
+    return (
+        f"(CASE WHEN EXISTS (SELECT 1 FROM remediation_label_values WHERE kind = '{kind}' "
+        f"AND value = {column}) THEN {column} ELSE '{OTHER}' END)"
+    )
 
 
 def _bump(name: str, a: str = "''", b: str = "''", by: str = "1") -> str:
-    return (f"INSERT INTO remediation_counters (name, a, b, value) VALUES ('{name}', {a}, {b}, "
-            f"{by}) ON CONFLICT (name, a, b) DO UPDATE SET value = value + excluded.value;")
+    return (
+        f"INSERT INTO remediation_counters (name, a, b, value) VALUES ('{name}', {a}, {b}, "
+        f"{by}) ON CONFLICT (name, a, b) DO UPDATE SET value = value + excluded.value;"
+    )
 
 
-_RESOLVED_OF = ("SELECT 1 FROM remediation_events r WHERE r.fingerprint = {e}.fingerprint AND "
-                "r.starts_at = {e}.starts_at AND r.status = 'resolved'")
-_FIRING_OF = ("SELECT 1 FROM remediation_events f WHERE f.fingerprint = {e}.fingerprint AND "
-              "f.starts_at = {e}.starts_at AND f.status = 'firing'")
+_RESOLVED_OF = (
+    "SELECT 1 FROM remediation_events r WHERE r.fingerprint = {e}.fingerprint AND "
+    "r.starts_at = {e}.starts_at AND r.status = 'resolved'"
+)
+_FIRING_OF = (
+    "SELECT 1 FROM remediation_events f WHERE f.fingerprint = {e}.fingerprint AND "
+    "f.starts_at = {e}.starts_at AND f.status = 'firing'"
+)
 
 _V2_TRIGGERS = f"""
 CREATE TRIGGER remediation_events_counted AFTER INSERT ON remediation_events BEGIN
@@ -218,7 +240,7 @@ def known_label_values() -> dict[str, set[str]]:
     rules: set[str] = set()
     severities: set[str] = set(KNOWN_SEVERITIES)
     try:
-        from gpuwarden.rules import config as rules_config  # noqa: PLC0415 - optional at runtime
+        from gpuwarden.rules import config as rules_config
 
         cfg = rules_config.load()
         for group in (cfg.alerts, cfg.forecasts, cfg.monitoring):
@@ -228,9 +250,14 @@ def known_label_values() -> dict[str, set[str]]:
             if getattr(a, "severity", None):
                 severities.add(str(a.severity))
     except Exception as exc:  # noqa: BLE001 - metrics must not stop the agent from starting
-        log.warning("the shipped rules could not be read", extra={
-            "event": "remediation.rules_unreadable", "error": str(exc),
-            "hint": "alerts of unknown rules are counted as 'other'"})
+        log.warning(
+            "the shipped rules could not be read",
+            extra={
+                "event": "remediation.rules_unreadable",
+                "error": str(exc),
+                "hint": "alerts of unknown rules are counted as 'other'",
+            },
+        )
     rules.update(_generated_rule_ids())
     if not rules:
         rules.update(FALLBACK_RULES)
@@ -241,9 +268,9 @@ def _generated_rule_ids() -> set[str]:
     """``rule`` labels of the generated alerting rules (the monitoring-health ones included)."""
     out: set[str] = set()
     try:
-        from importlib import resources  # noqa: PLC0415
+        from importlib import resources
 
-        import yaml  # noqa: PLC0415
+        import yaml
 
         folder = resources.files("gpuwarden.rules").joinpath("generated")
         for entry in folder.iterdir():
@@ -260,13 +287,14 @@ def _generated_rule_ids() -> set[str]:
     return out
 
 
-def set_label_values(conn: sqlite3.Connection,
-                     values: Mapping[str, Iterable[str]] | None = None) -> None:
+def set_label_values(conn: sqlite3.Connection, values: Mapping[str, Iterable[str]] | None = None) -> None:
     """Adds the known label values (inside the caller's transaction). Values are only ever
     added: a counter already kept under a value stays meaningful."""
     values = known_label_values() if values is None else values
-    conn.executemany("INSERT OR IGNORE INTO remediation_label_values (kind, value) VALUES (?, ?)",
-                     [(kind, v) for kind, vs in values.items() for v in vs])
+    conn.executemany(
+        "INSERT OR IGNORE INTO remediation_label_values (kind, value) VALUES (?, ?)",
+        [(kind, v) for kind, vs in values.items() for v in vs],
+    )
 
 
 def _migration_v2(conn: sqlite3.Connection) -> None:
@@ -314,7 +342,7 @@ def connect(path: Path | str, synchronous: str = "FULL") -> sqlite3.Connection:
     return agent_store.connect(path, synchronous)
 
 
-def migrate(db: "Database") -> int:
+def migrate(db: Database) -> int:
     """Applies our migrations through the agent's shared ``Database.migrate`` seam, and adds
     label values this build knows that the file does not yet (new rules)."""
     version = db.migrate(COMPONENT, MIGRATIONS)
@@ -323,8 +351,9 @@ def migrate(db: "Database") -> int:
     return version
 
 
-def transaction(conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], object],
-                immediate: bool = True) -> object:
+def transaction(
+    conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], object], immediate: bool = True
+) -> object:
     """Runs ``body`` inside BEGIN IMMEDIATE ... COMMIT, rolled back on any error; the error
     raised is the one that happened (SQLITE_FULL as ``DatabaseFull``, "database full: ..."),
     never the failed ROLLBACK of a transaction SQLite had already rolled back."""
@@ -363,8 +392,13 @@ ORDER BY a.at LIMIT :limit
 """
 
 
-def prune(conn: sqlite3.Connection, cutoff: float, quarantined: Iterable[str] = (),
-          batch: int = 500, should_stop: Callable[[], bool] | None = None) -> dict[str, int]:
+def prune(
+    conn: sqlite3.Connection,
+    cutoff: float,
+    quarantined: Iterable[str] = (),
+    batch: int = 500,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, int]:
     """Deletes what is older than ``cutoff`` (epoch seconds), ``batch`` rows per transaction.
 
     Kept whatever its age: alert instances not processed yet or not resolved, pending
@@ -375,33 +409,35 @@ def prune(conn: sqlite3.Connection, cutoff: float, quarantined: Iterable[str] = 
     """
     batch = max(1, int(batch))
     q = json.dumps(sorted(set(quarantined)))
-    deleted = {"remediation_events": 0, "remediation_notifications": 0,
-               "remediation_actions": 0, "done": 1}
+    deleted = {"remediation_events": 0, "remediation_notifications": 0, "remediation_actions": 0, "done": 1}
 
     def events(c: sqlite3.Connection) -> int:
-        keys = c.execute(_OLD_INSTANCES, {"cutoff": cutoff, "limit": max(1, batch // 2)}
-                         ).fetchall()
+        keys = c.execute(_OLD_INSTANCES, {"cutoff": cutoff, "limit": max(1, batch // 2)}).fetchall()
         n = 0
         for fp, starts_at in keys:
-            n += c.execute("DELETE FROM remediation_events WHERE fingerprint = ? AND "
-                           "starts_at = ?", (fp, starts_at)).rowcount
+            n += c.execute(
+                "DELETE FROM remediation_events WHERE fingerprint = ? AND starts_at = ?", (fp, starts_at)
+            ).rowcount
         return n if keys else -1
 
     def notifications(c: sqlite3.Connection) -> int:
-        n = c.execute("DELETE FROM remediation_notifications WHERE id IN (SELECT id FROM "
-                      "remediation_notifications WHERE received_at < ? ORDER BY id LIMIT ?)",
-                      (cutoff, batch)).rowcount
+        n = c.execute(
+            "DELETE FROM remediation_notifications WHERE id IN (SELECT id FROM "
+            "remediation_notifications WHERE received_at < ? ORDER BY id LIMIT ?)",
+            (cutoff, batch),
+        ).rowcount
         return n if n else -1
 
     def actions(c: sqlite3.Connection) -> int:
-        ids = [r[0] for r in c.execute(_OLD_ACTIONS, {"cutoff": cutoff, "quarantined": q,
-                                                      "limit": batch})]
+        ids = [r[0] for r in c.execute(_OLD_ACTIONS, {"cutoff": cutoff, "quarantined": q, "limit": batch})]
         c.executemany("DELETE FROM remediation_actions WHERE id = ?", [(i,) for i in ids])
         return len(ids) if ids else -1
 
-    for table, step in (("remediation_events", events),
-                        ("remediation_notifications", notifications),
-                        ("remediation_actions", actions)):
+    for table, step in (
+        ("remediation_events", events),
+        ("remediation_notifications", notifications),
+        ("remediation_actions", actions),
+    ):
         while True:
             if should_stop is not None and should_stop():
                 deleted["done"] = 0

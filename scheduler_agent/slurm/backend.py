@@ -33,8 +33,9 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..remediation.port import ActionContext
 from .errors import SlurmError, UnknownNode
@@ -53,8 +54,10 @@ REQUEUE_SETTLE_SECONDS = 2.0
 log = logging.getLogger(__name__)
 
 PREFIX = "gpuwarden:"
-NODE_SCOPE_NOTE = ("Slurm 22.05 cannot drain a single GPU: the whole node {node} ({gpus} GPUs) "
-                   "is drained, so it takes no new jobs on any GPU until released")
+NODE_SCOPE_NOTE = (
+    "Slurm 22.05 cannot drain a single GPU: the whole node {node} ({gpus} GPUs) "
+    "is drained, so it takes no new jobs on any GPU until released"
+)
 RUNNING = ("RUNNING", "SUSPENDED", "CONFIGURING")
 _ENTRY = re.compile(r"([^\s;]+) gpu (\d+) ([^\s;]+)")
 
@@ -75,8 +78,7 @@ def parse_reason(reason: str) -> list[Entry] | None:
     """Our entries, or None when the reason is not ours (someone else's drain)."""
     if not reason.startswith(PREFIX):
         return None
-    return [Entry(m.group(1), int(m.group(2)), m.group(3))
-            for m in _ENTRY.finditer(reason[len(PREFIX):])]
+    return [Entry(m.group(1), int(m.group(2)), m.group(3)) for m in _ENTRY.finditer(reason[len(PREFIX) :])]
 
 
 def format_reason(entries: list[Entry]) -> str:
@@ -88,9 +90,15 @@ def _key(context: ActionContext | None) -> Key | None:
 
 
 class SlurmPort:
-    def __init__(self, runner: Runner, journal: Journal, nodemap: NodeMap,
-                 scheduler: "Scheduler | None" = None, start_requeued_now: bool = True,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        journal: Journal,
+        nodemap: NodeMap,
+        scheduler: Scheduler | None = None,
+        start_requeued_now: bool = True,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.runner = runner
         self.journal = journal
         self.nodemap = nodemap
@@ -98,7 +106,7 @@ class SlurmPort:
         self.start_requeued_now = start_requeued_now
         self.sleep = sleep
         self._lock = threading.RLock()
-        self._own = threading.local()   # set while we call the embedded scheduler ourselves
+        self._own = threading.local()  # set while we call the embedded scheduler ourselves
 
     def close(self) -> None:
         self.journal.close()
@@ -122,8 +130,7 @@ class SlurmPort:
         if r.rc != 0:
             if "Invalid job id" in r.stderr + r.stdout:
                 return None
-            raise SlurmError(f"scontrol show job -d {job_id}: exit {r.rc}: "
-                             f"{(r.stderr or r.stdout).strip()[:300]}")
+            raise SlurmError(f"scontrol show job -d {job_id}: exit {r.rc}: {(r.stderr or r.stdout).strip()[:300]}")
         found = [j for j in parse_jobs(r.stdout) if j.id == job_id]
         return found[0] if found else None
 
@@ -132,8 +139,7 @@ class SlurmPort:
         value, index = "", ""
         if ctx is not None and ctx.gpu.uuid == uuid:
             label = self.nodemap.label
-            value = ctx.gpu.labels.get(label) or (ctx.gpu.instance if label == "instance"
-                                                  else "")
+            value = ctx.gpu.labels.get(label) or (ctx.gpu.instance if label == "instance" else "")
             index = ctx.gpu.gpu or ctx.gpu.labels.get("gpu", "")
         if (not value or not index.isdigit()) and self.scheduler is not None:
             try:
@@ -142,15 +148,18 @@ class SlurmPort:
             except Exception:  # noqa: BLE001 - NotFound: the inventory does not list it
                 pass
         if not value or not str(index).isdigit():
-            raise UnknownNode(f"GPU {uuid}: the alert has no {self.nodemap.label} label and "
-                              "gpu index, and the inventory does not list the GPU, so its "
-                              "Slurm node is unknown")
+            raise UnknownNode(
+                f"GPU {uuid}: the alert has no {self.nodemap.label} label and "
+                "gpu index, and the inventory does not list the GPU, so its "
+                "Slurm node is unknown"
+            )
         node = self.nodemap.resolve(value, self.nodes(), f"GPU {uuid} (gpu {index})")
         return node, int(index)
 
     # -- changing Slurm -------------------------------------------------------------------
-    def _change(self, key: Key | None, op: str, target: str, args: list[str],
-                before: Mapping[str, Any] | None = None) -> None:
+    def _change(
+        self, key: Key | None, op: str, target: str, args: list[str], before: Mapping[str, Any] | None = None
+    ) -> None:
         row = self.journal.begin(key, op, target, self.runner.argv(*args), dict(before or {}))
         try:
             r = self.runner.run(*args)
@@ -172,41 +181,52 @@ class SlurmPort:
             self._own.active = False
 
     # -- SchedulerPort --------------------------------------------------------------------
-    def quarantine(self, uuid: str, reason: str, actor: str,
-                   context: ActionContext | None = None) -> Mapping[str, Any]:
+    def quarantine(self, uuid: str, reason: str, actor: str, context: ActionContext | None = None) -> Mapping[str, Any]:
         key = _key(context)
-        rule = ((context.gpu.labels.get("rule") if context is not None else "")
-                or reason.split(":", 1)[0].strip() or "manual").replace(" ", "_")
+        rule = (
+            (context.gpu.labels.get("rule") if context is not None else "")
+            or reason.split(":", 1)[0].strip()
+            or "manual"
+        ).replace(" ", "_")
         with self._lock:
             name, index = self.locate(uuid, context)
             node = self.node(name)
-            detail: dict[str, Any] = {"slurm_node": name, "slurm_scope": "node",
-                                      "slurm_note": NODE_SCOPE_NOTE.format(node=name,
-                                                                           gpus=node.gpus)}
+            detail: dict[str, Any] = {
+                "slurm_node": name,
+                "slurm_scope": "node",
+                "slurm_note": NODE_SCOPE_NOTE.format(node=name, gpus=node.gpus),
+            }
             ours = parse_reason(node.reason) if node.drained else []
             if ours is None:
-                detail["slurm"] = (f"node {name} was already drained by someone else "
-                                   f"({node.reason!r}): left as it is, and release will not "
-                                   "resume it")
+                detail["slurm"] = (
+                    f"node {name} was already drained by someone else "
+                    f"({node.reason!r}): left as it is, and release will not "
+                    "resume it"
+                )
             elif any(e.uuid == uuid for e in ours):
                 detail["slurm"] = f"node {name} already drained for this GPU"
             else:
                 entries = [*ours, Entry(rule, index, uuid)]
-                self._change(key, "drain", name, ["update", f"NodeName={name}", "State=DRAIN",
-                                                   f"Reason={format_reason(entries)}"],
-                             {"state": node.state, "reason": node.reason})
+                self._change(
+                    key,
+                    "drain",
+                    name,
+                    ["update", f"NodeName={name}", "State=DRAIN", f"Reason={format_reason(entries)}"],
+                    {"state": node.state, "reason": node.reason},
+                )
                 detail["slurm"] = f"drained node {name}"
             self._embedded("quarantine", uuid, reason, actor, False)
         return detail
 
-    def preempt_gpu(self, uuid: str, reason: str,
-                    context: ActionContext | None = None) -> list[int]:
+    def preempt_gpu(self, uuid: str, reason: str, context: ActionContext | None = None) -> list[int]:
         key = _key(context)
         with self._lock:
             name, index = self.locate(uuid, context)
-            plan = self.journal.plan(key, f"preempt {name} {index}", lambda: [
-                [j.id, j.restarts] for j in self.jobs()
-                if j.state in RUNNING and j.holds(name, index)])
+            plan = self.journal.plan(
+                key,
+                f"preempt {name} {index}",
+                lambda: [[j.id, j.restarts] for j in self.jobs() if j.state in RUNNING and j.holds(name, index)],
+            )
             for job_id, restarts in plan:
                 self._requeue(key, int(job_id), int(restarts))
         return [int(j) for j, _ in plan]
@@ -218,28 +238,26 @@ class SlurmPort:
         if job is None:
             return
         if prev is not None and prev["outcome"] == "pending":
-            if job.restarts > restarts:   # killed after Slurm took it: settle, do not repeat
-                self.journal.finish(prev["id"], "ok", 0, None,
-                                    f"settled on resume: Restarts {restarts} -> {job.restarts}")
+            if job.restarts > restarts:  # killed after Slurm took it: settle, do not repeat
+                self.journal.finish(
+                    prev["id"], "ok", 0, None, f"settled on resume: Restarts {restarts} -> {job.restarts}"
+                )
                 prev = None
                 done = True
             else:
-                self.journal.finish(prev["id"], "failed", 0, None,
-                                    error="interrupted before Slurm requeued the job")
+                self.journal.finish(prev["id"], "failed", 0, None, error="interrupted before Slurm requeued the job")
                 prev, done = None, False
         else:
             done = prev is not None
         if not done:
             if job.state not in RUNNING or job.restarts > restarts:
                 return  # it ended, or was requeued by someone else since the plan was made
-            self._change(key, "requeue", target, ["requeue", target],
-                         {"restarts": restarts, "state": job.state})
+            self._change(key, "requeue", target, ["requeue", target], {"restarts": restarts, "state": job.state})
         if self.start_requeued_now:
             # (On a resumed action the requeue's time is unknown: counted from now.)
             self._start_now(key, job_id, not_before=time.monotonic() + REQUEUE_SETTLE_SECONDS)
 
-    def _start_now(self, key: Key | None, job_id: int, not_before: float,
-                   wait: float = 10.0) -> None:
+    def _start_now(self, key: Key | None, job_id: int, not_before: float, wait: float = 10.0) -> None:
         """Resets the requeued job's start time so it may run soon (else ~120 s later), not
         before ``not_before`` (time.monotonic)."""
         target = str(job_id)
@@ -250,7 +268,7 @@ class SlurmPort:
         job = self.job(job_id)
         while job is not None and time.monotonic() < deadline:
             if job.state == "RUNNING" and job.reason != "BeginTime":
-                break   # already started again (or was never stopped): nothing to reset
+                break  # already started again (or was never stopped): nothing to reset
             if job.state == "PENDING" and time.monotonic() >= not_before:
                 break
             self.sleep(0.1)
@@ -263,8 +281,13 @@ class SlurmPort:
             return
         if prev is not None:
             self.journal.finish(prev["id"], "failed", 0, None, error="interrupted; retried")
-        self._change(key, "start_now", target, ["update", f"JobId={job_id}", "StartTime=now"],
-                     {"state": job.state, "reason": job.reason})
+        self._change(
+            key,
+            "start_now",
+            target,
+            ["update", f"JobId={job_id}", "StartTime=now"],
+            {"state": job.state, "reason": job.reason},
+        )
 
     def release(self, uuid: str, actor: str = "api") -> dict[str, Any]:
         """Takes the GPU out of our drain reason; resumes the node when none is left and the
@@ -276,21 +299,30 @@ class SlurmPort:
                     continue
                 rest = [e for e in ours if e.uuid != uuid]
                 if rest:
-                    self._change(None, "drain", n.name,
-                                 ["update", f"NodeName={n.name}", "State=DRAIN",
-                                  f"Reason={format_reason(rest)}"],
-                                 {"state": n.state, "reason": n.reason, "actor": actor})
+                    self._change(
+                        None,
+                        "drain",
+                        n.name,
+                        ["update", f"NodeName={n.name}", "State=DRAIN", f"Reason={format_reason(rest)}"],
+                        {"state": n.state, "reason": n.reason, "actor": actor},
+                    )
                 else:
-                    self._change(None, "resume", n.name,
-                                 ["update", f"NodeName={n.name}", "State=RESUME"],
-                                 {"state": n.state, "reason": n.reason, "actor": actor})
+                    self._change(
+                        None,
+                        "resume",
+                        n.name,
+                        ["update", f"NodeName={n.name}", "State=RESUME"],
+                        {"state": n.state, "reason": n.reason, "actor": actor},
+                    )
                 self._embedded("release", uuid, actor)
-                return {"slurm_node": n.name, "resumed": not rest,
-                        "still_quarantined": [e.uuid for e in rest]}
+                return {"slurm_node": n.name, "resumed": not rest, "still_quarantined": [e.uuid for e in rest]}
             self._embedded("release", uuid, actor)
-            return {"slurm_node": None, "resumed": False,
-                    "reason": "no drain of ours names this GPU (never quarantined, already "
-                              "released, or the node's reason is someone else's now)"}
+            return {
+                "slurm_node": None,
+                "resumed": False,
+                "reason": "no drain of ours names this GPU (never quarantined, already "
+                "released, or the node's reason is someone else's now)",
+            }
 
     def set_throttled(self, uuid: str, throttled: bool, reason: str) -> None:
         self._embedded("set_throttled", uuid, throttled, reason)
@@ -334,9 +366,14 @@ class SlurmPort:
                 self.release(event["gpu_uuid"], event.get("actor") or "api")
             elif event["kind"] == "gpu.quarantined":
                 reason = str(event.get("detail", {}).get("reason", "manual"))
-                self.quarantine(event["gpu_uuid"], f"manual: {reason}",
-                                event.get("actor") or "api")
+                self.quarantine(event["gpu_uuid"], f"manual: {reason}", event.get("actor") or "api")
         except SlurmError as exc:
-            log.error("mirroring an API action into Slurm failed", extra={
-                "event": "slurm.api_action_failed", "kind": event["kind"], "uuid": event["gpu_uuid"],
-                "error": str(exc)})
+            log.error(
+                "mirroring an API action into Slurm failed",
+                extra={
+                    "event": "slurm.api_action_failed",
+                    "kind": event["kind"],
+                    "uuid": event["gpu_uuid"],
+                    "error": str(exc),
+                },
+            )

@@ -18,8 +18,9 @@ Example (every key optional; the section's presence selects the Slurm backend)::
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from gpuwarden import config as foundation
 
@@ -53,8 +54,7 @@ def schema() -> dict[str, Any]:
     return _schema().schema
 
 
-def parse(section: Mapping[str, Any] | None, error: Callable[[str, str], Exception] | None = None
-          ) -> SlurmConfig:
+def parse(section: Mapping[str, Any] | None, error: Callable[[str, str], Exception] | None = None) -> SlurmConfig:
     """Validates the section; ``error(field, message)`` builds the exception (the agent passes
     ``AgentConfig.error``, which names the file and line)."""
     make = error or foundation.section_error(SlurmConfigError)

@@ -21,7 +21,8 @@ import json
 import sqlite3
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..store import connect
 
@@ -82,7 +83,7 @@ OUTCOMES = ("pending", "ok", "failed", "skipped")
 
 
 class Journal:
-    def __init__(self, db: "Database", clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
         db.migrate(COMPONENT, MIGRATIONS)
         self.conn = connect(db.path, "NORMAL")
         self.lock = threading.Lock()
@@ -91,26 +92,26 @@ class Journal:
     def close(self) -> None:
         self.conn.close()
 
-    def begin(self, key: Key | None, op: str, target: str, argv: list[str],
-              before: dict[str, Any] | None = None) -> int:
+    def begin(
+        self, key: Key | None, op: str, target: str, argv: list[str], before: dict[str, Any] | None = None
+    ) -> int:
         source, action_id = key if key is not None else (None, None)
         with self.lock:
             cur = self.conn.execute(
                 "INSERT INTO slurm_commands (at, source, action_id, op, target, argv, before, "
                 "outcome) VALUES (?,?,?,?,?,?,?,'pending')",
-                (self.clock(), source, action_id, op, target, json.dumps(argv),
-                 json.dumps(before or {})))
+                (self.clock(), source, action_id, op, target, json.dumps(argv), json.dumps(before or {})),
+            )
             assert cur.lastrowid is not None
             return cur.lastrowid
 
-    def finish(self, row: int, outcome: str, attempts: int, rc: int | None, output: str = "",
-               error: str = "") -> None:
+    def finish(self, row: int, outcome: str, attempts: int, rc: int | None, output: str = "", error: str = "") -> None:
         assert outcome in OUTCOMES
         with self.lock:
             self.conn.execute(
-                "UPDATE slurm_commands SET outcome=?, attempts=?, rc=?, output=?, error=?, "
-                "finished_at=? WHERE id=?",
-                (outcome, attempts, rc, output[-2000:], error[-2000:], self.clock(), row))
+                "UPDATE slurm_commands SET outcome=?, attempts=?, rc=?, output=?, error=?, finished_at=? WHERE id=?",
+                (outcome, attempts, rc, output[-2000:], error[-2000:], self.clock(), row),
+            )
 
     def previous(self, key: Key | None, op: str, target: str) -> sqlite3.Row | None:
         """The latest row of this action for (op, target) that is done or may be (pending)."""
@@ -120,7 +121,8 @@ class Journal:
             return self.conn.execute(
                 "SELECT * FROM slurm_commands WHERE source=? AND action_id=? AND op=? AND "
                 "target=? AND outcome IN ('ok', 'pending', 'skipped') ORDER BY id DESC LIMIT 1",
-                (*key, op, target)).fetchone()
+                (*key, op, target),
+            ).fetchone()
 
     def plan(self, key: Key | None, op: str, make: Callable[[], Any]) -> Any:
         """The plan this action made before (e.g. which jobs to requeue), or ``make()``'s,
@@ -130,21 +132,23 @@ class Journal:
         if key is None:
             return make()
         with self.lock:
-            row = self.conn.execute("SELECT plan FROM slurm_plans WHERE source=? AND "
-                                    "action_id=? AND op=?", (*key, op)).fetchone()
+            row = self.conn.execute(
+                "SELECT plan FROM slurm_plans WHERE source=? AND action_id=? AND op=?", (*key, op)
+            ).fetchone()
         if row is not None:
             return json.loads(row[0])
         value = make()
         if value:
             with self.lock:
-                self.conn.execute("INSERT OR IGNORE INTO slurm_plans (source, action_id, op, "
-                                  "plan) VALUES (?,?,?,?)", (*key, op, json.dumps(value)))
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO slurm_plans (source, action_id, op, plan) VALUES (?,?,?,?)",
+                    (*key, op, json.dumps(value)),
+                )
         return value
 
     def rows(self, limit: int = 100) -> list[dict[str, Any]]:
         with self.lock:
-            rows = self.conn.execute("SELECT * FROM slurm_commands ORDER BY id DESC LIMIT ?",
-                                     (limit,)).fetchall()
+            rows = self.conn.execute("SELECT * FROM slurm_commands ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         out = []
         for r in rows:
             d = dict(r)

@@ -9,7 +9,7 @@ In order: the explicit map (``slurm.nodes``), then the label value as it is, wit
 from __future__ import annotations
 
 import re
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from .errors import UnknownNode
 from .parse import Node
@@ -38,8 +38,10 @@ class NodeMap:
             name = self.explicit[value]
             if name in names:
                 return name
-            raise UnknownNode(f"{what or value}: slurm.nodes maps {value!r} to {name!r}, which "
-                              f"Slurm does not know (its nodes: {_list(names)}); fix the map")
+            raise UnknownNode(
+                f"{what or value}: slurm.nodes maps {value!r} to {name!r}, which "
+                f"Slurm does not know (its nodes: {_list(names)}); fix the map"
+            )
         for c in candidates(value):
             for n in known:
                 if c in (n.name, n.hostname, n.addr):
@@ -48,7 +50,8 @@ class NodeMap:
             f"{what or 'the GPU'} is on {self.label}={value!r}, which matches no Slurm node "
             f"(its nodes: {_list(names)}); add it to slurm.nodes in the agent's config "
             f"({{{value!r}: <NodeName>}}) or set slurm.node_label to the label holding the "
-            f"Slurm node name")
+            f"Slurm node name"
+        )
 
 
 def _list(names: Iterable[str]) -> str:

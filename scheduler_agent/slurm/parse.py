@@ -67,12 +67,12 @@ def expand_indexes(idx: str) -> set[int]:
 @dataclass(frozen=True)
 class Node:
     name: str
-    state: str                     # e.g. IDLE, ALLOCATED+DRAIN, MIXED+DRAIN, DOWN+NOT_RESPONDING
-    reason: str = ""               # without Slurm's [user@time] suffix
+    state: str  # e.g. IDLE, ALLOCATED+DRAIN, MIXED+DRAIN, DOWN+NOT_RESPONDING
+    reason: str = ""  # without Slurm's [user@time] suffix
     reason_user: str = ""
     addr: str = ""
     hostname: str = ""
-    gpus: int = 0                  # GPUs configured (from Gres=)
+    gpus: int = 0  # GPUs configured (from Gres=)
 
     @property
     def flags(self) -> set[str]:
@@ -91,7 +91,7 @@ class Job:
     reason: str = ""
     restarts: int = 0
     node_list: str = ""
-    gpus: dict[str, frozenset[int]] = field(default_factory=dict)   # node -> GPU indexes held
+    gpus: dict[str, frozenset[int]] = field(default_factory=dict)  # node -> GPU indexes held
 
     def holds(self, node: str, index: int) -> bool:
         return index in self.gpus.get(node, frozenset())
@@ -104,14 +104,21 @@ def parse_nodes(text: str) -> list[Node]:
         if "NodeName" not in p:
             continue
         m = _REASON.search(rec)
-        reason, user = ((m.group(1).strip(), m.group(2) or "") if m else ("", ""))
+        reason, user = (m.group(1).strip(), m.group(2) or "") if m else ("", "")
         if reason in ("(null)", "none", "None"):
             reason = ""
         count = _GRES_COUNT.search(p.get("Gres", ""))
-        nodes.append(Node(name=p["NodeName"], state=p.get("State", ""), reason=reason,
-                          reason_user=user, addr=p.get("NodeAddr", ""),
-                          hostname=p.get("NodeHostName", ""),
-                          gpus=int(count.group(1)) if count else 0))
+        nodes.append(
+            Node(
+                name=p["NodeName"],
+                state=p.get("State", ""),
+                reason=reason,
+                reason_user=user,
+                addr=p.get("NodeAddr", ""),
+                hostname=p.get("NodeHostName", ""),
+                gpus=int(count.group(1)) if count else 0,
+            )
+        )
     return nodes
 
 
@@ -129,8 +136,14 @@ def parse_jobs(text: str) -> list[Job]:
             if idx:
                 for host in expand_hostlist(hostlist):
                     held.setdefault(host, set()).update(idx)
-        jobs.append(Job(id=int(p["JobId"]), state=p.get("JobState", ""),
-                        reason=p.get("Reason", ""), restarts=int(p.get("Restarts", "0") or 0),
-                        node_list=p.get("NodeList", ""),
-                        gpus={k: frozenset(v) for k, v in held.items()}))
+        jobs.append(
+            Job(
+                id=int(p["JobId"]),
+                state=p.get("JobState", ""),
+                reason=p.get("Reason", ""),
+                restarts=int(p.get("Restarts", "0") or 0),
+                node_list=p.get("NodeList", ""),
+                gpus={k: frozenset(v) for k, v in held.items()},
+            )
+        )
     return jobs

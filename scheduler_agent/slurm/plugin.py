@@ -27,24 +27,30 @@ if TYPE_CHECKING:
     from ..plugins import Host
 
 
-def install(agent: "Host") -> SlurmPort | None:
+def install(agent: Host) -> SlurmPort | None:
     cfg = agent.config
     if "slurm" not in cfg.raw:
         return None
     sc = parse(cfg.section("slurm"), error=cfg.error)
     if not sc.enabled:
         return None
-    runner = Runner(sc.scontrol, str(cfg.resolve(sc.slurm_conf)) if sc.slurm_conf else None,
-                    sc.timeout_seconds, sc.attempts, sc.backoff_seconds)
-    port = SlurmPort(runner, Journal(agent.db), NodeMap(sc.nodes, sc.node_label),
-                     agent.scheduler, sc.start_requeued_now)
+    runner = Runner(
+        sc.scontrol,
+        str(cfg.resolve(sc.slurm_conf)) if sc.slurm_conf else None,
+        sc.timeout_seconds,
+        sc.attempts,
+        sc.backoff_seconds,
+    )
+    port = SlurmPort(
+        runner, Journal(agent.db), NodeMap(sc.nodes, sc.node_label), agent.scheduler, sc.start_requeued_now
+    )
     agent.scheduler.subscribe(port.on_event)
     _routes(agent, port)
     return port
 
 
-def _routes(agent: "Host", port: SlurmPort) -> None:
-    from ..web import Response  # noqa: PLC0415
+def _routes(agent: Host, port: SlurmPort) -> None:
+    from ..web import Response
 
     def commands(req):  # type: ignore[no-untyped-def]
         try:
@@ -59,10 +65,24 @@ def _routes(agent: "Host", port: SlurmPort) -> None:
         except SlurmError as exc:
             return Response(502, {"error": str(exc), "field": None})
 
-    agent.app.add_route("GET", "/api/v1/slurm/commands", commands, openapi={
-        "summary": "Slurm commands the agent ran (journal), newest first",
-        "responses": {"200": {"description": "commands with attempts and outcome"}}})
-    agent.app.add_route("POST", "/api/v1/slurm/gpus/{uuid}/release", release, openapi={
-        "summary": "Release a quarantined GPU: resume its node when our drain holds no other GPU",
-        "responses": {"200": {"description": "what was done in Slurm"},
-                      "502": {"description": "scontrol failed (the error says how)"}}})
+    agent.app.add_route(
+        "GET",
+        "/api/v1/slurm/commands",
+        commands,
+        openapi={
+            "summary": "Slurm commands the agent ran (journal), newest first",
+            "responses": {"200": {"description": "commands with attempts and outcome"}},
+        },
+    )
+    agent.app.add_route(
+        "POST",
+        "/api/v1/slurm/gpus/{uuid}/release",
+        release,
+        openapi={
+            "summary": "Release a quarantined GPU: resume its node when our drain holds no other GPU",
+            "responses": {
+                "200": {"description": "what was done in Slurm"},
+                "502": {"description": "scontrol failed (the error says how)"},
+            },
+        },
+    )

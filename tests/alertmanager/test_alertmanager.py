@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 import subprocess
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
@@ -27,8 +28,7 @@ pytestmark = pytest.mark.binaries
 def _generated_labels() -> list[dict[str, str]]:
     """alertname + the labels of every alert `gpuwarden-rules` generates."""
     cfg = config.load()
-    return [{"alertname": r["alert"], **r["labels"]}
-            for g in render.alert_groups(cfg) for r in g["rules"]]
+    return [{"alertname": r["alert"], **r["labels"]} for g in render.alert_groups(cfg) for r in g["rules"]]
 
 
 def _expected_receivers(labels: dict[str, str]) -> list[str]:
@@ -49,39 +49,74 @@ def test_amtool_check_config_accepts_the_shipped_config() -> None:
     assert "1 inhibit rules" in res.stdout and "3 receivers" in res.stdout
 
 
-@pytest.mark.parametrize("labels", _generated_labels(), ids=lambda l: l["rule"])
+@pytest.mark.parametrize("labels", _generated_labels(), ids=lambda labels: labels["rule"])
 def test_routes_for_each_rule(labels: dict[str, str]) -> None:
     amtool = require_binary("amtool")
     expected = _expected_receivers(labels)
     args = [f"{k}={v}" for k, v in {**labels, "instance": "n1:9786", "gpu": "0"}.items()]
-    res = subprocess.run([amtool, "config", "routes", "test", f"--config.file={AM_CONFIG}",
-                          f"--verify.receivers={','.join(expected)}", *args],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [
+            amtool,
+            "config",
+            "routes",
+            "test",
+            f"--config.file={AM_CONFIG}",
+            f"--verify.receivers={','.join(expected)}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, f"{labels['rule']}: expected {expected}, got {res.stdout.strip()} {res.stderr}"
 
 
 def test_verify_receivers_catches_a_wrong_expectation() -> None:
     """The routing test above can fail: a critical throttle is not only on-call."""
     amtool = require_binary("amtool")
-    res = subprocess.run([amtool, "config", "routes", "test", f"--config.file={AM_CONFIG}",
-                          "--verify.receivers=oncall", "severity=critical", "action=throttle"],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [
+            amtool,
+            "config",
+            "routes",
+            "test",
+            f"--config.file={AM_CONFIG}",
+            "--verify.receivers=oncall",
+            "severity=critical",
+            "action=throttle",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode != 0
 
 
-@pytest.mark.parametrize("labels,expected", [
-    ({"alertname": "NodeDiskFull", "severity": "warning"}, "chat"),
-    ({"alertname": "NodeDown", "severity": "critical"}, "oncall"),
-    ({"alertname": "Other", "severity": "warning", "action": "reboot"}, "chat"),
-])
-def test_alerts_without_a_gpuwarden_action_skip_the_agent(labels: dict[str, str],
-                                                          expected: str) -> None:
+@pytest.mark.parametrize(
+    "labels,expected",
+    [
+        ({"alertname": "NodeDiskFull", "severity": "warning"}, "chat"),
+        ({"alertname": "NodeDown", "severity": "critical"}, "oncall"),
+        ({"alertname": "Other", "severity": "warning", "action": "reboot"}, "chat"),
+    ],
+)
+def test_alerts_without_a_gpuwarden_action_skip_the_agent(labels: dict[str, str], expected: str) -> None:
     """The agent gets the contract's four actions, not every alert of a shared Alertmanager."""
     amtool = require_binary("amtool")
-    res = subprocess.run([amtool, "config", "routes", "test", f"--config.file={AM_CONFIG}",
-                          f"--verify.receivers={expected}",
-                          *[f"{k}={v}" for k, v in labels.items()]],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [
+            amtool,
+            "config",
+            "routes",
+            "test",
+            f"--config.file={AM_CONFIG}",
+            f"--verify.receivers={expected}",
+            *[f"{k}={v}" for k, v in labels.items()],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, f"{labels}: expected {expected}, got {res.stdout.strip()} {res.stderr}"
 
 
@@ -99,8 +134,9 @@ def test_agent_receiver_contract() -> None:
 
 
 def _post(url: str, body: Any) -> int:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=5) as resp:
         return resp.status
 
@@ -117,43 +153,62 @@ def _am_config_for_test(tmp_path: Path) -> Path:
     return path
 
 
-def test_critical_inhibits_same_family_warning_on_same_gpu_only(tmp_path: Path,
-                                                                spawn: Callable[..., Proc]) -> None:
+def test_critical_inhibits_same_family_warning_on_same_gpu_only(tmp_path: Path, spawn: Callable[..., Proc]) -> None:
     binary = require_binary("alertmanager")
     port = free_port()
-    am = spawn([binary, f"--config.file={_am_config_for_test(tmp_path)}",
-                f"--storage.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-                "--cluster.listen-address="], name="alertmanager")
+    am = spawn(
+        [
+            binary,
+            f"--config.file={_am_config_for_test(tmp_path)}",
+            f"--storage.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        name="alertmanager",
+    )
     base = f"http://127.0.0.1:{port}"
     wait_until(lambda: http_get(f"{base}/-/ready")[0] == 200, timeout=20, what=f"alertmanager ready ({am.log_path})")
 
     labels = {a["rule"]: a for a in _generated_labels()}
 
     def alert(rule: str, instance: str, gpu: str) -> dict[str, Any]:
-        return {"labels": {**labels[rule], "instance": instance, "gpu": gpu, "uuid": f"GPU-{instance}-{gpu}",
-                           "job": "gpuwarden-exporter"},
-                "annotations": {"summary": rule}}
+        return {
+            "labels": {
+                **labels[rule],
+                "instance": instance,
+                "gpu": gpu,
+                "uuid": f"GPU-{instance}-{gpu}",
+                "job": "gpuwarden-exporter",
+            },
+            "annotations": {"summary": rule},
+        }
 
     posted = {
         "critical": alert("THERMAL_CRITICAL", "n1:9786", "0"),
-        "same_gpu": alert("THERMAL_WARNING", "n1:9786", "0"),       # inhibited
-        "other_gpu": alert("THERMAL_WARNING", "n1:9786", "1"),      # same node, other GPU
-        "other_node": alert("THERMAL_WARNING", "n2:9786", "0"),     # same index, other node
-        "other_family": alert("POWER_SPIKE", "n1:9786", "0"),       # same GPU, power family
+        "same_gpu": alert("THERMAL_WARNING", "n1:9786", "0"),  # inhibited
+        "other_gpu": alert("THERMAL_WARNING", "n1:9786", "1"),  # same node, other GPU
+        "other_node": alert("THERMAL_WARNING", "n2:9786", "0"),  # same index, other node
+        "other_family": alert("POWER_SPIKE", "n1:9786", "0"),  # same GPU, power family
     }
     assert _post(f"{base}/api/v2/alerts", list(posted.values())) == 200
 
     def states() -> dict[tuple[str, str, str], dict[str, Any]] | None:
         status, body = http_get(f"{base}/api/v2/alerts")
-        got = {(a["labels"]["rule"], a["labels"]["instance"], a["labels"]["gpu"]): a["status"]
-               for a in json.loads(body)} if status == 200 else {}
+        got = (
+            {(a["labels"]["rule"], a["labels"]["instance"], a["labels"]["gpu"]): a["status"] for a in json.loads(body)}
+            if status == 200
+            else {}
+        )
         return got if len(got) == len(posted) else None
 
     def key(a: dict[str, Any]) -> tuple[str, str, str]:
         return a["labels"]["rule"], a["labels"]["instance"], a["labels"]["gpu"]
 
-    got = wait_until(lambda: (s := states()) and s[key(posted["same_gpu"])]["inhibitedBy"] and s,
-                     timeout=15, what="the same-GPU warning to be inhibited")
+    got = wait_until(
+        lambda: (s := states()) and s[key(posted["same_gpu"])]["inhibitedBy"] and s,
+        timeout=15,
+        what="the same-GPU warning to be inhibited",
+    )
     assert got[key(posted["same_gpu"])]["state"] == "suppressed"
     assert got[key(posted["critical"])]["state"] == "active"
     for name in ("other_gpu", "other_node", "other_family"):

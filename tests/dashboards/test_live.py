@@ -27,8 +27,7 @@ pytestmark = [pytest.mark.binaries, pytest.mark.slow]
 
 TOKEN = "dashboards-live-test-token"
 # $__rate_interval as Grafana would compute it for 1 s scrapes (4 x scrape interval, rounded up).
-VALUES = {"instance": ".*", "gpu": ".*", "__rate_interval": "10s", "__interval": "1s",
-          "__range": "5m"}
+VALUES = {"instance": ".*", "gpu": ".*", "__rate_interval": "10s", "__interval": "1s", "__range": "5m"}
 
 
 def _post(url: str, doc: dict[str, Any], token: str | None = None) -> dict[str, Any]:
@@ -47,30 +46,47 @@ def _has_data(result: list[Series]) -> bool:
 
 def _start_stack(spawn: Any, tmp: Path) -> dict[str, str]:
     exporter_port, control_port, agent_port, prom_port = (free_port() for _ in range(4))
-    exporter = spawn([console_script("gpuwarden-exporter"), "--simulate", "4",
-                      f"--web.listen-address=127.0.0.1:{exporter_port}",
-                      f"--sim.control-address=127.0.0.1:{control_port}"], name="exporter")
-    wait_until(lambda: http_get(f"http://127.0.0.1:{exporter_port}/metrics")[0] == 200, 20,
-               what=f"exporter: {exporter.output()[-2000:]}")
+    exporter = spawn(
+        [
+            console_script("gpuwarden-exporter"),
+            "--simulate",
+            "4",
+            f"--web.listen-address=127.0.0.1:{exporter_port}",
+            f"--sim.control-address=127.0.0.1:{control_port}",
+        ],
+        name="exporter",
+    )
+    wait_until(
+        lambda: http_get(f"http://127.0.0.1:{exporter_port}/metrics")[0] == 200,
+        20,
+        what=f"exporter: {exporter.output()[-2000:]}",
+    )
 
     prom_url = f"http://127.0.0.1:{prom_port}"
     rule_files = sorted(str(p) for p in (REPO / "rules" / "generated").glob("*.rules.yml"))
     assert rule_files, "rules/generated/*.rules.yml missing: run gpuwarden-rules generate"
-    (tmp / "prometheus.yml").write_text(json.dumps({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
-        "rule_files": rule_files,
-        "scrape_configs": [
-            {"job_name": "gpuwarden-exporter",
-             "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]},
-            {"job_name": "gpuwarden-agent",
-             "static_configs": [{"targets": [f"127.0.0.1:{agent_port}"]}]},
+    (tmp / "prometheus.yml").write_text(
+        json.dumps(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
+                "rule_files": rule_files,
+                "scrape_configs": [
+                    {"job_name": "gpuwarden-exporter", "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]},
+                    {"job_name": "gpuwarden-agent", "static_configs": [{"targets": [f"127.0.0.1:{agent_port}"]}]},
+                ],
+            }
+        )
+    )
+    prometheus = spawn(
+        [
+            require_binary("prometheus"),
+            f"--config.file={tmp / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
         ],
-    }))
-    prometheus = spawn([require_binary("prometheus"), f"--config.file={tmp / 'prometheus.yml'}",
-                        f"--storage.tsdb.path={tmp / 'tsdb'}",
-                        f"--web.listen-address=127.0.0.1:{prom_port}"], name="prometheus")
-    wait_until(lambda: http_get(f"{prom_url}/-/ready")[0] == 200, 30,
-               what=f"prometheus: {prometheus.output()[-2000:]}")
+        name="prometheus",
+    )
+    wait_until(lambda: http_get(f"{prom_url}/-/ready")[0] == 200, 30, what=f"prometheus: {prometheus.output()[-2000:]}")
 
     (tmp / "token").write_text(TOKEN + "\n")
     (tmp / "webhook-token").write_text(TOKEN + "-webhook\n")
@@ -96,12 +112,17 @@ predictor:
   step_seconds: 1
   migrate: false
 """)
-    agent = spawn([console_script("gpuwarden-agent"), "serve", "--config", str(tmp / "agent.yaml")],
-                  name="agent")
-    wait_until(lambda: http_get(f"http://127.0.0.1:{agent_port}/healthz")[0] == 200, 20,
-               what=f"agent: {agent.output()[-2000:]}")
-    return {"prometheus": prom_url, "control": f"http://127.0.0.1:{control_port}",
-            "agent": f"http://127.0.0.1:{agent_port}"}
+    agent = spawn([console_script("gpuwarden-agent"), "serve", "--config", str(tmp / "agent.yaml")], name="agent")
+    wait_until(
+        lambda: http_get(f"http://127.0.0.1:{agent_port}/healthz")[0] == 200,
+        20,
+        what=f"agent: {agent.output()[-2000:]}",
+    )
+    return {
+        "prometheus": prom_url,
+        "control": f"http://127.0.0.1:{control_port}",
+        "agent": f"http://127.0.0.1:{agent_port}",
+    }
 
 
 def _make_it_interesting(urls: dict[str, str]) -> None:
@@ -114,8 +135,11 @@ def _make_it_interesting(urls: dict[str, str]) -> None:
     _post(f"{ctl}/api/v1/gpus/2/load", {"utilization": 0.9})
     _post(f"{ctl}/api/v1/gpus/3/faults", {"kind": "xid", "xid": 13})
     # Jobs wait for the agent's inventory (read from Prometheus), then run here and exit.
-    wait_until(lambda: len(json.loads(http_get(f"{urls['agent']}/api/v1/gpus", token=TOKEN)[1])) == 4, 30,
-               what="the agent's inventory to list the 4 simulated GPUs")
+    wait_until(
+        lambda: len(json.loads(http_get(f"{urls['agent']}/api/v1/gpus", token=TOKEN)[1])) == 4,
+        30,
+        what="the agent's inventory to list the 4 simulated GPUs",
+    )
     jobs = [(["true"], "ok"), (["sleep", "0.5"], "ok"), (["false"], "fails")]
     for i, (argv, name) in enumerate(jobs * 2):
         _post(f"{urls['agent']}/api/v1/jobs", {"name": f"{name}-{i}", "gpus": 1, "command": argv}, TOKEN)
@@ -146,7 +170,8 @@ def _empty_queries(url: str, dashboard: dict[str, Any], since: float) -> list[st
 
 
 def test_every_panel_query_returns_data_and_the_png_renders(
-        spawn: Any, tmp_path: Path, committed: dict[str, Any]) -> None:
+    spawn: Any, tmp_path: Path, committed: dict[str, Any]
+) -> None:
     since = time.time()
     urls = _start_stack(spawn, tmp_path)
     _make_it_interesting(urls)

@@ -15,18 +15,27 @@ from tests.helpers import require_binary
 pytestmark = pytest.mark.binaries
 
 # What Grafana would send for a multi-select of two nodes and two GPUs.
-VALUES = {"instance": "(gpu-node-1:9786|gpu-node-2:9786)", "gpu": "(0|3)", "datasource": "prometheus",
-          "__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
+VALUES = {
+    "instance": "(gpu-node-1:9786|gpu-node-2:9786)",
+    "gpu": "(0|3)",
+    "datasource": "prometheus",
+    "__rate_interval": "1m",
+    "__interval": "15s",
+    "__range": "1h",
+}
 
 
 def _check_rules(exprs: list[tuple[str, str]], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     """Writes each expression as a recording rule in its own group (named for where it lives)."""
-    groups = [{"name": f"{i:02d} {where}", "rules": [{"record": f"dashboard:query{i:02d}", "expr": expr}]}
-              for i, (where, expr) in enumerate(exprs)]
+    groups = [
+        {"name": f"{i:02d} {where}", "rules": [{"record": f"dashboard:query{i:02d}", "expr": expr}]}
+        for i, (where, expr) in enumerate(exprs)
+    ]
     path = tmp_path / "dashboard-queries.rules.yml"
     path.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
-    return subprocess.run([require_binary("promtool"), "check", "rules", str(path)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [require_binary("promtool"), "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_every_query_is_valid_promql(committed: dict[str, Any], tmp_path: Path) -> None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import threading
 import urllib.parse
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -41,11 +42,16 @@ class FakePrometheus(BaseHTTPRequestHandler):
                 data = {"resultType": "matrix", "result": []}
             else:
                 start, step = float(params["start"]), float(params["step"])
-                data = {"resultType": "matrix", "result": [
-                    {"metric": {"__name__": "gpu_temperature_celsius", "instance": "n1:9786",
-                                "gpu": str(g)},
-                     "values": [[start + i * step, str(60 + g + i)] for i in range(20)]}
-                    for g in range(2)]}
+                data = {
+                    "resultType": "matrix",
+                    "result": [
+                        {
+                            "metric": {"__name__": "gpu_temperature_celsius", "instance": "n1:9786", "gpu": str(g)},
+                            "values": [[start + i * step, str(60 + g + i)] for i in range(20)],
+                        }
+                        for g in range(2)
+                    ],
+                }
         elif url.path == "/api/v1/query":
             data = {"resultType": "vector", "result": [{"metric": {}, "value": [0, "4"]}]}
         else:
@@ -72,8 +78,7 @@ def fake_prometheus() -> Iterator[str]:
 
 def test_renders_the_main_panels_to_png(fake_prometheus: str, tmp_path: Path) -> None:
     out = tmp_path / "fleet.png"
-    drawn = render.render(PrometheusClient(fake_prometheus), out, range_s=900, end=1_700_000_000,
-                          gpu="0|1")
+    drawn = render.render(PrometheusClient(fake_prometheus), out, range_s=900, end=1_700_000_000, gpu="0|1")
     assert out.read_bytes()[:8] == PNG_MAGIC and out.stat().st_size > 20_000
     assert drawn["Temperature"] == 2 and drawn["Power"] == 0
     assert set(drawn) == set(render.MAIN_PANELS)

@@ -25,19 +25,25 @@ def _by_title(model: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _lines(panel: dict[str, Any]) -> list[float]:
     assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] != "off"
-    return [s["value"] for s in panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
-            if s["value"] is not None]
+    return [s["value"] for s in panel["fieldConfig"]["defaults"]["thresholds"]["steps"] if s["value"] is not None]
 
 
 def _fake_rules(**overrides: float) -> SimpleNamespace:
-    values = {"THERMAL_WARNING": 80.0, "THERMAL_CRITICAL": 85.0, "POWER_SPIKE": 400.0,
-              "POWER_CRITICAL": 450.0, "MEMORY_PRESSURE": 0.9, **overrides}
+    values = {
+        "THERMAL_WARNING": 80.0,
+        "THERMAL_CRITICAL": 85.0,
+        "POWER_SPIKE": 400.0,
+        "POWER_CRITICAL": 450.0,
+        "MEMORY_PRESSURE": 0.9,
+        **overrides,
+    }
     return SimpleNamespace(alerts={k: SimpleNamespace(threshold=v) for k, v in values.items()})
 
 
 def test_committed_dashboard_is_what_generation_gives_now() -> None:
     assert generate.main(["--check"]) == 0, (
-        "dashboards/gpu-fleet.json differs from a fresh generation: run python -m gpuwarden.dashboards.generate")
+        "dashboards/gpu-fleet.json differs from a fresh generation: run python -m gpuwarden.dashboards.generate"
+    )
 
 
 def test_check_fails_when_the_committed_file_was_edited(tmp_path) -> None:
@@ -74,8 +80,12 @@ def test_grid_positions_inside_24_columns_and_not_overlapping(committed: dict[st
         assert b["x"] >= 0 and b["y"] >= 0 and b["w"] > 0 and b["h"] > 0, title
         assert b["x"] + b["w"] <= 24, f"{title} ends at column {b['x'] + b['w']}"
     for (ta, a), (tb, b) in itertools.combinations(boxes, 2):
-        apart = (a["x"] + a["w"] <= b["x"] or b["x"] + b["w"] <= a["x"]
-                 or a["y"] + a["h"] <= b["y"] or b["y"] + b["h"] <= a["y"])
+        apart = (
+            a["x"] + a["w"] <= b["x"]
+            or b["x"] + b["w"] <= a["x"]
+            or a["y"] + a["h"] <= b["y"]
+            or b["y"] + b["h"] <= a["y"]
+        )
         assert apart, f"{ta!r} {a} overlaps {tb!r} {b}"
 
 
@@ -115,26 +125,39 @@ def test_the_seeds_panels_forecasts_and_xid_are_there(committed: dict[str, Any])
     assert len(cluster) == 4 and len(jobs) == 3
     assert panels["GPU state distribution"]["type"] == "piechart"
     assert "gpu_state" in panels["GPU state distribution"]["targets"][0]["expr"]
-    for title, metric in [("Temperature", "gpu_temperature_celsius"), ("Power", "gpu_power_watts"),
-                          ("Utilization", "gpu_utilization_ratio"),
-                          ("Memory pressure", "gpu_memory_used_bytes"),
-                          ("Job execution time", "job_duration_seconds_bucket"),
-                          ("Active alerts", "ALERTS"), ("ECC errors", "gpu_ecc_errors_"),
-                          ("XID errors", "gpu_xid_errors_total"),
-                          ("Time to threshold", "gpu_predicted_seconds_to_threshold"),
-                          ("Failure risk", "gpu_failure_risk_score"),
-                          ("Share of its own critical threshold", "instance_gpu:gpu_alert_threshold:effective")]:
+    for title, metric in [
+        ("Temperature", "gpu_temperature_celsius"),
+        ("Power", "gpu_power_watts"),
+        ("Utilization", "gpu_utilization_ratio"),
+        ("Memory pressure", "gpu_memory_used_bytes"),
+        ("Job execution time", "job_duration_seconds_bucket"),
+        ("Active alerts", "ALERTS"),
+        ("ECC errors", "gpu_ecc_errors_"),
+        ("XID errors", "gpu_xid_errors_total"),
+        ("Time to threshold", "gpu_predicted_seconds_to_threshold"),
+        ("Failure risk", "gpu_failure_risk_score"),
+        ("Share of its own critical threshold", "instance_gpu:gpu_alert_threshold:effective"),
+    ]:
         exprs = " ".join(t["expr"] for t in panels[title]["targets"])
         assert metric in exprs, f"{title} does not query {metric}"
         assert panels[title]["type"] in ("timeseries", "bargauge", "table")
 
 
-@pytest.mark.parametrize("title,unit", [
-    ("Temperature", "celsius"), ("Power", "watt"), ("Utilization", "percentunit"),
-    ("Memory pressure", "percentunit"), ("Memory used", "bytes"), ("Failure risk", "percentunit"),
-    ("Time to threshold", "s"), ("Job execution time", "s"), ("Temperature in 15 minutes", "celsius"),
-    ("Share of its own critical threshold", "percentunit"),
-])
+@pytest.mark.parametrize(
+    "title,unit",
+    [
+        ("Temperature", "celsius"),
+        ("Power", "watt"),
+        ("Utilization", "percentunit"),
+        ("Memory pressure", "percentunit"),
+        ("Memory used", "bytes"),
+        ("Failure risk", "percentunit"),
+        ("Time to threshold", "s"),
+        ("Job execution time", "s"),
+        ("Temperature in 15 minutes", "celsius"),
+        ("Share of its own critical threshold", "percentunit"),
+    ],
+)
 def test_units(committed: dict[str, Any], title: str, unit: str) -> None:
     assert _by_title(committed)[title]["fieldConfig"]["defaults"]["unit"] == unit
 
@@ -191,7 +214,9 @@ def test_grid_wraps_instead_of_overflowing() -> None:
 def test_substitute_and_variables_used() -> None:
     expr = 'rate(x{instance=~"$instance", gpu=~"${gpu}"}[$__rate_interval])'
     assert queries.variables_used(expr) == {"instance", "gpu", "__rate_interval"}
-    assert queries.substitute(expr, {"instance": ".*", "gpu": "0", "__rate_interval": "1m"}) == \
-        'rate(x{instance=~".*", gpu=~"0"}[1m])'
+    assert (
+        queries.substitute(expr, {"instance": ".*", "gpu": "0", "__rate_interval": "1m"})
+        == 'rate(x{instance=~".*", gpu=~"0"}[1m])'
+    )
     with pytest.raises(KeyError, match=r"\$gpu"):
         queries.substitute(expr, {"instance": ".*", "__rate_interval": "1m"})

@@ -12,7 +12,7 @@ from gpuwarden.scheduler_agent.remediation import config as remediation_config
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
-EXPORTER_PORT = 9786   # BRIEF.md: default ports
+EXPORTER_PORT = 9786  # BRIEF.md: default ports
 AGENT_PORT = 9787
 
 
@@ -28,8 +28,9 @@ def check_agent_config(text: str, tmp: Path, source: str) -> dict[str, Any]:
     token = tmp / "token"
     token.write_text("t\n")
     local = {**doc, "web": {**doc["web"], "token_file": str(token)}}
-    assert doc["web"]["token_file"] != doc["remediation"]["auth"]["bearer_token_file"], \
+    assert doc["web"]["token_file"] != doc["remediation"]["auth"]["bearer_token_file"], (
         f"{source}: the operator's and Alertmanager's credentials must be different files"
+    )
     path = tmp / "agent.yaml"
     path.write_text(yaml.safe_dump(local))
     agent_config.load(path)

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from gpuwarden import rules
 import gpuwarden.rules.config  # noqa: F401 - loads rules.config
+from gpuwarden import rules
 from tests.deploy.conftest import AGENT_PORT, DEPLOY, EXPORTER_PORT, REPO, check_agent_config, k8s_docs
 
 K8S = DEPLOY / "kubernetes"
@@ -55,7 +55,7 @@ def test_kustomization_lists_every_manifest() -> None:
     assert kust["namespace"] == _one("Namespace", "gpuwarden")["metadata"]["name"]
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        return   # not a skip: the files were parsed and cross-checked here and below
+        return  # not a skip: the files were parsed and cross-checked here and below
     out = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     docs = [d for d in yaml.safe_load_all(out.stdout) if d]
@@ -67,13 +67,17 @@ def test_prometheusrule_is_the_generated_one() -> None:
     generated = REPO / "rules" / "generated" / "gpuwarden.prometheusrule.yaml"
     assert (K8S / "prometheusrule.yaml").read_bytes() == generated.read_bytes(), (
         "deploy/kubernetes/prometheusrule.yaml differs from the generated rules: "
-        "cp rules/generated/gpuwarden.prometheusrule.yaml deploy/kubernetes/prometheusrule.yaml")
+        "cp rules/generated/gpuwarden.prometheusrule.yaml deploy/kubernetes/prometheusrule.yaml"
+    )
 
 
-@pytest.mark.parametrize("kind,name,port,port_name", [
-    ("DaemonSet", "gpuwarden-exporter", EXPORTER_PORT, "metrics"),
-    ("Deployment", "gpuwarden-agent", AGENT_PORT, "http"),
-])
+@pytest.mark.parametrize(
+    "kind,name,port,port_name",
+    [
+        ("DaemonSet", "gpuwarden-exporter", EXPORTER_PORT, "metrics"),
+        ("Deployment", "gpuwarden-agent", AGENT_PORT, "http"),
+    ],
+)
 def test_workload_service_and_servicemonitor_agree(kind: str, name: str, port: int, port_name: str) -> None:
     workload = _one(kind, name)
     pod_labels = workload["spec"]["template"]["metadata"]["labels"]
@@ -120,8 +124,9 @@ def test_exporter_daemonset() -> None:
 
 def test_agent_deployment_config_and_references(tmp_path: Path) -> None:
     dep = _one("Deployment", "gpuwarden-agent")
-    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate", \
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate", (
         "one writer of the SQLite state"
+    )
     pod = dep["spec"]["template"]["spec"]
     c = _container(dep)
     assert c["command"] == ["gpuwarden-agent"] and c["args"][0] == "serve"
@@ -154,14 +159,14 @@ def test_agent_deployment_config_and_references(tmp_path: Path) -> None:
     assert doc["inventory"]["prometheus"]["node_label"] == "instance"
 
 
-
-
 def test_image_is_built_from_this_repository() -> None:
     """The manifests' image is the one deploy/Dockerfile builds: it copies every package the
     console scripts import (so `gpuwarden-exporter` and `gpuwarden-agent` exist in it)."""
     dockerfile = (DEPLOY / "Dockerfile").read_text()
-    images = {_container(_one(k, n))["image"] for k, n in (("DaemonSet", "gpuwarden-exporter"),
-                                                            ("Deployment", "gpuwarden-agent"))}
+    images = {
+        _container(_one(k, n))["image"]
+        for k, n in (("DaemonSet", "gpuwarden-exporter"), ("Deployment", "gpuwarden-agent"))
+    }
     assert len(images) == 1 and next(iter(images)) in dockerfile
     for package in ("gpuwarden", "exporter", "rules", "scheduler_agent", "dashboards", "alertmanager"):
         assert f"COPY {package} ./{package}" in dockerfile

@@ -9,19 +9,41 @@ import re
 import sys
 from types import ModuleType
 
-from gpuwarden import rules
 import gpuwarden.rules.config  # noqa: F401 - loads rules.config
+from gpuwarden import rules
 from tests.deploy.conftest import REPO
 
 CONTRACT_METRICS = (  # BRIEF.md's exporter contract and DESIGN.md's agent names
-    "gpu_info", "gpu_up", "gpu_temperature_celsius", "gpu_memory_temperature_celsius", "gpu_power_watts",
-    "gpu_power_limit_watts", "gpu_energy_joules_total", "gpu_utilization_ratio", "gpu_memory_utilization_ratio",
-    "gpu_memory_used_bytes", "gpu_memory_total_bytes", "gpu_ecc_errors_correctable_total",
-    "gpu_ecc_errors_uncorrectable_total", "gpu_retired_pages", "gpu_remapped_rows", "gpu_throttle_active",
-    "gpu_sm_clock_hertz", "gpu_memory_clock_hertz", "gpu_fan_speed_ratio", "gpu_pcie_replays_total",
-    "gpu_xid_errors_total", "gpuwarden_exporter_nvml_up", "gpuwarden_exporter_collect_duration_seconds",
-    "gpuwarden_exporter_nvml_errors_total", "gpuwarden_exporter_gpu_stale",
-    "jobs_submitted_total", "jobs_pending", "job_duration_seconds", "cluster_gpus_available", "alerts_active",
+    "gpu_info",
+    "gpu_up",
+    "gpu_temperature_celsius",
+    "gpu_memory_temperature_celsius",
+    "gpu_power_watts",
+    "gpu_power_limit_watts",
+    "gpu_energy_joules_total",
+    "gpu_utilization_ratio",
+    "gpu_memory_utilization_ratio",
+    "gpu_memory_used_bytes",
+    "gpu_memory_total_bytes",
+    "gpu_ecc_errors_correctable_total",
+    "gpu_ecc_errors_uncorrectable_total",
+    "gpu_retired_pages",
+    "gpu_remapped_rows",
+    "gpu_throttle_active",
+    "gpu_sm_clock_hertz",
+    "gpu_memory_clock_hertz",
+    "gpu_fan_speed_ratio",
+    "gpu_pcie_replays_total",
+    "gpu_xid_errors_total",
+    "gpuwarden_exporter_nvml_up",
+    "gpuwarden_exporter_collect_duration_seconds",
+    "gpuwarden_exporter_nvml_errors_total",
+    "gpuwarden_exporter_gpu_stale",
+    "jobs_submitted_total",
+    "jobs_pending",
+    "job_duration_seconds",
+    "cluster_gpus_available",
+    "alerts_active",
     "gpu_state",
 )
 
@@ -31,7 +53,7 @@ def _generator() -> ModuleType:
     spec = importlib.util.spec_from_file_location("generate_observability", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module   # dataclasses look their module up there
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -54,8 +76,8 @@ def test_families_parse_types_help_and_labels() -> None:
     """The parser keeps counters' _total, drops histogram bucket labels, and collects labels."""
     gen = _generator()
     text = (
-        "# HELP a_total A counter.\n# TYPE a_total counter\na_total{gpu=\"0\",uuid=\"u\"} 1.0\n"
-        "# HELP h A histogram.\n# TYPE h histogram\nh_bucket{le=\"1.0\"} 0.0\nh_bucket{le=\"+Inf\"} 0.0\n"
+        '# HELP a_total A counter.\n# TYPE a_total counter\na_total{gpu="0",uuid="u"} 1.0\n'
+        '# HELP h A histogram.\n# TYPE h histogram\nh_bucket{le="1.0"} 0.0\nh_bucket{le="+Inf"} 0.0\n'
         "h_count 0.0\nh_sum 0.0\n"
         "# HELP e Empty family.\n# TYPE e gauge\n"
     )

@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from gpuwarden import rules
 import gpuwarden.rules.config  # noqa: F401 - loads rules.config
+from gpuwarden import rules
 from tests.deploy.conftest import DEPLOY, REPO
-
 
 READMES = [DEPLOY / "README.md", REPO / "README.md"]
 
@@ -46,7 +45,10 @@ def test_alertmanager_snippet_is_the_shipped_agent_route(readme: Path) -> None:
     [ship_recv] = [r for r in shipped["receivers"] if r["name"] == "gpuwarden-agent"]
     [recv] = am["receivers"]
     [hook], [ship_hook] = recv["webhook_configs"], ship_recv["webhook_configs"]
-    assert hook["url"].endswith(":9787/webhook/alertmanager") and ship_hook["url"].endswith(":9787/webhook/alertmanager")
-    assert {k: v for k, v in hook.items() if k != "url" and k != "http_config"} == \
-        {k: v for k, v in ship_hook.items() if k != "url" and k != "http_config"}
+    assert hook["url"].endswith(":9787/webhook/alertmanager") and ship_hook["url"].endswith(
+        ":9787/webhook/alertmanager"
+    )
+    assert {k: v for k, v in hook.items() if k != "url" and k != "http_config"} == {
+        k: v for k, v in ship_hook.items() if k != "url" and k != "http_config"
+    }
     assert hook["http_config"]["authorization"]["type"] == ship_hook["http_config"]["authorization"]["type"] == "Bearer"

@@ -21,7 +21,7 @@ INSTALL_BIN = "/opt/gpuwarden/bin/"
 def _unit(path: Path) -> configparser.ConfigParser:
     # systemd allows repeated keys and '%' specifiers; interpolation and strictness must be off.
     cp = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",))
-    cp.optionxform = str   # keys are case-sensitive
+    cp.optionxform = str  # keys are case-sensitive
     cp.read_string(path.read_text(), source=str(path))
     return cp
 
@@ -45,7 +45,7 @@ def test_unit_structure(path: Path) -> None:
     assert service["User"] == "gpuwarden", "no component needs root to run (see the agent unit's note)"
     argv = _exec(path)
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert argv[0].startswith(INSTALL_BIN) and argv[0][len(INSTALL_BIN):] in scripts, argv[0]
+    assert argv[0].startswith(INSTALL_BIN) and argv[0][len(INSTALL_BIN) :] in scripts, argv[0]
     assert "PrivateDevices" not in service, "PrivateDevices hides /dev/nvidia*"
 
 
@@ -76,7 +76,11 @@ def test_units_verify(tmp_path: Path) -> None:
         (tmp_path / path.name).write_text(path.read_text().replace(INSTALL_BIN, f"{VENV_BIN}/"))
         assert INSTALL_BIN in path.read_text()
     if analyze is None:
-        return   # not a skip: the units were parsed and checked by the tests above
-    out = subprocess.run([analyze, "verify", *sorted(str(p) for p in tmp_path.glob("*.service"))],
-                         capture_output=True, text=True, timeout=60)
+        return  # not a skip: the units were parsed and checked by the tests above
+    out = subprocess.run(
+        [analyze, "verify", *sorted(str(p) for p in tmp_path.glob("*.service"))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and out.stderr.strip() == "", out.stderr

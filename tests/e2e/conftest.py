@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -25,8 +25,13 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[loop_mod.Loop]:
     alertmanager = require_binary("alertmanager")
     workdir = tmp_path_factory.mktemp("loop")
     try:
-        running = loop_mod.start(workdir, prometheus, alertmanager, exporter=console_script("gpuwarden-exporter"),
-                                 agent=console_script("gpuwarden-agent"))
+        running = loop_mod.start(
+            workdir,
+            prometheus,
+            alertmanager,
+            exporter=console_script("gpuwarden-exporter"),
+            agent=console_script("gpuwarden-agent"),
+        )
     except loop_mod.LoopError as exc:
         pytest.fail(f"the loop did not come up: {exc} (logs under {workdir / 'logs'})")
     try:

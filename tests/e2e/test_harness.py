@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from gpuwarden import rules
 import gpuwarden.rules.config  # noqa: F401 - loads rules.config
+from gpuwarden import rules
 from gpuwarden.stack import harness as L
 
 CFG = rules.config.load()
@@ -41,13 +41,23 @@ def test_floor_refuses_a_receiver_the_alert_never_reaches() -> None:
 
 
 def test_thresholds_follow_profiles_and_the_gpus_own_limits() -> None:
-    base = {"temperature_celsius": 86.0, "power_watts": 430.0, "power_limit_watts": 700.0, "ecc_correctable": 0,
-            "ecc_uncorrectable": 0, "throttle_reasons": 0, "memory_ratio": 0.5}
+    base = {
+        "temperature_celsius": 86.0,
+        "power_watts": 430.0,
+        "power_limit_watts": 700.0,
+        "ecc_correctable": 0,
+        "ecc_uncorrectable": 0,
+        "throttle_reasons": 0,
+        "memory_ratio": 0.5,
+    }
     default = CFG.alerts["POWER_SPIKE"]
     assert L.crossed(default, base, base) and not L.crossed(default, {**base, "power_watts": 400.0}, base)
-    if CFG.profiles:   # a profile's relative threshold moves with the GPU's enforced limit
-        relative = next(p.alerts["POWER_SPIKE"] for p in CFG.profiles.values()
-                        if "POWER_SPIKE" in p.alerts and getattr(p.alerts["POWER_SPIKE"], "relative", None))
+    if CFG.profiles:  # a profile's relative threshold moves with the GPU's enforced limit
+        relative = next(
+            p.alerts["POWER_SPIKE"]
+            for p in CFG.profiles.values()
+            if "POWER_SPIKE" in p.alerts and getattr(p.alerts["POWER_SPIKE"], "relative", None)
+        )
         at_limit = {**base, "power_watts": 700.0}
         assert L.threshold_now(relative, at_limit, None) == relative.relative.threshold(700.0)
         lowered = {**at_limit, "power_limit_watts": 500.0}

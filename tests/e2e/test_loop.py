@@ -22,13 +22,13 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gpuwarden import rules
 import gpuwarden.rules.config  # noqa: F401 - loads rules.config
+from gpuwarden import rules
 from gpuwarden.stack import harness as L
 from tests.helpers import http_get, wait_until
 
 CFG = rules.config.load()
-SLACK = 60.0   # beyond a rule's floor: heating up to the threshold, a loaded 2-core machine
+SLACK = 60.0  # beyond a rule's floor: heating up to the threshold, a loaded 2-core machine
 
 
 def _remaining(run: L.Run, rule: str, receiver: str | None = None) -> float:
@@ -55,8 +55,11 @@ def _action(run: L.Run, rule: str, action: str) -> dict[str, Any]:
     uuid = run.uuid[rule]
 
     def done() -> list[dict[str, Any]]:
-        return [a for a in run.loop.actions(uuid)
-                if a["rule"] == rule and a["status"] == "firing" and a["outcome"] != "pending"]
+        return [
+            a
+            for a in run.loop.actions(uuid)
+            if a["rule"] == rule and a["status"] == "firing" and a["outcome"] != "pending"
+        ]
 
     rows = wait_until(done, _remaining(run, rule), 0.2, f"the agent's {action} of {rule} on GPU {run.gpu[rule]}")
     assert len(rows) == 1, f"one alert instance, one decision: {rows}"
@@ -96,7 +99,7 @@ def _notify(run: L.Run, rule: str) -> None:
         return [a for a in run.loop.actions(uuid) if a["rule"] == rule and a["status"] == "firing"]
 
     rows = wait_until(recorded, _remaining(run, rule), 0.2, f"the agent's record of {rule} on GPU {run.gpu[rule]}")
-    for row in rows:   # one per alert instance (the fault holds, so normally exactly one)
+    for row in rows:  # one per alert instance (the fault holds, so normally exactly one)
         assert (row["action"], row["outcome"], row["error"]) == ("notify", "recorded", ""), row
         assert row["severity"] == spec.severity and row["detail"] == {}, row
     _record(run, rule, rows[0]["at"])
@@ -107,8 +110,12 @@ def _notify(run: L.Run, rule: str) -> None:
     assert {"rule": rule, "severity": spec.severity} in gpu["alerts"], "the agent knows the alert fires"
 
     pager = L.pager_for(spec)
-    notes = wait_until(lambda: [n for n in run.loop.notifications(rule, run.gpu[rule]) if n["receiver"] == pager],
-                       _remaining(run, rule, pager), 0.2, f"{rule} on GPU {run.gpu[rule]} delivered to {pager}")
+    notes = wait_until(
+        lambda: [n for n in run.loop.notifications(rule, run.gpu[rule]) if n["receiver"] == pager],
+        _remaining(run, rule, pager),
+        0.2,
+        f"{rule} on GPU {run.gpu[rule]} delivered to {pager}",
+    )
     note = notes[0]
     assert note["labels"]["uuid"] == uuid
     assert (note["labels"]["severity"], note["labels"]["action"]) == (spec.severity, "notify")
@@ -125,13 +132,18 @@ def test_ecc_uncorrectable_quarantines_and_holds_until_released(run: L.Run) -> N
     assert _sim_gpu(run, rule)["ecc_uncorrectable"] == 1
     assert loop.exporter_value("gpu_ecc_errors_uncorrectable_total", run.gpu[rule]) == 1
 
-    run.clear(rule)   # a driver reload: the volatile count is 0 again, the alert resolves
-    resolved = wait_until(lambda: [a for a in loop.actions(uuid) if a["status"] == "resolved" and a["rule"] == rule],
-                          60, 0.2, f"{rule}'s resolve to reach the agent")
+    run.clear(rule)  # a driver reload: the volatile count is 0 again, the alert resolves
+    resolved = wait_until(
+        lambda: [a for a in loop.actions(uuid) if a["status"] == "resolved" and a["rule"] == rule],
+        60,
+        0.2,
+        f"{rule}'s resolve to reach the agent",
+    )
     assert (resolved[0]["action"], resolved[0]["outcome"]) == ("quarantine", "noop")
     gpu = loop.gpus()[uuid]
-    assert (gpu["state"], gpu["quarantined"], gpu["schedulable"]) == ("quarantined", True, False), \
+    assert (gpu["state"], gpu["quarantined"], gpu["schedulable"]) == ("quarantined", True, False), (
         "a quarantine holds after the alert resolves, until a person releases it"
+    )
 
     loop.agent(f"/api/v1/gpus/{uuid}/release", {"actor": "e2e-test"})
     gpu = loop.gpus()[uuid]
@@ -152,17 +164,22 @@ def test_power_critical_preempts_the_job_which_runs_again_elsewhere(run: L.Run) 
     sim = _sim_gpu(run, rule)
     assert sim["power_watts"] >= L.threshold_now(run.specs[rule], sim, None)
 
-    job = wait_until(lambda: (j := loop.job(run.job_id))["state"] == "running" and j, 30, 0.2,
-                     f"job {run.job_id} to run again")
+    job = wait_until(
+        lambda: (j := loop.job(run.job_id))["state"] == "running" and j, 30, 0.2, f"job {run.job_id} to run again"
+    )
     assert job["preemptions"] == 1 and job["runs"] == 2
     assert job["gpu_uuids"] and uuid not in job["gpu_uuids"], "requeued onto another GPU"
     gpu = loop.gpus()[uuid]
     assert gpu["state"] == "alerting" and not gpu["schedulable"] and gpu["job_id"] is None
     assert {"rule": rule, "severity": "critical"} in gpu["alerts"]
 
-    run.clear(rule)   # back to the baseline load: the alert resolves
-    resolved = wait_until(lambda: [a for a in loop.actions(uuid) if a["status"] == "resolved" and a["rule"] == rule],
-                          60, 0.2, f"{rule}'s resolve to reach the agent")
+    run.clear(rule)  # back to the baseline load: the alert resolves
+    resolved = wait_until(
+        lambda: [a for a in loop.actions(uuid) if a["status"] == "resolved" and a["rule"] == rule],
+        60,
+        0.2,
+        f"{rule}'s resolve to reach the agent",
+    )
     assert (resolved[0]["action"], resolved[0]["outcome"]) == ("preempt", "recorded")
     gpu = loop.gpus()[uuid]
     assert gpu["schedulable"] and gpu["state"] == "healthy"
@@ -190,11 +207,14 @@ def test_thermal_critical_throttles_then_restores_the_power_limit(run: L.Run) ->
     # stays the only action on this GPU.
     assert _not_notify(loop.actions(uuid)) == ["throttle"]
 
-    cleared = run.clear(rule)   # cooling restored: the GPU cools below 85 °C, the alert resolves
+    cleared = run.clear(rule)  # cooling restored: the GPU cools below 85 °C, the alert resolves
     # A restore is written "pending" before the limit is set: wait for its outcome.
-    restore = wait_until(lambda: [a for a in loop.actions(uuid) if a["action"] == "restore"
-                                  and a["outcome"] != "pending"], 90, 0.2,
-                         "the power limit to be restored after the hold-down")
+    restore = wait_until(
+        lambda: [a for a in loop.actions(uuid) if a["action"] == "restore" and a["outcome"] != "pending"],
+        90,
+        0.2,
+        "the power limit to be restored after the hold-down",
+    )
     assert restore[0]["outcome"] == "acted" and restore[0]["detail"]["previous_watts"] == previous
     resolved = [a for a in loop.actions(uuid) if a["status"] == "resolved" and a["rule"] == rule]
     assert resolved and resolved[0]["detail"]["still_held_by"] == 0
@@ -233,6 +253,11 @@ def test_every_rule_was_detected(run: L.Run, rule: str) -> None:
     # Every rule, notify included, reaches the agent: its own metrics count each one.
     status, body = http_get(run.loop.agent_url + "/metrics")
     assert status == 200
-    triggered = {s.labels["rule"]: s.value for f in text_string_to_metric_families(body.decode())
-                 if f.name == "alerts_triggered" for s in f.samples if s.name == "alerts_triggered_total"}
+    triggered = {
+        s.labels["rule"]: s.value
+        for f in text_string_to_metric_families(body.decode())
+        if f.name == "alerts_triggered"
+        for s in f.samples
+        if s.name == "alerts_triggered_total"
+    }
     assert triggered.get(rule, 0) >= 1, f"the agent's alerts_triggered_total has no {rule}: {triggered}"

@@ -3,8 +3,9 @@ simulated library, the real service and collector, a fresh registry per test."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pynvml
 import pytest
@@ -52,16 +53,28 @@ class Harness:
 def make_exporter() -> Iterator[Callable[..., Harness]]:
     made: list[Harness] = []
 
-    def make(count: int = 8, model: str = "h100", missing: frozenset[str] = frozenset(),
-             timeout: float = 5.0, latency_s: float = 0.0, enabled: dict[str, bool] | None = None,
-             loader: Callable[[], None] | None = None, **service_kw: Any) -> Harness:
+    def make(
+        count: int = 8,
+        model: str = "h100",
+        missing: frozenset[str] = frozenset(),
+        timeout: float = 5.0,
+        latency_s: float = 0.0,
+        enabled: dict[str, bool] | None = None,
+        loader: Callable[[], None] | None = None,
+        **service_kw: Any,
+    ) -> Harness:
         clock = ManualClock()
         fleet = Fleet(count, clock, model=model)
         lib = SimLibrary(fleet, missing=missing, latency_s=latency_s)
-        service = ExporterService(collectors.enabled(enabled), timeout=timeout,
-                                  loader=loader or (lambda: install(lib)), event_wait_ms=50, **service_kw)
+        service = ExporterService(
+            collectors.enabled(enabled),
+            timeout=timeout,
+            loader=loader or (lambda: install(lib)),
+            event_wait_ms=50,
+            **service_kw,
+        )
         service.start(wait=5.0)
-        if service.xid is not None:   # XIDs raised before registration are missed, as on a real driver
+        if service.xid is not None:  # XIDs raised before registration are missed, as on a real driver
             wait_until(lambda: service.xid.running, timeout=5, what="XID watcher registered")
         registry = CollectorRegistry()
         registry.register(GpuCollector(service))
@@ -71,7 +84,7 @@ def make_exporter() -> Iterator[Callable[..., Harness]]:
 
     yield make
     for h in made:
-        h.fleet.clear("all")          # releases calls blocked by hang faults
+        h.fleet.clear("all")  # releases calls blocked by hang faults
         h.service.stop()
         if h.service.xid is not None:
             h.service.xid.stop(join=2.0)

@@ -11,11 +11,13 @@ import pytest
 from gpuwarden.exporter.sim.control import ControlServer
 
 
-def _call(port: int, method: str, path: str, body: Any = None, raw: bytes | None = None,
-          ctype: str = "application/json") -> tuple[int, dict]:
+def _call(
+    port: int, method: str, path: str, body: Any = None, raw: bytes | None = None, ctype: str = "application/json"
+) -> tuple[int, dict]:
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
-                                 headers={"Content-Type": ctype})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=data, method=method, headers={"Content-Type": ctype}
+    )
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
             return resp.status, json.loads(resp.read())
@@ -82,8 +84,10 @@ def test_bad_requests_say_what_is_wrong(controlled):
 
 def test_scenario_played_from_now(controlled):
     h, port = controlled
-    doc = "name: live\nsteps:\n  - {at: 0, gpu: 2, fault: {kind: ecc, uncorrectable: 1}}\n" \
-          "  - {at: 30s, gpu: 2, fault: {kind: lost}}\n"
+    doc = (
+        "name: live\nsteps:\n  - {at: 0, gpu: 2, fault: {kind: ecc, uncorrectable: 1}}\n"
+        "  - {at: 30s, gpu: 2, fault: {kind: lost}}\n"
+    )
     status, body = _call(port, "POST", "/api/v1/scenario", raw=doc.encode(), ctype="application/yaml")
     assert status == 202 and body == {"playing": "live", "steps": 2}
     fams = h.scrape()

@@ -12,8 +12,9 @@ import json
 import logging
 import socket
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -34,14 +35,14 @@ class Target:
     """One running server and what a normal request to it, and a request with a body, look like."""
 
     port: int
-    get: tuple[str, str]           # (method, path) of a normal request without a body
-    post_path: str                 # where a body goes
-    post_body: bytes               # a body that route accepts
-    chunked_status: int            # what a chunked POST of post_body is answered
-    max_body: int                  # the route's body limit
-    check: Callable[[], Any] = lambda: True   # state after the chunked POST, if any
+    get: tuple[str, str]  # (method, path) of a normal request without a body
+    post_path: str  # where a body goes
+    post_body: bytes  # a body that route accepts
+    chunked_status: int  # what a chunked POST of post_body is answered
+    max_body: int  # the route's body limit
+    check: Callable[[], Any] = lambda: True  # state after the chunked POST, if any
     server: Any = None
-    body_method: str = "POST"      # the method that carries it (the metrics page takes none: GET)
+    body_method: str = "POST"  # the method that carries it (the metrics page takes none: GET)
 
 
 @pytest.fixture(params=["metrics", "control", "sink"])
@@ -54,19 +55,33 @@ def serve(request, make_exporter) -> Iterator[Callable[[Limits], Target]]:
             h = make_exporter(2)
             server = MetricsServer(h.registry, "127.0.0.1", 0, limits=limits).start()
             started.append(server)
-            return Target(server.port, ("GET", "/metrics"), "/metrics", b"x", 413, 0, server=server,
-                          body_method="GET")
+            return Target(server.port, ("GET", "/metrics"), "/metrics", b"x", 413, 0, server=server, body_method="GET")
         if request.param == "control":
             h = make_exporter(2)
             server = ControlServer(h.fleet, "127.0.0.1", 0, limits=limits).start()
             started.append(server)
-            return Target(server.port, ("GET", "/api/v1/gpus"), "/api/v1/gpus/1/power-limit", WATTS,
-                          200, control.MAX_BODY, lambda: h.fleet.gpus[1].state()["power_limit_watts"] == 300,
-                          server)
+            return Target(
+                server.port,
+                ("GET", "/api/v1/gpus"),
+                "/api/v1/gpus/1/power-limit",
+                WATTS,
+                200,
+                control.MAX_BODY,
+                lambda: h.fleet.gpus[1].state()["power_limit_watts"] == 300,
+                server,
+            )
         sink = NotificationSink(0, limits=limits).start()
         started.append(sink)
-        return Target(sink.port, ("POST", "/oncall"), "/oncall", NOTE, 200, sink.max_body,
-                      lambda: sink.total == 1 and sink.received[0]["receiver"] == "oncall", sink)
+        return Target(
+            sink.port,
+            ("POST", "/oncall"),
+            "/oncall",
+            NOTE,
+            200,
+            sink.max_body,
+            lambda: sink.total == 1 and sink.received[0]["receiver"] == "oncall",
+            sink,
+        )
 
     yield start
     for server in started:
@@ -83,7 +98,7 @@ def _read_all(s: socket.socket) -> bytes:
     try:
         while chunk := s.recv(65536):
             out += chunk
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         pass
     except ConnectionResetError:
         pass
@@ -104,13 +119,14 @@ def _request(port: int, method: str, path: str, body: bytes = b"", headers: str 
 
 def _normal(t: Target) -> int:
     method, path = t.get
-    return _status(_request(t.port, method, path, t.post_body if method == "POST" else b"",
-                            "Content-Type: application/json\r\n"))
+    return _status(
+        _request(t.port, method, path, t.post_body if method == "POST" else b"", "Content-Type: application/json\r\n")
+    )
 
 
 def test_a_stalled_request_line_is_disconnected_after_the_header_deadline(serve):
     t = serve(Limits(header_timeout=0.5))
-    with _connect(t.port) as s:   # recv raises on the 10 s socket timeout: b"" is the server's close
+    with _connect(t.port) as s:  # recv raises on the 10 s socket timeout: b"" is the server's close
         began = time.monotonic()
         s.sendall(b"GET /met")
         assert s.recv(100) == b""
@@ -124,7 +140,7 @@ def test_a_flood_of_stalled_connections_does_not_keep_a_client_out(serve):
     try:
         for _ in range(100):
             s = _connect(t.port)
-            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")   # headers never finished
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # headers never finished
             stalled.append(s)
         began = time.monotonic()
         assert _normal(t) == 200
@@ -140,14 +156,19 @@ def test_a_chunked_body_is_decoded_or_refused_and_never_read_as_a_request(serve)
     # The smuggling attempt: a whole request hidden in the chunked stream after the body's end.
     hidden = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
     with _connect(t.port) as s:
-        s.sendall(f"{t.body_method} {t.post_path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n".encode()
-                  + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n" + hidden)
+        s.sendall(
+            f"{t.body_method} {t.post_path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n".encode()
+            + f"{len(body):x}\r\n".encode()
+            + body
+            + b"\r\n0\r\n\r\n"
+            + hidden
+        )
         reply = _read_all(s)
     assert _status(reply) == t.chunked_status
     assert reply.count(b"HTTP/1.1 ") == 1, reply
     assert t.check()
-    assert _normal(t) == 200   # a new connection works
+    assert _normal(t) == 200  # a new connection works
 
 
 @pytest.mark.parametrize("length", ["-1", "abc", "1, 2", " 5x"])
@@ -155,7 +176,7 @@ def test_a_bad_content_length_is_400(serve, length):
     t = serve(Limits())
     with _connect(t.port) as s:
         s.sendall(f"{t.body_method} {t.post_path} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode())
-        reply = _read_all(s)   # answered at once, and the connection closed (no body is awaited)
+        reply = _read_all(s)  # answered at once, and the connection closed (no body is awaited)
     assert _status(reply) == 400
     assert _normal(t) == 200
 
@@ -164,8 +185,9 @@ def test_a_body_over_the_limit_is_413_before_it_is_read(serve):
     t = serve(Limits())
     with _connect(t.port) as s:
         # Only the headers: the answer must not wait for a body that never comes.
-        s.sendall(f"{t.body_method} {t.post_path} HTTP/1.1\r\nHost: x\r\n"
-                  f"Content-Length: {t.max_body + 1}\r\n\r\n".encode())
+        s.sendall(
+            f"{t.body_method} {t.post_path} HTTP/1.1\r\nHost: x\r\nContent-Length: {t.max_body + 1}\r\n\r\n".encode()
+        )
         reply = _read_all(s)
     assert _status(reply) == 413
     assert b"\r\nconnection: close\r\n" in reply.lower()
@@ -182,7 +204,7 @@ def test_a_chunked_body_over_the_limit_is_413(serve):
                 s.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
                 sent += len(piece)
         except (BrokenPipeError, ConnectionResetError):
-            pass   # answered and closed before we finished sending
+            pass  # answered and closed before we finished sending
         reply = _read_all(s)
     assert _status(reply) == 413
     assert b"\r\nconnection: close\r\n" in reply.lower()
@@ -191,10 +213,10 @@ def test_a_chunked_body_over_the_limit_is_413(serve):
 def test_stop_is_quick_with_connections_open(serve):
     t = serve(Limits())
     assert _normal(t) == 200
-    idle = _connect(t.port)                   # connected, nothing sent
+    idle = _connect(t.port)  # connected, nothing sent
     partial = _connect(t.port)
     partial.sendall(b"GET / HTTP/1.1\r\nHost")
-    keepalive = _connect(t.port)              # answered, kept open
+    keepalive = _connect(t.port)  # answered, kept open
     method, path = t.get
     body = t.post_body if method == "POST" else b""
     keepalive.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
@@ -211,6 +233,7 @@ def test_stop_is_quick_with_connections_open(serve):
 
 
 # -- per server ----------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def metrics(make_exporter) -> Iterator[tuple[Any, int]]:
@@ -231,8 +254,16 @@ def test_metrics_landing_404_and_head(metrics):
     reply = _request(port, "HEAD", "/metrics")
     head, _, rest = reply.partition(b"\r\n\r\n")
     assert _status(reply) == 200 and rest == b""
-    assert int(next(v for k, v in (line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
-                    if k.lower() == b"content-length")) > 0
+    assert (
+        int(
+            next(
+                v
+                for k, v in (line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+                if k.lower() == b"content-length"
+            )
+        )
+        > 0
+    )
 
 
 def test_metrics_path_is_configurable_and_a_failed_collection_is_500(make_exporter):
@@ -260,7 +291,7 @@ def test_control_unknown_gpu_is_404_before_the_body_is_read(make_exporter):
     try:
         with _connect(server.port) as s:
             s.sendall(b"POST /api/v1/gpus/9/power-limit HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
-            reply = _read_all(s)   # the 100 bytes are never sent
+            reply = _read_all(s)  # the 100 bytes are never sent
         assert _status(reply) == 404 and b"no simulated GPU" in reply
         assert b"\r\nconnection: close\r\n" in reply.lower()
         reply = _request(server.port, "GET", "/api/v1/gpus/0/load")
@@ -280,8 +311,8 @@ def test_control_warns_when_it_binds_beyond_loopback(make_exporter, caplog):
     assert any("inject faults" in r.getMessage() and "0.0.0.0" in r.getMessage() for r in caplog.records)
 
 
-
 # -- a client stalled mid-body -------------------------------------------------------------------
+
 
 def test_stop_is_quick_with_a_client_stalled_mid_body(make_exporter):
     """stop() closes a connection whose client is still sending at once (uvicorn alone would
@@ -293,7 +324,7 @@ def test_stop_is_quick_with_a_client_stalled_mid_body(make_exporter):
         began = time.monotonic()
         server.stop()
         elapsed = time.monotonic() - began
-    gc.collect()   # the server is unreachable now: a transport it left unclosed would warn here
+    gc.collect()  # the server is unreachable now: a transport it left unclosed would warn here
     assert elapsed < 2
 
 

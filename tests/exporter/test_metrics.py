@@ -13,7 +13,7 @@ import pytest
 from tests.helpers import require_binary
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics-8gpu.prom"
-UPDATE_ENV = "GPUWARDEN_UPDATE_GOLDEN"   # GPUWARDEN_UPDATE_GOLDEN=1 pytest tests/exporter rewrites it
+UPDATE_ENV = "GPUWARDEN_UPDATE_GOLDEN"  # GPUWARDEN_UPDATE_GOLDEN=1 pytest tests/exporter rewrites it
 
 # name -> (type, extra label or None)
 CONTRACT = {
@@ -38,8 +38,17 @@ CONTRACT = {
     "gpu_pcie_replays": ("counter", None),
     "gpuwarden_exporter_gpu_stale": ("gauge", None),
 }
-REASONS = {"gpu_idle", "applications_clocks_setting", "sw_power_cap", "hw_slowdown", "sync_boost",
-           "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown", "display_clock_setting"}
+REASONS = {
+    "gpu_idle",
+    "applications_clocks_setting",
+    "sw_power_cap",
+    "hw_slowdown",
+    "sync_boost",
+    "sw_thermal_slowdown",
+    "hw_thermal_slowdown",
+    "hw_power_brake_slowdown",
+    "display_clock_setting",
+}
 
 
 def test_every_contract_metric_for_every_gpu(make_exporter):
@@ -76,7 +85,7 @@ def test_values_are_nvml_readings_in_base_units(make_exporter):
     assert v("gpu_up") == 1
     assert v("gpu_temperature_celsius") == int(g.temperature)
     assert v("gpu_memory_temperature_celsius") == int(g.memory_temperature)
-    assert v("gpu_power_watts") == pytest.approx(g.power_watts, abs=0.001)        # mW -> W
+    assert v("gpu_power_watts") == pytest.approx(g.power_watts, abs=0.001)  # mW -> W
     assert v("gpu_power_limit_watts") == 700.0
     assert v("gpu_energy_joules_total") == pytest.approx(g.energy_mj / 1000, abs=0.001)  # mJ -> J
     assert v("gpu_utilization_ratio") == 0.5
@@ -86,8 +95,13 @@ def test_values_are_nvml_readings_in_base_units(make_exporter):
     assert v("gpu_memory_clock_hertz") == 2619e6
     assert v("gpu_fan_speed_ratio") == g.fan_percent / 100
     info = [s for s in fams["gpu_info"].samples if s.labels["gpu"] == "2"][0]
-    assert info.labels == {"gpu": "2", "uuid": g.uuid, "name": "NVIDIA H100 80GB HBM3",
-                           "pci_bus_id": "00000000:1A:00.0", "driver_version": "550.54.15"}
+    assert info.labels == {
+        "gpu": "2",
+        "uuid": g.uuid,
+        "name": "NVIDIA H100 80GB HBM3",
+        "pci_bus_id": "00000000:1A:00.0",
+        "driver_version": "550.54.15",
+    }
     assert h.values(fams, "gpuwarden_exporter_nvml_up") == {"": 1.0}
 
 
@@ -122,7 +136,7 @@ def test_lower_power_limit_through_nvml_caps_power_and_cools_the_gpu(make_export
     h.clock.advance(300)
     hot = h.scrape()
     handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-    pynvml.nvmlDeviceSetPowerManagementLimit(handle, 300_000)    # what the agent's throttle does
+    pynvml.nvmlDeviceSetPowerManagementLimit(handle, 300_000)  # what the agent's throttle does
     h.clock.advance(300)
     cool = h.scrape()
     assert h.values(cool, "gpu_power_limit_watts")["0"] == 300
@@ -130,7 +144,7 @@ def test_lower_power_limit_through_nvml_caps_power_and_cools_the_gpu(make_export
     assert h.values(cool, "gpu_throttle_active", reason="sw_power_cap") == {"0": 1, "1": 0}
     t_hot, t_cool = h.values(hot, "gpu_temperature_celsius")["0"], h.values(cool, "gpu_temperature_celsius")["0"]
     assert t_cool < t_hot - 15, (t_hot, t_cool)
-    assert h.values(cool, "gpu_temperature_celsius")["1"] >= t_hot - 1    # the other GPU did not cool
+    assert h.values(cool, "gpu_temperature_celsius")["1"] >= t_hot - 1  # the other GPU did not cool
 
 
 def _normalise(text: str) -> str:
@@ -153,9 +167,10 @@ def test_golden_exposition(make_exporter):
 def test_promtool_check_metrics_is_silent_on_everything_we_export(make_exporter, tmp_path):
     promtool = require_binary("promtool")
     h = make_exporter(8)
-    h.fleet.inject(2, {"kind": "xid", "xid": 31})             # so the XID family has a sample
-    h.fleet.inject(4, {"kind": "lost"})                       # and the error counter too
+    h.fleet.inject(2, {"kind": "xid", "xid": 31})  # so the XID family has a sample
+    h.fleet.inject(4, {"kind": "lost"})  # and the error counter too
     from tests.helpers import wait_until
+
     wait_until(lambda: h.values(h.scrape(), "gpu_xid_errors_total"), what="XID counted")
     text = h.text()
     assert "gpu_xid_errors_total{" in text and "gpuwarden_exporter_nvml_errors_total{" in text
@@ -166,12 +181,15 @@ def test_promtool_check_metrics_is_silent_on_everything_we_export(make_exporter,
 def test_fast_renderer_says_what_prometheus_client_says(make_exporter):
     from prometheus_client.exposition import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
+
     h = make_exporter(3)
     h.fleet.inject(1, {"kind": "lost"})
     h.fleet.inject(2, {"kind": "xid", "xid": 13, "lose_gpu": False})
     from tests.helpers import wait_until
+
     wait_until(lambda: "gpu_xid_errors_total{" in h.text(), what="XID 13 counted")
-    h.service.snapshot = lambda snap=h.service.snapshot(): snap    # both render one collection
+    snap = h.service.snapshot()
+    h.service.snapshot = lambda: snap  # both render one collection
     ours = list(text_string_to_metric_families(h.text()))
     theirs = list(text_string_to_metric_families(generate_latest(h.registry).decode()))
     assert ours == theirs

@@ -4,19 +4,40 @@ where."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 from gpuwarden.exporter.sim.scenario import ScenarioError, load, parse, play, shipped
 
-SEED_RULES = {"THERMAL_WARNING", "THERMAL_CRITICAL", "POWER_SPIKE", "POWER_CRITICAL", "ECC_ERRORS_SPIKE",
-              "ECC_UNCORRECTABLE", "THROTTLING", "MEMORY_PRESSURE"}
-FOR_SECONDS = {"THERMAL_WARNING": 60, "THERMAL_CRITICAL": 30, "POWER_SPIKE": 45, "POWER_CRITICAL": 20,
-               "ECC_ERRORS_SPIKE": 0, "ECC_UNCORRECTABLE": 0, "THROTTLING": 30, "MEMORY_PRESSURE": 60}
-THROTTLING_REASONS = ("sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown",
-                      "hw_power_brake_slowdown")
+SEED_RULES = {
+    "THERMAL_WARNING",
+    "THERMAL_CRITICAL",
+    "POWER_SPIKE",
+    "POWER_CRITICAL",
+    "ECC_ERRORS_SPIKE",
+    "ECC_UNCORRECTABLE",
+    "THROTTLING",
+    "MEMORY_PRESSURE",
+}
+FOR_SECONDS = {
+    "THERMAL_WARNING": 60,
+    "THERMAL_CRITICAL": 30,
+    "POWER_SPIKE": 45,
+    "POWER_CRITICAL": 20,
+    "ECC_ERRORS_SPIKE": 0,
+    "ECC_UNCORRECTABLE": 0,
+    "THROTTLING": 30,
+    "MEMORY_PRESSURE": 60,
+}
+THROTTLING_REASONS = (
+    "sw_power_cap",
+    "hw_slowdown",
+    "sw_thermal_slowdown",
+    "hw_thermal_slowdown",
+    "hw_power_brake_slowdown",
+)
 
 
 def _conditions(h, gpu: str) -> dict[str, Callable[[dict, list], bool]]:
@@ -37,7 +58,9 @@ def _conditions(h, gpu: str) -> dict[str, Callable[[dict, list], bool]]:
         "ECC_ERRORS_SPIKE": ecc_spike,
         "ECC_UNCORRECTABLE": lambda f, _: (v(f, "gpu_ecc_errors_uncorrectable_total") or 0) >= 1,
         "THROTTLING": lambda f, _: any(v(f, "gpu_throttle_active", reason=r) == 1 for r in THROTTLING_REASONS),
-        "MEMORY_PRESSURE": lambda f, _: (v(f, "gpu_memory_used_bytes") or 0) / (v(f, "gpu_memory_total_bytes") or 1) >= 0.9,
+        "MEMORY_PRESSURE": lambda f, _: (
+            (v(f, "gpu_memory_used_bytes") or 0) / (v(f, "gpu_memory_total_bytes") or 1) >= 0.9
+        ),
         "GPU_DOWN": lambda f, _: v(f, "gpu_up") == 0,
         "XID": lambda f, _: (v(f, "gpu_xid_errors_total", xid="79") or 0) >= 1,
         "STALE": lambda f, _: v(f, "gpuwarden_exporter_gpu_stale") == 1,
@@ -54,7 +77,7 @@ def test_shipped_scenario_holds_its_condition(name, make_exporter):
     scenario = load(shipped()[name])
     exp = scenario.expect
     assert exp is not None
-    if exp.rule in FOR_SECONDS:   # long enough for the shipped `for:` plus a few evaluation intervals
+    if exp.rule in FOR_SECONDS:  # long enough for the shipped `for:` plus a few evaluation intervals
         assert exp.holds_until - exp.holds_from >= FOR_SECONDS[exp.rule] + 120
     hung = exp.rule == "STALE"
     h = make_exporter(scenario.gpus or 8, timeout=0.1 if hung else 5.0)
@@ -62,8 +85,8 @@ def test_shipped_scenario_holds_its_condition(name, make_exporter):
     gpus = [str(g) for g in range(len(h.fleet.gpus))]
     conds = {g: _conditions(h, g)[exp.rule] for g in gpus}
     target = str(exp.gpu)
-    step = 60.0 if hung else 10.0            # a hung read costs a real timeout per scrape
-    end = exp.holds_until + 330               # long enough for every condition to clear again
+    step = 60.0 if hung else 10.0  # a hung read costs a real timeout per scrape
+    end = exp.holds_until + 330  # long enough for every condition to clear again
     hists: dict[str, list] = {g: [] for g in gpus}
     t = 0.0
     while t <= end:
@@ -80,7 +103,7 @@ def test_shipped_scenario_holds_its_condition(name, make_exporter):
             assert holding == {target}, f"{name}: {exp.rule} also holds on GPUs {sorted(holding)} at t={t}s"
         h.clock.advance(step)
         t += step
-    if exp.rule != "XID":                     # an XID count never goes down
+    if exp.rule != "XID":  # an XID count never goes down
         assert not holds, f"{name}: {exp.rule} still holds at t={t - step}s, after the scenario ended"
 
 
@@ -93,8 +116,11 @@ def _error(tmp_path: Path, text: str) -> str:
 
 
 def test_unknown_fault_kind_names_file_line_and_field(tmp_path):
-    msg = _error(tmp_path, "name: x\nsteps:\n  - {at: 0, gpu: 1, load: {utilization: 0.5}}\n"
-                           "  - at: 10s\n    gpu: 1\n    fault: {kind: meltdown}\n")
+    msg = _error(
+        tmp_path,
+        "name: x\nsteps:\n  - {at: 0, gpu: 1, load: {utilization: 0.5}}\n"
+        "  - at: 10s\n    gpu: 1\n    fault: {kind: meltdown}\n",
+    )
     assert "bad.yaml:6" in msg and "steps[1].fault.kind" in msg and "meltdown" in msg
 
 

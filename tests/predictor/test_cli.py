@@ -6,8 +6,8 @@ import io
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -83,9 +83,13 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_module_and_console_script(tmp_path: Path) -> None:
     p = write(tmp_path / "a.csv", [(15.0 * i, 70 + i * 0.25) for i in range(41)])
-    for argv in ([sys.executable, "-m", "gpuwarden.scheduler_agent.predictor.cli"], [console_script("gpuwarden-agent"), "predict"]):
-        r = subprocess.run([*argv, "--csv", str(p), "--threshold", "85"], capture_output=True, text=True,
-                           cwd=REPO, timeout=60)
+    for argv in (
+        [sys.executable, "-m", "gpuwarden.scheduler_agent.predictor.cli"],
+        [console_script("gpuwarden-agent"), "predict"],
+    ):
+        r = subprocess.run(
+            [*argv, "--csv", str(p), "--threshold", "85"], capture_output=True, text=True, cwd=REPO, timeout=60
+        )
         assert r.returncode == 0, r.stderr
         d = json.loads(r.stdout)
         assert d["seconds_to_threshold"] == pytest.approx((85 - 80) / (1 / 60), rel=0.01)
@@ -100,6 +104,7 @@ def prom() -> Iterator[FakePrometheus]:
 
 def test_report_for_gpus_at_risk(prom: FakePrometheus) -> None:
     import time
+
     now = time.time()
     prom.add("gpu_temperature_celsius", {"gpu": "0", "uuid": "GPU-a"}, lambda t: 75 + (t - now) / 120)
     prom.add("gpu_temperature_celsius", {"gpu": "1", "uuid": "GPU-b"}, lambda t: 55.0)
@@ -115,5 +120,6 @@ def test_report_for_gpus_at_risk(prom: FakePrometheus) -> None:
 
 def test_report_when_prometheus_is_down(capsys: pytest.CaptureFixture[str]) -> None:
     from tests.helpers import free_port
+
     assert main(["--prometheus.url", f"http://127.0.0.1:{free_port()}", "--timeout", "1"]) == 1
     assert "unreachable" in capsys.readouterr().err

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -64,13 +65,16 @@ def test_absent_section_disables_the_predictor() -> None:
     assert FakeAgent({}).install() is None
 
 
-@pytest.mark.parametrize("section, field", [
-    ({"prometheus_url": "localhost:9090"}, "predictor.prometheus_url"),
-    ({"prometheus_url": "http://x", "period_seconds": 0}, "predictor.period_seconds"),
-    ({"prometheus_url": "http://x", "lead_time_seconds": "5m"}, "predictor.lead_time_seconds"),
-    ({"prometheus_url": "http://x", "migrate": "yes"}, "predictor.migrate"),
-    ({"prometheus_url": "http://x", "perod_seconds": 5}, "predictor.perod_seconds"),
-])
+@pytest.mark.parametrize(
+    "section, field",
+    [
+        ({"prometheus_url": "localhost:9090"}, "predictor.prometheus_url"),
+        ({"prometheus_url": "http://x", "period_seconds": 0}, "predictor.period_seconds"),
+        ({"prometheus_url": "http://x", "lead_time_seconds": "5m"}, "predictor.lead_time_seconds"),
+        ({"prometheus_url": "http://x", "migrate": "yes"}, "predictor.migrate"),
+        ({"prometheus_url": "http://x", "perod_seconds": 5}, "predictor.perod_seconds"),
+    ],
+)
 def test_bad_config_names_the_field(section: dict[str, Any], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         FakeAgent(section).install()
@@ -78,6 +82,7 @@ def test_bad_config_names_the_field(section: dict[str, Any], field: str) -> None
 
 def test_wires_risk_hook_metrics_and_migration(prom: FakePrometheus, tmp_path: Path) -> None:
     import time
+
     now = time.time()
     prom.add("gpu_temperature_celsius", {"gpu": "0", "uuid": "GPU-a"}, lambda t: 80 + (t - now) / 60)
     db = Database(tmp_path / "agent.db")

@@ -29,30 +29,58 @@ def _query(prom: str, expr: str) -> list[Series]:
 
 def test_predictor_uses_the_h100_profile_threshold_recorded_by_prometheus(tmp_path: Path, spawn) -> None:
     exporter_port, control_port, prom_port = free_port(), free_port(), free_port()
-    exporter = spawn([console_script("gpuwarden-exporter"), "--simulate", "2", "--sim.model", "h100",
-                      f"--web.listen-address=127.0.0.1:{exporter_port}",
-                      f"--sim.control-address=127.0.0.1:{control_port}"], name="exporter")
-    wait_until(lambda: http_get(f"http://127.0.0.1:{exporter_port}/metrics")[0] == 200, 20,
-               what=f"exporter: {exporter.output()[-2000:]}")
-    req = urllib.request.Request(f"http://127.0.0.1:{control_port}/api/v1/gpus/0/load", method="POST",
-                                 data=json.dumps({"utilization": 0.9}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    exporter = spawn(
+        [
+            console_script("gpuwarden-exporter"),
+            "--simulate",
+            "2",
+            "--sim.model",
+            "h100",
+            f"--web.listen-address=127.0.0.1:{exporter_port}",
+            f"--sim.control-address=127.0.0.1:{control_port}",
+        ],
+        name="exporter",
+    )
+    wait_until(
+        lambda: http_get(f"http://127.0.0.1:{exporter_port}/metrics")[0] == 200,
+        20,
+        what=f"exporter: {exporter.output()[-2000:]}",
+    )
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{control_port}/api/v1/gpus/0/load",
+        method="POST",
+        data=json.dumps({"utilization": 0.9}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     urllib.request.urlopen(req, timeout=5).close()
 
     prom = f"http://127.0.0.1:{prom_port}"
-    (tmp_path / "prometheus.yml").write_text(json.dumps({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
-        "rule_files": sorted(str(p) for p in (REPO / "rules" / "generated").glob("*.rules.yml")),
-        "scrape_configs": [{"job_name": "gpuwarden-exporter",
-                            "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}],
-    }))
-    prometheus = spawn([require_binary("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
-                        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                        f"--web.listen-address=127.0.0.1:{prom_port}"], name="prometheus")
-    wait_until(lambda: http_get(f"{prom}/-/ready")[0] == 200, 30,
-               what=f"prometheus: {prometheus.output()[-2000:]}")
-    recorded = wait_until(lambda: len(r := _query(prom, f'{THRESHOLD_RECORD}{{rule="POWER_CRITICAL"}}')) == 2 and r,
-                          30, what="the recorded POWER_CRITICAL threshold of both GPUs")
+    (tmp_path / "prometheus.yml").write_text(
+        json.dumps(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
+                "rule_files": sorted(str(p) for p in (REPO / "rules" / "generated").glob("*.rules.yml")),
+                "scrape_configs": [
+                    {"job_name": "gpuwarden-exporter", "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}
+                ],
+            }
+        )
+    )
+    prometheus = spawn(
+        [
+            require_binary("prometheus"),
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ],
+        name="prometheus",
+    )
+    wait_until(lambda: http_get(f"{prom}/-/ready")[0] == 200, 30, what=f"prometheus: {prometheus.output()[-2000:]}")
+    recorded = wait_until(
+        lambda: len(r := _query(prom, f'{THRESHOLD_RECORD}{{rule="POWER_CRITICAL"}}')) == 2 and r,
+        30,
+        what="the recorded POWER_CRITICAL threshold of both GPUs",
+    )
     limits = {r.labels["uuid"]: r.values[0] for r in _query(prom, "gpu_power_limit_watts")}
     assert {r.labels["profile"] for r in recorded} == {"H100"}
     for r in recorded:
@@ -67,8 +95,10 @@ def test_predictor_uses_the_h100_profile_threshold_recorded_by_prometheus(tmp_pa
         h = next((h for h in snap.gpus.values() if h.gpu == "0"), None)
         hot = h
         return h is not None and "power" in h.forecasts and h.forecasts["power"].current > 450 and h
-    h = wait_until(forecast_of_loaded_gpu, 30, interval=1,
-                   what=f"a power forecast of the loaded H100 over 450 W (last: {hot})")
+
+    h = wait_until(
+        forecast_of_loaded_gpu, 30, interval=1, what=f"a power forecast of the loaded H100 over 450 W (last: {hot})"
+    )
     power = h.forecasts["power"]
     assert power.threshold == pytest.approx(1.125 * limits[h.uuid])
     assert power.seconds_to_threshold != 0.0, power  # the default's 450 W would call it over now

@@ -25,11 +25,14 @@ def test_seed_example_verbatim() -> None:
         "  Confidence: 0.85\n"
         "  Risk Score: 0.65\n"
         "\n"
-        "Recommendation: Monitor closely, plan migration within 15 minutes\n")
+        "Recommendation: Monitor closely, plan migration within 15 minutes\n"
+    )
 
 
 def test_recommendations() -> None:
-    assert recommendation(health(240.0), [TEMP], 300).startswith("Migrate jobs now: temperature predicted critical in 4 minutes")
+    assert recommendation(health(240.0), [TEMP], 300).startswith(
+        "Migrate jobs now: temperature predicted critical in 4 minutes"
+    )
     assert recommendation(health(0.0), [TEMP], 300).startswith("Critical now")
     assert recommendation(health(1200.0, {"uncorrectable": 2}), [TEMP], 300).startswith("Quarantine")
     assert recommendation(health(None), [TEMP], 300).startswith("Running close")  # risk 0.65, no crossing
@@ -39,9 +42,17 @@ def test_ratio_metric_shown_in_percent() -> None:
     f = Forecast(0.9, 0.8, 0.8, 0.001 / 60, 6000.0, 0.95, 0.2, "linear", "")
     h = GpuHealth("GPU-x", "3", "n1", 0.0, {"memory": f}, {}, 0.2)
     text = gpu_report(h, [MEM], 300)
-    assert "GPU-3 Memory Use Trend:\n  Current: 80%\n  Rate: +0.1%/minute\n  Predicted Critical (90%): 100 minutes" in text
+    assert (
+        "GPU-3 Memory Use Trend:\n  Current: 80%\n  Rate: +0.1%/minute\n  Predicted Critical (90%): 100 minutes" in text
+    )
 
 
 def test_durations() -> None:
     assert [fmt_duration(x) for x in (None, 0, 45, 60, 90, 7200 * 1.5)] == [
-        "not predicted", "now", "45 seconds", "1 minute", "2 minutes", "3 hours"]
+        "not predicted",
+        "now",
+        "45 seconds",
+        "1 minute",
+        "2 minutes",
+        "3 hours",
+    ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -21,8 +21,16 @@ NOW = 1_800_000_000.0
 SPECS = [
     MetricSpec("temperature", "Temperature", "gpu_temperature_celsius", 85.0, "THERMAL_CRITICAL", "°C"),
     MetricSpec("power", "Power", "gpu_power_watts", 450.0, "POWER_CRITICAL", "W"),
-    MetricSpec("memory", "Memory Use", "gpu_memory_used_bytes / gpu_memory_total_bytes", 0.9, "MEMORY_PRESSURE",
-               "%", scale=100, migrate=False),
+    MetricSpec(
+        "memory",
+        "Memory Use",
+        "gpu_memory_used_bytes / gpu_memory_total_bytes",
+        0.9,
+        "MEMORY_PRESSURE",
+        "%",
+        scale=100,
+        migrate=False,
+    ),
 ]
 HOT = {"gpu": "0", "uuid": "GPU-hot", "instance": "node1:9786"}
 COOL = {"gpu": "1", "uuid": "GPU-cool", "instance": "node1:9786"}
@@ -54,8 +62,15 @@ class Migrations:
 
 
 def make(prom_url: str, clock: list[float], **kw: object) -> PredictorService:
-    return PredictorService(prom_url, SPECS, period=60, lead_time=kw.pop("lead_time", 900.0), timeout=kw.pop("timeout", 2.0),
-                            clock=lambda: clock[0], **kw)  # type: ignore[arg-type]
+    return PredictorService(
+        prom_url,
+        SPECS,
+        period=60,
+        lead_time=kw.pop("lead_time", 900.0),
+        timeout=kw.pop("timeout", 2.0),
+        clock=lambda: clock[0],
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def test_forecasts_risk_hook_and_metrics(prom: FakePrometheus) -> None:
@@ -157,8 +172,7 @@ def test_periodic_runner_spans_and_survives_outage(prom: FakePrometheus) -> None
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    svc = PredictorService(prom.url, SPECS, period=0.05, timeout=0.5, tracer_provider=provider,
-                           clock=lambda: NOW)
+    svc = PredictorService(prom.url, SPECS, period=0.05, timeout=0.5, tracer_provider=provider, clock=lambda: NOW)
     svc.start()
     try:
         deadline = time.monotonic() + 5
@@ -212,13 +226,21 @@ def test_each_gpu_is_judged_by_its_own_threshold(prom: FakePrometheus) -> None:
     as 787.5 W (an H100: 112.5 % of its 700 W limit): it is not over; GPU-cool, with no recorded
     threshold, is judged by the default and is."""
     own = "instance_gpu:gpu_alert_threshold:effective"
-    specs = [MetricSpec("power", "Power", "gpu_power_watts", 450.0, "POWER_CRITICAL", "W",
-                        threshold_query=f'{own}{{rule="POWER_CRITICAL"}}')]
+    specs = [
+        MetricSpec(
+            "power",
+            "Power",
+            "gpu_power_watts",
+            450.0,
+            "POWER_CRITICAL",
+            "W",
+            threshold_query=f'{own}{{rule="POWER_CRITICAL"}}',
+        )
+    ]
     prom.series["gpu_power_watts"] = [(HOT, lambda t: 600.0), (COOL, lambda t: 600.0)]
     prom.add(own, HOT, lambda t: 787.5)
     mig = Migrations()
-    svc = PredictorService(prom.url, specs, period=60, lead_time=900.0, timeout=2.0, clock=lambda: NOW,
-                           on_migrate=mig)
+    svc = PredictorService(prom.url, specs, period=60, lead_time=900.0, timeout=2.0, clock=lambda: NOW, on_migrate=mig)
     snap = svc.run_once()
     hot, cool = snap.gpus["GPU-hot"].forecasts["power"], snap.gpus["GPU-cool"].forecasts["power"]
     assert (hot.threshold, hot.seconds_to_threshold) == (787.5, None)
@@ -226,10 +248,20 @@ def test_each_gpu_is_judged_by_its_own_threshold(prom: FakePrometheus) -> None:
     assert [u for u, _ in mig.calls] == ["GPU-cool"] and "reaches 450" in mig.calls[0][1]
 
 
-def test_says_once_when_prometheus_has_no_recorded_thresholds(prom: FakePrometheus,
-                                                              caplog: pytest.LogCaptureFixture) -> None:
-    specs = [MetricSpec("power", "Power", "gpu_power_watts", 450.0, "POWER_CRITICAL", "W",
-                        threshold_query='instance_gpu:gpu_alert_threshold:effective{rule="POWER_CRITICAL"}')]
+def test_says_once_when_prometheus_has_no_recorded_thresholds(
+    prom: FakePrometheus, caplog: pytest.LogCaptureFixture
+) -> None:
+    specs = [
+        MetricSpec(
+            "power",
+            "Power",
+            "gpu_power_watts",
+            450.0,
+            "POWER_CRITICAL",
+            "W",
+            threshold_query='instance_gpu:gpu_alert_threshold:effective{rule="POWER_CRITICAL"}',
+        )
+    ]
     svc = PredictorService(prom.url, specs, period=60, timeout=2.0, clock=lambda: NOW)
     svc.run_once()
     svc.run_once()

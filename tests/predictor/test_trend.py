@@ -62,8 +62,9 @@ def test_known_noise_slope_within_interval_and_time_to_threshold_close(sigma: fl
 
 def test_pure_noise_below_threshold_rarely_predicts_a_crossing() -> None:
     rng = np.random.default_rng(2)
-    predicted = sum(forecast_series(T, 80 + rng.normal(0, 1.0, T.size), 85).seconds_to_threshold is not None
-                    for _ in range(200))
+    predicted = sum(
+        forecast_series(T, 80 + rng.normal(0, 1.0, T.size), 85).seconds_to_threshold is not None for _ in range(200)
+    )
     # The confidence gate (0.9) admits roughly the 5 % of windows whose noise tilts upward
     # significantly; least squares would forecast a crossing for ~half of them.
     assert predicted <= 20
@@ -150,13 +151,16 @@ def test_a_crossing_seen_from_one_window_only_is_withheld() -> None:
     """On a noisy plateau with slow wander, scrapes whose window alone forecasts a crossing but
     whose predecessors did not are withheld; once three windows in a row agree it is reported."""
     from gpuwarden.scheduler_agent.predictor.forecast import raw_forecast
+
     rng = np.random.default_rng(11)
     t = np.arange(0, 2400 + STEP / 2, STEP)
     y = 82 + 1.5 * np.sin(2 * np.pi * t / 1200) + rng.normal(0, 0.8, t.size)
-    raw = [raw_forecast(t[: i + 1], y[: i + 1], 85, 600).seconds_to_threshold if t[i] >= 600 else None
-           for i in range(t.size)]
+    raw = [
+        raw_forecast(t[: i + 1], y[: i + 1], 85, 600).seconds_to_threshold if t[i] >= 600 else None
+        for i in range(t.size)
+    ]
     fresh = [i for i in range(42, t.size) if raw[i] is not None and raw[i - 1] is None]
-    steady = [i for i in range(42, t.size) if None not in raw[i - 2:i + 1] and raw[i] != 0.0]
+    steady = [i for i in range(42, t.size) if None not in raw[i - 2 : i + 1] and raw[i] != 0.0]
     assert fresh and steady
     for i in fresh:
         f = forecast_series(t[: i + 1], y[: i + 1], 85, window=600)

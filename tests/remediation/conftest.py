@@ -3,18 +3,19 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
-from gpuwarden.scheduler_agent.web import App, BearerAuth
 from gpuwarden.scheduler_agent.remediation.config import parse
 from gpuwarden.scheduler_agent.remediation.intake import Credentials
 from gpuwarden.scheduler_agent.remediation.service import Remediation
+from gpuwarden.scheduler_agent.web import App, BearerAuth
 from tests.remediation.fakes import FakeActuator, FakeScheduler
 
-TOKEN = "s3cret-token"            # the webhook's (Alertmanager's) credential
+TOKEN = "s3cret-token"  # the webhook's (Alertmanager's) credential
 OPERATOR_TOKEN = "operator-token"  # the agent's API token (web.token_file)
 
 
@@ -37,13 +38,20 @@ def make_rem(tmp_path: Path, clock: Clock) -> Iterator[Callable[..., Remediation
     started: tests drive ``worker.run_once()`` so that every step is deterministic)."""
     made: list[Remediation] = []
 
-    def _make(section: dict[str, Any] | None = None, uuids: int = 8,
-              scheduler: Any = None, actuator: Any = None, **kw: Any) -> Remediation:
+    def _make(
+        section: dict[str, Any] | None = None, uuids: int = 8, scheduler: Any = None, actuator: Any = None, **kw: Any
+    ) -> Remediation:
         sched = scheduler or FakeScheduler([f"GPU-{i}" for i in range(uuids)])
         act = actuator or FakeActuator()
-        rem = Remediation.create(str(tmp_path / "agent.db"), parse(section), sched, act,
-                                 credentials=kw.pop("credentials", Credentials(TOKEN.encode())),
-                                 clock=clock, **kw)
+        rem = Remediation.create(
+            str(tmp_path / "agent.db"),
+            parse(section),
+            sched,
+            act,
+            credentials=kw.pop("credentials", Credentials(TOKEN.encode())),
+            clock=clock,
+            **kw,
+        )
         rem.sched, rem.act = sched, act  # type: ignore[attr-defined]
         made.append(rem)
         return rem
@@ -70,8 +78,9 @@ def serve() -> Iterator[Callable[[Remediation], str]]:
         a.shutdown()
 
 
-def post(url: str, body: bytes | dict, token: str | None = TOKEN,
-         headers: dict[str, str] | None = None) -> tuple[int, Any]:
+def post(
+    url: str, body: bytes | dict, token: str | None = TOKEN, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     h = {"Content-Type": "application/json", **(headers or {})}
     if token is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Mapping
+from collections.abc import Mapping
 
 from gpuwarden.scheduler_agent.remediation.actuators import GpuRef, PowerLimits
 from gpuwarden.scheduler_agent.remediation.errors import ActuatorError
@@ -15,12 +15,11 @@ class FakeScheduler:
         self.states = {u: "healthy" for u in uuids}
         self.jobs: dict[str, list[int]] = {}
         self.calls: list[tuple] = []
-        self.contexts: list[ActionContext | None] = []   # passed to quarantine and preempt_gpu
+        self.contexts: list[ActionContext | None] = []  # passed to quarantine and preempt_gpu
         self.alerts: dict[tuple[str, str], str] = {}
         self.lock = threading.Lock()
 
-    def quarantine(self, uuid: str, reason: str, actor: str,
-                   context: ActionContext | None = None) -> None:
+    def quarantine(self, uuid: str, reason: str, actor: str, context: ActionContext | None = None) -> None:
         with self.lock:
             self.calls.append(("quarantine", uuid))
             self.contexts.append(context)
@@ -31,8 +30,7 @@ class FakeScheduler:
     def release(self, uuid: str) -> None:
         self.states[uuid] = "healthy"
 
-    def preempt_gpu(self, uuid: str, reason: str,
-                    context: ActionContext | None = None) -> list[int]:
+    def preempt_gpu(self, uuid: str, reason: str, context: ActionContext | None = None) -> list[int]:
         with self.lock:
             self.calls.append(("preempt", uuid))
             self.contexts.append(context)
@@ -79,23 +77,46 @@ class FakeActuator:
         self.limits[gpu.uuid] = watts
 
 
-def alert(uuid: str, status: str = "firing", rule: str = "THERMAL_CRITICAL",
-          action: str = "throttle", severity: str = "critical",
-          starts_at: str = "2024-05-01T10:00:00Z", fingerprint: str | None = None,
-          ends_at: str = "0001-01-01T00:00:00Z") -> dict:
+def alert(
+    uuid: str,
+    status: str = "firing",
+    rule: str = "THERMAL_CRITICAL",
+    action: str = "throttle",
+    severity: str = "critical",
+    starts_at: str = "2024-05-01T10:00:00Z",
+    fingerprint: str | None = None,
+    ends_at: str = "0001-01-01T00:00:00Z",
+) -> dict:
     return {
         "status": status,
-        "labels": {"alertname": rule, "rule": rule, "severity": severity, "action": action,
-                   "uuid": uuid, "gpu": "0", "instance": "node1:9786"},
+        "labels": {
+            "alertname": rule,
+            "rule": rule,
+            "severity": severity,
+            "action": action,
+            "uuid": uuid,
+            "gpu": "0",
+            "instance": "node1:9786",
+        },
         "annotations": {"summary": "hot"},
-        "startsAt": starts_at, "endsAt": ends_at,
-        "generatorURL": "http://prometheus/graph", "fingerprint": fingerprint or f"fp-{uuid}-{rule}",
+        "startsAt": starts_at,
+        "endsAt": ends_at,
+        "generatorURL": "http://prometheus/graph",
+        "fingerprint": fingerprint or f"fp-{uuid}-{rule}",
     }
 
 
 def notification(*alerts: dict, truncated: int = 0) -> dict:
     status = "firing" if any(a["status"] == "firing" for a in alerts) else "resolved"
-    return {"version": "4", "groupKey": "{}:{alertname=\"x\"}", "truncatedAlerts": truncated,
-            "status": status, "receiver": "gpuwarden-agent", "groupLabels": {},
-            "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://am:9093",
-            "alerts": list(alerts)}
+    return {
+        "version": "4",
+        "groupKey": '{}:{alertname="x"}',
+        "truncatedAlerts": truncated,
+        "status": status,
+        "receiver": "gpuwarden-agent",
+        "groupLabels": {},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://am:9093",
+        "alerts": list(alerts),
+    }

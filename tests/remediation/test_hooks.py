@@ -24,16 +24,18 @@ def deliver(rem, *alerts):
 
 def recorder(out: Path, *args: str, then: str = "") -> list[str]:
     """A hook that appends its arguments (one line) to ``out``, then runs ``then``."""
-    code = ("import sys, time; f = open(sys.argv[1], 'a'); f.write(' '.join(sys.argv[2:]) + "
-            "'\\n'); f.close(); " + then)
+    code = "import sys, time; f = open(sys.argv[1], 'a'); f.write(' '.join(sys.argv[2:]) + '\\n'); f.close(); " + then
     return [sys.executable, "-c", code, str(out), *args]
 
 
 def test_every_hook_gets_the_action_id(make_rem, tmp_path: Path):
     out = tmp_path / "hook.log"
-    rem = make_rem({"commands": {"quarantine": recorder(out, "{action}", "id={action_id}",
-                                                        "{uuid}", "{gpu}", "{instance}")},
-                    "budget": {"max_quarantined_ratio": 0.5}})
+    rem = make_rem(
+        {
+            "commands": {"quarantine": recorder(out, "{action}", "id={action_id}", "{uuid}", "{gpu}", "{instance}")},
+            "budget": {"max_quarantined_ratio": 0.5},
+        }
+    )
     deliver(rem, alert("GPU-1", action="quarantine", rule="ECC_UNCORRECTABLE"))
     row = rem.actions(limit=1)[0]
     assert row["outcome"] == "acted", row
@@ -67,23 +69,22 @@ rem.worker.run_once()   # blocks in the hook until killed
 """
 
 
-def test_a_hook_running_at_a_kill_9_is_not_run_again_and_is_recorded_uncertain(
-        tmp_path: Path, spawn):
+def test_a_hook_running_at_a_kill_9_is_not_run_again_and_is_recorded_uncertain(tmp_path: Path, spawn):
     db, out = tmp_path / "agent.db", tmp_path / "hook.log"
     # The hook records that it ran, then hangs: the agent is killed while it runs.
-    section = {"commands": {"quarantine": recorder(out, "drain", "id={action_id}",
-                                                   then="time.sleep(60)")},
-               "budget": {"max_quarantined_ratio": 0.5}}
-    child = spawn([sys.executable, "-c", CHILD, str(db), json.dumps(section)], name="agent",
-                  cwd=REPO)
-    wait_until(lambda: out.exists() and out.read_text().endswith("\n") or not child.alive(), 20,
-               what="the hook to start")
+    section = {
+        "commands": {"quarantine": recorder(out, "drain", "id={action_id}", then="time.sleep(60)")},
+        "budget": {"max_quarantined_ratio": 0.5},
+    }
+    child = spawn([sys.executable, "-c", CHILD, str(db), json.dumps(section)], name="agent", cwd=REPO)
+    wait_until(
+        lambda: out.exists() and out.read_text().endswith("\n") or not child.alive(), 20, what="the hook to start"
+    )
     assert child.alive(), child.output()
     child.kill9()  # the agent and the hook with it (one process group)
 
     with sqlite3.connect(db) as c:
-        aid, outcome, detail = c.execute("SELECT id, outcome, detail FROM "
-                                         "remediation_actions").fetchone()
+        aid, outcome, detail = c.execute("SELECT id, outcome, detail FROM remediation_actions").fetchone()
     assert outcome == "pending" and "started_at" in json.loads(detail)["hook"]
 
     sched = FakeScheduler(["GPU-1", "GPU-2"])
@@ -104,12 +105,10 @@ def test_a_hook_running_at_a_kill_9_is_not_run_again_and_is_recorded_uncertain(
         rem.stop()
 
 
-def test_a_pending_action_whose_hook_had_not_started_runs_it_once_on_resume(
-        tmp_path: Path, clock):
+def test_a_pending_action_whose_hook_had_not_started_runs_it_once_on_resume(tmp_path: Path, clock):
     db, out = tmp_path / "agent.db", tmp_path / "hook.log"
     section = parse({"commands": {"preempt": recorder(out, "id={action_id}")}})
-    first = Remediation.create(str(db), section, FakeScheduler(["GPU-1"]),
-                               credentials=Credentials(b"t"), clock=clock)
+    first = Remediation.create(str(db), section, FakeScheduler(["GPU-1"]), credentials=Credentials(b"t"), clock=clock)
     first.worker._execute = lambda aid: None  # killed after the pending row, before acting
     deliver(first, alert("GPU-1", action="preempt"))
     first.stop()
@@ -129,9 +128,12 @@ def test_a_pending_action_whose_hook_had_not_started_runs_it_once_on_resume(
 
 
 def test_a_failed_hook_is_recorded_and_the_throttle_still_tracked(make_rem, clock, tmp_path):
-    rem = make_rem({"commands": {"throttle": [sys.executable, "-c",
-                                              "import sys; sys.exit('pager down')"]},
-                    "throttle": {"fraction": 0.5, "hold_down_seconds": 10}})
+    rem = make_rem(
+        {
+            "commands": {"throttle": [sys.executable, "-c", "import sys; sys.exit('pager down')"]},
+            "throttle": {"fraction": 0.5, "hold_down_seconds": 10},
+        }
+    )
     deliver(rem, alert("GPU-1"))
     row = rem.actions(limit=1)[0]
     assert row["outcome"] == "failed"

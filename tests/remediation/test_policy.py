@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from gpuwarden import logs
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
+from gpuwarden import logs
 from gpuwarden.scheduler_agent.remediation.config import parse
 from gpuwarden.scheduler_agent.remediation.errors import PolicyConfigError
-from tests.remediation.conftest import TOKEN
 from tests.remediation.fakes import alert, notification
 
 
@@ -39,8 +37,7 @@ def test_throttle_lowers_then_restores_after_hold_down(make_rem, clock):
     clock.t += 2
     rem.worker.run_once()
     assert rem.act.limits["GPU-1"] == 400.0 and rem.sched.states["GPU-1"] == "healthy"
-    assert outcomes(rem) == [("throttle", "acted"), ("throttle", "recorded"),
-                             ("restore", "acted")]
+    assert outcomes(rem) == [("throttle", "acted"), ("throttle", "recorded"), ("restore", "acted")]
 
 
 def test_throttle_clamped_to_nvml_minimum_and_watts_setting(make_rem):
@@ -50,8 +47,7 @@ def test_throttle_clamped_to_nvml_minimum_and_watts_setting(make_rem):
 
 
 def test_refire_during_hold_down_keeps_the_throttle_and_the_original_limit(make_rem, clock):
-    rem = make_rem({"throttle": {"fraction": 0.5, "hold_down_seconds": 60},
-                    "escalation": {"enabled": False}})
+    rem = make_rem({"throttle": {"fraction": 0.5, "hold_down_seconds": 60}, "escalation": {"enabled": False}})
     deliver(rem, alert("GPU-1"))
     deliver(rem, alert("GPU-1", status="resolved"))
     clock.t += 30
@@ -100,13 +96,17 @@ def test_notify_storm_spends_no_budget_and_never_opens_the_breaker(make_rem):
     # Alertmanager routes every gpuwarden alert to the agent, notify ones included: a storm
     # of warnings must neither use up the action rate nor trip the breaker, and is still
     # recorded while the breaker is open (it is an audit entry, not an action).
-    rem = make_rem({"budget": {"max_actions_per_minute": 1, "max_quarantined_ratio": 0.125,
-                               "max_throttled_ratio": 0.125},
-                    "escalation": {"enabled": False}})
-    rules = ("THERMAL_WARNING", "POWER_SPIKE", "ECC_ERRORS_SPIKE", "THROTTLING",
-             "MEMORY_PRESSURE")
-    storm = [alert(f"GPU-{i % 8}", rule=rules[i % 5], action="notify", severity="warning",
-                   fingerprint=f"warn-{i}") for i in range(40)]
+    rem = make_rem(
+        {
+            "budget": {"max_actions_per_minute": 1, "max_quarantined_ratio": 0.125, "max_throttled_ratio": 0.125},
+            "escalation": {"enabled": False},
+        }
+    )
+    rules = ("THERMAL_WARNING", "POWER_SPIKE", "ECC_ERRORS_SPIKE", "THROTTLING", "MEMORY_PRESSURE")
+    storm = [
+        alert(f"GPU-{i % 8}", rule=rules[i % 5], action="notify", severity="warning", fingerprint=f"warn-{i}")
+        for i in range(40)
+    ]
     deliver(rem, *storm)
     assert rem.act.sets == [] and rem.sched.calls == []
     assert set(outcomes(rem)) == {("notify", "recorded")} and len(outcomes(rem)) == 40
@@ -117,17 +117,14 @@ def test_notify_storm_spends_no_budget_and_never_opens_the_breaker(make_rem):
     deliver(rem, alert("GPU-2", rule="POWER_CRITICAL", action="preempt"))
     assert outcomes(rem)[-2:] == [("preempt", "acted"), ("preempt", "skipped_budget")]
     assert rem.breaker()["state"] == "open"
-    deliver(rem, alert("GPU-3", rule="THERMAL_WARNING", action="notify", severity="warning",
-                       fingerprint="warn-late"))
+    deliver(rem, alert("GPU-3", rule="THERMAL_WARNING", action="notify", severity="warning", fingerprint="warn-late"))
     assert outcomes(rem)[-1] == ("notify", "recorded")
 
 
 def test_escalation_quarantines_a_gpu_throttled_repeatedly(make_rem, clock):
-    rem = make_rem({"escalation": {"count": 2, "window_seconds": 600},
-                    "budget": {"max_quarantined_ratio": 0.5}})
+    rem = make_rem({"escalation": {"count": 2, "window_seconds": 600}, "budget": {"max_quarantined_ratio": 0.5}})
     for i in range(3):
-        deliver(rem, alert("GPU-1", rule="POWER_CRITICAL", action="preempt",
-                           starts_at=f"2024-05-01T1{i}:00:00Z"))
+        deliver(rem, alert("GPU-1", rule="POWER_CRITICAL", action="preempt", starts_at=f"2024-05-01T1{i}:00:00Z"))
         clock.t += 60
     assert outcomes(rem) == [("preempt", "acted"), ("preempt", "acted"), ("quarantine", "acted")]
     assert rem.actions()[0]["detail"]["escalated_from"] == "preempt"
@@ -144,8 +141,12 @@ def test_escalation_window_expires(make_rem, clock):
 
 def test_dry_run_records_and_changes_nothing(make_rem):
     rem = make_rem({"dry_run": True})
-    deliver(rem, alert("GPU-1"), alert("GPU-2", action="quarantine", rule="ECC_UNCORRECTABLE"),
-            alert("GPU-3", action="preempt", rule="POWER_CRITICAL"))
+    deliver(
+        rem,
+        alert("GPU-1"),
+        alert("GPU-2", action="quarantine", rule="ECC_UNCORRECTABLE"),
+        alert("GPU-3", action="preempt", rule="POWER_CRITICAL"),
+    )
     assert rem.sched.calls == [] and rem.act.sets == [] and rem.sched.alerts == {}
     got = {a["action"]: a for a in rem.actions()}
     assert {a["outcome"] for a in got.values()} == {"dry_run"}
@@ -153,12 +154,13 @@ def test_dry_run_records_and_changes_nothing(make_rem):
 
 
 def test_storm_of_1000_quarantines_is_stopped_by_the_budget(make_rem):
-    rem = make_rem({"budget": {"max_quarantined_ratio": 0.1, "max_actions_per_minute": 1000}},
-                   uuids=100)
-    storm = [alert(f"GPU-{i % 100}", rule="ECC_UNCORRECTABLE", action="quarantine",
-                   fingerprint=f"storm-{i}") for i in range(1000)]
+    rem = make_rem({"budget": {"max_quarantined_ratio": 0.1, "max_actions_per_minute": 1000}}, uuids=100)
+    storm = [
+        alert(f"GPU-{i % 100}", rule="ECC_UNCORRECTABLE", action="quarantine", fingerprint=f"storm-{i}")
+        for i in range(1000)
+    ]
     for k in range(0, 1000, 100):
-        deliver(rem, *storm[k:k + 100], run=False)
+        deliver(rem, *storm[k : k + 100], run=False)
     while rem.worker.run_once():
         pass
     quarantined = [u for u, s in rem.sched.states.items() if s == "quarantined"]
@@ -173,18 +175,15 @@ def test_storm_of_1000_quarantines_is_stopped_by_the_budget(make_rem):
     reg = CollectorRegistry()
     reg.register(rem.collector)
     assert reg.get_sample_value("remediation_breaker_open") == 1
-    assert reg.get_sample_value("remediation_actions_total",
-                                {"action": "quarantine", "outcome": "skipped_breaker"}) > 0
-    assert reg.get_sample_value("alerts_triggered_total",
-                                {"rule": "ECC_UNCORRECTABLE", "severity": "critical"}) == 1000
+    assert reg.get_sample_value("remediation_actions_total", {"action": "quarantine", "outcome": "skipped_breaker"}) > 0
+    assert reg.get_sample_value("alerts_triggered_total", {"rule": "ECC_UNCORRECTABLE", "severity": "critical"}) == 1000
 
 
 def test_rate_cap_opens_breaker_and_reset_resumes(make_rem, clock):
     rem = make_rem({"budget": {"max_actions_per_minute": 2}, "escalation": {"enabled": False}})
     for i in range(4):
         deliver(rem, alert(f"GPU-{i}", action="preempt", rule="POWER_CRITICAL"))
-    assert outcomes(rem) == [("preempt", "acted")] * 2 + [("preempt", "skipped_budget"),
-                                                          ("preempt", "skipped_breaker")]
+    assert outcomes(rem) == [("preempt", "acted")] * 2 + [("preempt", "skipped_budget"), ("preempt", "skipped_breaker")]
     clock.t += 120
     deliver(rem, alert("GPU-5", action="preempt", rule="POWER_CRITICAL"))
     assert rem.actions()[0]["outcome"] == "skipped_breaker", "the breaker closed by itself"
@@ -248,16 +247,19 @@ def test_decision_logged_as_one_structured_line(make_rem, caplog):
     assert len(decisions) == 1 and decisions[0].outcome == "acted" and decisions[0].uuid == "GPU-1"
     line = json.loads(logs.JsonFormatter().format(decisions[0]))  # the same fields in --log.format=json
     assert line["outcome"] == "acted" and line["logger"] == "gpuwarden.scheduler_agent.remediation.worker"
-    assert 'outcome=acted' in logs.LogfmtFormatter().format(decisions[0])
+    assert "outcome=acted" in logs.LogfmtFormatter().format(decisions[0])
 
 
-@pytest.mark.parametrize("section,field", [
-    ({"budget": {"max_actions_per_minute": 0}}, "remediation.budget.max_actions_per_minute"),
-    ({"throttle": {"fraction": 1.5}}, "remediation.throttle.fraction"),
-    ({"actuator": {"kind": "command"}}, "remediation.actuator"),
-    ({"rules": {"X": {"action": "reboot"}}}, "remediation.rules.X.action"),
-    ({"bogus": 1}, "remediation"),
-])
+@pytest.mark.parametrize(
+    "section,field",
+    [
+        ({"budget": {"max_actions_per_minute": 0}}, "remediation.budget.max_actions_per_minute"),
+        ({"throttle": {"fraction": 1.5}}, "remediation.throttle.fraction"),
+        ({"actuator": {"kind": "command"}}, "remediation.actuator"),
+        ({"rules": {"X": {"action": "reboot"}}}, "remediation.rules.X.action"),
+        ({"bogus": 1}, "remediation"),
+    ],
+)
 def test_config_errors_name_the_field(section, field):
     with pytest.raises(PolicyConfigError) as e:
         parse(section, "agent.yml")

@@ -30,13 +30,23 @@ def test_shipped_file_holds_the_seed_contract() -> None:
     for rule_id, (op, threshold, for_s, severity, action) in CONTRACT.items():
         a = cfg.alerts[rule_id]
         assert (a.rule, a.op, a.threshold, a.for_seconds, a.severity, a.action) == (
-            rule_id, op, threshold, for_s, severity, action)
+            rule_id,
+            op,
+            threshold,
+            for_s,
+            severity,
+            action,
+        )
     assert cfg.alerts["ECC_ERRORS_SPIKE"].window_seconds == 300
     assert cfg.alerts["MEMORY_PRESSURE"].metric == "gpu_memory_used_bytes"
     assert cfg.alerts["MEMORY_PRESSURE"].denominator == "gpu_memory_total_bytes"
     assert set(cfg.alerts["THROTTLING"].values) == {
-        "sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown",
-        "hw_power_brake_slowdown"}
+        "sw_power_cap",
+        "hw_slowdown",
+        "sw_thermal_slowdown",
+        "hw_thermal_slowdown",
+        "hw_power_brake_slowdown",
+    }
 
 
 def test_boundaries_are_exact() -> None:
@@ -66,21 +76,45 @@ def _line_of(path: Path, needle: str) -> int:
     raise AssertionError(needle)
 
 
-@pytest.mark.parametrize("old,new,field,needle,words", [
-    ("threshold: 80 ", "threshold: hot", "alerts.THERMAL_WARNING.threshold", "threshold: hot", "not of type"),
-    ("    unit: W\n    for: 45s", "    unit: W\n    colour: red\n    for: 45s", "alerts.POWER_SPIKE.colour",
-     "colour: red", "unknown field"),
-    ("    op: \">=\"\n    threshold: 450", "    op: \">=\"", "alerts.POWER_CRITICAL.threshold",
-     "POWER_CRITICAL:", "missing"),
-    ("severity: critical\n    action: throttle", "severity: urgent\n    action: throttle",
-     "alerts.THERMAL_CRITICAL.severity", "severity: urgent", "urgent"),
-    ("for: 45s", "for: 45 seconds", "alerts.POWER_SPIKE.for", "for: 45 seconds", "does not match"),
-    ("guard: 75 ", "guard: 86 ", "forecasts.THERMAL_FORECAST.guard", "guard: 86", "safe side"),
-    ("target: MEMORY_PRESSURE", "target: ECC_ERRORS_SPIKE", "forecasts.MEMORY_FORECAST.target",
-     "target: ECC_ERRORS_SPIKE", "applies to gauges"),
-])
-def test_bad_file_names_file_line_and_field(tmp_path: Path, old: str, new: str, field: str,
-                                            needle: str, words: str) -> None:
+@pytest.mark.parametrize(
+    "old,new,field,needle,words",
+    [
+        ("threshold: 80 ", "threshold: hot", "alerts.THERMAL_WARNING.threshold", "threshold: hot", "not of type"),
+        (
+            "    unit: W\n    for: 45s",
+            "    unit: W\n    colour: red\n    for: 45s",
+            "alerts.POWER_SPIKE.colour",
+            "colour: red",
+            "unknown field",
+        ),
+        (
+            '    op: ">="\n    threshold: 450',
+            '    op: ">="',
+            "alerts.POWER_CRITICAL.threshold",
+            "POWER_CRITICAL:",
+            "missing",
+        ),
+        (
+            "severity: critical\n    action: throttle",
+            "severity: urgent\n    action: throttle",
+            "alerts.THERMAL_CRITICAL.severity",
+            "severity: urgent",
+            "urgent",
+        ),
+        ("for: 45s", "for: 45 seconds", "alerts.POWER_SPIKE.for", "for: 45 seconds", "does not match"),
+        ("guard: 75 ", "guard: 86 ", "forecasts.THERMAL_FORECAST.guard", "guard: 86", "safe side"),
+        (
+            "target: MEMORY_PRESSURE",
+            "target: ECC_ERRORS_SPIKE",
+            "forecasts.MEMORY_FORECAST.target",
+            "target: ECC_ERRORS_SPIKE",
+            "applies to gauges",
+        ),
+    ],
+)
+def test_bad_file_names_file_line_and_field(
+    tmp_path: Path, old: str, new: str, field: str, needle: str, words: str
+) -> None:
     p = _broken(tmp_path, old, new)
     with pytest.raises(config.ConfigError) as info:
         config.load(p)

@@ -16,13 +16,18 @@ from tests.helpers import REPO, console_script, require_binary
 GENERATED = REPO / "rules" / "generated"
 RUNBOOKS = REPO / "docs" / "runbooks"
 EXPORTER_METRICS = {
-    "gpu_temperature_celsius", "gpu_power_watts", "gpu_memory_used_bytes", "gpu_memory_total_bytes",
-    "gpu_ecc_errors_correctable_total", "gpu_ecc_errors_uncorrectable_total", "gpu_throttle_active"}
+    "gpu_temperature_celsius",
+    "gpu_power_watts",
+    "gpu_memory_used_bytes",
+    "gpu_memory_total_bytes",
+    "gpu_ecc_errors_correctable_total",
+    "gpu_ecc_errors_uncorrectable_total",
+    "gpu_throttle_active",
+}
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([console_script("gpuwarden-rules"), *args], capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run([console_script("gpuwarden-rules"), *args], capture_output=True, text=True, timeout=60)
 
 
 def test_committed_output_is_up_to_date() -> None:
@@ -53,11 +58,14 @@ def test_check_prints_the_diff_when_stale(tmp_path: Path) -> None:
     assert "gpuwarden-rules generate" in res.stderr
 
 
-@pytest.mark.parametrize("old,new,field", [
-    ("threshold: 85 ", "threshold: '85' ", "alerts.THERMAL_CRITICAL.threshold"),
-    ("    action: preempt\n", "    action: preempt\n    colour: red\n", "alerts.POWER_CRITICAL.colour"),
-    ("    for: 20s\n", "", "alerts.POWER_CRITICAL.for"),
-])
+@pytest.mark.parametrize(
+    "old,new,field",
+    [
+        ("threshold: 85 ", "threshold: '85' ", "alerts.THERMAL_CRITICAL.threshold"),
+        ("    action: preempt\n", "    action: preempt\n    colour: red\n", "alerts.POWER_CRITICAL.colour"),
+        ("    for: 20s\n", "", "alerts.POWER_CRITICAL.for"),
+    ],
+)
 def test_bad_thresholds_file_fails_and_writes_nothing(tmp_path: Path, old: str, new: str, field: str) -> None:
     text = config.DEFAULT_PATH.read_text()
     assert old in text
@@ -124,8 +132,12 @@ def test_recording_rules_follow_level_metric_operations() -> None:
     ]
     # One threshold record per version (default or profile) of each numeric rule, told apart by
     # its labels; THROTTLING (a set of reasons, not a number) has none.
-    recorded = [(r["labels"]["rule"], r["labels"].get("profile")) for g in render.recording_groups(cfg)
-                for r in g["rules"] if r["record"] == "instance_gpu:gpu_alert_threshold:effective"]
+    recorded = [
+        (r["labels"]["rule"], r["labels"].get("profile"))
+        for g in render.recording_groups(cfg)
+        for r in g["rules"]
+        if r["record"] == "instance_gpu:gpu_alert_threshold:effective"
+    ]
     assert recorded == [(a.rule, a.profile) for a in render.threshold_rules(cfg) if a.rule != "THROTTLING"]
     for r in (r for g in render.recording_groups(cfg) for r in g["rules"]):
         if "predict_linear" in r["record"]:
@@ -137,8 +149,9 @@ def test_promtool_check_rules_lint_fatal() -> None:
     promtool = require_binary("promtool")
     files = sorted(GENERATED.glob("*.rules.yml"))
     assert len(files) == 2
-    res = subprocess.run([promtool, "check", "rules", "--lint-fatal", *map(str, files)],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [promtool, "check", "rules", "--lint-fatal", *map(str, files)], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -149,8 +162,9 @@ def test_prometheusrule_manifest_holds_valid_groups(tmp_path: Path) -> None:
     assert doc["apiVersion"] == "monitoring.coreos.com/v1" and doc["kind"] == "PrometheusRule"
     spec = tmp_path / "spec.rules.yml"
     spec.write_text(yaml.safe_dump(doc["spec"]))
-    res = subprocess.run([promtool, "check", "rules", "--lint-fatal", str(spec)],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [promtool, "check", "rules", "--lint-fatal", str(spec)], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     cfg = config.load()
     profiled = sum(len(p.alerts) for p in cfg.profiles.values())
@@ -161,16 +175,18 @@ def test_prometheusrule_manifest_holds_valid_groups(tmp_path: Path) -> None:
 
 
 @pytest.mark.binaries
-@pytest.mark.parametrize("test_file", [
-    "rules/generated/gpuwarden-alerts.test.yml",
-    "rules/tests/edge-cases.test.yml",
-    "rules/tests/profiles.test.yml",
-    "tests/rules/promtool/contract.test.yml",
-])
+@pytest.mark.parametrize(
+    "test_file",
+    [
+        "rules/generated/gpuwarden-alerts.test.yml",
+        "rules/tests/edge-cases.test.yml",
+        "rules/tests/profiles.test.yml",
+        "tests/rules/promtool/contract.test.yml",
+    ],
+)
 def test_promtool_unit_tests_pass(test_file: str) -> None:
     promtool = require_binary("promtool")
-    res = subprocess.run([promtool, "test", "rules", test_file], cwd=REPO, capture_output=True,
-                         text=True, timeout=120)
+    res = subprocess.run([promtool, "test", "rules", test_file], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "SUCCESS" in res.stdout
 

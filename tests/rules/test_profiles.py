@@ -23,14 +23,28 @@ def test_shipped_profiles_cover_the_common_data_centre_gpus_with_sources() -> No
             # Only thresholds and `for` change: routing labels stay the default's.
             base = cfg.alerts[rule.rule]
             assert (rule.severity, rule.action, rule.family, rule.op, rule.alert) == (
-                base.severity, base.action, base.family, base.op, base.alert)
+                base.severity,
+                base.action,
+                base.family,
+                base.op,
+                base.alert,
+            )
 
 
-@pytest.mark.parametrize("name,profile", [
-    ("NVIDIA A100-SXM4-80GB", "A100"), ("NVIDIA A100 80GB PCIe", "A100"),
-    ("NVIDIA H100 80GB HBM3", "H100"), ("NVIDIA H100 NVL", "H100"), ("NVIDIA H200", "H200"),
-    ("NVIDIA L40S", "L40S"), ("NVIDIA L4", "L4"), ("Tesla V100-SXM2-32GB", None), (None, None),
-])
+@pytest.mark.parametrize(
+    "name,profile",
+    [
+        ("NVIDIA A100-SXM4-80GB", "A100"),
+        ("NVIDIA A100 80GB PCIe", "A100"),
+        ("NVIDIA H100 80GB HBM3", "H100"),
+        ("NVIDIA H100 NVL", "H100"),
+        ("NVIDIA H200", "H200"),
+        ("NVIDIA L40S", "L40S"),
+        ("NVIDIA L4", "L4"),
+        ("Tesla V100-SXM2-32GB", None),
+        (None, None),
+    ],
+)
 def test_each_gpu_model_is_judged_by_one_profile(name: str | None, profile: str | None) -> None:
     cfg = config.load()
     found = cfg.profile_for(name)
@@ -38,7 +52,7 @@ def test_each_gpu_model_is_judged_by_one_profile(name: str | None, profile: str 
     rule = cfg.rule_for("POWER_CRITICAL", name)
     assert rule.profile == profile
     if profile is None:
-        assert rule is cfg.alerts["POWER_CRITICAL"]     # the default: the seed's 450 W
+        assert rule is cfg.alerts["POWER_CRITICAL"]  # the default: the seed's 450 W
     # Rules no profile overrides are the default's for everyone.
     assert cfg.rule_for("ECC_UNCORRECTABLE", name) is cfg.alerts["ECC_UNCORRECTABLE"]
 
@@ -54,49 +68,81 @@ def test_alerts_keep_the_default_values_for_the_api() -> None:
 
 def test_default_excludes_exactly_the_overriding_profiles_in_first_match_order(tmp_path: Path) -> None:
     """A GPU matching a non-overriding profile first stays with the default for that rule."""
-    text = SHIPPED + '''
+    text = (
+        SHIPPED
+        + """
   AnyNvidia:
     match: "NVIDIA .*"
     examples: ["NVIDIA RTX 6000 Ada Generation"]
     alerts:
       MEMORY_PRESSURE: {threshold: 0.95, source: "test"}
-'''
+"""
+    )
     path = tmp_path / "thresholds.yaml"
     path.write_text(text)
     cfg = config.load(path)
-    assert cfg.profile_for("NVIDIA H100 PCIe").name == "H100"       # earlier profile wins
+    assert cfg.profile_for("NVIDIA H100 PCIe").name == "H100"  # earlier profile wins
     mem = render.alert_rule(cfg, cfg.profiles["AnyNvidia"].alerts["MEMORY_PRESSURE"])["expr"]
     assert 'name=~"NVIDIA .*", name!~"NVIDIA A100.*|NVIDIA H100.*|NVIDIA H200.*|NVIDIA L40S.*|NVIDIA L4"' in mem
     default_mem = render.alert_rule(cfg, cfg.alerts["MEMORY_PRESSURE"])["expr"]
     assert default_mem.count("unless on (instance, gpu) gpu_info") == 1
-    assert 'name!~"NVIDIA A100.*|' in default_mem   # an H100 keeps the default's 90 %
+    assert 'name!~"NVIDIA A100.*|' in default_mem  # an H100 keeps the default's 90 %
 
 
 def test_a_regex_with_backslashes_survives_into_promql() -> None:
     assert promql.promql_string(r'NVIDIA A100\b.*"x') == r'"NVIDIA A100\\b.*\"x"'
 
 
-@pytest.mark.parametrize("block,field,message", [
-    ('  X:\n    match: "NVIDIA (X"\n    alerts: {POWER_SPIKE: {threshold: 1}}\n', "profiles.X.match",
-     "not a regular expression"),
-    ('  X:\n    match: "X.*"\n    alerts: {NO_SUCH_RULE: {threshold: 1}}\n', "profiles.X.alerts.NO_SUCH_RULE",
-     "no alert 'NO_SUCH_RULE'"),
-    ('  X:\n    match: "X.*"\n    alerts: {MEMORY_PRESSURE: {relative: {to: power_limit}}}\n',
-     "profiles.X.alerts.MEMORY_PRESSURE.relative", "only a level"),
-    ('  X:\n    match: "X.*"\n    alerts: {POWER_SPIKE: {relative: {to: temperature_slowdown}}}\n',
-     "profiles.X.alerts.POWER_SPIKE.relative.to", "pick a limit in the metric's unit"),
-    ('  X:\n    match: "NVIDIA H.*"\n    examples: ["NVIDIA H100 PCIe"]\n    alerts: {POWER_SPIKE: {threshold: 1}}\n',
-     "profiles.X.examples[0]", "earlier profile 'H100'"),
-    ('  X:\n    match: "X.*"\n    examples: ["Y"]\n    alerts: {POWER_SPIKE: {threshold: 1}}\n',
-     "profiles.X.examples[0]", "does not fully match"),
-    ('  X:\n    match: "X.*"\n    alerts: {POWER_SPIKE: {threshold: 1, colour: red}}\n',
-     "profiles.X.alerts.POWER_SPIKE.colour", "unknown field"),
-    ('  X:\n    match: "X.*"\n    alerts: {POWER_SPIKE: {relative: {to: power_limit, factor: 0}}}\n',
-     "profiles.X.alerts.POWER_SPIKE.relative.factor", ""),
-])
+@pytest.mark.parametrize(
+    "block,field,message",
+    [
+        (
+            '  X:\n    match: "NVIDIA (X"\n    alerts: {POWER_SPIKE: {threshold: 1}}\n',
+            "profiles.X.match",
+            "not a regular expression",
+        ),
+        (
+            '  X:\n    match: "X.*"\n    alerts: {NO_SUCH_RULE: {threshold: 1}}\n',
+            "profiles.X.alerts.NO_SUCH_RULE",
+            "no alert 'NO_SUCH_RULE'",
+        ),
+        (
+            '  X:\n    match: "X.*"\n    alerts: {MEMORY_PRESSURE: {relative: {to: power_limit}}}\n',
+            "profiles.X.alerts.MEMORY_PRESSURE.relative",
+            "only a level",
+        ),
+        (
+            '  X:\n    match: "X.*"\n    alerts: {POWER_SPIKE: {relative: {to: temperature_slowdown}}}\n',
+            "profiles.X.alerts.POWER_SPIKE.relative.to",
+            "pick a limit in the metric's unit",
+        ),
+        (
+            '  X:\n    match: "NVIDIA H.*"\n    examples: ["NVIDIA H100 PCIe"]\n    alerts: {POWER_SPIKE: {threshold: 1}}\n',
+            "profiles.X.examples[0]",
+            "earlier profile 'H100'",
+        ),
+        (
+            '  X:\n    match: "X.*"\n    examples: ["Y"]\n    alerts: {POWER_SPIKE: {threshold: 1}}\n',
+            "profiles.X.examples[0]",
+            "does not fully match",
+        ),
+        (
+            '  X:\n    match: "X.*"\n    alerts: {POWER_SPIKE: {threshold: 1, colour: red}}\n',
+            "profiles.X.alerts.POWER_SPIKE.colour",
+            "unknown field",
+        ),
+        (
+            '  X:\n    match: "X.*"\n    alerts: {POWER_SPIKE: {relative: {to: power_limit, factor: 0}}}\n',
+            "profiles.X.alerts.POWER_SPIKE.relative.factor",
+            "",
+        ),
+    ],
+)
 def test_profile_mistakes_name_file_line_and_field(tmp_path: Path, block: str, field: str, message: str) -> None:
     path = tmp_path / "thresholds.yaml"
     path.write_text(SHIPPED + block)
     with pytest.raises(config.ConfigError) as err:
         config.load(path)
-    assert re.search(rf"{re.escape(str(path))}:\d+: {re.escape(field)}: .*{re.escape(message)}", str(err.value)), str(err.value)
+    assert re.search(rf"{re.escape(str(path))}:\d+: {re.escape(field)}: .*{re.escape(message)}", str(err.value)), str(
+        err.value
+    )

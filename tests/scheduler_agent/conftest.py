@@ -1,7 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -26,8 +26,9 @@ def make_scheduler(tmp_path: Path, spans) -> Iterator[Callable[..., Scheduler]]:
     """Builds a scheduler on a fresh database with nodes {name: gpu count}; closed at teardown."""
     made: list[Scheduler] = []
 
-    def _make(nodes: dict[str, int] | None = None, executor: Executor | None = None,
-              db_path: Path | None = None, **opts) -> Scheduler:
+    def _make(
+        nodes: dict[str, int] | None = None, executor: Executor | None = None, db_path: Path | None = None, **opts
+    ) -> Scheduler:
         db = Database(db_path or tmp_path / f"agent-{len(made)}.db")
         s = Scheduler(db, executor, SchedulerOptions(**opts), tracer_provider=spans[0])
         for node, count in (nodes or {}).items():

@@ -6,8 +6,9 @@ import json
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,8 +25,9 @@ class Api:
     def __init__(self, base: str) -> None:
         self.base = base
 
-    def call(self, method: str, path: str, body: Any = None, token: str | None = TOKEN,
-             raw: bytes | None = None) -> tuple[int, Any]:
+    def call(
+        self, method: str, path: str, body: Any = None, token: str | None = TOKEN, raw: bytes | None = None
+    ) -> tuple[int, Any]:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         req = urllib.request.Request(self.base + path, data=data, method=method)
         if token:
@@ -41,8 +43,9 @@ class Api:
             return status, payload
 
 
-def write_config(tmp_path: Path, port: int, nodes: str = "[{name: n0, count: 4}, {name: n1, count: 8}]",
-                 extra: str = "") -> Path:
+def write_config(
+    tmp_path: Path, port: int, nodes: str = "[{name: n0, count: 4}, {name: n1, count: 8}]", extra: str = ""
+) -> Path:
     return write_agent_config(tmp_path, port, TOKEN, nodes, extra)
 
 
@@ -64,14 +67,15 @@ def test_every_operator_route_needs_the_operator_token_and_the_webhook_token_is_
     open_paths = {r.template for r in a.app.routes if r.auth is False}
     assert open_paths == {"/healthz", "/metrics", "/api/v1/openapi.json"}
     assert {"/api/v1/jobs", "/api/v1/gpus", "/api/v1/actions", "/api/v1/remediation/breaker/reset"} <= {
-        r.template for r in operator_routes}
+        r.template for r in operator_routes
+    }
     for r in operator_routes:
         path = r.template.replace("{id}", "1").replace("{uuid}", "GPU-n0-0")
         body = {"name": "x", "gpus": 1} if r.template == "/api/v1/jobs" else {}
         for token in (None, "wrong", TOKEN + "x", WEBHOOK_TOKEN):
             status, doc = api.call(r.method, path, body if r.method == "POST" else None, token=token)
             assert status == 401 and doc["field"] == "Authorization", (r.method, path, token)
-    assert api.call("GET", "/api/v1/jobs")[1] == []      # nothing was created
+    assert api.call("GET", "/api/v1/jobs")[1] == []  # nothing was created
     notification = {"version": "4", "status": "firing", "alerts": []}
     assert api.call("POST", "/webhook/alertmanager", notification, token=TOKEN)[0] == 401
     assert api.call("POST", "/webhook/alertmanager", notification, token=WEBHOOK_TOKEN)[0] == 202
@@ -81,10 +85,15 @@ def test_every_operator_route_needs_the_operator_token_and_the_webhook_token_is_
 
 def test_bad_input_is_a_4xx_naming_the_field(agent) -> None:
     _, api = agent
-    cases = [({"name": "x", "gpus": "two"}, "gpus"), ({"gpus": 1}, "name"), ({"name": "x", "gpus": 0}, "gpus"),
-             ({"name": "x", "gpus": 9}, "gpus"), ({"name": "x", "gpus": 1, "color": "red"}, "color"),
-             ({"name": "x", "gpus": 1, "command": []}, "command"),
-             ({"name": "x", "gpus": 1, "time_limit_seconds": -1}, "time_limit_seconds")]
+    cases = [
+        ({"name": "x", "gpus": "two"}, "gpus"),
+        ({"gpus": 1}, "name"),
+        ({"name": "x", "gpus": 0}, "gpus"),
+        ({"name": "x", "gpus": 9}, "gpus"),
+        ({"name": "x", "gpus": 1, "color": "red"}, "color"),
+        ({"name": "x", "gpus": 1, "command": []}, "command"),
+        ({"name": "x", "gpus": 1, "time_limit_seconds": -1}, "time_limit_seconds"),
+    ]
     for body, field in cases:
         status, doc = api.call("POST", "/api/v1/jobs", body)
         assert status == 400 and doc["field"] == field, (body, doc)
@@ -151,17 +160,24 @@ def test_spans_carry_job_and_gpu_attributes(agent, spans) -> None:
     place = finished["scheduler.placement"]
     assert place.parent.span_id == sched.context.span_id and place.attributes["node"] == sched.attributes["node"]
     run = finished["job.run"]
-    assert run.attributes["job.state"] == "cancelled" and list(run.attributes["gpu.uuids"]) == \
-        list(sched.attributes["gpu.uuids"])
+    assert run.attributes["job.state"] == "cancelled" and list(run.attributes["gpu.uuids"]) == list(
+        sched.attributes["gpu.uuids"]
+    )
 
 
 def _strategy(schema: dict, components: dict) -> st.SearchStrategy:
     """Hypothesis values near and across a JSON schema's edges (valid ones and broken ones)."""
     if "$ref" in schema:
         return _strategy(components[schema["$ref"].rsplit("/", 1)[1]], components)
-    junk = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False),
-                     st.text(max_size=20), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5),
-                                                                                             st.integers(), max_size=2))
+    junk = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=False),
+        st.text(max_size=20),
+        st.lists(st.integers(), max_size=3),
+        st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+    )
     t = schema.get("type")
     types = t if isinstance(t, list) else [t]
     options = [junk]
@@ -183,8 +199,11 @@ def _strategy(schema: dict, components: dict) -> st.SearchStrategy:
         options.append(st.fixed_dictionaries({}, optional={**props, "extra": junk}))
         required = schema.get("required", [])
         if required:
-            options.append(st.fixed_dictionaries({k: props[k] for k in required},
-                                                 optional={k: v for k, v in props.items() if k not in required}))
+            options.append(
+                st.fixed_dictionaries(
+                    {k: props[k] for k in required}, optional={k: v for k, v in props.items() if k not in required}
+                )
+            )
     return st.one_of(*options)
 
 
@@ -193,16 +212,30 @@ def _requests(doc: dict) -> st.SearchStrategy:
     ops = []
     for path, methods in doc["paths"].items():
         for method, op in methods.items():
-            params = {p["name"]: st.one_of(_strategy(p.get("schema", {}), comps).map(str),
-                                           st.sampled_from(["1", "GPU-n0-0", "0", "-1", "%2F", "x" * 300]))
-                      for p in op.get("parameters", []) if p["in"] == "path"}
-            query = {p["name"]: _strategy(p.get("schema", {}), comps).map(str)
-                     for p in op.get("parameters", []) if p["in"] == "query"}
+            params = {
+                p["name"]: st.one_of(
+                    _strategy(p.get("schema", {}), comps).map(str),
+                    st.sampled_from(["1", "GPU-n0-0", "0", "-1", "%2F", "x" * 300]),
+                )
+                for p in op.get("parameters", [])
+                if p["in"] == "path"
+            }
+            query = {
+                p["name"]: _strategy(p.get("schema", {}), comps).map(str)
+                for p in op.get("parameters", [])
+                if p["in"] == "query"
+            }
             body = (op.get("requestBody") or {}).get("content", {}).get("application/json", {}).get("schema")
-            ops.append(st.tuples(st.just(method.upper()), st.just(path), st.fixed_dictionaries(params),
-                                 st.fixed_dictionaries({}, optional=query),
-                                 _strategy(body, comps) if body else st.none(),
-                                 st.booleans()))
+            ops.append(
+                st.tuples(
+                    st.just(method.upper()),
+                    st.just(path),
+                    st.fixed_dictionaries(params),
+                    st.fixed_dictionaries({}, optional=query),
+                    _strategy(body, comps) if body else st.none(),
+                    st.booleans(),
+                )
+            )
     return st.one_of(*ops)
 
 
@@ -210,9 +243,15 @@ def test_fuzz_from_the_openapi_document_never_5xx(agent) -> None:
     a, api = agent
     status, doc = api.call("GET", "/api/v1/openapi.json", token=None)
     assert status == 200 and doc["openapi"].startswith("3.")
-    assert {"/api/v1/jobs", "/api/v1/jobs/{id}", "/api/v1/gpus", "/api/v1/gpus/{uuid}/quarantine",
-            "/api/v1/gpus/{uuid}/release"} <= set(doc["paths"])
+    assert {
+        "/api/v1/jobs",
+        "/api/v1/jobs/{id}",
+        "/api/v1/gpus",
+        "/api/v1/gpus/{uuid}/quarantine",
+        "/api/v1/gpus/{uuid}/release",
+    } <= set(doc["paths"])
     from urllib.parse import quote, urlencode
+
     seen: set[int] = set()
 
     @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from gpuwarden.scheduler_agent.config import ConfigError, load
-from gpuwarden.scheduler_agent.store import Database, StoreError
 from gpuwarden.scheduler_agent.scheduler import Scheduler
+from gpuwarden.scheduler_agent.store import Database, StoreError
 from tests.helpers import console_script, free_port, wait_until
 from tests.scheduler_agent.test_api import TOKEN, Api, write_config
 

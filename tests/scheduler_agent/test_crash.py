@@ -23,8 +23,9 @@ from tests.scheduler_agent.test_api import TOKEN, Api
 JOB = [sys.executable, "-c", "import random, time; time.sleep(random.uniform(0.05, 0.3))"]
 
 
-def _submit_all(base: str, keys: list[str], acked: dict[str, int], stop: threading.Event,
-                errors: list[BaseException]) -> None:
+def _submit_all(
+    base: str, keys: list[str], acked: dict[str, int], stop: threading.Event, errors: list[BaseException]
+) -> None:
     try:
         _submit_each(base, keys, acked, stop)
     except BaseException as exc:  # noqa: BLE001 - reported by the test's assertion, not lost in a thread
@@ -34,11 +35,19 @@ def _submit_all(base: str, keys: list[str], acked: dict[str, int], stop: threadi
 def _submit_each(base: str, keys: list[str], acked: dict[str, int], stop: threading.Event) -> None:
     rng = random.Random(1)
     for key in keys:
-        body = json.dumps({"name": key, "gpus": rng.randint(1, 2), "command": JOB,
-                           "priority": rng.randint(0, 2), "idempotency_key": key}).encode()
+        body = json.dumps(
+            {
+                "name": key,
+                "gpus": rng.randint(1, 2),
+                "command": JOB,
+                "priority": rng.randint(0, 2),
+                "idempotency_key": key,
+            }
+        ).encode()
         while not stop.is_set():
-            req = urllib.request.Request(base + "/api/v1/jobs", data=body, method="POST",
-                                         headers={"Authorization": f"Bearer {TOKEN}"})
+            req = urllib.request.Request(
+                base + "/api/v1/jobs", data=body, method="POST", headers={"Authorization": f"Bearer {TOKEN}"}
+            )
             try:
                 with urllib.request.urlopen(req, timeout=5) as resp:
                     acked[key] = json.loads(resp.read())["id"]
@@ -87,8 +96,9 @@ scheduler: {{tick_seconds: 0.05, stop_grace_seconds: 0.5, max_preemptions: 100}}
         wait_until(lambda: api.call("GET", "/healthz")[0] == 200, 20, what="agent up")
         submitter.join(60)
         assert not errors, f"the submitter failed: {errors[0]!r}"
-        assert not submitter.is_alive() and len(acked) == len(keys), \
+        assert not submitter.is_alive() and len(acked) == len(keys), (
             f"the submitter got {len(acked)} of {len(keys)} jobs acknowledged"
+        )
 
         def drained():
             jobs = api.call("GET", "/api/v1/jobs?limit=10000")[1]

@@ -34,7 +34,7 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = ".".join(package[:len(package) - node.level + 1]) if node.level else ""
+            base = ".".join(package[: len(package) - node.level + 1]) if node.level else ""
             mod = ".".join(p for p in (base, node.module or "") if p)
             targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in known else mod for a in node.names]
         else:
@@ -88,5 +88,6 @@ def test_no_import_cycles() -> None:
     assert "gpuwarden.scheduler_agent.scheduler" in mods and "gpuwarden.exporter.sim.library" in mods
     edges = {name: _imports(name, path, set(mods)) for name, path in mods.items()}
     cycles = _cycles(edges)
-    assert not cycles, "import cycles (each line: modules that import one another, directly or not):\n" + \
-        "\n".join(" <-> ".join(c) for c in cycles)
+    assert not cycles, "import cycles (each line: modules that import one another, directly or not):\n" + "\n".join(
+        " <-> ".join(c) for c in cycles
+    )

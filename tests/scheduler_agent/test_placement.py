@@ -18,7 +18,7 @@ def test_best_fit_picks_the_node_with_the_fewest_sufficient_free_gpus(make_sched
     assert s.get_job(j["id"])["node"] == "small"
     j3 = s.submit("three", 3)
     s.schedule_once()
-    assert s.get_job(j3["id"])["node"] == "mid"      # keeps the 8-GPU node whole
+    assert s.get_job(j3["id"])["node"] == "mid"  # keeps the 8-GPU node whole
     j8 = s.submit("eight", 8)
     s.schedule_once()
     assert s.get_job(j8["id"])["node"] == "big"
@@ -28,11 +28,11 @@ def test_best_fit_picks_the_node_with_the_fewest_sufficient_free_gpus(make_sched
 def test_all_gpus_of_a_job_are_on_one_node(make_scheduler) -> None:
     s = make_scheduler({"a": 2, "b": 3})
     s.submit("one", 1)
-    s.schedule_once()                       # best fit: a 1-GPU job lands on a, not b
+    s.schedule_once()  # best fit: a 1-GPU job lands on a, not b
     s.submit("two", 2)
-    s.schedule_once()                       # b has 3 free: a's single free GPU is not enough
+    s.schedule_once()  # b has 3 free: a's single free GPU is not enough
     j = s.submit("three", 3)
-    assert s.schedule_once() == []          # 2 free GPUs left, on two nodes: no placement
+    assert s.schedule_once() == []  # 2 free GPUs left, on two nodes: no placement
     assert s.get_job(j["id"])["state"] == "pending"
     assert s.get_job(2)["node"] == "b" and s.get_job(1)["node"] == "a"
 
@@ -42,7 +42,7 @@ def test_quarantined_lost_and_critical_alert_gpus_are_skipped(make_scheduler) ->
     s.quarantine("GPU-n-0", "ecc", "test")
     s.mark_lost("GPU-n-1", "fell off the bus")
     s.set_alert("GPU-n-2", "POWER_CRITICAL", "critical", True)
-    s.set_alert("GPU-n-3", "THERMAL_WARNING", "warning", True)   # warning does not exclude
+    s.set_alert("GPU-n-3", "THERMAL_WARNING", "warning", True)  # warning does not exclude
     jobs = [s.submit(f"j{i}", 1) for i in range(2)]
     s.schedule_once()
     got = [s.get_job(j["id"]) for j in jobs]
@@ -104,7 +104,7 @@ def test_preempted_job_goes_to_the_head_of_its_priority(make_scheduler) -> None:
     job = s.get_job(a["id"])
     assert job["state"] == "pending" and job["preemptions"] == 1 and job["gpu_uuids"] == []
     s.schedule_once()
-    assert s.get_job(a["id"])["state"] == "running"       # ahead of b, submitted later
+    assert s.get_job(a["id"])["state"] == "running"  # ahead of b, submitted later
     assert s.get_job(b["id"])["state"] == "pending"
     assert s.stats is not None
 
@@ -129,7 +129,7 @@ def test_quarantine_preempts_the_gpus_job(make_scheduler) -> None:
     out = s.quarantine("GPU-n-1", "ECC_UNCORRECTABLE", "remediation")
     assert out["preempted"] == [j["id"]] and out["state"] == "quarantined"
     assert s.get_job(j["id"])["state"] == "pending"
-    assert s.schedule_once() == []              # one healthy GPU left, the job needs two
+    assert s.schedule_once() == []  # one healthy GPU left, the job needs two
 
 
 def test_concurrent_submits_never_share_a_gpu(make_scheduler) -> None:
@@ -157,8 +157,7 @@ def test_concurrent_submits_never_share_a_gpu(make_scheduler) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 15), st.integers(0, 7), st.booleans()), max_size=80),
-       st.integers(1, 8))
+@given(st.lists(st.tuples(st.integers(0, 15), st.integers(0, 7), st.booleans()), max_size=80), st.integers(1, 8))
 def test_index_agrees_with_the_naive_scan(ops, n) -> None:
     gpus = [NaiveGpu(f"n{i}", k, f"u{i}-{k}") for i in range(16) for k in range(8)]
     by_uuid = {g.uuid: g for g in gpus}

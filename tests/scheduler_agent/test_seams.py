@@ -20,13 +20,24 @@ def _req(method: str, path: str, body: bytes = b"", token: str | None = None) ->
 def test_an_added_route_gets_its_own_auth_schema_and_doc_entry() -> None:
     app = App(BearerAuth(token="main"))
     seen = []
-    app.add_route("POST", "/webhook/{kind}", lambda r: (seen.append(r.params), Response(202, {"ok": True}))[1],
-                  auth=BearerAuth(token="hook"), openapi={
-                      "operationId": "hook", "parameters": [{"name": "kind", "in": "path", "required": True,
-                                                             "schema": {"type": "string"}}],
-                      "requestBody": {"content": {"application/json": {"schema": {
-                          "type": "object", "required": ["version"], "properties": {"version": {"const": "4"}}}}}},
-                      "responses": {"202": {"description": "accepted"}}})
+    app.add_route(
+        "POST",
+        "/webhook/{kind}",
+        lambda r: (seen.append(r.params), Response(202, {"ok": True}))[1],
+        auth=BearerAuth(token="hook"),
+        openapi={
+            "operationId": "hook",
+            "parameters": [{"name": "kind", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "requestBody": {
+                "content": {
+                    "application/json": {
+                        "schema": {"type": "object", "required": ["version"], "properties": {"version": {"const": "4"}}}
+                    }
+                }
+            },
+            "responses": {"202": {"description": "accepted"}},
+        },
+    )
     assert app.dispatch(_req("POST", "/webhook/am", b'{"version": "4"}', "main")).status == 401
     bad = app.dispatch(_req("POST", "/webhook/am", b'{"version": "3"}', "hook"))
     assert bad.status == 400 and bad.body["field"] == "version"

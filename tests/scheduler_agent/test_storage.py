@@ -13,8 +13,8 @@ import stat
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -35,17 +35,16 @@ def _mode(p: Path) -> int:
 
 # -- one connection factory ---------------------------------------------------------------------
 
+
 def _pragmas(conn: sqlite3.Connection) -> tuple:
-    return tuple(conn.execute(f"PRAGMA {p}").fetchone()[0]
-                 for p in ("journal_mode", "foreign_keys", "busy_timeout"))
+    return tuple(conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("journal_mode", "foreign_keys", "busy_timeout"))
 
 
 def test_every_component_connects_through_one_factory_with_the_same_settings(tmp_path: Path):
     db = Database(tmp_path / "a.db")
     rem_store.migrate(db)
     journal = Journal(db)
-    conns = [db.conn, rem_store.connect(db.path), rem_store.connect(db.path, "NORMAL"),
-             journal.conn, connect(db.path)]
+    conns = [db.conn, rem_store.connect(db.path), rem_store.connect(db.path, "NORMAL"), journal.conn, connect(db.path)]
     try:
         assert {_pragmas(c) for c in conns} == {("wal", 1, 10000)}
         assert all(c.isolation_level is None and c.row_factory is sqlite3.Row for c in conns)
@@ -73,8 +72,7 @@ def test_database_and_its_wal_and_shm_are_created_0600(tmp_path: Path):
         db = Database(tmp_path / "sub" / "agent.db")
         rem_store.migrate(db)
         with db.transaction() as c:
-            c.execute("INSERT INTO remediation_breaker (id, state) VALUES (1, 'closed') "
-                      "ON CONFLICT DO NOTHING")
+            c.execute("INSERT INTO remediation_breaker (id, state) VALUES (1, 'closed') ON CONFLICT DO NOTHING")
         files = [tmp_path / "sub" / n for n in ("agent.db", "agent.db-wal", "agent.db-shm")]
         assert all(f.exists() for f in files)
         assert {f.name: _mode(f) for f in files} == {f.name: 0o600 for f in files}
@@ -93,26 +91,31 @@ def test_an_existing_database_keeps_its_mode(tmp_path: Path):
 
 # -- damaged, read-only, unreachable ------------------------------------------------------------
 
+
 def _populated_database(path: Path) -> None:
     """A real agent database with tables and rows (some pages of them)."""
     db = Database(path)
     rem_store.migrate(db)
     with db.transaction() as c:
-        c.execute("INSERT INTO remediation_notifications (received_at, receiver, group_key, "
-                  "status, alert_count, new_events, truncated_alerts, external_url) VALUES "
-                  "(1, 'r', 'g', 'firing', 1, 1, 0, '')")
+        c.execute(
+            "INSERT INTO remediation_notifications (received_at, receiver, group_key, "
+            "status, alert_count, new_events, truncated_alerts, external_url) VALUES "
+            "(1, 'r', 'g', 'firing', 1, 1, 0, '')"
+        )
         c.executemany(
             "INSERT INTO remediation_events (notification_id, fingerprint, starts_at, ends_at, "
             "status, rule, severity, action, uuid, gpu, instance, labels, received_at) VALUES "
             "(1, ?, 's', 'e', 'firing', 'THERMAL_CRITICAL', 'critical', 'notify', 'GPU-1', "
-            "'0', 'n0', ?, 1)", [(f"fp{i}", "{}" + " " * 200) for i in range(2000)])
+            "'0', 'n0', ?, 1)",
+            [(f"fp{i}", "{}" + " " * 200) for i in range(2000)],
+        )
     db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
 
 
 def _damage(path: Path) -> None:
     size = path.stat().st_size
-    with open(path, "r+b") as f:      # overwrite 16 KiB in the middle of the file
+    with open(path, "r+b") as f:  # overwrite 16 KiB in the middle of the file
         f.seek(size // 2)
         f.write(b"\xde\xad\xbe\xef" * 4096)
 
@@ -131,8 +134,7 @@ def test_a_damaged_database_is_refused_with_what_to_do(tmp_path: Path):
 def _serve(cfg: Path, user: int | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
     argv = [console_script("gpuwarden-agent"), "serve", "--config", str(cfg)]
     if user is not None:
-        argv = [shutil.which("setpriv") or "setpriv", f"--reuid={user}", f"--regid={user}",
-                "--clear-groups", *argv]
+        argv = [shutil.which("setpriv") or "setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=cfg.parent)
 
 
@@ -164,7 +166,7 @@ def test_agent_refuses_to_start_on_a_damaged_database(tmp_path: Path):
 
 
 def test_agent_exits_2_when_the_database_folder_cannot_be_created(tmp_path: Path):
-    cfg = _config(tmp_path, "token/sub/agent.db")   # "token" is a file, not a folder
+    cfg = _config(tmp_path, "token/sub/agent.db")  # "token" is a file, not a folder
     _refused(_serve(cfg), "cannot create its folder", str(tmp_path / "token" / "sub"))
 
 
@@ -182,8 +184,7 @@ def _unprivileged() -> int | None:
     if os.geteuid() != 0:
         return None
     if shutil.which("setpriv") is None:
-        pytest.skip("running as root and setpriv (util-linux) is missing: permissions "
-                    "cannot be tested")
+        pytest.skip("running as root and setpriv (util-linux) is missing: permissions cannot be tested")
     return 65534  # nobody
 
 
@@ -215,6 +216,7 @@ def test_agent_exits_2_when_the_database_folder_is_not_writable(shared_dir: Path
 
 # -- SQLITE_FULL is reported as such --------------------------------------------------------------
 
+
 def _cap(conn: sqlite3.Connection, extra_pages: int = 2) -> None:
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute(f"PRAGMA max_page_count = {pages + extra_pages}")
@@ -228,9 +230,9 @@ def test_database_full_is_not_masked_by_the_rollback(tmp_path: Path):
     with pytest.raises(DatabaseFull, match=r"^database full: database or disk is full") as e:
         with db.transaction() as c:
             c.executemany("INSERT INTO t VALUES (?)", [("x" * 1000,)] * 100)
-    assert isinstance(e.value, sqlite3.OperationalError)   # still an sqlite3.Error: callers' 503
+    assert isinstance(e.value, sqlite3.OperationalError)  # still an sqlite3.Error: callers' 503
     assert not db.conn.in_transaction
-    with db.transaction() as c:                             # the connection is usable again
+    with db.transaction() as c:  # the connection is usable again
         c.execute("INSERT INTO t VALUES ('small')")
     assert db.conn.execute("SELECT count(*) FROM t").fetchone()[0] == 1
     db.close()
@@ -241,15 +243,15 @@ def test_remediation_transaction_keeps_the_original_error(tmp_path: Path):
     conn.execute("CREATE TABLE t (x TEXT)")
     _cap(conn)
     with pytest.raises(DatabaseFull, match="database full"):
-        rem_store.transaction(conn, lambda c: c.executemany("INSERT INTO t VALUES (?)",
-                                                            [("x" * 1000,)] * 100))
-    with pytest.raises(ZeroDivisionError):   # any error: rolled back, and that error raised
+        rem_store.transaction(conn, lambda c: c.executemany("INSERT INTO t VALUES (?)", [("x" * 1000,)] * 100))
+    with pytest.raises(ZeroDivisionError):  # any error: rolled back, and that error raised
         rem_store.transaction(conn, lambda c: (c.execute("INSERT INTO t VALUES ('a')"), 1 / 0))
     assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 0
     conn.close()
 
 
 # -- database.retention -----------------------------------------------------------------------
+
 
 def _retention_config(tmp_path: Path, body: str) -> Path:
     (tmp_path / "token").write_text("t")
@@ -260,23 +262,22 @@ def _retention_config(tmp_path: Path, body: str) -> Path:
 
 def test_retention_config_defaults_and_durations(tmp_path: Path):
     r = load(_retention_config(tmp_path, "")).retention
-    assert (r.enabled, r.max_age_seconds, r.interval_seconds, r.batch_size) == \
-        (True, 30 * 86400, 3600, 500)
-    r = load(_retention_config(tmp_path, "  retention: {max_age: 1w2d, interval: 90s, "
-                                         "batch_size: 100}\n")).retention
+    assert (r.enabled, r.max_age_seconds, r.interval_seconds, r.batch_size) == (True, 30 * 86400, 3600, 500)
+    r = load(_retention_config(tmp_path, "  retention: {max_age: 1w2d, interval: 90s, batch_size: 100}\n")).retention
     assert (r.max_age_seconds, r.interval_seconds, r.batch_size) == (9 * 86400, 90, 100)
-    assert load(_retention_config(tmp_path, "  retention: {max_age: 7200}\n")
-                ).retention.max_age_seconds == 7200
-    assert load(_retention_config(tmp_path, "  retention: {enabled: false}\n")
-                ).retention.enabled is False
+    assert load(_retention_config(tmp_path, "  retention: {max_age: 7200}\n")).retention.max_age_seconds == 7200
+    assert load(_retention_config(tmp_path, "  retention: {enabled: false}\n")).retention.enabled is False
 
 
-@pytest.mark.parametrize("body,field", [
-    ("  retention: {max_age: 10m}\n", "database.retention.max_age"),
-    ("  retention: {max_age: thirty days}\n", "database.retention.max_age"),
-    ("  retention: {batch_size: 0}\n", "database.retention.batch_size"),
-    ("  retention: {keep: 1}\n", "database.retention"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ("  retention: {max_age: 10m}\n", "database.retention.max_age"),
+        ("  retention: {max_age: thirty days}\n", "database.retention.max_age"),
+        ("  retention: {batch_size: 0}\n", "database.retention.batch_size"),
+        ("  retention: {keep: 1}\n", "database.retention"),
+    ],
+)
 def test_retention_config_errors_name_the_field(tmp_path: Path, body: str, field: str):
     with pytest.raises(ConfigError, match=re.escape(field)):
         load(_retention_config(tmp_path, body))
@@ -286,8 +287,9 @@ def test_the_agent_hands_database_retention_to_the_remediation_worker(tmp_path: 
     from gpuwarden.scheduler_agent.server import Agent
 
     cfg = _config(tmp_path, "agent.db")
-    cfg.write_text(cfg.read_text().replace("  path: agent.db\n", "  path: agent.db\n"
-                                           "  retention: {max_age: 2h, batch_size: 50}\n"))
+    cfg.write_text(
+        cfg.read_text().replace("  path: agent.db\n", "  path: agent.db\n  retention: {max_age: 2h, batch_size: 50}\n")
+    )
     agent = Agent(load(cfg))
     try:
         rem = next(p for p in agent.plugins if hasattr(p, "worker"))
@@ -302,6 +304,7 @@ def test_the_agent_hands_database_retention_to_the_remediation_worker(tmp_path: 
 
 # -- local jobs: logs 0600, a defined environment -------------------------------------------------
 
+
 def test_local_job_log_is_0600_and_the_job_sees_no_agent_secrets(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("GPUWARDEN_SECRET_TEST", "1")
     monkeypatch.setenv("HOME", "/home/agent-test")
@@ -309,10 +312,17 @@ def test_local_job_log_is_0600_and_the_job_sees_no_agent_secrets(tmp_path: Path,
     try:
         ex = LocalExecutor(tmp_path / "logs")
         done: list[int | None] = []
-        prog = ("import json, os; print(json.dumps(dict(os.environ)))")
-        job = JobRun(id=7, name="t", command=[sys.executable, "-c", prog], gpu_indexes=(1, 3),
-                     gpu_uuids=("GPU-a", "GPU-b"), node="n", env={"MY_JOB_VAR": "x"},
-                     key="test:7:1")
+        prog = "import json, os; print(json.dumps(dict(os.environ)))"
+        job = JobRun(
+            id=7,
+            name="t",
+            command=[sys.executable, "-c", prog],
+            gpu_indexes=(1, 3),
+            gpu_uuids=("GPU-a", "GPU-b"),
+            node="n",
+            env={"MY_JOB_VAR": "x"},
+            key="test:7:1",
+        )
         ex.start(job, lambda _id, rc: done.append(rc))
         wait_until(lambda: done, 10, what="job exit")
     finally:
@@ -324,5 +334,12 @@ def test_local_job_log_is_0600_and_the_job_sees_no_agent_secrets(tmp_path: Path,
     assert env["CUDA_VISIBLE_DEVICES"] == "1,3" and env["MY_JOB_VAR"] == "x"
     assert env["HOME"] == "/home/agent-test" and env["PATH"]
     assert env["GPUWARDEN_JOB_KEY"] == "test:7:1"
-    assert set(env) - {"PATH", "HOME", "MY_JOB_VAR", "CUDA_VISIBLE_DEVICES", "GPUWARDEN_JOB_ID",
-                       "GPUWARDEN_GPU_UUIDS", "GPUWARDEN_JOB_KEY"} <= {"LC_CTYPE"}  # set by Python
+    assert set(env) - {
+        "PATH",
+        "HOME",
+        "MY_JOB_VAR",
+        "CUDA_VISIBLE_DEVICES",
+        "GPUWARDEN_JOB_ID",
+        "GPUWARDEN_GPU_UUIDS",
+        "GPUWARDEN_JOB_KEY",
+    } <= {"LC_CTYPE"}  # set by Python

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from gpuwarden.listener import Limits
 from gpuwarden.scheduler_agent.config import ConfigError, load
 from gpuwarden.scheduler_agent.tls import server_context, validity
 from gpuwarden.scheduler_agent.web import App, Response
-from gpuwarden.listener import Limits
 from tests.helpers import WEBHOOK_TOKEN, console_script, free_port, require_binary, wait_until, write_agent_config
 
 TOKEN = "tls-test-token"
@@ -36,7 +36,7 @@ class Pki:
     server_key: Path
     client_cert: Path
     client_key: Path
-    other_key: Path        # a valid key that belongs to no certificate here
+    other_key: Path  # a valid key that belongs to no certificate here
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -53,8 +53,24 @@ def _issue(name: str, cn: str, ext: str, d: Path) -> tuple[Path, Path]:
     key = _key(f"{name}.key", d)
     _openssl("req", "-new", "-key", key.name, "-subj", f"/CN={cn}", "-out", f"{name}.csr", cwd=d)
     (d / f"{name}.ext").write_text(ext)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=d)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        f"{name}.ext",
+        "-out",
+        f"{name}.crt",
+        cwd=d,
+    )
     return d / f"{name}.crt", key
 
 
@@ -62,10 +78,23 @@ def _issue(name: str, cn: str, ext: str, d: Path) -> tuple[Path, Path]:
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     d = tmp_path_factory.mktemp("pki")
     _key("ca.key", d)
-    _openssl("req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=gpuwarden test CA", "-days", "2",
-             "-out", "ca.crt", cwd=d)
-    server_cert, server_key = _issue("server", "127.0.0.1", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-                                     "extendedKeyUsage=serverAuth\n", d)
+    _openssl(
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "ca.key",
+        "-subj",
+        "/CN=gpuwarden test CA",
+        "-days",
+        "2",
+        "-out",
+        "ca.crt",
+        cwd=d,
+    )
+    server_cert, server_key = _issue(
+        "server", "127.0.0.1", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n", d
+    )
     client_cert, client_key = _issue("client", "alertmanager", "extendedKeyUsage=clientAuth\n", d)
     return Pki(d / "ca.crt", server_cert, server_key, client_cert, client_key, _key("other.key", d))
 
@@ -93,18 +122,42 @@ def _client_context(pki: Pki, with_cert: bool = False) -> ssl.SSLContext:
 
 
 def _webhook_body() -> bytes:
-    alert = {"status": "firing",
-             "labels": {"alertname": "THERMAL_CRITICAL", "rule": "THERMAL_CRITICAL", "severity": "critical",
-                        "action": "notify", "uuid": "GPU-n0-0", "gpu": "0", "instance": "n0:9786"},
-             "annotations": {}, "startsAt": "2024-05-01T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
-             "generatorURL": "http://prometheus/graph", "fingerprint": "fp-tls"}
-    return json.dumps({"version": "4", "groupKey": "{}:{}", "truncatedAlerts": 0, "status": "firing",
-                       "receiver": "gpuwarden-agent", "groupLabels": {}, "commonLabels": {},
-                       "commonAnnotations": {}, "externalURL": "http://am:9093", "alerts": [alert]}).encode()
+    alert = {
+        "status": "firing",
+        "labels": {
+            "alertname": "THERMAL_CRITICAL",
+            "rule": "THERMAL_CRITICAL",
+            "severity": "critical",
+            "action": "notify",
+            "uuid": "GPU-n0-0",
+            "gpu": "0",
+            "instance": "n0:9786",
+        },
+        "annotations": {},
+        "startsAt": "2024-05-01T10:00:00Z",
+        "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "http://prometheus/graph",
+        "fingerprint": "fp-tls",
+    }
+    return json.dumps(
+        {
+            "version": "4",
+            "groupKey": "{}:{}",
+            "truncatedAlerts": 0,
+            "status": "firing",
+            "receiver": "gpuwarden-agent",
+            "groupLabels": {},
+            "commonLabels": {},
+            "commonAnnotations": {},
+            "externalURL": "http://am:9093",
+            "alerts": [alert],
+        }
+    ).encode()
 
 
-def _request(url: str, ctx: ssl.SSLContext | None, data: bytes | None = None,
-             token: str | None = None) -> tuple[int, bytes]:
+def _request(
+    url: str, ctx: ssl.SSLContext | None, data: bytes | None = None, token: str | None = None
+) -> tuple[int, bytes]:
     req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
     if token:
         req.add_header("Authorization", f"Bearer {token}")
@@ -159,15 +212,17 @@ def test_client_ca_file_requires_a_client_certificate(tmp_path: Path, spawn, pki
     with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
         _request(base + "/healthz", _client_context(pki))
     assert _request(base + "/healthz", _client_context(pki, with_cert=True)) == (200, b"ok\n")
-    status, body = _request(base + "/webhook/alertmanager", _client_context(pki, with_cert=True),
-                            _webhook_body(), WEBHOOK_TOKEN)
+    status, body = _request(
+        base + "/webhook/alertmanager", _client_context(pki, with_cert=True), _webhook_body(), WEBHOOK_TOKEN
+    )
     assert status == 202, body
 
 
 def test_bad_key_path_stops_start_up_naming_the_field(tmp_path: Path, pki: Pki) -> None:
     cfg = _config(tmp_path, free_port(), _tls_yaml(pki, key=tmp_path / "missing.key"))
-    proc = subprocess.run([console_script("gpuwarden-agent"), "serve", "--config", str(cfg)],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [console_script("gpuwarden-agent"), "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=30
+    )
     assert proc.returncode == 2, proc.stderr
     assert "web.tls.key_file" in proc.stderr and str(tmp_path / "missing.key") in proc.stderr
     assert f"{cfg}:" in proc.stderr and "Traceback" not in proc.stderr
@@ -197,8 +252,7 @@ def test_each_bad_file_is_blamed_on_its_own_field(tmp_path: Path, pki: Pki) -> N
     msg = _load_error(tmp_path, f"  tls:\n    cert_file: {pki.server_cert}\n")
     assert "web.tls" in msg and "'key_file' is a required property" in msg
     encrypted = tmp_path / "encrypted.key"
-    _openssl("pkey", "-in", str(pki.server_key), "-aes256", "-passout", "pass:pw", "-out", str(encrypted),
-             cwd=tmp_path)
+    _openssl("pkey", "-in", str(pki.server_key), "-aes256", "-passout", "pass:pw", "-out", str(encrypted), cwd=tmp_path)
     msg = _load_error(tmp_path, _tls_yaml(pki, key=encrypted))
     assert "web.tls.key_file" in msg and "encrypted" in msg
 
@@ -215,7 +269,7 @@ def test_a_stalled_handshake_is_dropped_after_the_timeout(tmp_path: Path, pki: P
         with socket.create_connection(("127.0.0.1", port)) as stalled:
             stalled.settimeout(5)
             t0 = time.monotonic()
-            assert stalled.recv(1) == b""          # closed by the server, not by our 5 s timeout
+            assert stalled.recv(1) == b""  # closed by the server, not by our 5 s timeout
             assert time.monotonic() - t0 < 3
         # TLS 1.2 is still served (the minimum, asserted above; this OpenSSL's clients refuse to
         # offer anything older, so an older client cannot be tried here).
@@ -232,23 +286,62 @@ def test_a_real_alertmanager_delivers_over_mutual_tls(tmp_path: Path, spawn, pki
     base = _start(spawn, tmp_path, _tls_yaml(pki, client_ca=True))
     am_port = free_port()
     am_cfg = tmp_path / "alertmanager.yml"
-    am_cfg.write_text(json.dumps({
-        "route": {"receiver": "gpuwarden-agent", "group_wait": "0s"},
-        "receivers": [{"name": "gpuwarden-agent", "webhook_configs": [{
-            "url": base + "/webhook/alertmanager", "send_resolved": True, "max_alerts": 0,
-            "http_config": {
-                "authorization": {"type": "Bearer", "credentials_file": str(tmp_path / "webhook-token")},
-                "tls_config": {"ca_file": str(pki.ca), "cert_file": str(pki.client_cert),
-                               "key_file": str(pki.client_key)}}}]}]}))
-    am = spawn([require_binary("alertmanager"), f"--config.file={am_cfg}", f"--storage.path={tmp_path / 'am'}",
-                f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="], name="alertmanager")
-    labels = {"alertname": "THERMAL_CRITICAL", "rule": "THERMAL_CRITICAL", "severity": "critical",
-              "action": "notify", "uuid": "GPU-n0-0", "gpu": "0", "instance": "n0:9786"}
+    am_cfg.write_text(
+        json.dumps(
+            {
+                "route": {"receiver": "gpuwarden-agent", "group_wait": "0s"},
+                "receivers": [
+                    {
+                        "name": "gpuwarden-agent",
+                        "webhook_configs": [
+                            {
+                                "url": base + "/webhook/alertmanager",
+                                "send_resolved": True,
+                                "max_alerts": 0,
+                                "http_config": {
+                                    "authorization": {
+                                        "type": "Bearer",
+                                        "credentials_file": str(tmp_path / "webhook-token"),
+                                    },
+                                    "tls_config": {
+                                        "ca_file": str(pki.ca),
+                                        "cert_file": str(pki.client_cert),
+                                        "key_file": str(pki.client_key),
+                                    },
+                                },
+                            }
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    am = spawn(
+        [
+            require_binary("alertmanager"),
+            f"--config.file={am_cfg}",
+            f"--storage.path={tmp_path / 'am'}",
+            f"--web.listen-address=127.0.0.1:{am_port}",
+            "--cluster.listen-address=",
+        ],
+        name="alertmanager",
+    )
+    labels = {
+        "alertname": "THERMAL_CRITICAL",
+        "rule": "THERMAL_CRITICAL",
+        "severity": "critical",
+        "action": "notify",
+        "uuid": "GPU-n0-0",
+        "gpu": "0",
+        "instance": "n0:9786",
+    }
 
     def posted() -> bool:
         assert am.alive(), am.output()
-        return _request(f"http://127.0.0.1:{am_port}/api/v2/alerts", None,
-                        json.dumps([{"labels": labels}]).encode())[0] == 200
+        return (
+            _request(f"http://127.0.0.1:{am_port}/api/v2/alerts", None, json.dumps([{"labels": labels}]).encode())[0]
+            == 200
+        )
 
     wait_until(posted, timeout=20, what="Alertmanager to take the alert")
     mtls = _client_context(pki, with_cert=True)
@@ -275,8 +368,9 @@ def test_a_rotated_certificate_is_served_without_a_restart(tmp_path: Path, spawn
     port = int(base.rsplit(":", 1)[1])
     first = _served_serial(port, pki)
     # cert-manager renews: a new certificate and key from the same CA, written over the old.
-    new_cert, new_key = _issue("rotated", "127.0.0.1", "subjectAltName=IP:127.0.0.1\n"
-                               "extendedKeyUsage=serverAuth\n", pki.ca.parent)
+    new_cert, new_key = _issue(
+        "rotated", "127.0.0.1", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n", pki.ca.parent
+    )
     cert.write_bytes(new_cert.read_bytes())
     key.write_bytes(new_key.read_bytes())
     second = _served_serial(port, pki)
@@ -293,9 +387,12 @@ def test_the_cli_talks_to_an_agent_that_requires_client_certificates(tmp_path: P
     agent = console_script("gpuwarden-agent")
 
     def cli(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([agent, "gpus", "list", "--json", "--url", base,
-                               "--token-file", str(tmp_path / "token"), *extra],
-                              capture_output=True, text=True, timeout=30)
+        return subprocess.run(
+            [agent, "gpus", "list", "--json", "--url", base, "--token-file", str(tmp_path / "token"), *extra],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
 
     ok = cli("--ca-file", str(pki.ca), "--cert-file", str(pki.client_cert), "--key-file", str(pki.client_key))
     assert ok.returncode == 0, ok.stderr
@@ -328,6 +425,9 @@ def test_the_served_certificate_expiry_is_exported(tmp_path: Path, spawn, pki: P
     base = _start(spawn, tmp_path, _tls_yaml(pki))
     _, not_after = validity(pki.server_cert)
     status, body = _request(base + "/metrics", _client_context(pki))
-    line = next(x for x in body.decode().splitlines()
-                if x.startswith("gpuwarden_agent_tls_certificate_expiry_timestamp_seconds{"))
+    line = next(
+        x
+        for x in body.decode().splitlines()
+        if x.startswith("gpuwarden_agent_tls_certificate_expiry_timestamp_seconds{")
+    )
     assert status == 200 and float(line.rsplit(" ", 1)[1]) == not_after

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from gpuwarden.scheduler_agent import config as agent_config
 from gpuwarden.scheduler_agent import server
 from gpuwarden.scheduler_agent.predictor import plugin as predictor_plugin
@@ -33,31 +34,44 @@ def _config(tmp: Path, slurm: bool) -> Path:
     (tmp / "webhook-token").write_text("webhook-secret\n")
     path = tmp / "agent.yml"
     # scontrol is never run while the agent is built: a path that does not exist proves it.
-    path.write_text("""
+    path.write_text(
+        """
 web: {listen_address: "127.0.0.1:0", token_file: token}
 remediation: {auth: {bearer_token_file: webhook-token}}
 database: {path: agent.db}
 executor: {kind: tracking}
 inventory: {nodes: [{name: "n1:9786", count: 2}]}
 predictor: {prometheus_url: "http://127.0.0.1:9", migrate: true}
-""" + (f"""slurm: {{scontrol: ["{tmp / 'no-such-scontrol'}"]}}
-""" if slurm else ""))
+"""
+        + (
+            f"""slurm: {{scontrol: ["{tmp / "no-such-scontrol"}"]}}
+"""
+            if slurm
+            else ""
+        )
+    )
     return path
 
 
 def _recording(module: Any, seen: list[tuple[str, Any]]) -> Any:
     """The plug-in module with its install() recording the port it was handed."""
+
     def install(agent: Any, port: Any) -> Any:
         seen.append((module.__name__.rsplit(".", 2)[-2], port))
         return module.install(agent, port)
+
     return types.SimpleNamespace(install=install, __name__=module.__name__)
 
 
 @pytest.mark.parametrize("slurm", [True, False], ids=["slurm", "embedded"])
-@pytest.mark.parametrize("order", list(itertools.permutations(
-    [predictor_plugin, remediation_plugin])), ids=["predictor-first", "remediation-first"])
+@pytest.mark.parametrize(
+    "order",
+    list(itertools.permutations([predictor_plugin, remediation_plugin])),
+    ids=["predictor-first", "remediation-first"],
+)
 def test_the_same_port_reaches_remediation_and_the_predictor_in_any_order(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slurm: bool, order: tuple) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slurm: bool, order: tuple
+) -> None:
     seen: list[tuple[str, Any]] = []
     monkeypatch.setattr(server, "PLUGINS", tuple(_recording(m, seen) for m in order))
     agent = server.Agent(agent_config.load(_config(tmp_path, slurm)))
@@ -68,9 +82,9 @@ def test_the_same_port_reaches_remediation_and_the_predictor_in_any_order(
         assert all(p is port for _, p in seen)
         rem = next(p for p in agent.plugins if hasattr(p, "worker"))
         svc = next(p for p in agent.plugins if hasattr(p, "risk"))
-        assert rem.worker.scheduler is port              # remediation acts through it
+        assert rem.worker.scheduler is port  # remediation acts through it
         assert isinstance(svc.migrator, PortMigrator)
-        assert svc.migrator.port is port                 # and so do the predictor's migrations
+        assert svc.migrator.port is port  # and so do the predictor's migrations
         # The port is closed after the plug-ins that use it (listed first, closed last).
         assert (agent.plugins[0] is port) == slurm
         assert not hasattr(agent, "scheduler_port")
@@ -81,8 +95,7 @@ def test_the_same_port_reaches_remediation_and_the_predictor_in_any_order(
 def test_the_seam_imports_its_plugins_plainly() -> None:
     src = Path(server.__file__).read_text()
     assert "find_spec" not in src and "import_module" not in src
-    assert "CURRENT_ACTION" not in Path(server.__file__).parent.joinpath(
-        "remediation", "port.py").read_text()
+    assert "CURRENT_ACTION" not in Path(server.__file__).parent.joinpath("remediation", "port.py").read_text()
 
 
 class Port:
@@ -92,8 +105,7 @@ class Port:
         self.calls: list[tuple[str, ActionContext | None]] = []
         self.answers: list[Any] = []
 
-    def preempt_gpu(self, uuid: str, reason: str,
-                    context: ActionContext | None = None) -> list[int]:
+    def preempt_gpu(self, uuid: str, reason: str, context: ActionContext | None = None) -> list[int]:
         self.calls.append((uuid, context))
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
@@ -112,20 +124,22 @@ def test_a_predictor_migration_keeps_its_key_until_it_has_moved_jobs(tmp_path: P
     mig = PortMigrator(db, port)  # type: ignore[arg-type]
     try:
         with pytest.raises(RuntimeError):
-            mig.migrate(_gpu(), "predicted THERMAL_CRITICAL")   # failed half-way: key kept
+            mig.migrate(_gpu(), "predicted THERMAL_CRITICAL")  # failed half-way: key kept
         assert mig.migrate(_gpu(), "predicted THERMAL_CRITICAL") == []  # idle: key kept
         assert mig.migrate(_gpu(), "predicted THERMAL_CRITICAL") == [41]  # moved: closed
         ctxs = [c for _, c in port.calls]
         assert all(c is not None and c.source == "predictor" for c in ctxs)
         assert len({c.action_id for c in ctxs if c}) == 1
-        assert ctxs[0] == ActionContext("predictor", ctxs[0].action_id,  # type: ignore[union-attr]
-                                        GpuRef("GPU-a", "3", "n1:9786",
-                                               {"instance": "n1:9786", "gpu": "3"}))
-        mig.migrate(_gpu(), "predicted again")                    # the next episode: a new key
+        assert ctxs[0] == ActionContext(
+            "predictor",
+            ctxs[0].action_id,  # type: ignore[union-attr]
+            GpuRef("GPU-a", "3", "n1:9786", {"instance": "n1:9786", "gpu": "3"}),
+        )
+        mig.migrate(_gpu(), "predicted again")  # the next episode: a new key
         assert port.calls[-1][1].action_id != ctxs[0].action_id  # type: ignore[union-attr]
         rows = mig.rows()
         assert [(r["outcome"], r["jobs"]) for r in rows] == [("moved", [42]), ("moved", [41])]
-        assert "controller down" not in rows[1]["error"]          # cleared once it worked
+        assert "controller down" not in rows[1]["error"]  # cleared once it worked
     finally:
         mig.close()
         db.close()
@@ -142,8 +156,8 @@ def test_a_key_survives_a_restart_and_ends_when_the_prediction_clears(tmp_path: 
     again = PortMigrator(db, port)  # type: ignore[arg-type]   # the agent restarted
     try:
         again.migrate(_gpu(), "r")
-        assert port.calls[0][1] == port.calls[1][1]               # same key after the restart
-        again.predicted({"GPU-other"})                           # GPU-a's prediction cleared
+        assert port.calls[0][1] == port.calls[1][1]  # same key after the restart
+        again.predicted({"GPU-other"})  # GPU-a's prediction cleared
         assert again.rows()[0]["outcome"] == "cleared"
         again.migrate(_gpu(), "r")
         assert port.calls[2][1].action_id != port.calls[0][1].action_id  # type: ignore[union-attr]
@@ -197,11 +211,14 @@ def test_slurm_journal_keys_remediation_and_predictor_apart(tmp_path: Path) -> N
 
 def test_slurm_journal_migration_keeps_remediations_rows(tmp_path: Path) -> None:
     from gpuwarden.scheduler_agent.slurm import journal as journal_mod
+
     db = Database(tmp_path / "agent.db")
-    db.migrate(journal_mod.COMPONENT, journal_mod.MIGRATIONS[:1])     # an agent of before
+    db.migrate(journal_mod.COMPONENT, journal_mod.MIGRATIONS[:1])  # an agent of before
     with db.transaction() as c:
-        c.execute("INSERT INTO slurm_commands (at, action_id, op, target, argv, outcome) "
-                  "VALUES (1, 5, 'requeue', '9', '[]', 'ok')")
+        c.execute(
+            "INSERT INTO slurm_commands (at, action_id, op, target, argv, outcome) "
+            "VALUES (1, 5, 'requeue', '9', '[]', 'ok')"
+        )
         c.execute("INSERT INTO slurm_plans VALUES (5, 'preempt n 0', ?)", (json.dumps([[9, 0]]),))
     journal = Journal(db)
     try:

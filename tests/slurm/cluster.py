@@ -94,38 +94,47 @@ MinJobAge=300
 NodeName={self.node} NodeAddr=127.0.0.1 CPUs=16 RealMemory=100 Gres=gpu:{GPUS} State=UNKNOWN
 PartitionName=gpu Nodes={self.node} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 """)
-        (r / "etc" / "gres.conf").write_text(
-            f"Name=gpu File={r}/dev/nvidia[0-{GPUS - 1}]\n")
+        (r / "etc" / "gres.conf").write_text(f"Name=gpu File={r}/dev/nvidia[0-{GPUS - 1}]\n")
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.root / "log" / f"{name}.out", "wb")
         self._logs.append(log)
-        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                            env=self.env, start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
 
     def start(self, timeout: float = 60.0) -> None:
         self.write()
         r = self.root
-        self._spawn("munged", ["munged", "-F", "--force", f"--socket={self.socket}",
-                               f"--key-file={r}/munge/munge.key",
-                               f"--pid-file={r}/munge/munged.pid",
-                               f"--log-file={r}/log/munged.log",
-                               f"--seed-file={r}/munge/munged.seed"])
+        self._spawn(
+            "munged",
+            [
+                "munged",
+                "-F",
+                "--force",
+                f"--socket={self.socket}",
+                f"--key-file={r}/munge/munge.key",
+                f"--pid-file={r}/munge/munged.pid",
+                f"--log-file={r}/log/munged.log",
+                f"--seed-file={r}/munge/munged.seed",
+            ],
+        )
         self._wait(lambda: self.socket.exists(), 10, "munged's socket")
         self._spawn("slurmctld", ["slurmctld", "-D", "-i", "-f", str(self.conf)])
         self._wait(lambda: self.scontrol("ping").returncode == 0, timeout, "slurmctld to answer")
         self._spawn("slurmd", ["slurmd", "-D", "-f", str(self.conf)])
-        self._wait(lambda: re.search(r"State=IDLE\b", self.scontrol("show", "node",
-                                                                       self.node).stdout),
-                   timeout, f"node {self.node} to be IDLE")
+        self._wait(
+            lambda: re.search(r"State=IDLE\b", self.scontrol("show", "node", self.node).stdout),
+            timeout,
+            f"node {self.node} to be IDLE",
+        )
 
     def _wait(self, cond, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for name, p in self.procs.items():
                 if p.poll() is not None:
-                    raise RuntimeError(f"{name} exited ({p.returncode}) while waiting for {what}:"
-                                       f" {self.logs()}")
+                    raise RuntimeError(f"{name} exited ({p.returncode}) while waiting for {what}: {self.logs()}")
             if cond():
                 return
             time.sleep(0.2)
@@ -140,16 +149,24 @@ PartitionName=gpu Nodes={self.node} Default=YES MaxTime=INFINITE State=UP OverSu
 
     # -- use ------------------------------------------------------------------------------
     def run(self, *argv: str, check: bool = False) -> subprocess.CompletedProcess:
-        return subprocess.run(list(argv), env=self.env, capture_output=True, text=True,
-                              timeout=30, check=check)
+        return subprocess.run(list(argv), env=self.env, capture_output=True, text=True, timeout=30, check=check)
 
     def scontrol(self, *args: str) -> subprocess.CompletedProcess:
         return self.run("scontrol", *args)
 
     def sbatch(self, gpus: int = 1, seconds: int = 600, *extra: str) -> int:
-        out = self.run("sbatch", "--parsable", f"--gres=gpu:{gpus}", "--requeue",
-                       f"--output={self.jobs_dir}/%j.out", f"--chdir={self.jobs_dir}", *extra,
-                       "--wrap", f"sleep {seconds}", check=True).stdout
+        out = self.run(
+            "sbatch",
+            "--parsable",
+            f"--gres=gpu:{gpus}",
+            "--requeue",
+            f"--output={self.jobs_dir}/%j.out",
+            f"--chdir={self.jobs_dir}",
+            *extra,
+            "--wrap",
+            f"sleep {seconds}",
+            check=True,
+        ).stdout
         return int(out.strip().split(";")[0])
 
     def reset(self) -> None:
@@ -158,9 +175,9 @@ PartitionName=gpu Nodes={self.node} Default=YES MaxTime=INFINITE State=UP OverSu
         self.scontrol("update", f"NodeName={self.node}", "State=RESUME")
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            if (not self.run("squeue", "--noheader").stdout.strip()
-                    and re.search(r"State=IDLE\s", self.scontrol("show", "node",
-                                                                 self.node).stdout)):
+            if not self.run("squeue", "--noheader").stdout.strip() and re.search(
+                r"State=IDLE\s", self.scontrol("show", "node", self.node).stdout
+            ):
                 return
             time.sleep(0.2)
         raise RuntimeError(f"cluster did not return to idle: {self.run('squeue').stdout}")
@@ -181,8 +198,10 @@ PartitionName=gpu Nodes={self.node} Default=YES MaxTime=INFINITE State=UP OverSu
         if self.procs.get("slurmctld") and self.procs["slurmctld"].poll() is None:
             self.run("scancel", "--quiet", "--full", "--partition=gpu")
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and self.run(
-                    "squeue", "--noheader", "--states=RUNNING,COMPLETING").stdout.strip():
+            while (
+                time.monotonic() < deadline
+                and self.run("squeue", "--noheader", "--states=RUNNING,COMPLETING").stdout.strip()
+            ):
                 time.sleep(0.2)
         for name in ("slurmd", "slurmctld", "munged"):
             p = self.procs.get(name)
@@ -203,7 +222,6 @@ PartitionName=gpu Nodes={self.node} Default=YES MaxTime=INFINITE State=UP OverSu
                 pass
         for log in self._logs:
             log.close()
-
 
     def leftover_pids(self) -> list[int]:
         """Processes of this cluster still alive (their environment holds our SLURM_CONF)."""
@@ -229,6 +247,7 @@ def missing_binaries() -> list[str]:
 if __name__ == "__main__":  # manual check: python -m tests.slurm.cluster
     import sys
     import tempfile
+
     d = Path(tempfile.mkdtemp(prefix="slurm-"))
     c = SlurmCluster(d)
     try:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -21,8 +21,7 @@ from tests.slurm.cluster import SlurmCluster, missing_binaries
 def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     missing = missing_binaries()
     if missing:
-        msg = (f"{', '.join(missing)} not found on PATH: run 'bash .ci/install-slurm' "
-               "(apt-get install slurm-wlm munge)")
+        msg = f"{', '.join(missing)} not found on PATH: run 'bash .ci/install-slurm' (apt-get install slurm-wlm munge)"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(msg)
         pytest.skip(msg)

@@ -23,11 +23,10 @@ def uuid_of(i: int) -> str:
 
 
 class Agent:
-    def __init__(self, spawn, tmp: Path, slurm: SlurmCluster, scontrol: Path,
-                 extra_slurm: str = "") -> None:
+    def __init__(self, spawn, tmp: Path, slurm: SlurmCluster, scontrol: Path, extra_slurm: str = "") -> None:
         self.spawn, self.tmp, self.slurm = spawn, tmp, slurm
         self.port = free_port()
-        self.instance = f"{slurm.node}:9786"   # as Prometheus labels the exporter's target
+        self.instance = f"{slurm.node}:9786"  # as Prometheus labels the exporter's target
         (tmp / "token").write_text(TOKEN + "\n")
         (tmp / "webhook-token").write_text(WEBHOOK_TOKEN + "\n")
         gpus = ", ".join(f"{{index: {i}, uuid: {uuid_of(i)}}}" for i in range(8))
@@ -51,11 +50,13 @@ slurm:
 """)
         self.proc = None
 
-    def start(self, name: str = "agent") -> "Agent":
-        self.proc = self.spawn([console_script("gpuwarden-agent"), "serve", "--config",
-                                str(self.config)], name=name)
-        wait_until(lambda: http_get(f"http://127.0.0.1:{self.port}/healthz")[0] == 200, 20,
-                   what=f"the agent: {self.proc.output()[-2000:]}")
+    def start(self, name: str = "agent") -> Agent:
+        self.proc = self.spawn([console_script("gpuwarden-agent"), "serve", "--config", str(self.config)], name=name)
+        wait_until(
+            lambda: http_get(f"http://127.0.0.1:{self.port}/healthz")[0] == 200,
+            20,
+            what=f"the agent: {self.proc.output()[-2000:]}",
+        )
         return self
 
     def kill(self) -> None:
@@ -65,29 +66,61 @@ slurm:
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         req = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", method=method,
+            f"http://127.0.0.1:{self.port}{path}",
+            method=method,
             data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"Bearer {WEBHOOK_TOKEN if path.startswith('/webhook/') else TOKEN}",
-                     "Content-Type": "application/json"})
+            headers={
+                "Authorization": f"Bearer {WEBHOOK_TOKEN if path.startswith('/webhook/') else TOKEN}",
+                "Content-Type": "application/json",
+            },
+        )
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 return r.status, json.loads(r.read() or b"null")
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")
 
-    def notify(self, rule: str, action: str, gpu: int, status: str = "firing",
-               instance: str | None = None, starts: str = "2026-01-01T00:00:00Z") -> None:
-        labels = {"alertname": rule, "rule": rule, "severity": "critical", "action": action,
-                  "instance": instance or self.instance, "job": "gpuwarden-exporter",
-                  "gpu": str(gpu), "uuid": uuid_of(gpu)}
-        body = {"version": "4", "receiver": "gpuwarden-agent", "status": status,
-                "groupKey": f'{{}}:{{rule="{rule}"}}', "truncatedAlerts": 0,
-                "groupLabels": {"rule": rule}, "commonLabels": labels,
-                "commonAnnotations": {}, "externalURL": "http://alertmanager:9093",
-                "alerts": [{"status": status, "labels": labels, "annotations": {},
-                            "startsAt": starts, "endsAt": "0001-01-01T00:00:00Z",
-                            "generatorURL": "http://prometheus:9090",
-                            "fingerprint": f"{rule}-{gpu}-{instance or ''}"}]}
+    def notify(
+        self,
+        rule: str,
+        action: str,
+        gpu: int,
+        status: str = "firing",
+        instance: str | None = None,
+        starts: str = "2026-01-01T00:00:00Z",
+    ) -> None:
+        labels = {
+            "alertname": rule,
+            "rule": rule,
+            "severity": "critical",
+            "action": action,
+            "instance": instance or self.instance,
+            "job": "gpuwarden-exporter",
+            "gpu": str(gpu),
+            "uuid": uuid_of(gpu),
+        }
+        body = {
+            "version": "4",
+            "receiver": "gpuwarden-agent",
+            "status": status,
+            "groupKey": f'{{}}:{{rule="{rule}"}}',
+            "truncatedAlerts": 0,
+            "groupLabels": {"rule": rule},
+            "commonLabels": labels,
+            "commonAnnotations": {},
+            "externalURL": "http://alertmanager:9093",
+            "alerts": [
+                {
+                    "status": status,
+                    "labels": labels,
+                    "annotations": {},
+                    "startsAt": starts,
+                    "endsAt": "0001-01-01T00:00:00Z",
+                    "generatorURL": "http://prometheus:9090",
+                    "fingerprint": f"{rule}-{gpu}-{instance or ''}",
+                }
+            ],
+        }
         status_code, answer = self.request("POST", "/webhook/alertmanager", body)
         assert status_code == 202, answer
 
@@ -99,11 +132,10 @@ slurm:
 
     def decided(self, action: str, uuid: str, timeout: float = 30) -> dict:
         def done():
-            rows = [a for a in self.actions(action=action, uuid=uuid)
-                    if a["outcome"] != "pending"]
+            rows = [a for a in self.actions(action=action, uuid=uuid) if a["outcome"] != "pending"]
             return rows[0] if rows else None
-        return wait_until(done, timeout, 0.1, f"the {action} decision on {uuid}: "
-                          f"{self.proc.output()[-3000:]}")
+
+        return wait_until(done, timeout, 0.1, f"the {action} decision on {uuid}: {self.proc.output()[-3000:]}")
 
     def commands(self) -> list[dict]:
         status, body = self.request("GET", "/api/v1/slurm/commands")
@@ -115,8 +147,7 @@ def calls(log: Path, verb: str) -> list[str]:
     """The scontrol calls (argv) that changed something: requeue, update."""
     if not log.exists():
         return []
-    return [ln[len("start "):] for ln in log.read_text().splitlines()
-            if ln.startswith(f"start {verb}")]
+    return [ln[len("start ") :] for ln in log.read_text().splitlines() if ln.startswith(f"start {verb}")]
 
 
 def running(slurm: SlurmCluster, job: int) -> dict[str, str] | None:
@@ -125,13 +156,14 @@ def running(slurm: SlurmCluster, job: int) -> dict[str, str] | None:
 
 
 def test_power_critical_requeues_the_job_on_that_gpu_and_it_runs_again_promptly(
-        clean_slurm, spawn, tmp_path, scontrol_wrapper):
+    clean_slurm, spawn, tmp_path, scontrol_wrapper
+):
     slurm = clean_slurm
     wrapper, log = scontrol_wrapper
     agent = Agent(spawn, tmp_path, slurm, wrapper).start()
-    a = slurm.sbatch(2)                                   # GPUs 0-1
+    a = slurm.sbatch(2)  # GPUs 0-1
     wait_until(lambda: running(slurm, a), 20, what="job a running")
-    b = slurm.sbatch(2)                                   # GPUs 2-3
+    b = slurm.sbatch(2)  # GPUs 2-3
     wait_until(lambda: running(slurm, b), 20, what="job b running")
     assert "IDX:0-1" in slurm.scontrol("show", "job", "-d", str(a)).stdout
 
@@ -140,30 +172,37 @@ def test_power_critical_requeues_the_job_on_that_gpu_and_it_runs_again_promptly(
     assert act["outcome"] == "acted", act
     assert act["detail"]["preempted_jobs"] == [a]
     requeued_at = time.monotonic()
-    job = wait_until(lambda: (lambda j: j if j.get("JobState") == "RUNNING"
-                              and j.get("Restarts") == "1" else None)(slurm.job(a)),
-                     30, 0.2, "job a to run again after its requeue")
+    job = wait_until(
+        lambda: (lambda j: j if j.get("JobState") == "RUNNING" and j.get("Restarts") == "1" else None)(slurm.job(a)),
+        30,
+        0.2,
+        "job a to run again after its requeue",
+    )
     # Without the StartTime reset Slurm holds a requeued job ~120 s (Reason=BeginTime).
     assert time.monotonic() - requeued_at < 30, job
-    assert slurm.job(b)["Restarts"] == "0"               # the other GPUs' job is untouched
+    assert slurm.job(b)["Restarts"] == "0"  # the other GPUs' job is untouched
     assert calls(log, "requeue") == [f"requeue {a}"]
     assert calls(log, "update") == [f"update JobId={a} StartTime=now"]
     # Not within the second slurmd revoked the first run's credential: the restart would fail
     # with "Job credential revoked" (one run in CI did, when both fell in the same second).
-    at = {line.split(" ", 2)[1]: float(line.split(" ", 1)[0])
-          for line in Path(f"{log}.times").read_text().splitlines() if " requeue " in line or " update " in line}
+    at = {
+        line.split(" ", 2)[1]: float(line.split(" ", 1)[0])
+        for line in Path(f"{log}.times").read_text().splitlines()
+        if " requeue " in line or " update " in line
+    }
     assert at["update"] - at["requeue"] >= 1.0, at
     journal = agent.commands()
     assert {(c["op"], c["target"], c["outcome"]) for c in journal} == {
-        ("requeue", str(a), "ok"), ("start_now", str(a), "ok")}
+        ("requeue", str(a), "ok"),
+        ("start_now", str(a), "ok"),
+    }
 
 
-def test_ecc_drains_the_node_new_jobs_wait_and_release_resumes_it(
-        clean_slurm, spawn, tmp_path, scontrol_wrapper):
+def test_ecc_drains_the_node_new_jobs_wait_and_release_resumes_it(clean_slurm, spawn, tmp_path, scontrol_wrapper):
     slurm = clean_slurm
     wrapper, log = scontrol_wrapper
     agent = Agent(spawn, tmp_path, slurm, wrapper).start()
-    a = slurm.sbatch(4)                                   # GPUs 0-3, GPU 3 among them
+    a = slurm.sbatch(4)  # GPUs 0-3, GPU 3 among them
     wait_until(lambda: running(slurm, a), 20, what="job a running")
 
     agent.notify("ECC_UNCORRECTABLE", "quarantine", gpu=3)
@@ -171,29 +210,28 @@ def test_ecc_drains_the_node_new_jobs_wait_and_release_resumes_it(
     assert act["outcome"] == "acted", act
     assert "cannot drain a single GPU" in act["detail"]["slurm_note"]
     assert act["detail"]["slurm_node"] == slurm.node
-    assert act["detail"]["preempted_jobs"] == [a]         # quarantine preempts the GPU's job
+    assert act["detail"]["preempted_jobs"] == [a]  # quarantine preempts the GPU's job
     node = slurm.node_info()
     assert "DRAIN" in node["State"], node
     assert node["Reason"] == f"gpuwarden: ECC_UNCORRECTABLE gpu 3 {uuid_of(3)}"
 
     late = slurm.sbatch(1)
-    time.sleep(3)                                         # several scheduling passes
+    time.sleep(3)  # several scheduling passes
     assert slurm.job(late)["JobState"] == "PENDING"
-    assert slurm.job(a)["JobState"] == "PENDING"          # requeued, and the node takes nothing
+    assert slurm.job(a)["JobState"] == "PENDING"  # requeued, and the node takes nothing
 
     # The operator releases the GPU through the agent's own API: Slurm follows.
     status, body = agent.request("POST", f"/api/v1/gpus/{uuid_of(3)}/release", {})
     assert status == 200, body
     wait_until(lambda: "DRAIN" not in slurm.node_info()["State"], 15, what="node resumed")
-    wait_until(lambda: running(slurm, late) and running(slurm, a), 30,
-               what="the waiting jobs to start")
+    wait_until(lambda: running(slurm, late) and running(slurm, a), 30, what="the waiting jobs to start")
     assert calls(log, "update NodeName") == [
-        f"update NodeName={slurm.node} State=DRAIN Reason=gpuwarden: ECC_UNCORRECTABLE gpu 3 "
-        f"{uuid_of(3)}", f"update NodeName={slurm.node} State=RESUME"]
+        f"update NodeName={slurm.node} State=DRAIN Reason=gpuwarden: ECC_UNCORRECTABLE gpu 3 {uuid_of(3)}",
+        f"update NodeName={slurm.node} State=RESUME",
+    ]
 
 
-def test_a_node_an_operator_drained_is_left_alone(clean_slurm, spawn, tmp_path,
-                                                  scontrol_wrapper):
+def test_a_node_an_operator_drained_is_left_alone(clean_slurm, spawn, tmp_path, scontrol_wrapper):
     slurm = clean_slurm
     wrapper, log = scontrol_wrapper
     agent = Agent(spawn, tmp_path, slurm, wrapper).start()
@@ -214,8 +252,7 @@ def test_a_node_an_operator_drained_is_left_alone(clean_slurm, spawn, tmp_path,
     assert not [c for c in calls(log, "update NodeName") if "RESUME" in c]
 
 
-def test_an_unknown_node_fails_the_action_with_a_clear_error(clean_slurm, spawn, tmp_path,
-                                                             scontrol_wrapper):
+def test_an_unknown_node_fails_the_action_with_a_clear_error(clean_slurm, spawn, tmp_path, scontrol_wrapper):
     slurm = clean_slurm
     wrapper, log = scontrol_wrapper
     agent = Agent(spawn, tmp_path, slurm, wrapper).start()
@@ -227,18 +264,17 @@ def test_an_unknown_node_fails_the_action_with_a_clear_error(clean_slurm, spawn,
     assert not calls(log, "requeue") and not calls(log, "update")
 
 
-def test_the_agent_killed_mid_requeue_repeats_no_command(clean_slurm, spawn, tmp_path,
-                                                         scontrol_wrapper):
+def test_the_agent_killed_mid_requeue_repeats_no_command(clean_slurm, spawn, tmp_path, scontrol_wrapper):
     slurm = clean_slurm
     wrapper, log = scontrol_wrapper
     agent = Agent(spawn, tmp_path, slurm, wrapper).start()
-    a = slurm.sbatch(1)                                   # GPU 0
+    a = slurm.sbatch(1)  # GPU 0
     wait_until(lambda: running(slurm, a), 20, what="job a running")
 
     (tmp_path / "slow-requeue").touch()
     agent.notify("POWER_CRITICAL", "preempt", gpu=0)
     wait_until(lambda: calls(log, "requeue"), 20, 0.05, "the requeue to start")
-    agent.kill()                                          # the requeue is still in flight
+    agent.kill()  # the requeue is still in flight
     (tmp_path / "slow-requeue").unlink()
     wait_until(lambda: slurm.job(a).get("Restarts") == "1", 15, 0.1, "Slurm to requeue job a")
 
@@ -256,8 +292,7 @@ def test_the_agent_killed_mid_requeue_repeats_no_command(clean_slurm, spawn, tmp
     assert ops == [("requeue", "ok"), ("start_now", "ok")], agent.commands()
 
 
-def test_two_quarantined_gpus_share_the_drain_until_both_are_released(
-        clean_slurm, spawn, tmp_path, scontrol_wrapper):
+def test_two_quarantined_gpus_share_the_drain_until_both_are_released(clean_slurm, spawn, tmp_path, scontrol_wrapper):
     slurm = clean_slurm
     wrapper, _ = scontrol_wrapper
     agent = Agent(spawn, tmp_path, slurm, wrapper).start()
@@ -265,8 +300,9 @@ def test_two_quarantined_gpus_share_the_drain_until_both_are_released(
     agent.decided("quarantine", uuid_of(1))
     agent.notify("ECC_UNCORRECTABLE", "quarantine", gpu=2)
     agent.decided("quarantine", uuid_of(2))
-    assert slurm.node_info()["Reason"] == (f"gpuwarden: ECC_UNCORRECTABLE gpu 1 {uuid_of(1)}; "
-                                           f"ECC_UNCORRECTABLE gpu 2 {uuid_of(2)}")
+    assert slurm.node_info()["Reason"] == (
+        f"gpuwarden: ECC_UNCORRECTABLE gpu 1 {uuid_of(1)}; ECC_UNCORRECTABLE gpu 2 {uuid_of(2)}"
+    )
     status, body = agent.request("POST", f"/api/v1/slurm/gpus/{uuid_of(1)}/release")
     assert status == 200 and body["resumed"] is False, body
     node = slurm.node_info()
@@ -277,13 +313,11 @@ def test_two_quarantined_gpus_share_the_drain_until_both_are_released(
     assert "DRAIN" not in slurm.node_info()["State"]
 
 
-def test_a_manual_quarantine_through_the_agents_api_drains_in_slurm(
-        clean_slurm, spawn, tmp_path, scontrol_wrapper):
+def test_a_manual_quarantine_through_the_agents_api_drains_in_slurm(clean_slurm, spawn, tmp_path, scontrol_wrapper):
     slurm = clean_slurm
     wrapper, _ = scontrol_wrapper
     agent = Agent(spawn, tmp_path, slurm, wrapper).start()
-    status, body = agent.request("POST", f"/api/v1/gpus/{uuid_of(7)}/quarantine",
-                                 {"reason": "fan noise"})
+    status, body = agent.request("POST", f"/api/v1/gpus/{uuid_of(7)}/quarantine", {"reason": "fan noise"})
     assert status == 200, body
     assert slurm.node_info()["Reason"] == f"gpuwarden: manual gpu 7 {uuid_of(7)}"
     status, body = agent.request("POST", f"/api/v1/gpus/{uuid_of(7)}/release", {})

@@ -30,51 +30,57 @@ def prom() -> Iterator[FakePrometheus]:
 
 
 def test_a_predicted_failure_requeues_the_slurm_job_on_that_gpu(
-        clean_slurm, spawn, tmp_path, scontrol_wrapper, prom: FakePrometheus):
+    clean_slurm, spawn, tmp_path, scontrol_wrapper, prom: FakePrometheus
+):
     slurm = clean_slurm
     wrapper, log = scontrol_wrapper
     now = time.time()
     for i in range(8):
-        labels = {"instance": f"{slurm.node}:9786", "gpu": str(i), "uuid": uuid_of(i),
-                  "job": "gpuwarden-exporter"}
+        labels = {"instance": f"{slurm.node}:9786", "gpu": str(i), "uuid": uuid_of(i), "job": "gpuwarden-exporter"}
         # GPU 2: 77 °C and +1 °C a minute, 85 °C (THERMAL_CRITICAL) in 8 minutes: inside the
         # 10 minute lead time. The others stay at 60 °C.
-        prom.add("gpu_temperature_celsius", labels,
-                 (lambda t: 77 + (t - now) / 60) if i == HOT else (lambda t: 60.0))
-    a = slurm.sbatch(2)                                   # GPUs 0-1
+        prom.add("gpu_temperature_celsius", labels, (lambda t: 77 + (t - now) / 60) if i == HOT else (lambda t: 60.0))
+    a = slurm.sbatch(2)  # GPUs 0-1
     wait_until(lambda: running(slurm, a), 20, what="job a running")
     assert "IDX:0-1" in slurm.scontrol("show", "job", "-d", str(a)).stdout
 
-    agent = Agent(spawn, tmp_path, slurm, wrapper, extra_slurm=f"""
+    agent = Agent(
+        spawn,
+        tmp_path,
+        slurm,
+        wrapper,
+        extra_slurm=f"""
 predictor:
   prometheus_url: "{prom.url}"
   period_seconds: 0.5
   lead_time_seconds: 600
   migrate: true
-""").start()
+""",
+    ).start()
     # GPU 2 is predicted but idle: each run looks again (the key stays, no plan is kept) and
     # requeues nothing.
-    wait_until(lambda: runs(prom) >= 3, 20, 0.1,
-               f"three predictor runs: {agent.proc.output()[-2000:]}")
+    wait_until(lambda: runs(prom) >= 3, 20, 0.1, f"three predictor runs: {agent.proc.output()[-2000:]}")
     assert not calls(log, "requeue")
 
-    b = slurm.sbatch(2)                                   # GPUs 2-3: on the hot GPU
-    wait_until(lambda: calls(log, "requeue"), 30, 0.1,
-               f"the predictor to requeue job b: {agent.proc.output()[-3000:]}")
+    b = slurm.sbatch(2)  # GPUs 2-3: on the hot GPU
+    wait_until(lambda: calls(log, "requeue"), 30, 0.1, f"the predictor to requeue job b: {agent.proc.output()[-3000:]}")
+
     def requeued_and_running() -> dict[str, str] | None:
         j = slurm.job(b)
         return j if j.get("JobState") == "RUNNING" and j.get("Restarts") == "1" else None
 
     job = wait_until(requeued_and_running, 30, 0.2, "job b to run again after its requeue")
     assert job["JobId"] == str(b)
-    assert slurm.job(a)["Restarts"] == "0"                # the other GPUs' job is untouched
+    assert slurm.job(a)["Restarts"] == "0"  # the other GPUs' job is untouched
     assert calls(log, "requeue") == [f"requeue {b}"]
     assert calls(log, "update") == [f"update JobId={b} StartTime=now"]
 
     # Through the port, under the predictor's key (not remediation's: no alert, no action).
     journal = agent.commands()
     assert {(c["op"], c["target"], c["outcome"], c["source"]) for c in journal} == {
-        ("requeue", str(b), "ok", "predictor"), ("start_now", str(b), "ok", "predictor")}
+        ("requeue", str(b), "ok", "predictor"),
+        ("start_now", str(b), "ok", "predictor"),
+    }
     assert len({c["action_id"] for c in journal}) == 1
     assert agent.actions() == []
 

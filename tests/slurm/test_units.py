@@ -11,8 +11,7 @@ from gpuwarden.scheduler_agent.slurm.backend import Entry, format_reason, parse_
 from gpuwarden.scheduler_agent.slurm.config import parse as parse_config
 from gpuwarden.scheduler_agent.slurm.errors import SlurmError, UnknownNode
 from gpuwarden.scheduler_agent.slurm.nodemap import NodeMap
-from gpuwarden.scheduler_agent.slurm.parse import (Node, expand_hostlist, expand_indexes, parse_jobs,
-                                         parse_nodes)
+from gpuwarden.scheduler_agent.slurm.parse import Node, expand_hostlist, expand_indexes, parse_jobs, parse_nodes
 from gpuwarden.scheduler_agent.slurm.runner import Runner
 
 # Slurm 22.05.8's output (scontrol show node -d / show job -d), trimmed.
@@ -57,8 +56,7 @@ def test_nodes_parse_state_reason_and_gpus():
 
 def test_jobs_parse_gres_indexes_per_node():
     pending, running = parse_jobs(JOBS)
-    assert (pending.id, pending.state, pending.reason, pending.restarts) == (
-        1, "PENDING", "BeginTime", 1)
+    assert (pending.id, pending.state, pending.reason, pending.restarts) == (1, "PENDING", "BeginTime", 1)
     assert pending.gpus == {}
     assert running.gpus == {"gpu01": {0, 2}, "gpu02": {0, 2}, "vm": {4, 5}}
     assert running.holds("gpu02", 2) and not running.holds("gpu02", 1)
@@ -66,8 +64,7 @@ def test_jobs_parse_gres_indexes_per_node():
 
 
 def test_hostlists_and_index_lists():
-    assert expand_hostlist("gpu[08-10,12],login1") == ["gpu08", "gpu09", "gpu10", "gpu12",
-                                                       "login1"]
+    assert expand_hostlist("gpu[08-10,12],login1") == ["gpu08", "gpu09", "gpu10", "gpu12", "login1"]
     assert expand_indexes("0-2,5") == {0, 1, 2, 5}
     assert expand_indexes("N/A") == set()
 
@@ -80,12 +77,13 @@ def test_reason_round_trip_and_someone_elses_reason():
     assert parse_reason("maintenance: PSU swap") is None
 
 
-NODE_LIST = [Node("gpu01", "IDLE", addr="10.0.0.11", hostname="gpu01.example.org"),
-             Node("vm", "IDLE", addr="127.0.0.1", hostname="vm")]
+NODE_LIST = [
+    Node("gpu01", "IDLE", addr="10.0.0.11", hostname="gpu01.example.org"),
+    Node("vm", "IDLE", addr="127.0.0.1", hostname="vm"),
+]
 
 
-@pytest.mark.parametrize("value", ["gpu01", "gpu01:9786", "gpu01.example.org:9786",
-                                   "10.0.0.11:9786"])
+@pytest.mark.parametrize("value", ["gpu01", "gpu01:9786", "gpu01.example.org:9786", "10.0.0.11:9786"])
 def test_instance_maps_to_the_node_by_name_hostname_or_address(value):
     assert NodeMap().resolve(value, NODE_LIST) == "gpu01"
 
@@ -116,20 +114,25 @@ def fake_scontrol(tmp: Path, body: str) -> Path:
 
 def test_runner_retries_transient_failures_with_backoff(tmp_path):
     # Fails twice as Slurm does when the controller is away, then succeeds.
-    script = fake_scontrol(tmp_path, f"""n=$(wc -l < {tmp_path}/calls)
+    script = fake_scontrol(
+        tmp_path,
+        f"""n=$(wc -l < {tmp_path}/calls)
 if [ "$n" -lt 3 ]; then echo "slurm_update error: Unable to contact slurm controller" >&2; exit 1; fi
-echo ok""")
+echo ok""",
+    )
     waits: list[float] = []
     r = Runner([str(script)], attempts=3, backoff=0.5, sleep=waits.append).run("requeue", "7")
     assert (r.stdout.strip(), r.attempts, waits) == ("ok", 3, [0.5, 1.0])
 
 
 def test_runner_does_not_retry_a_refusal_and_names_the_command(tmp_path):
-    script = fake_scontrol(tmp_path, 'echo "slurm_update error: Invalid node name specified" >&2;'
-                                     " exit 1")
+    script = fake_scontrol(tmp_path, 'echo "slurm_update error: Invalid node name specified" >&2; exit 1')
     waits: list[float] = []
-    with pytest.raises(SlurmError, match=r"update NodeName=x State=RESUME: exit 1: "
-                                         r"slurm_update error: Invalid node name"):
+    with pytest.raises(
+        SlurmError,
+        match=r"update NodeName=x State=RESUME: exit 1: "
+        r"slurm_update error: Invalid node name",
+    ):
         Runner([str(script)], sleep=waits.append).run("update", "NodeName=x", "State=RESUME")
     assert waits == [] and (tmp_path / "calls").read_text().count("\n") == 1
 

@@ -18,14 +18,29 @@ def _listening(port: int) -> bool:
 def test_up_runs_the_loop_and_stops_everything(tmp_path: Path) -> None:
     require_binary("prometheus")
     require_binary("alertmanager")
-    out = subprocess.run([console_script("gpuwarden"), "up", f"--workdir={tmp_path}", "--scenario=none",
-                          "--duration=20", "--interval=1"],
-                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    out = subprocess.run(
+        [
+            console_script("gpuwarden"),
+            "up",
+            f"--workdir={tmp_path}",
+            "--scenario=none",
+            "--duration=20",
+            "--interval=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     text = out.stdout + out.stderr
     assert out.returncode == 0, text
     assert "SIMULATED fleet of 8 GPUs" in text
-    ports = {name: int(port) for name, port in
-             re.findall(r"^\s+(exporter|prometheus|alertmanager|agent)\s+http://127\.0\.0\.1:(\d+)", text, re.M)}
+    ports = {
+        name: int(port)
+        for name, port in re.findall(
+            r"^\s+(exporter|prometheus|alertmanager|agent)\s+http://127\.0\.0\.1:(\d+)", text, re.M
+        )
+    }
     assert set(ports) == {"exporter", "prometheus", "alertmanager", "agent"}, text
     assert "stopped; nothing left running" in text
     for name, port in ports.items():
@@ -37,8 +52,12 @@ def test_up_runs_the_loop_and_stops_everything(tmp_path: Path) -> None:
 
 
 def test_up_says_how_to_install_a_missing_binary(tmp_path: Path) -> None:
-    out = subprocess.run([console_script("gpuwarden"), "up", f"--workdir={tmp_path}",
-                          "--prometheus=/nonexistent/prometheus"],
-                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    out = subprocess.run(
+        [console_script("gpuwarden"), "up", f"--workdir={tmp_path}", "--prometheus=/nonexistent/prometheus"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert out.returncode == 1
     assert "/nonexistent/prometheus" in out.stderr and "not found" in out.stderr

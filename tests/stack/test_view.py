@@ -24,8 +24,12 @@ def _view(sink: _Sink) -> LiveView:
 
 
 def _snap(state: str = "healthy", alerts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    return {"gpus": [{"uuid": "GPU-a", "index": 3, "state": state}], "alerts": alerts or [],
-            "actions": [], "errors": []}
+    return {
+        "gpus": [{"uuid": "GPU-a", "index": 3, "state": state}],
+        "alerts": alerts or [],
+        "actions": [],
+        "errors": [],
+    }
 
 
 def test_each_notification_is_printed_once_even_past_the_sinks_memory() -> None:
