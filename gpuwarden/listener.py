@@ -329,6 +329,8 @@ class Listener:
         self._server = uvicorn.Server(self._config)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
 
     @property
     def tls(self) -> bool:
@@ -357,14 +359,34 @@ class Listener:
         return self
 
     async def _serve(self, ready: threading.Event) -> None:
-        # uvicorn's own startup (as Server._serve does it), on our socket; main_loop polls
-        # should_exit every 0.1 s.
+        # uvicorn's own startup and shutdown (as Server._serve does them), on our socket. In
+        # between we wait on an event stop() sets, not on uvicorn's main_loop, which polls
+        # should_exit every 0.1 s: a test suite starts and stops hundreds of these.
         self._server.lifespan = self._config.lifespan_class(self._config)
         await self._server.startup(sockets=[self._sock])
         self._sock.listen(LISTEN_BACKLOG)  # startup listened with ACCEPT_BATCH; see __init__
+        self._stopping = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         ready.set()
-        await self._server.main_loop()
-        await self._server.shutdown(sockets=[self._sock])
+        await self._stopping.wait()
+        await self._shutdown()
+
+    async def _shutdown(self, grace: float = 5.0) -> None:
+        """uvicorn's Server.shutdown without its fixed 0.1 s sleeps: stop accepting, close idle and
+        half-sent connections (``_DeadlineProtocol.shutdown``), let requests being handled finish
+        within ``grace``, then cancel what is left."""
+        for server in self._server.servers:
+            server.close()
+        state = self._server.server_state
+        for connection in list(state.connections):
+            connection.shutdown()
+        deadline = asyncio.get_running_loop().time() + grace
+        while (state.connections or state.tasks) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.005)
+        for task in list(state.tasks):
+            task.cancel()
+        for server in self._server.servers:
+            await server.wait_closed()
 
     def serve_forever(self) -> None:
         """Runs until ``stop()`` (from another thread or a signal handler)."""
@@ -375,6 +397,11 @@ class Listener:
 
     def stop(self) -> None:
         self._server.should_exit = True
+        if self._loop is not None and self._stopping is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._stopping.set)
+            except RuntimeError:
+                pass  # the loop closed meanwhile: the thread is ending on its own
         if self._thread is not None:
             self._thread.join(10)
         self._pool.shutdown(wait=False, cancel_futures=True)
