@@ -18,12 +18,15 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpuwarden.durations import parse as parse_duration
 from gpuwarden.prom import PrometheusClient, PrometheusError, Series
 
 from . import queries
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DASHBOARD = Path(__file__).resolve().parent / "gpu-fleet.json"
 
@@ -115,7 +118,7 @@ def _format_axis(ax: Any, unit: str) -> None:
 def _stacked(panel: dict[str, Any], name: str) -> bool:
     """Whether Grafana would stack this series: the panel's default, unless an override says not."""
     fc = panel["fieldConfig"]
-    mode = fc["defaults"].get("custom", {}).get("stacking", {}).get("mode", "none")
+    mode: str = fc["defaults"].get("custom", {}).get("stacking", {}).get("mode", "none")
     for o in fc.get("overrides", []):
         m = o["matcher"]
         hit = (m["id"] == "byName" and m["options"] == name) or (
@@ -139,7 +142,7 @@ def _draw_panel(ax: Any, panel: dict[str, Any], series: list[tuple[str, Series]]
     shown = 0
     for name, s in series:
         s = _drawable(s)
-        values = s.values
+        values: np.ndarray | list[float] = s.values
         if _stacked(panel, name):
             values = [
                 v + base.get(t, 0.0) if not math.isnan(v) else math.nan for t, v in zip(s.times, s.values, strict=False)

@@ -11,7 +11,8 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
@@ -22,6 +23,9 @@ from .collector import GpuCollector
 from .server import MetricsServer, parse_listen_address
 from .service import DEFAULT_TIMEOUT, ExporterService
 from .sim.models import DEFAULT_MODEL, MODELS
+
+if TYPE_CHECKING:
+    from .sim.control import ControlServer
 
 DEFAULT_LISTEN = ":9786"
 DEFAULT_CONTROL = "127.0.0.1:9788"
@@ -157,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _simulation(args: argparse.Namespace):
+def _simulation(args: argparse.Namespace) -> tuple[Callable[[], None], ControlServer | None, str]:
     """Builds the simulated fleet, its library loader and control server, and a banner."""
     from .sim.control import ControlServer
     from .sim.fleet import Fleet

@@ -49,7 +49,7 @@ class XidWatcher:
 
     def _register(self) -> object | None:
         try:
-            event_set = pynvml.nvmlEventSetCreate()
+            event_set: object = pynvml.nvmlEventSetCreate()
         except pynvml.NVMLError as exc:
             self._errors.add("nvmlEventSetCreate", exc.value)
             log.warning("XID events unavailable: nvmlEventSetCreate: %s", code_name(exc.value))

@@ -18,7 +18,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _MAX_CACHED = 100_000  # label sets; far above any real fleet, it only guards against label churn
 
 
-class LabelSet(dict):
+class LabelSet(dict[str, str]):
     """A label dict that carries its own rendered text; build once, share, never mutate.
 
     Each GPU's label sets live as long as the GPU, so rendering them once (instead of escaping

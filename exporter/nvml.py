@@ -56,7 +56,7 @@ class FieldValue(ctypes.Structure):
 _VALUE_MEMBER = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
 
 
-def field_buffer(field_ids: list[int]) -> ctypes.Array:
+def field_buffer(field_ids: list[int]) -> ctypes.Array[FieldValue]:
     """A reusable nvmlFieldValue_t array with the field ids filled in (one per GPU worker)."""
     buf = (FieldValue * len(field_ids))()
     for slot, fid in zip(buf, field_ids, strict=False):
@@ -64,7 +64,7 @@ def field_buffer(field_ids: list[int]) -> ctypes.Array:
     return buf
 
 
-def get_field_values(handle: Any, buf: ctypes.Array) -> ctypes.Array:
+def get_field_values(handle: Any, buf: ctypes.Array[FieldValue]) -> ctypes.Array[FieldValue]:
     """nvmlDeviceGetFieldValues into ``buf`` (the C entry point, called like pynvml calls it)."""
     fn = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetFieldValues")
     for slot in buf:
@@ -75,7 +75,8 @@ def get_field_values(handle: Any, buf: ctypes.Array) -> ctypes.Array:
 
 def field_value(slot: FieldValue) -> float:
     """The number in a field slot, read through the member its valueType names."""
-    return getattr(slot.value, _VALUE_MEMBER.get(slot.valueType, "ullVal"))
+    number: float = getattr(slot.value, _VALUE_MEMBER.get(slot.valueType, "ullVal"))  # an int for the integer members
+    return number
 
 
 class GpuLost(Exception):

@@ -237,6 +237,7 @@ class Schema:
             elif (
                 err.validator == "additionalProperties"
                 and isinstance(err.instance, dict)
+                and isinstance(err.schema, Mapping)
                 and err.validator_value is False
             ):
                 known = sorted(err.schema.get("properties", {}))

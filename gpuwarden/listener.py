@@ -112,7 +112,7 @@ class _DeadlineProtocol(H11Protocol):
 
     limits: Limits = Limits()  # set on the per-listener subclass
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's own
         super().connection_made(transport)
         self._timer: asyncio.TimerHandle | None = None
         self._waiting_since = self.loop.time()
@@ -187,7 +187,7 @@ class _Loop(asyncio.SelectorEventLoop):
 
     handshake_timeout: float = 10.0
 
-    async def create_server(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    async def create_server(self, *args: Any, **kwargs: Any) -> asyncio.Server:
         if kwargs.get("ssl") is not None:
             kwargs.setdefault("ssl_handshake_timeout", self.handshake_timeout)
         return await super().create_server(*args, **kwargs)

@@ -239,7 +239,7 @@ def _schema() -> foundation.Schema:
 def _describe(err: jsonschema.ValidationError, path: FieldPath) -> list[tuple[FieldPath, str]] | None:
     """The thresholds file's wording: a missing field is named itself, a field a kind does not
     take points at the schema."""
-    if err.validator == "required" and isinstance(err.instance, dict):
+    if err.validator == "required" and isinstance(err.instance, dict) and isinstance(err.validator_value, list):
         missing = [k for k in err.validator_value if k not in err.instance]
         if missing:
             return [(path + (missing[0],), "missing (required field)")]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import reduce
 from typing import Any
@@ -118,9 +119,9 @@ def series(metric: str, labels: Labels) -> str:
     return f"{metric}{{{inner}}}"
 
 
-def values(samples: list[float | None]) -> str:
+def values(samples: Sequence[float | str | None]) -> str:
     """promtool's notation: numbers, ``_`` for no sample, ``stale`` for a staleness marker."""
-    out = []
+    out: list[str] = []
     for s in samples:
         if s is None:
             out.append("_")
@@ -402,8 +403,11 @@ def _xid_case(cfg: RulesConfig, m: MonitoringAlert, s: int) -> dict[str, Any]:
     length = a + w + F // s + 4
     fatal = str(m.xids[0])
     other = str(next(x for x in range(13, 10_000) if x not in m.xids))
-    xl = lambda i, x: {**gpu_labels(cfg, i), "xid": x}  # noqa: E731 - local shorthand
-    appear: list[Any] = [None] * a + [1.0] * (length - a)
+
+    def xl(i: int, x: str) -> Labels:
+        return {**gpu_labels(cfg, i), "xid": x}
+
+    appear: list[float | None] = [None] * a + [1.0] * (length - a)
     inputs = [
         {"series": series("gpu_xid_errors_total", xl(0, fatal)), "values": values(appear)},
         {"series": series("gpu_xid_errors_total", xl(1, other)), "values": values(appear)},

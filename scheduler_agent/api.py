@@ -17,7 +17,7 @@ from .web import App, HttpError, Request, Response
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 
-SCHEMAS: dict[str, dict] = {
+SCHEMAS: dict[str, dict[str, Any]] = {
     "Error": {
         "type": "object",
         "required": ["error"],
@@ -108,11 +108,11 @@ SCHEMAS: dict[str, dict] = {
 }
 
 
-def _json(schema: dict) -> dict:
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
 
-def _resp(description: str, schema: dict | None = None) -> dict:
+def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"description": description}
     if schema is not None:
         out.update(_json(schema))
@@ -123,7 +123,7 @@ JOB_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "inte
 GPU_UUID = {"name": "uuid", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
-def _actor(req: Request, body: dict | None = None) -> str:
+def _actor(req: Request, body: dict[str, Any] | None = None) -> str:
     """Who asked (the audit trail's actor): the body's ``actor``, else X-Gpuwarden-Actor."""
     actor = (body or {}).get("actor") or req.headers.get("x-gpuwarden-actor") or "api"
     if len(actor) > 200:
@@ -151,7 +151,7 @@ def install(app: App, sched: Scheduler, registry: CollectorRegistry) -> None:
         return Response(201, out, headers={"Location": f"/api/v1/jobs/{out['id']}"})
 
     def list_jobs(req: Request) -> Response:
-        state = (req.query.get("state") or [None])[0]
+        state = _query(req, "state")
         limit = _int_query(req, "limit", 100, 1, 10000)
         offset = _int_query(req, "offset", 0, 0, 2**62)
         return Response(200, sched.list_jobs(state=state or None, limit=limit, offset=offset))
@@ -294,8 +294,14 @@ def install(app: App, sched: Scheduler, registry: CollectorRegistry) -> None:
     )
 
 
+def _query(req: Request, name: str) -> str | None:
+    """The first value of query parameter ``name``, if it has one."""
+    values = req.query.get(name)
+    return values[0] if values else None
+
+
 def _int_query(req: Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = (req.query.get(name) or [None])[0]
+    raw = _query(req, name)
     if raw is None or raw == "":
         return default
     try:

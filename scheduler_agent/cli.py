@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _table(rows: list[dict], cols: list[str]) -> str:
+def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     cells = [
         [
             ("" if r.get(c) is None else (",".join(map(str, r[c])) if isinstance(r.get(c), list) else str(r[c])))

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,9 @@ class JobRun:
 
 
 class Executor(Protocol):
-    def start(self, job: JobRun, on_exit: ExitCallback) -> dict: ...
+    def start(self, job: JobRun, on_exit: ExitCallback) -> dict[str, Any]: ...
     def stop(self, job_id: int, grace_seconds: float) -> None: ...
-    def recover(self, job: JobRun, handle: dict | None) -> None: ...
+    def recover(self, job: JobRun, handle: dict[str, Any] | None) -> None: ...
     def close(self) -> None: ...
 
 
@@ -76,7 +76,7 @@ class TrackingExecutor:
         self._callbacks: dict[int, ExitCallback] = {}
         self._lock = threading.Lock()
 
-    def start(self, job: JobRun, on_exit: ExitCallback) -> dict:
+    def start(self, job: JobRun, on_exit: ExitCallback) -> dict[str, Any]:
         with self._lock:
             self._callbacks[job.id] = on_exit
         return {"executor": "tracking"}
@@ -87,7 +87,7 @@ class TrackingExecutor:
         if cb is not None:
             cb(job_id, None)
 
-    def recover(self, job: JobRun, handle: dict | None) -> None:
+    def recover(self, job: JobRun, handle: dict[str, Any] | None) -> None:
         return None
 
     def close(self) -> None:
@@ -133,14 +133,14 @@ class LocalExecutor:
     def __init__(self, log_dir: str | Path, kill_check_interval: float = 0.05) -> None:
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._procs: dict[int, subprocess.Popen] = {}
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self._interval = kill_check_interval
 
     def log_path(self, job_id: int) -> Path:
         return self.log_dir / f"job-{job_id}.log"
 
-    def start(self, job: JobRun, on_exit: ExitCallback) -> dict:
+    def start(self, job: JobRun, on_exit: ExitCallback) -> dict[str, Any]:
         if not job.command:
             raise ValueError(f"job {job.id}: LocalExecutor needs a command")
         env = job_environment(job)
@@ -164,7 +164,7 @@ class LocalExecutor:
         ).start()
         return handle
 
-    def _wait(self, job_id: int, proc: subprocess.Popen, on_exit: ExitCallback) -> None:
+    def _wait(self, job_id: int, proc: subprocess.Popen[bytes], on_exit: ExitCallback) -> None:
         rc = proc.wait()
         with self._lock:
             self._procs.pop(job_id, None)
@@ -183,7 +183,7 @@ class LocalExecutor:
             target=self._escalate, args=(proc, grace_seconds), name=f"job-{job_id}-kill", daemon=True
         ).start()
 
-    def _escalate(self, proc: subprocess.Popen, grace: float) -> None:
+    def _escalate(self, proc: subprocess.Popen[bytes], grace: float) -> None:
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -192,7 +192,7 @@ class LocalExecutor:
         # Kill the whole group even if the leader exited: its children may linger on the GPU.
         _signal_group(proc.pid, signal.SIGKILL)
 
-    def recover(self, job: JobRun, handle: dict | None) -> None:
+    def recover(self, job: JobRun, handle: dict[str, Any] | None) -> None:
         """Ends work a dead agent left running: by the handle's pid, else by the job's env key.
 
         The handle is missing when the agent died between committing the placement and

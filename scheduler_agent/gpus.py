@@ -16,6 +16,7 @@ change them only through its methods.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from .jobstore import SchedulerStore
 from .models import SEVERITIES, Conflict, Gpu, InvalidRequest, NotFound
@@ -50,10 +51,10 @@ class GpuTable:
     def all(self) -> list[Gpu]:
         return list(self._gpus.values())
 
-    def describe(self, uuid: str) -> dict:
+    def describe(self, uuid: str) -> dict[str, Any]:
         return self.get(uuid).to_dict()
 
-    def describe_all(self) -> list[dict]:
+    def describe_all(self) -> list[dict[str, Any]]:
         return [g.to_dict() for g in sorted(self._gpus.values(), key=lambda g: (g.node, g.index))]
 
     def job_on(self, uuid: str) -> int | None:
@@ -106,7 +107,7 @@ class GpuTable:
         self._wake()
 
     # ----------------------------------------------------------------------- health changes
-    def register(self, node: str, index: int, uuid: str, name: str = "") -> dict:
+    def register(self, node: str, index: int, uuid: str, name: str = "") -> dict[str, Any]:
         """Adds a GPU to the inventory, or updates where it is; its health flags are kept."""
         if not uuid or not node:
             raise InvalidRequest("a GPU needs a node and a uuid", "uuid" if not uuid else "node")
@@ -137,7 +138,7 @@ class GpuTable:
                 self._save(g)
                 self._store.record("gpu.quarantined", gpu=uuid, actor=actor, reason=reason)
 
-    def release(self, uuid: str, actor: str) -> dict:
+    def release(self, uuid: str, actor: str) -> dict[str, Any]:
         with self._store.commit():
             g = self.get(uuid)
             if not g.quarantined:
@@ -147,7 +148,7 @@ class GpuTable:
             self._store.record("gpu.released", gpu=uuid, actor=actor)
             return g.to_dict()
 
-    def set_throttled(self, uuid: str, throttled: bool, reason: str) -> dict:
+    def set_throttled(self, uuid: str, throttled: bool, reason: str) -> dict[str, Any]:
         with self._store.commit():
             g = self.get(uuid)
             if g.throttled != bool(throttled):
@@ -156,7 +157,7 @@ class GpuTable:
                 self._store.record("gpu.throttled" if throttled else "gpu.unthrottled", gpu=uuid, reason=reason)
             return g.to_dict()
 
-    def set_alert(self, uuid: str, rule: str, severity: str, firing: bool) -> dict:
+    def set_alert(self, uuid: str, rule: str, severity: str, firing: bool) -> dict[str, Any]:
         if severity not in SEVERITIES:
             raise InvalidRequest(f"severity must be one of {', '.join(SEVERITIES)}", "severity")
         if not rule:
@@ -186,7 +187,7 @@ class GpuTable:
             self._store.record("gpu.lost", gpu=uuid, reason=reason)
             return True
 
-    def mark_up(self, uuid: str) -> dict:
+    def mark_up(self, uuid: str) -> dict[str, Any]:
         with self._store.commit():
             g = self.get(uuid)
             if g.lost:

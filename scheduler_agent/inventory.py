@@ -37,6 +37,7 @@ def static_specs(nodes: list[dict[str, Any]], source: str = "inventory") -> list
     for i, n in enumerate(nodes):
         if not isinstance(n, dict) or not n.get("name"):
             raise InventoryError(f"{source}: nodes[{i}].name: each node needs a name")
+        gpus: list[dict[str, Any]]
         if "count" in n:
             gpus = [{"index": k, "uuid": f"GPU-{n['name']}-{k}"} for k in range(int(n["count"]))]
         else:

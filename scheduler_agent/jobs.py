@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import json
 from collections.abc import Callable
+from typing import Any
 
 from opentelemetry import trace
 
@@ -54,7 +55,7 @@ class JobLifecycle:
         self._run_spans: dict[int, trace.Span] = {}
 
     # ---------------------------------------------------------------------------- start-up
-    def recover(self, head_seq: int, tail_seq: int, jobs: list[tuple[ActiveJob, dict | None]]) -> None:
+    def recover(self, head_seq: int, tail_seq: int, jobs: list[tuple[ActiveJob, dict[str, Any] | None]]) -> None:
         """Rebuilds the queue from the jobs the database has not finished (inside a commit)."""
         self._head_seq, self._tail_seq = head_seq, tail_seq
         for job, handle in jobs:
@@ -110,7 +111,7 @@ class JobLifecycle:
         idempotency_key: str | None = None,
         env: dict[str, str] | None = None,
         actor: str = "api",
-    ) -> dict:
+    ) -> dict[str, Any]:
         max_name = self._options.max_name_length
         if not isinstance(name, str) or not name or len(name) > max_name:
             raise InvalidRequest(f"name must be 1-{max_name} characters", "name")
@@ -170,7 +171,7 @@ class JobLifecycle:
             self._wake()
             return self._store.job(job.id)
 
-    def cancel(self, job_id: int, actor: str = "api") -> dict:
+    def cancel(self, job_id: int, actor: str = "api") -> dict[str, Any]:
         with self._store.commit():
             job = self._jobs.get(job_id)
             if job is None:

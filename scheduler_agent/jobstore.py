@@ -22,6 +22,7 @@ import sqlite3
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from .models import JOB_STATES, ActiveJob, Gpu, InvalidRequest, NotFound, job_row
 from .schema import COMPONENT, MIGRATIONS
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 COUNTERS = ("submitted", "scheduled", "completed", "failed", "preempted", "cancelled")
 
-Listener = Callable[[dict], None]
+Listener = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -41,7 +42,7 @@ class Loaded:
     gpus: list[Gpu]
     head_seq: int  # next queue_seq for a job requeued at the head
     tail_seq: int  # next queue_seq for a new job
-    jobs: list[tuple[ActiveJob, dict | None]]  # pending/running/stopping, with the executor handle
+    jobs: list[tuple[ActiveJob, dict[str, Any] | None]]  # pending/running/stopping, with the executor handle
 
 
 class SchedulerStore:
@@ -53,12 +54,12 @@ class SchedulerStore:
         self.instance = ""  # this database's scheduler id (set by load)
         self._counters = dict.fromkeys(COUNTERS, 0)
         self._listeners: list[Listener] = []
-        self._pending_events: list[dict] = []
+        self._pending_events: list[dict[str, Any]] = []
         db.migrate(COMPONENT, MIGRATIONS)
 
     # ------------------------------------------------------------------ transactions, events
     @property
-    def lock(self) -> contextlib.AbstractContextManager:
+    def lock(self) -> contextlib.AbstractContextManager[bool]:
         """``db.lock``: hold it to read the scheduler's state consistently."""
         return self.db.lock
 
@@ -255,7 +256,7 @@ class SchedulerStore:
         sets = ", ".join(f"{k}=?" for k in cols)
         self.db.conn.execute(f"UPDATE jobs SET {sets} WHERE id=?", (*cols.values(), job.id))
 
-    def job(self, job_id: int) -> dict:
+    def job(self, job_id: int) -> dict[str, Any]:
         """The job as the API shows it; ``NotFound`` if there is none."""
         with self.db.lock:
             r = self.db.conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
@@ -263,7 +264,7 @@ class SchedulerStore:
             raise NotFound(f"no job with id {job_id}", field="id")
         return job_row(r)
 
-    def jobs(self, state: str | None = None, limit: int = 100, offset: int = 0) -> list[dict]:
+    def jobs(self, state: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         if state is not None and state not in JOB_STATES:
             raise InvalidRequest(f"state must be one of {', '.join(JOB_STATES)}", "state")
         q, args = "SELECT * FROM jobs", []

@@ -6,7 +6,9 @@ Errors form one small hierarchy so the HTTP layer maps them without knowing who 
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field
+from typing import Any
 
 JOB_STATES = ("pending", "running", "stopping", "completed", "failed", "cancelled")
 # gpu_state values, most severe first: a GPU reports the first that applies.
@@ -101,7 +103,7 @@ class Gpu:
     def placeable(self) -> bool:
         return self.schedulable and self.job_id is None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "uuid": self.uuid,
             "node": self.node,
@@ -149,7 +151,7 @@ class ActiveJob:
         return (-self.priority, self.seq, self.id)
 
 
-def job_row(r) -> dict:
+def job_row(r: sqlite3.Row) -> dict[str, Any]:
     """A jobs row (sqlite3.Row) as the API shows it."""
     import json
 

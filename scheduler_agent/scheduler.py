@@ -44,7 +44,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from opentelemetry import trace
 
@@ -101,7 +101,7 @@ class Scheduler:
             self._gpus.index_all()
         self.instance = self._store.instance
 
-    def subscribe(self, listener: Callable[[dict], None]) -> None:
+    def subscribe(self, listener: Callable[[dict[str, Any]], None]) -> None:
         """Calls ``listener(event)`` after each committed event (from the committing thread)."""
         self._store.subscribe(listener)
 
@@ -124,28 +124,28 @@ class Scheduler:
         idempotency_key: str | None = None,
         env: dict[str, str] | None = None,
         actor: str = "api",
-    ) -> dict:
+    ) -> dict[str, Any]:
         return self._jobs.submit(name, gpus, priority, command, time_limit, idempotency_key, env, actor)
 
-    def get_job(self, job_id: int) -> dict:
+    def get_job(self, job_id: int) -> dict[str, Any]:
         return self._store.job(job_id)
 
-    def list_jobs(self, state: str | None = None, limit: int = 100, offset: int = 0) -> list[dict]:
+    def list_jobs(self, state: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         return self._store.jobs(state, limit, offset)
 
-    def cancel(self, job_id: int, actor: str = "api") -> dict:
+    def cancel(self, job_id: int, actor: str = "api") -> dict[str, Any]:
         return self._jobs.cancel(job_id, actor)
 
     # ------------------------------------------------------------------------------- GPUs
-    def list_gpus(self) -> list[dict]:
+    def list_gpus(self) -> list[dict[str, Any]]:
         with self.db.lock:
             return self._gpus.describe_all()
 
-    def get_gpu(self, uuid: str) -> dict:
+    def get_gpu(self, uuid: str) -> dict[str, Any]:
         with self.db.lock:
             return self._gpus.describe(uuid)
 
-    def register_gpu(self, node: str, index: int, uuid: str, name: str = "") -> dict:
+    def register_gpu(self, node: str, index: int, uuid: str, name: str = "") -> dict[str, Any]:
         """Adds a GPU to the inventory, or updates where it is; its health flags are kept."""
         return self._gpus.register(node, index, uuid, name)
 
@@ -168,7 +168,7 @@ class Scheduler:
                 if g.uuid not in seen and not g.lost:
                     self.mark_lost(g.uuid, f"{source}: absent from discovery")
 
-    def quarantine(self, uuid: str, reason: str, actor: str, preempt: bool = True) -> dict:
+    def quarantine(self, uuid: str, reason: str, actor: str, preempt: bool = True) -> dict[str, Any]:
         """Takes a GPU out of placement until ``release``; preempts its job unless told not to."""
         with self._store.commit():
             self._gpus.quarantine(uuid, reason, actor)
@@ -177,7 +177,7 @@ class Scheduler:
             out["preempted"] = preempted
             return out
 
-    def release(self, uuid: str, actor: str) -> dict:
+    def release(self, uuid: str, actor: str) -> dict[str, Any]:
         return self._gpus.release(uuid, actor)
 
     def preempt_gpu(self, uuid: str, reason: str, actor: str = "scheduler") -> list[int]:
@@ -189,21 +189,21 @@ class Scheduler:
                 return []
             return [job_id]
 
-    def set_throttled(self, uuid: str, throttled: bool, reason: str) -> dict:
+    def set_throttled(self, uuid: str, throttled: bool, reason: str) -> dict[str, Any]:
         return self._gpus.set_throttled(uuid, throttled, reason)
 
-    def set_alert(self, uuid: str, rule: str, severity: str, firing: bool) -> dict:
+    def set_alert(self, uuid: str, rule: str, severity: str, firing: bool) -> dict[str, Any]:
         """Records an alert's state on a GPU; while a critical one fires the GPU gets no new job."""
         return self._gpus.set_alert(uuid, rule, severity, firing)
 
-    def mark_lost(self, uuid: str, reason: str) -> dict:
+    def mark_lost(self, uuid: str, reason: str) -> dict[str, Any]:
         """The GPU stopped answering: no placement, and its job is preempted."""
         with self._store.commit():
             if self._gpus.mark_lost(uuid, reason):
                 self.preempt_gpu(uuid, f"GPU {uuid} lost: {reason}", "inventory")
             return self._gpus.describe(uuid)
 
-    def mark_up(self, uuid: str) -> dict:
+    def mark_up(self, uuid: str) -> dict[str, Any]:
         return self._gpus.mark_up(uuid)
 
     # ------------------------------------------------------------------------- dispatcher

@@ -30,7 +30,8 @@ class JobStats:
         """Cumulative (le, count) pairs ending with +Inf, and the sum."""
         with self._lock:
             counts, total = list(self._counts), self._sum
-        out, running = [], 0
+        out: list[tuple[str, float]] = []
+        running = 0
         for le, c in zip(self.buckets, counts, strict=False):
             running += c
             out.append((repr(float(le)), running))

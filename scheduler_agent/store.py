@@ -77,8 +77,8 @@ def explain(exc: sqlite3.Error) -> sqlite3.Error:
     """``exc``, or a ``DatabaseFull`` saying so when it is SQLITE_FULL."""
     if _code(exc) == _SQLITE_FULL and not isinstance(exc, DatabaseFull):
         full = DatabaseFull(f"database full: {exc} (free space on the database's file system)")
-        full.sqlite_errorcode = exc.sqlite_errorcode  # type: ignore[attr-defined]
-        full.sqlite_errorname = getattr(exc, "sqlite_errorname", "SQLITE_FULL")  # type: ignore[attr-defined]
+        full.sqlite_errorcode = exc.sqlite_errorcode
+        full.sqlite_errorname = getattr(exc, "sqlite_errorname", "SQLITE_FULL")
         return full
     return exc
 

@@ -59,7 +59,7 @@ def validity(cert_file: Path) -> tuple[float, float]:
     CPython's own certificate decoder (``_ssl._test_decode_cert``, there since Python 3.0): the
     standard library has no public way to read a certificate file's dates, and this spares a
     dependency on ``cryptography`` for two fields."""
-    decoded = ssl._ssl._test_decode_cert(str(cert_file))  # type: ignore[attr-defined]
+    decoded = ssl._ssl._test_decode_cert(str(cert_file))  # type: ignore[attr-defined]  # private: not in typeshed
     return ssl.cert_time_to_seconds(decoded["notBefore"]), ssl.cert_time_to_seconds(decoded["notAfter"])
 
 

@@ -37,17 +37,26 @@ def _exporter(name: str) -> SpanExporter | None:
     if name == "console":
         return ConsoleSpanExporter()
     if name == "otlp":
-        try:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-        except ImportError:
-            try:
-                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # type: ignore[no-redef]
-            except ImportError:
-                log.warning(
-                    "OTEL_TRACES_EXPORTER=otlp but opentelemetry-exporter-otlp is not installed: "
-                    "pip install opentelemetry-exporter-otlp; traces are not exported"
-                )
-                return None
-        return OTLPSpanExporter()
+        return _otlp()
     log.warning("OTEL_TRACES_EXPORTER=%s is not supported (use none, console or otlp); ignored", name)
     return None
+
+
+def _otlp() -> SpanExporter | None:
+    """OTLP over gRPC, else over HTTP, whichever opentelemetry-exporter-otlp part is installed."""
+    exporter: SpanExporter
+    try:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
+    except ImportError:
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Http
+        except ImportError:
+            log.warning(
+                "OTEL_TRACES_EXPORTER=otlp but opentelemetry-exporter-otlp is not installed: "
+                "pip install opentelemetry-exporter-otlp; traces are not exported"
+            )
+            return None
+        exporter = Http()
+    else:
+        exporter = Grpc()
+    return exporter

@@ -173,11 +173,11 @@ class BearerAuth:
 class Route:
     method: str
     template: str
-    regex: re.Pattern
+    regex: re.Pattern[str]
     names: list[str]
     handler: Handler
     auth: AuthCheck
-    openapi: dict | None
+    openapi: dict[str, Any] | None
     validator: jsonschema.Draft202012Validator | None
     max_body: int
     max_body_setting: str
@@ -189,7 +189,7 @@ class App:
     def __init__(self, auth: Callable[[Request], bool], title: str = "gpuwarden agent", version: str = "0.1.0") -> None:
         self.default_auth = auth
         self.routes: list[Route] = []
-        self.components: dict[str, dict] = {}
+        self.components: dict[str, dict[str, Any]] = {}
         self.info = {"title": title, "version": version}
         self._listener: Listener | None = None
 
@@ -201,7 +201,7 @@ class App:
         handler: Handler,
         *,
         auth: AuthCheck = None,
-        openapi: dict | None = None,
+        openapi: dict[str, Any] | None = None,
         max_body: int = MAX_BODY,
         max_body_setting: str = "",
     ) -> None:
@@ -225,7 +225,7 @@ class App:
             )
         )
 
-    def add_schema(self, name: str, schema: dict) -> None:
+    def add_schema(self, name: str, schema: dict[str, Any]) -> None:
         """Adds ``#/components/schemas/<name>`` to the document (for $ref in operations)."""
         self.components[name] = schema
 
@@ -240,8 +240,8 @@ class App:
             return [self._resolve(v) for v in schema]
         return schema
 
-    def openapi_document(self) -> dict:
-        paths: dict[str, dict] = {}
+    def openapi_document(self) -> dict[str, Any]:
+        paths: dict[str, dict[str, Any]] = {}
         for r in self.routes:
             if r.openapi is None:
                 continue
@@ -309,7 +309,7 @@ class App:
             req.params = self._params(r, raw)
             body_optional = not ((r.openapi or {}).get("requestBody") or {}).get("required", False)
             if r.validator is not None and not (body_optional and not req.body.strip()):
-                self._validate(r, req.json())
+                self._validate(r.validator, req.json())
             return r.handler(req)
         except HttpError as exc:
             return _error(exc)
@@ -345,8 +345,8 @@ class App:
                 out[p["name"]] = int(v)
         return out
 
-    def _validate(self, r: Route, body: Any) -> None:
-        err = jsonschema.exceptions.best_match(r.validator.iter_errors(body))
+    def _validate(self, validator: jsonschema.Draft202012Validator, body: Any) -> None:
+        err = jsonschema.exceptions.best_match(validator.iter_errors(body))
         if err is None:
             return
         path = ".".join(str(p) for p in err.absolute_path)

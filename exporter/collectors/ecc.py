@@ -3,7 +3,7 @@ or remapped rows (A100 and later), whichever the GPU has."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import pynvml
 from prometheus_client.core import Metric
@@ -28,7 +28,7 @@ RETIRED_NAME, RETIRED_HELP = "gpu_retired_pages", "Device memory pages retired, 
 REMAPPED_NAME, REMAPPED_HELP = "gpu_remapped_rows", "Device memory rows remapped, by cause."
 
 
-def _ecc(error_type: int):
+def _ecc(error_type: int) -> Callable[[Reader], float | None]:
     def read(r: Reader) -> float | None:
         n = r.call(
             "nvmlDeviceGetTotalEccErrors",
@@ -43,7 +43,7 @@ def _ecc(error_type: int):
     return read
 
 
-def _retired(cause: int):
+def _retired(cause: int) -> Callable[[Reader], float | None]:
     def read(r: Reader) -> float | None:
         pages = r.call(
             "nvmlDeviceGetRetiredPages",
@@ -57,7 +57,7 @@ def _retired(cause: int):
     return read
 
 
-def _remapped(position: int):
+def _remapped(position: int) -> Callable[[Reader], float | None]:
     def read(r: Reader) -> float | None:
         rows = r.call("nvmlDeviceGetRemappedRows", pynvml.nvmlDeviceGetRemappedRows, r.device.handle)
         return None if rows is None else float(rows[position])  # (correctable, uncorrectable, ...)

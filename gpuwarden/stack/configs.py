@@ -77,7 +77,7 @@ def prometheus_config(ports: Ports, settings: Settings) -> dict[str, Any]:
 def alertmanager_config(ports: Ports, token_file: Path, shipped: Path | None = None) -> dict[str, Any]:
     """The shipped routing tree, unchanged but for where its receivers deliver."""
     shipped = shipped or ALERTMANAGER_DIR / "alertmanager.yml"
-    doc = yaml.safe_load(shipped.read_text())
+    doc: dict[str, Any] = yaml.safe_load(shipped.read_text())
     doc["templates"] = [str(shipped.parent / t) for t in doc.get("templates", [])]
     for receiver in doc["receivers"]:
         if receiver["name"] == "gpuwarden-agent":

@@ -47,7 +47,7 @@ def wait_for_gpus(agent_url: str, token: str, count: int, timeout: float = 60.0)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            gpus = get_json(f"{agent_url}/api/v1/gpus", token)
+            gpus: list[dict[str, Any]] = get_json(f"{agent_url}/api/v1/gpus", token)
             if len(gpus) >= count:
                 return gpus
         except OSError:

@@ -156,7 +156,7 @@ def threshold_now(rule: rules.config.AlertRule, gpu: dict[str, Any], slowdown: f
     """``rule``'s threshold for this GPU now: a profile's relative threshold from the GPU's own
     limit (as the generated PromQL computes it), else the fixed one (also the rules' fallback for
     a GPU that does not report the limit)."""
-    rel = getattr(rule, "relative", None)
+    rel = rule.relative
     if rel is None:
         return float(rule.threshold)
     if rel.limit == "power_limit":
@@ -252,11 +252,13 @@ class Loop:
         return int(job["id"])
 
     def job(self, job_id: int) -> dict[str, Any]:
-        return self.agent(f"/api/v1/jobs/{job_id}")
+        job: dict[str, Any] = self.agent(f"/api/v1/jobs/{job_id}")
+        return job
 
     # -- simulator (the NVML library the exporter and the agent's actuator read) -------------
     def sim_gpus(self) -> list[dict[str, Any]]:
-        return _request("GET", self.sim_url + "/api/v1/gpus")["gpus"]
+        gpus: list[dict[str, Any]] = _request("GET", self.sim_url + "/api/v1/gpus")["gpus"]
+        return gpus
 
     def play(self, doc: dict[str, Any]) -> None:
         _request("POST", self.sim_url + "/api/v1/scenario", doc)
@@ -273,7 +275,8 @@ class Loop:
         return None
 
     def prom_alerts(self) -> list[dict[str, Any]]:
-        return _request("GET", self.prometheus_url + "/api/v1/alerts")["data"]["alerts"]
+        alerts: list[dict[str, Any]] = _request("GET", self.prometheus_url + "/api/v1/alerts")["data"]["alerts"]
+        return alerts
 
     def notifications(self, rule: str, gpu: int, status: str = "firing") -> list[dict[str, Any]]:
         """What Alertmanager delivered to the on-call/chat receivers for ``rule`` on ``gpu``."""

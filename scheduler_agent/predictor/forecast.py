@@ -89,7 +89,10 @@ def risk_score(seconds_to_threshold: float | None, confidence: float, level: flo
 
 
 def forecast(
-    trend: Trend, threshold: float, recent_values: Sequence[float] | None = None, min_confidence: float = MIN_CONFIDENCE
+    trend: Trend,
+    threshold: float,
+    recent_values: Sequence[float] | np.ndarray | None = None,
+    min_confidence: float = MIN_CONFIDENCE,
 ) -> Forecast:
     """Forecast when ``trend`` reaches ``threshold`` (an upper bound: alerts fire at >= it).
 

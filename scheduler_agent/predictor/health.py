@@ -35,12 +35,13 @@ class GpuHealth:
     def soonest(self, specs: Sequence[MetricSpec], migrate_only: bool = False) -> tuple[MetricSpec, Forecast] | None:
         """The metric predicted to cross first (None when none is predicted)."""
         best: tuple[MetricSpec, Forecast] | None = None
+        best_seconds = 0.0  # best's seconds_to_threshold
         for spec in specs:
             f = self.forecasts.get(spec.name)
             if f is None or f.seconds_to_threshold is None or (migrate_only and not spec.migrate):
                 continue
-            if best is None or f.seconds_to_threshold < best[1].seconds_to_threshold:  # type: ignore[operator]
-                best = (spec, f)
+            if best is None or f.seconds_to_threshold < best_seconds:
+                best, best_seconds = (spec, f), f.seconds_to_threshold
         return best
 
 

@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..remediation.actuators import GpuRef
 from ..remediation.port import PREDICTOR, ActionContext, SchedulerPort
@@ -113,7 +113,7 @@ class PortMigrator:
                     (self.clock(), mid),
                 )
 
-    def rows(self, limit: int = 100) -> list[dict]:
+    def rows(self, limit: int = 100) -> list[dict[str, Any]]:
         """The ledger, newest first (for tests and debugging)."""
         with self.lock:
             rows = self.conn.execute("SELECT * FROM predictor_migrations ORDER BY id DESC LIMIT ?", (limit,)).fetchall()

@@ -105,10 +105,9 @@ def gpu_report(h: GpuHealth, specs: Sequence[MetricSpec], lead_time: float) -> s
         if f is not None and (f.seconds_to_threshold is not None or f.risk >= REPORT_RISK):
             blocks.append(metric_block(h.gpu, spec, f))
     if not blocks:
-        f = next((h.forecasts[s.name] for s in specs if s.name in h.forecasts), None)
-        spec = next((s for s in specs if s.name in h.forecasts), None)
-        if f is not None and spec is not None:
-            blocks.append(metric_block(h.gpu, spec, f))
+        first = next((s for s in specs if s.name in h.forecasts), None)
+        if first is not None:
+            blocks.append(metric_block(h.gpu, first, h.forecasts[first.name]))
         else:
             blocks.append(f"GPU-{h.gpu} ({h.uuid}): no series to forecast")
     errors = [f"{k} errors: {fmt_value(v)}" for k, v in sorted(h.recent_errors.items()) if v > 0]

@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 from scipy import stats
@@ -57,6 +58,14 @@ DECEL_RATIO = 0.7
 
 class InsufficientData(ValueError):
     """Too few samples in the window to fit a trend; wait for more scrapes."""
+
+
+class _Latest(TypedDict):
+    """The fields of a Trend that every model shares: where the data ends."""
+
+    last_value: float
+    t_last: float
+    n: int
 
 
 @dataclass(frozen=True)
@@ -159,7 +168,7 @@ def fit_trend(
     last_value = float(y[-1])
     span = t_last - float(t[0])
     recent_mask = t >= t_last - span / 2
-    base = dict(last_value=last_value, t_last=t_last, n=int(t.size))
+    base = _Latest(last_value=last_value, t_last=t_last, n=int(t.size))
     if int(recent_mask.sum()) < min_samples or span <= 0:
         return Trend(full.slope, full.low, full.high, full.level, **base)
     recent = _theil_sen(t[recent_mask], y[recent_mask], t_last)

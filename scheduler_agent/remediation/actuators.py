@@ -77,8 +77,10 @@ class NvmlActuator:
 
     def __init__(self, nvml: ModuleType | None = None) -> None:
         if nvml is None:
-            import pynvml as nvml
-        self._nvml = nvml
+            import pynvml
+
+            nvml = pynvml
+        self._nvml: ModuleType = nvml
         self._initialised = False
 
     def _handle(self, gpu: GpuRef) -> Any:

@@ -151,6 +151,7 @@ class Intake:
             (now, n.receiver, n.group_key, n.status, len(n.alerts), n.truncated_alerts, n.external_url),
         )
         nid = cur.lastrowid
+        assert nid is not None  # set by the INSERT just made
         rows = []
         for a in n.alerts:
             labels = a.labels

@@ -173,7 +173,8 @@ class Remediation:
         before_id: int | None = None,
     ) -> list[dict[str, Any]]:
         """The audit trail, newest first."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         for column, value in (("uuid", uuid), ("outcome", outcome), ("action", action)):
             if value:
                 where.append(f"{column} = ?")

@@ -356,7 +356,7 @@ class SlurmPort:
         return out
 
     # -- the embedded scheduler's events (operators using the agent's API) ---------------
-    def on_event(self, event: dict) -> None:
+    def on_event(self, event: dict[str, Any]) -> None:
         """``gpu.released``/``gpu.quarantined`` by a person through the agent's API: the same
         in Slurm. Our own calls into the embedded scheduler are skipped."""
         if getattr(self._own, "active", False) or not event.get("gpu_uuid"):

@@ -118,11 +118,12 @@ class Journal:
         if key is None:
             return None
         with self.lock:
-            return self.conn.execute(
+            row: sqlite3.Row | None = self.conn.execute(
                 "SELECT * FROM slurm_commands WHERE source=? AND action_id=? AND op=? AND "
                 "target=? AND outcome IN ('ok', 'pending', 'skipped') ORDER BY id DESC LIMIT 1",
                 (*key, op, target),
             ).fetchone()
+            return row
 
     def plan(self, key: Key | None, op: str, make: Callable[[], Any]) -> Any:
         """The plan this action made before (e.g. which jobs to requeue), or ``make()``'s,

@@ -50,16 +50,16 @@ def install(agent: Host) -> SlurmPort | None:
 
 
 def _routes(agent: Host, port: SlurmPort) -> None:
-    from ..web import Response
+    from ..web import Request, Response
 
-    def commands(req):  # type: ignore[no-untyped-def]
+    def commands(req: Request) -> Response:
         try:
             limit = int((req.query.get("limit") or ["100"])[-1])
         except ValueError:
             return Response(400, {"error": "limit must be an integer", "field": "limit"})
         return Response(200, {"commands": port.journal.rows(max(1, min(limit, 10000)))})
 
-    def release(req):  # type: ignore[no-untyped-def]
+    def release(req: Request) -> Response:
         try:
             return Response(200, port.release(req.params["uuid"], "api"))
         except SlurmError as exc:
