@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 2048  # the kernel's queue of connections not yet accepted
 ACCEPT_BATCH = 64  # connections accepted per event-loop turn
+LINGER_BYTES = 64 << 20  # a refused body read and dropped before closing (_linger)
+LINGER_SECONDS = 5.0  # ... for at most this long
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,9 @@ class _DeadlineProtocol(H11Protocol):
     limits: Limits = Limits()  # set on the per-listener subclass
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's own
-        super().connection_made(transport)
+        self._raw = transport
+        self._linger_left = 0
+        super().connection_made(_LingeringTransport(transport, self))
         self._timer: asyncio.TimerHandle | None = None
         self._waiting_since = self.loop.time()
         self._arm("headers", self.limits.header_timeout)
@@ -125,8 +129,34 @@ class _DeadlineProtocol(H11Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._phase == "lingering":
+            self._linger_left -= len(data)
+            if self._linger_left < 0:
+                self._close_now()
+            return
         super().data_received(data)
         self._follow()
+
+    def eof_received(self) -> None:
+        if self._phase == "lingering":
+            self._close_now()
+
+    # -- lingering close (nginx's lingering_close)
+    def _linger(self) -> None:
+        """uvicorn closes the connection after an answer given before the body was read (401,
+        413). Closing a socket with unread bytes makes the kernel send a reset, which can reach
+        the client before the answer: it would see "connection reset" instead of the status that
+        says what to do (and Alertmanager would retry a 413 it never read). So the answer goes
+        out, the rest of the body is read and dropped (LINGER_BYTES at most, LINGER_SECONDS at
+        most), then the connection is closed."""
+        self._disarm()
+        self._phase, self._linger_left = "lingering", LINGER_BYTES
+        self._timer = self.loop.call_later(LINGER_SECONDS, self._close_now)
+        self._raw.resume_reading()
+
+    def _close_now(self) -> None:
+        self._disarm()
+        self._raw.close()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -157,28 +187,47 @@ class _DeadlineProtocol(H11Protocol):
 
     def _expired(self) -> None:
         log.debug("closing %s: request %s not received within the deadline", self.client, self._phase)
-        self._timer = None
-        self.transport.close()
+        self._close_now()
 
     def shutdown(self) -> None:
         # uvicorn's graceful shutdown waits for every request in progress; one whose client is
         # still sending (or stalling) has nothing to wait for: close it now.
-        if self._phase in ("headers", "body"):
-            self._disarm()
-            self.transport.close()
+        if self._phase in ("headers", "body", "lingering"):
+            self._close_now()
         else:
             super().shutdown()
 
     # -- connection cap
     def _make_room(self) -> None:
-        # The oldest connection still sending (or stalling on) its headers, else its body: a
-        # request being handled is never the one dropped.
+        # The oldest connection lingering after its answer, else still sending (or stalling on)
+        # its headers, else its body: a request being handled is never the one dropped.
         others = [c for c in self.connections if isinstance(c, _DeadlineProtocol) and c is not self]
-        waiting = [c for c in others if c._phase == "headers"] or [c for c in others if c._phase == "body"]
+        waiting: list[_DeadlineProtocol] = []
+        for phase in ("lingering", "headers", "body"):
+            waiting = waiting or [c for c in others if c._phase == phase]
         victim = min(waiting, key=lambda c: c._waiting_since) if waiting else self
         log.debug("connection cap (%d) reached: closing %s", self.limits.max_connections, victim.client)
-        victim._disarm()
-        victim.transport.close()
+        victim._close_now()
+
+
+class _LingeringTransport:
+    """The transport as uvicorn sees it: ``close()`` lingers while the client is still sending
+    its body (``_DeadlineProtocol._linger``); everything else is the real transport's."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: _DeadlineProtocol) -> None:
+        self._transport, self._protocol = transport, protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing() or self._protocol._phase == "lingering"
+
+    def close(self) -> None:
+        if self._protocol.conn.their_state is h11.SEND_BODY and not self.is_closing():
+            self._protocol._linger()
+        elif self._protocol._phase != "lingering":
+            self._transport.close()
 
 
 class _Loop(asyncio.SelectorEventLoop):

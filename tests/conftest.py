@@ -5,7 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Proc
+from tests.helpers import CURRENT_TEST, Proc
+
+
+@pytest.fixture(autouse=True)
+def _current_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Lets require_binary check the running test's markers."""
+    token = CURRENT_TEST.set(request.node)
+    yield
+    CURRENT_TEST.reset(token)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ that installs it.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import shutil
 import time
@@ -41,11 +42,25 @@ VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
 T = TypeVar("T")
 
 
-def require_binary(name: str) -> str:
-    """Path of a real binary (promtool, amtool, prometheus, prometheus-alertmanager).
+# The test running now (set by an autouse fixture in tests/conftest.py): require_binary checks
+# its markers, so that `-m "not binaries"` (make test-fast) can trust them.
+SYSTEM_BINARIES = {"promtool", "amtool", "prometheus", "alertmanager", "prometheus-alertmanager"}
+CURRENT_TEST: contextvars.ContextVar[pytest.Item | None] = contextvars.ContextVar("current_test", default=None)
 
-    Debian ships Alertmanager as ``prometheus-alertmanager``; upstream as ``alertmanager``.
+
+def require_binary(name: str) -> str:
+    """Path of a real binary (promtool, amtool, prometheus, prometheus-alertmanager, Slurm's).
+
+    Debian ships Alertmanager as ``prometheus-alertmanager``; upstream as ``alertmanager``. A test
+    that asks for one of the monitoring stack's (``SYSTEM_BINARIES``) must be marked ``binaries``:
+    it fails here otherwise. Tools every machine has (openssl, cc) need no marker.
     """
+    item = CURRENT_TEST.get()
+    if name in SYSTEM_BINARIES and item is not None and item.get_closest_marker("binaries") is None:
+        pytest.fail(
+            f"{item.nodeid} runs the real {name} but is not marked binaries: add "
+            "@pytest.mark.binaries (or pytestmark) so that make test-fast leaves it out"
+        )
     candidates = [name]
     if name == "alertmanager":
         candidates.insert(0, "prometheus-alertmanager")

@@ -19,6 +19,15 @@ from gpuwarden.stack import harness as loop_mod
 from tests.helpers import console_script, require_binary
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test on the whole loop (real Prometheus and Alertmanager) is a binaries and slow test."""
+    for item in items:
+        if "loop" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.binaries)
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[loop_mod.Loop]:
     prometheus = require_binary("prometheus")

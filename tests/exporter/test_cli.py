@@ -26,6 +26,7 @@ def _start(spawn, *args: str, env: dict[str, str] | None = None):
     return proc, url
 
 
+@pytest.mark.binaries
 def test_simulate_8_serves_linted_metrics_and_control(spawn):
     cport = free_port()
     proc, url = _start(spawn, "--simulate", "8", f"--sim.control-address=127.0.0.1:{cport}")
@@ -114,6 +115,7 @@ def test_prometheus_scrapes_all_8_simulated_gpus(spawn, tmp_path: Path):
     assert len({r.labels["uuid"] for r in temps}) == 8
 
 
+@pytest.mark.binaries
 def test_independent_nvml_library_with_a_lost_gpu(spawn, tmp_path):
     """A C implementation of NVML's ABI (older API, GPU 1 lost) loaded through LD_LIBRARY_PATH."""
     cc = require_binary("cc")

@@ -164,6 +164,7 @@ def test_golden_exposition(make_exporter):
     assert text == GOLDEN.read_text(), f"/metrics changed; if intended, rerun with {UPDATE_ENV}=1 and review the diff"
 
 
+@pytest.mark.binaries
 def test_promtool_check_metrics_is_silent_on_everything_we_export(make_exporter, tmp_path):
     promtool = require_binary("promtool")
     h = make_exporter(8)

@@ -127,6 +127,7 @@ def test_job_lifecycle_and_idempotent_submit(agent) -> None:
     assert len(api.call("GET", "/api/v1/jobs")[1]) == 1
 
 
+@pytest.mark.binaries
 def test_metrics_pass_promtool_and_count_jobs(agent, tmp_path: Path) -> None:
     promtool = require_binary("promtool")
     a, api = agent

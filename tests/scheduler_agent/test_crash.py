@@ -17,6 +17,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import WEBHOOK_TOKEN, console_script, free_port, wait_until
 from tests.scheduler_agent.test_api import TOKEN, Api
 
@@ -59,6 +61,7 @@ def _submit_each(base: str, keys: list[str], acked: dict[str, int], stop: thread
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_points_loses_and_duplicates_nothing(tmp_path: Path, spawn) -> None:
     port = free_port()
     (tmp_path / "token").write_text(TOKEN)

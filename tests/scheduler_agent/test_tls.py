@@ -280,6 +280,7 @@ def test_a_stalled_handshake_is_dropped_after_the_timeout(tmp_path: Path, pki: P
         app.shutdown()
 
 
+@pytest.mark.binaries
 def test_a_real_alertmanager_delivers_over_mutual_tls(tmp_path: Path, spawn, pki: Pki) -> None:
     """The receiver snippet we document (http_config.tls_config with ca_file, cert_file, key_file)
     works against Alertmanager 0.25 itself, not only against urllib."""

@@ -41,6 +41,15 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     assert not cluster.leftover_pids(), "Slurm processes outlived the tests"
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test on the real Slurm daemons is a binaries and slow test, whatever its module says."""
+    for item in items:
+        if "slurm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.binaries)
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def clean_slurm(slurm: SlurmCluster) -> Iterator[SlurmCluster]:
     """The cluster with no jobs and the node resumed, before and after the test."""

@@ -7,6 +7,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import console_script, require_binary
 
 
@@ -15,6 +17,8 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+@pytest.mark.binaries
+@pytest.mark.slow
 def test_up_runs_the_loop_and_stops_everything(tmp_path: Path) -> None:
     require_binary("prometheus")
     require_binary("alertmanager")
