@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: up test setup binaries generate check bench clean
+.PHONY: up test test-fast lint typecheck setup binaries generate check bench clean
 
 setup: $(VENV)/.installed
 
@@ -23,9 +23,25 @@ up: setup
 	@bash .ci/install-binaries
 	$(VENV)/bin/gpuwarden up $(ARGS)
 
-# All the tests, the ones driving the real binaries included.
-test: setup binaries
-	$(PY) -m pytest $(ARGS)
+# All the tests, the ones driving the real binaries included, on every core (tests on one
+# shared stack, the whole loop or the Slurm cluster, stay together on one worker), after the
+# lint and type gates.
+test: setup binaries lint typecheck
+	$(PY) -m pytest -n auto --dist loadgroup $(ARGS)
+
+# The unit tests and the in-process servers: no Prometheus, Alertmanager, promtool or Slurm
+# (markers `binaries` and `slow`, kept honest by tests/helpers.require_binary), under a minute.
+test-fast: setup
+	$(PY) -m pytest -n auto -m "not binaries and not slow" $(ARGS)
+
+# ruff's lint and its format check ([tool.ruff] in pyproject.toml); `ruff format .` fixes the latter.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# mypy, strict, over the package as it installs (.ci/typecheck, [tool.mypy] in pyproject.toml).
+typecheck: setup
+	bash .ci/typecheck
 
 # Regenerates the committed Prometheus rules from rules/thresholds.yaml, then what is derived
 # from them and from the code: the Grafana dashboard, the Kubernetes copy of the PrometheusRule,

@@ -41,7 +41,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import h11
 import uvicorn
@@ -117,7 +117,8 @@ class _DeadlineProtocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's own
         self._raw = transport
         self._linger_left = 0
-        super().connection_made(_LingeringTransport(transport, self))
+        # A stand-in with the Transport's interface (it delegates every other attribute).
+        super().connection_made(cast(asyncio.Transport, _LingeringTransport(transport, self)))
         self._timer: asyncio.TimerHandle | None = None
         self._waiting_since = self.loop.time()
         self._arm("headers", self.limits.header_timeout)
