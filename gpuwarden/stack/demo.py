@@ -12,13 +12,11 @@ The faults are aimed only once the jobs are placed, so the power-critical GPU re
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-import urllib.request
 from typing import Any
 
-from .view import get_json
+from gpuwarden.scheduler_agent.client import ApiError, Client
 
 JOB_COMMAND = [
     sys.executable,
@@ -34,23 +32,14 @@ JOBS = [("train-a", 2), ("train-b", 1), ("eval-c", 1)]
 THROTTLE_WATTS = 300.0
 
 
-def _post(url: str, body: Any, token: str | None = None) -> Any:
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        return json.load(resp)
-
-
 def wait_for_gpus(agent_url: str, token: str, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            gpus: list[dict[str, Any]] = get_json(f"{agent_url}/api/v1/gpus", token)
+            gpus: list[dict[str, Any]] = Client(agent_url, token, timeout=5).call("GET", "/api/v1/gpus")
             if len(gpus) >= count:
                 return gpus
-        except OSError:
+        except (OSError, ApiError):
             pass
         time.sleep(0.5)
     raise TimeoutError(f"the agent did not discover {count} GPUs from Prometheus within {timeout:.0f}s")
@@ -58,10 +47,10 @@ def wait_for_gpus(agent_url: str, token: str, count: int, timeout: float = 60.0)
 
 def submit_jobs(agent_url: str, token: str) -> list[int]:
     return [
-        _post(
-            f"{agent_url}/api/v1/jobs",
+        Client(agent_url, token, timeout=5).call(
+            "POST",
+            "/api/v1/jobs",
             {"name": name, "gpus": n, "command": JOB_COMMAND, "idempotency_key": f"demo-{name}"},
-            token,
         )["id"]
         for name, n in JOBS
     ]
@@ -70,7 +59,7 @@ def submit_jobs(agent_url: str, token: str) -> list[int]:
 def _running_gpus(agent_url: str, token: str, job_id: int, timeout: float = 30.0) -> list[str]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = get_json(f"{agent_url}/api/v1/jobs/{job_id}", token)
+        job = Client(agent_url, token, timeout=5).call("GET", f"/api/v1/jobs/{job_id}")
         if job.get("state") == "running" and job.get("gpu_uuids"):
             return list(job["gpu_uuids"])
         time.sleep(0.3)
@@ -105,5 +94,5 @@ def start(agent_url: str, token: str, control_url: str, gpu_count: int) -> dict[
     if len(idle) < 2:
         raise RuntimeError("the demo needs at least two idle GPUs besides its jobs' (use --simulate 8)")
     targets = {"thermal": idle[0], "ecc": idle[-1], "power": power}
-    _post(f"{control_url}/api/v1/scenario", scenario(**targets))
+    Client(control_url, timeout=5).call("POST", "/api/v1/scenario", scenario(**targets))
     return targets

@@ -18,7 +18,6 @@ failures, the benchmark into an exit status).
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import threading
@@ -34,10 +33,11 @@ from typing import Any, TypeVar
 import pynvml
 import yaml
 
-import gpuwarden.rules.config  # noqa: F401 - loads rules.config
-from gpuwarden import rules
 from gpuwarden.exporter.sim.scenario import seconds, shipped
 from gpuwarden.procs import ProcError
+from gpuwarden.prom import PrometheusClient, PrometheusError
+from gpuwarden.rules import config as rules_config
+from gpuwarden.scheduler_agent.client import ApiError, Client
 
 from . import configs
 from .launcher import Stack
@@ -81,17 +81,13 @@ class LoopError(RuntimeError):
 
 
 def _request(method: str, url: str, body: Any = None, token: str | None = None, timeout: float = 5.0) -> Any:
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    """A JSON call to the agent or the simulator (the agent's API client); an HTTP error is a
+    LoopError naming the call."""
+    base, _, path = url.partition("/api/")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read()
-    except urllib.error.HTTPError as exc:
-        raise LoopError(f"{method} {url}: HTTP {exc.code}: {exc.read()[:300]!r}") from None
-    return json.loads(raw) if raw.strip() else None
+        return Client(base, token, timeout).call(method, "/api/" + path, body)
+    except ApiError as exc:
+        raise LoopError(f"{method} {url}: {exc}") from None
 
 
 def poll(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.25) -> T:
@@ -103,7 +99,7 @@ def poll(predicate: Callable[[], T], timeout: float, what: str, interval: float 
             value = predicate()
             if value:
                 return value
-        except (OSError, LoopError, KeyError, ValueError) as exc:  # a service not ready yet
+        except (OSError, LoopError, PrometheusError, KeyError, ValueError) as exc:  # a service not ready yet
             last = exc
         time.sleep(interval)
     raise LoopError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last})" if last else ""))
@@ -152,7 +148,7 @@ def shipped_faults() -> dict[str, Fault]:
     return out
 
 
-def threshold_now(rule: rules.config.AlertRule, gpu: dict[str, Any], slowdown: float | None) -> float:
+def threshold_now(rule: rules_config.AlertRule, gpu: dict[str, Any], slowdown: float | None) -> float:
     """``rule``'s threshold for this GPU now: a profile's relative threshold from the GPU's own
     limit (as the generated PromQL computes it), else the fixed one (also the rules' fallback for
     a GPU that does not report the limit)."""
@@ -167,7 +163,7 @@ def threshold_now(rule: rules.config.AlertRule, gpu: dict[str, Any], slowdown: f
 
 
 def crossed(
-    rule: rules.config.AlertRule, gpu: dict[str, Any], baseline: dict[str, Any], slowdown: float | None = None
+    rule: rules_config.AlertRule, gpu: dict[str, Any], baseline: dict[str, Any], slowdown: float | None = None
 ) -> bool:
     """Whether the simulator's raw state of ``gpu`` is past ``rule``'s threshold now (the moment
     the fault is visible to NVML, from which detection latency counts)."""
@@ -275,8 +271,7 @@ class Loop:
         return None
 
     def prom_alerts(self) -> list[dict[str, Any]]:
-        alerts: list[dict[str, Any]] = _request("GET", self.prometheus_url + "/api/v1/alerts")["data"]["alerts"]
-        return alerts
+        return PrometheusClient(self.prometheus_url, timeout=5).alerts()
 
     def notifications(self, rule: str, gpu: int, status: str = "firing") -> list[dict[str, Any]]:
         """What Alertmanager delivered to the on-call/chat receivers for ``rule`` on ``gpu``."""
@@ -355,7 +350,7 @@ class Run:
     faults: dict[str, Fault] = field(default_factory=dict)
     cleared: set[str] = field(default_factory=set)
     latencies: dict[str, dict[str, float]] = field(default_factory=dict)  # filled in by the tests
-    specs: dict[str, rules.config.AlertRule] = field(default_factory=dict)  # rule -> version judging its GPU
+    specs: dict[str, rules_config.AlertRule] = field(default_factory=dict)  # rule -> version judging its GPU
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def clear(self, rule: str) -> float:
@@ -373,7 +368,7 @@ def inject_all(loop: Loop) -> Run:
     GPUs (in index order), plays all eight faults at once, and watches the simulator for the
     moment each raw value crosses its rule's threshold."""
     faults = shipped_faults()
-    cfg = rules.config.load()
+    cfg = rules_config.load()
     job_id = loop.submit("e2e-victim")
     job = poll(lambda: (j := loop.job(job_id))["state"] == "running" and j, 30, f"job {job_id} to run")
     by_uuid = {g["uuid"]: g for g in loop.sim_gpus()}
@@ -453,7 +448,7 @@ def routes_for(labels: dict[str, str], config: Path | None = None) -> list[tuple
     return walk(doc["route"], 30.0)  # Alertmanager's default group_wait
 
 
-def floor_seconds(rule: rules.config.AlertRule, receiver: str) -> float:
+def floor_seconds(rule: rules_config.AlertRule, receiver: str) -> float:
     """Detection latency's floor: ``for`` + scrape + evaluation interval + the group_wait of the
     route that delivers the alert to ``receiver``."""
     labels = {"rule": rule.rule, "severity": rule.severity, "action": rule.action}
@@ -466,11 +461,11 @@ def floor_seconds(rule: rules.config.AlertRule, receiver: str) -> float:
 AGENT_RECEIVER = "gpuwarden-agent"
 
 
-def _receivers(rule: rules.config.AlertRule) -> list[str]:
+def _receivers(rule: rules_config.AlertRule) -> list[str]:
     return [r for r, _ in routes_for({"rule": rule.rule, "severity": rule.severity, "action": rule.action})]
 
 
-def receiver_for(rule: rules.config.AlertRule) -> str:
+def receiver_for(rule: rules_config.AlertRule) -> str:
     """Whose record is the rule's action: the agent, which the shipped routing sends every
     gpuwarden alert (it acts on throttle/preempt/quarantine and records ``notify`` in its audit);
     for a routing without the agent, the first receiver (chat or on-call)."""
@@ -480,7 +475,7 @@ def receiver_for(rule: rules.config.AlertRule) -> str:
     return names[0]
 
 
-def pager_for(rule: rules.config.AlertRule) -> str:
+def pager_for(rule: rules_config.AlertRule) -> str:
     """Who pages people for the rule: the first receiver that is not the agent (on-call for a
     critical, chat for a warning), as Alertmanager's routing decides."""
     names = [r for r in _receivers(rule) if r != AGENT_RECEIVER]

@@ -12,17 +12,12 @@ import json
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from typing import Any, TextIO
 
 from gpuwarden.listener import Admit, Head, Limits, Listener, Reply
-
-
-def get_json(url: str, token: str | None = None, timeout: float = 3.0) -> Any:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return json.load(resp)
+from gpuwarden.prom import PrometheusClient, PrometheusError
+from gpuwarden.scheduler_agent.client import ApiError, Client
 
 
 class _SinkEndpoint:
@@ -104,6 +99,8 @@ class LiveView:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.agent_url, self.prometheus_url, self.token = agent_url, prometheus_url, token
+        self.agent = Client(agent_url, token, timeout=3.0)
+        self.prometheus = PrometheusClient(prometheus_url, timeout=3.0)
         self.sink, self.header, self.out, self.clock = sink, header, out, clock
         self.redraw = out.isatty() if redraw is None else redraw
         self._seen_actions: set[Any] = set()
@@ -114,16 +111,15 @@ class LiveView:
     def _poll(self) -> dict[str, Any]:
         snap: dict[str, Any] = {"gpus": [], "jobs": [], "alerts": [], "actions": [], "breaker": None, "errors": []}
         try:
-            snap["gpus"] = get_json(f"{self.agent_url}/api/v1/gpus", self.token)
-            snap["jobs"] = get_json(f"{self.agent_url}/api/v1/jobs?limit=1000", self.token)
-            acts = get_json(f"{self.agent_url}/api/v1/actions?limit=50", self.token)
+            snap["gpus"] = self.agent.call("GET", "/api/v1/gpus")
+            snap["jobs"] = self.agent.call("GET", "/api/v1/jobs?limit=1000")
+            acts = self.agent.call("GET", "/api/v1/actions?limit=50")
             snap["actions"], snap["breaker"] = acts.get("actions", []), acts.get("breaker")
-        except OSError as exc:
+        except (OSError, ApiError) as exc:
             snap["errors"].append(f"agent: {exc}")
         try:
-            doc = get_json(f"{self.prometheus_url}/api/v1/alerts")
-            snap["alerts"] = [a for a in doc["data"]["alerts"]]
-        except OSError as exc:
+            snap["alerts"] = self.prometheus.alerts()
+        except PrometheusError as exc:
             snap["errors"].append(f"prometheus: {exc}")
         return snap
 

@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-import gpuwarden.rules.config  # noqa: F401 - loads rules.config
-from gpuwarden import rules
+from gpuwarden.rules import config as rules_config
 from tests.deploy.conftest import AGENT_PORT, DEPLOY, EXPORTER_PORT, REPO, check_agent_config, k8s_docs
 
 K8S = DEPLOY / "kubernetes"
@@ -100,7 +99,7 @@ def test_workload_service_and_servicemonitor_agree(kind: str, name: str, port: i
 def test_exporter_job_matches_the_rules() -> None:
     """Every generated rule selects job=<settings.exporter_job>; the ServiceMonitor's job is the
     Service's name, so the two must be equal or no alert can ever fire."""
-    job = rules.config.load().exporter_job
+    job = rules_config.load().exporter_job
     assert _one("Service", "gpuwarden-exporter")["metadata"]["name"] == job
     generated = (K8S / "prometheusrule.yaml").read_text()
     assert f'job="{job}"' in generated

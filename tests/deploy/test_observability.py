@@ -9,8 +9,7 @@ import re
 import sys
 from types import ModuleType
 
-import gpuwarden.rules.config  # noqa: F401 - loads rules.config
-from gpuwarden import rules
+from gpuwarden.rules import config as rules_config
 from tests.deploy.conftest import REPO
 
 CONTRACT_METRICS = (  # BRIEF.md's exporter contract and DESIGN.md's agent names
@@ -67,7 +66,7 @@ def test_committed_doc_is_fresh() -> None:
     listed = set(re.findall(r"^\| `([a-z_:0-9]+)` \|", fresh, flags=re.M))
     missing = [m for m in CONTRACT_METRICS if m not in listed]
     assert not missing, f"metrics of the contract missing from the doc: {missing}"
-    cfg = rules.config.load()
+    cfg = rules_config.load()
     for rule in cfg.all_alerts():
         assert f"| `{rule.alert}` | {rule.rule} |" in fresh, f"alert {rule.alert} ({rule.rule}) missing from the doc"
 

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-import gpuwarden.rules.config  # noqa: F401 - loads rules.config
-from gpuwarden import rules
+from gpuwarden.rules import config as rules_config
 from tests.deploy.conftest import DEPLOY, REPO
 
 READMES = [DEPLOY / "README.md", REPO / "README.md"]
@@ -27,7 +26,7 @@ def _blocks(readme: Path) -> list[dict[str, Any]]:
 def test_prometheus_snippet_uses_the_rules_job_names(readme: Path) -> None:
     [prom] = [b for b in _blocks(readme) if isinstance(b, dict) and "scrape_configs" in b]
     jobs = [s["job_name"] for s in prom["scrape_configs"]]
-    assert jobs == [rules.config.load().exporter_job, "gpuwarden-agent"]
+    assert jobs == [rules_config.load().exporter_job, "gpuwarden-agent"]
     assert prom["scrape_configs"][0]["static_configs"][0]["targets"][0].endswith(":9786")
     assert prom["scrape_configs"][1]["static_configs"][0]["targets"][0].endswith(":9787")
     assert prom["rule_files"][0].endswith("*.rules.yml")

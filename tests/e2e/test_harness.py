@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-import gpuwarden.rules.config  # noqa: F401 - loads rules.config
-from gpuwarden import rules
+from gpuwarden.rules import config as rules_config
 from gpuwarden.stack import harness as L
 
-CFG = rules.config.load()
+CFG = rules_config.load()
 
 
 def test_every_seed_rule_has_a_shipped_fault_that_clears() -> None:

@@ -22,12 +22,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import gpuwarden.rules.config  # noqa: F401 - loads rules.config
-from gpuwarden import rules
+from gpuwarden.rules import config as rules_config
 from gpuwarden.stack import harness as L
 from tests.helpers import http_get, wait_until
 
-CFG = rules.config.load()
+CFG = rules_config.load()
 SLACK = 60.0  # beyond a rule's floor: heating up to the threshold, a loaded 2-core machine
 
 

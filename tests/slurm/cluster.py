@@ -18,14 +18,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from gpuwarden.procs import Proc, free_ports
+
 GPUS = 8
 DAEMONS = ("munged", "slurmctld", "slurmd")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class SlurmCluster:
@@ -36,8 +32,7 @@ class SlurmCluster:
         self.socket = root / "munge" / "munge.socket"
         self.jobs_dir = root / "jobs"
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
-        self.procs: dict[str, subprocess.Popen] = {}
-        self._logs: list = []
+        self.procs: dict[str, Proc] = {}
 
     # -- set-up ---------------------------------------------------------------------------
     def write(self) -> None:
@@ -52,7 +47,7 @@ class SlurmCluster:
             dev = r / "dev" / f"nvidia{i}"
             if not dev.exists():
                 os.mknod(dev, 0o666 | 0o020000, os.makedev(195, i))  # S_IFCHR
-        ctld, slurmd = _free_port(), _free_port()
+        ctld, slurmd = free_ports(2)
         self.conf.write_text(f"""\
 # Written by tests/slurm/cluster.py for one test session.
 ClusterName=gpuwarden-test
@@ -97,11 +92,7 @@ PartitionName=gpu Nodes={self.node} Default=YES MaxTime=INFINITE State=UP OverSu
         (r / "etc" / "gres.conf").write_text(f"Name=gpu File={r}/dev/nvidia[0-{GPUS - 1}]\n")
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        log = open(self.root / "log" / f"{name}.out", "wb")
-        self._logs.append(log)
-        self.procs[name] = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
-        )
+        self.procs[name] = Proc(argv, self.root / "log" / f"{name}.out", env=self.env, name=name)
 
     def start(self, timeout: float = 60.0) -> None:
         self.write()
@@ -133,7 +124,7 @@ PartitionName=gpu Nodes={self.node} Default=YES MaxTime=INFINITE State=UP OverSu
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for name, p in self.procs.items():
-                if p.poll() is not None:
+                if not p.alive():
                     raise RuntimeError(f"{name} exited ({p.returncode}) while waiting for {what}: {self.logs()}")
             if cond():
                 return
@@ -195,7 +186,7 @@ PartitionName=gpu Nodes={self.node} Default=YES MaxTime=INFINITE State=UP OverSu
 
     # -- tear-down ------------------------------------------------------------------------
     def stop(self) -> None:
-        if self.procs.get("slurmctld") and self.procs["slurmctld"].poll() is None:
+        if self.procs.get("slurmctld") and self.procs["slurmctld"].alive():
             self.run("scancel", "--quiet", "--full", "--partition=gpu")
             deadline = time.monotonic() + 10
             while (
@@ -205,14 +196,8 @@ PartitionName=gpu Nodes={self.node} Default=YES MaxTime=INFINITE State=UP OverSu
                 time.sleep(0.2)
         for name in ("slurmd", "slurmctld", "munged"):
             p = self.procs.get(name)
-            if p is None or p.poll() is not None:
-                continue
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+            if p is not None:
+                p.stop(grace=15)
         # Job steps (slurmstepd and the job's processes) outlive slurmd in their own sessions.
         # End any left by their pids: only processes whose environment names our config.
         for pid in self.leftover_pids():
@@ -220,8 +205,6 @@ PartitionName=gpu Nodes={self.node} Default=YES MaxTime=INFINITE State=UP OverSu
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        for log in self._logs:
-            log.close()
 
     def leftover_pids(self) -> list[int]:
         """Processes of this cluster still alive (their environment holds our SLURM_CONF)."""
