@@ -26,7 +26,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "loop" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.binaries)
             item.add_marker(pytest.mark.slow)
-            item.add_marker(pytest.mark.xdist_group("loop"))  # one shared loop: one worker
 
 
 @pytest.fixture(scope="session")

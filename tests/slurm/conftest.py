@@ -48,7 +48,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "slurm" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.binaries)
             item.add_marker(pytest.mark.slow)
-            item.add_marker(pytest.mark.xdist_group("slurm"))  # one shared slurm: one worker
 
 
 @pytest.fixture

@@ -12,8 +12,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.helpers import WEBHOOK_TOKEN, console_script, free_port, http_get, wait_until
 from tests.slurm.cluster import SlurmCluster
+
+# One shared slurm per session: every test of it on one xdist worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("slurm")
 
 TOKEN = "slurm-test-token"
 

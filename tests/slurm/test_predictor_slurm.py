@@ -14,6 +14,9 @@ from tests.helpers import wait_until
 from tests.predictor.fakeprom import FakePrometheus
 from tests.slurm.test_agent_slurm import Agent, calls, running, uuid_of
 
+# One shared slurm per session: every test of it on one xdist worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("slurm")
+
 HOT = 2  # the GPU whose temperature climbs
 
 
