@@ -23,11 +23,11 @@ up: setup
 	@bash .ci/install-binaries
 	$(VENV)/bin/gpuwarden up $(ARGS)
 
-# All the tests, the ones driving the real binaries included, on every core (tests on one
-# shared stack, the whole loop or the Slurm cluster, stay together on one worker), after the
-# lint and type gates.
+# All the tests, the ones driving the real binaries included, on every core after the lint and
+# type gates. Distributed by file: the tests that share one session-wide loop or Slurm cluster
+# live in one file each (tests/e2e/test_loop.py, tests/slurm/test_agent_slurm.py).
 test: setup binaries lint typecheck
-	$(PY) -m pytest -n auto --dist loadgroup $(ARGS)
+	$(PY) -m pytest -n auto --dist loadfile $(ARGS)
 
 # The unit tests and the in-process servers: no Prometheus, Alertmanager, promtool or Slurm
 # (markers `binaries` and `slow`, kept honest by tests/helpers.require_binary), under a minute.

@@ -26,9 +26,6 @@ from gpuwarden.rules import config as rules_config
 from gpuwarden.stack import harness as L
 from tests.helpers import http_get, wait_until
 
-# One shared loop per session: every test of it on one xdist worker (--dist loadgroup).
-pytestmark = pytest.mark.xdist_group("loop")
-
 CFG = rules_config.load()
 SLACK = 60.0  # beyond a rule's floor: heating up to the threshold, a loaded 2-core machine
 
