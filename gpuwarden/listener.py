@@ -113,6 +113,9 @@ class _DeadlineProtocol(H11Protocol):
     """uvicorn's h11 protocol with header/body deadlines and the connection cap (module doc)."""
 
     limits: Limits = Limits()  # set on the per-listener subclass
+    # Per listener too: the connections waiting on their client, by phase, oldest first (dicts
+    # keep insertion order), so the cap finds the one to shed in O(1) however many are open.
+    waiting: dict[str, dict[_DeadlineProtocol, None]] = {"lingering": {}, "headers": {}, "body": {}}
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's own
         self._raw = transport
@@ -120,7 +123,6 @@ class _DeadlineProtocol(H11Protocol):
         # A stand-in with the Transport's interface (it delegates every other attribute).
         super().connection_made(cast(asyncio.Transport, _LingeringTransport(transport, self)))
         self._timer: asyncio.TimerHandle | None = None
-        self._waiting_since = self.loop.time()
         self._arm("headers", self.limits.header_timeout)
         if len(self.connections) > self.limits.max_connections:
             self._make_room()
@@ -151,7 +153,8 @@ class _DeadlineProtocol(H11Protocol):
         out, the rest of the body is read and dropped (LINGER_BYTES at most, LINGER_SECONDS at
         most), then the connection is closed."""
         self._disarm()
-        self._phase, self._linger_left = "lingering", LINGER_BYTES
+        self._enter("lingering")
+        self._linger_left = LINGER_BYTES
         self._timer = self.loop.call_later(LINGER_SECONDS, self._close_now)
         self._raw.resume_reading()
 
@@ -162,7 +165,6 @@ class _DeadlineProtocol(H11Protocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing():
-            self._waiting_since = self.loop.time()
             self._arm("headers", self.limits.header_timeout)
             self._follow()  # a pipelined request may already be complete
 
@@ -170,21 +172,30 @@ class _DeadlineProtocol(H11Protocol):
     def _follow(self) -> None:
         state = self.conn.their_state
         if state is h11.SEND_BODY and self._phase == "headers":
-            self._waiting_since = self.loop.time()
             self._arm("body", self.limits.body_timeout)
         elif state is not h11.IDLE and state is not h11.SEND_BODY:
             self._disarm()  # the whole request is in: the handler's time is not the client's
 
     def _arm(self, phase: str, seconds: float) -> None:
         self._disarm()
-        self._phase = phase
+        self._enter(phase)
         self._timer = self.loop.call_later(seconds, self._expired)
 
     def _disarm(self) -> None:
         timer = getattr(self, "_timer", None)
         if timer is not None:
             timer.cancel()
-        self._timer, self._phase = None, "handling"
+        self._timer = None
+        self._enter("handling")
+
+    def _enter(self, phase: str) -> None:
+        """Moves the connection to ``phase``'s queue, as its newest member."""
+        left = self.waiting.get(getattr(self, "_phase", "handling"))
+        if left is not None:
+            left.pop(self, None)
+        self._phase = phase
+        if phase in self.waiting:
+            self.waiting[phase][self] = None
 
     def _expired(self) -> None:
         log.debug("closing %s: request %s not received within the deadline", self.client, self._phase)
@@ -202,11 +213,9 @@ class _DeadlineProtocol(H11Protocol):
     def _make_room(self) -> None:
         # The oldest connection lingering after its answer, else still sending (or stalling on)
         # its headers, else its body: a request being handled is never the one dropped.
-        others = [c for c in self.connections if isinstance(c, _DeadlineProtocol) and c is not self]
-        waiting: list[_DeadlineProtocol] = []
-        for phase in ("lingering", "headers", "body"):
-            waiting = waiting or [c for c in others if c._phase == phase]
-        victim = min(waiting, key=lambda c: c._waiting_since) if waiting else self
+        victim = next(
+            (c for phase in ("lingering", "headers", "body") for c in self.waiting[phase] if c is not self), self
+        )
         log.debug("connection cap (%d) reached: closing %s", self.limits.max_connections, victim.client)
         victim._close_now()
 
@@ -341,7 +350,11 @@ class Listener:
         limits = _within_open_files(limits, name)
         self.name, self.limits = name, limits
         self._pool = ThreadPoolExecutor(limits.threads, thread_name_prefix=f"{name}-handler")
-        protocol = type("Protocol", (_DeadlineProtocol,), {"limits": limits})
+        protocol = type(
+            "Protocol",
+            (_DeadlineProtocol,),
+            {"limits": limits, "waiting": {"lingering": {}, "headers": {}, "body": {}}},
+        )
         self._config = uvicorn.Config(
             _Asgi(endpoint, self._pool),
             http=protocol,

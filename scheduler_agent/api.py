@@ -288,7 +288,9 @@ def install(app: App, sched: Scheduler, registry: CollectorRegistry) -> None:
     )
 
     app.add_route("GET", "/api/v1/openapi.json", lambda req: Response(200, app.openapi_document()), auth=False)
-    app.add_route("GET", "/healthz", lambda req: Response(200, b"ok\n", "text/plain; charset=utf-8"), auth=False)
+    app.add_route(
+        "GET", "/healthz", lambda req: Response(200, b"ok\n", "text/plain; charset=utf-8"), auth=False, inline=True
+    )
     app.add_route(
         "GET", "/metrics", lambda req: Response(200, generate_latest(registry), CONTENT_TYPE_LATEST), auth=False
     )

@@ -181,6 +181,7 @@ class Route:
     validator: jsonschema.Draft202012Validator | None
     max_body: int
     max_body_setting: str
+    inline: bool = False
 
 
 class App:
@@ -204,7 +205,10 @@ class App:
         openapi: dict[str, Any] | None = None,
         max_body: int = MAX_BODY,
         max_body_setting: str = "",
+        inline: bool = False,
     ) -> None:
+        """``inline``: the handler is trivial (no I/O, no body) and answers on the listener's
+        event loop, without a hop to a handler thread: ``/healthz`` stays quick under load."""
         method = method.upper()
         names = re.findall(r"{(\w+)}", path)
         pattern = (
@@ -221,7 +225,17 @@ class App:
             validator = jsonschema.Draft202012Validator(self._resolve(schema))
         self.routes.append(
             Route(
-                method, path, re.compile(pattern), names, handler, auth, openapi, validator, max_body, max_body_setting
+                method,
+                path,
+                re.compile(pattern),
+                names,
+                handler,
+                auth,
+                openapi,
+                validator,
+                0 if inline else max_body,
+                max_body_setting,
+                inline,
             )
         )
 
@@ -329,6 +343,8 @@ class App:
             self._check_auth(route, req)
         except HttpError as exc:
             return _reply(_error(exc))
+        if route.inline and "content-length" not in head.headers and "transfer-encoding" not in head.headers:
+            return _reply(self._run(route, raw, req))
         return Admit(route.max_body, (route, raw), route.max_body_setting)
 
     def handle(self, head: Head, body: bytes, context: Any) -> Reply:
