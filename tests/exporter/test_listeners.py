@@ -93,16 +93,29 @@ def _connect(port: int, timeout: float = 10.0) -> socket.socket:
 
 
 def _read_all(s: socket.socket) -> bytes:
-    """Everything until the server closes the connection (or the socket's timeout)."""
+    """Everything until the server closes the connection (or the socket's timeout), or until a
+    whole answer marked ``connection: close`` is in: nothing can follow it, and after an early
+    413 the server keeps the socket open a few seconds to drain the body (its lingering close)."""
     out = b""
     try:
         while chunk := s.recv(65536):
             out += chunk
+            if _complete_and_final(out):
+                break
     except TimeoutError:
         pass
     except ConnectionResetError:
         pass
     return out
+
+
+def _complete_and_final(data: bytes) -> bool:
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    lines = head.lower().split(b"\r\n")
+    length = next((int(x.split(b":", 1)[1]) for x in lines if x.startswith(b"content-length:")), None)
+    return b"connection: close" in lines and length is not None and len(body) >= length
 
 
 def _status(reply: bytes) -> int:
