@@ -7,17 +7,15 @@ the worker redo an action interrupted by a kill without doing it twice in effect
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol
 
+from ..client import ApiError, Client
 from . import command
 from .errors import ActuatorError
 
@@ -133,21 +131,14 @@ class SimActuator:
         self.timeout = timeout
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(
-            self.base_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:300]
-            raise ActuatorError(f"simulator {method} {path}: HTTP {exc.code}: {detail}") from None
-        except (urllib.error.URLError, OSError) as exc:
+            return Client(self.base_url, timeout=self.timeout).call(method, path, body)
+        except ApiError as exc:
+            raise ActuatorError(f"simulator {method} {path}: {exc}") from None
+        except (OSError, ValueError) as exc:
             raise ActuatorError(
                 f"simulator at {self.base_url} unreachable ({exc}); is the exporter running with --simulate?"
             ) from None
-        return json.loads(raw) if raw.strip() else None
 
     def read(self, gpu: GpuRef) -> PowerLimits:
         doc = self._call("GET", "/api/v1/gpus")
