@@ -2,8 +2,10 @@
 
 The agent, the exporter, the simulator's control endpoint and ``gpuwarden up``'s notification
 sink all serve through ``Listener``. uvicorn parses HTTP/1.1 with h11 (strict framing:
-Content-Length must be digits, chunked bodies are decoded, a request that frames its body both
-ways or badly is answered 400 and the connection closed), caps a request's headers
+Content-Length must be digits, chunked bodies are decoded, a badly framed request is answered
+400 and the connection closed; one that frames its body both ways, which h11 would read as
+chunked, is refused here, as RFC 9112 allows, since a proxy in front may read it the other
+way), caps a request's headers
 (``max_header_bytes``) and closes keep-alive connections that go quiet. It does not bound how
 long a client may take to *send* a request: its keep-alive timer restarts on every byte and a
 fresh connection has no timer at all (uvicorn issue #157), and it never limits connections,
@@ -14,15 +16,15 @@ file descriptor the process has. So the protocol class here adds, like nginx's
 - a header deadline from the moment a connection opens (or its previous response ended) to the
   request's last header byte, and a body deadline from there to the last body byte; a client that
   misses one is disconnected (a handler waiting for its body sees a disconnect);
-- a connection cap: past ``max_connections`` the oldest connection that is only waiting for a
-  request (idle, or still sending headers) is closed to make room, so a flood of stalled
-  connections can neither exhaust descriptors nor keep a real client (a Prometheus scrape, a
-  health check) out;
+- a connection cap: past ``max_connections`` the oldest connection that is only waiting on its
+  client (idle, still sending headers, then still sending a body) is closed to make room, so a
+  flood of stalled connections can neither exhaust descriptors nor keep a real client (a
+  Prometheus scrape, a health check) out;
 - the TLS handshake bounded by the header deadline (asyncio's default is 60 s).
 
 What a request may carry is decided before its body is read: ``Endpoint.admit`` sees the method,
-path and headers and either answers at once (401, 404, 405, 413: the body is never read and the
-connection is closed) or admits the request with a body limit for it (checked against
+path and headers and either answers at once (401, 404, 405, 413: the body is never used, only
+drained a few seconds so the client reads the answer, and the connection is closed) or admits the request with a body limit for it (checked against
 Content-Length first, then against what actually arrives, chunked or not). Then
 ``Endpoint.handle`` runs in a bounded thread pool (handlers are synchronous: SQLite, NVML), off
 the event loop, so a slow handler never delays accepting or timing out connections.
@@ -273,6 +275,9 @@ class _Asgi:
             headers,
             f"{client[0]}:{client[1]}" if client else "",
         )
+        if "content-length" in headers and "transfer-encoding" in headers:
+            await self._send(send, text_reply(400, "Content-Length and Transfer-Encoding together"), close=True)
+            return
         try:
             decision = self.endpoint.admit(head)
         except Exception:

@@ -357,3 +357,21 @@ def test_connections_stalled_mid_body_do_not_keep_a_client_out(make_exporter):
         for s in stalled:
             s.close()
         server.stop()
+
+
+def test_a_body_framed_both_ways_is_400_and_closed(serve):
+    """Content-Length and Transfer-Encoding together: h11 would read it as chunked, a proxy in
+    front might read the Content-Length (request smuggling); refused, as RFC 9112 allows."""
+    t = serve(Limits())
+    body = t.post_body
+    with _connect(t.port) as s:
+        s.sendall(
+            f"{t.body_method} {t.post_path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body) + 9}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n".encode()
+            + f"{len(body):x}\r\n".encode()
+            + body
+            + b"\r\n0\r\n\r\n"
+        )
+        reply = _read_all(s)
+    assert _status(reply) == 400 and b"connection: close" in reply.lower()
+    assert _normal(t) == 200
