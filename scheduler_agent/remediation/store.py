@@ -53,26 +53,6 @@ log = logging.getLogger(__name__)
 OTHER = "other"
 KNOWN_ACTIONS = ("notify", "throttle", "preempt", "quarantine", "restore")
 KNOWN_SEVERITIES = ("critical", "warning", "info")
-# Used when the shipped rules cannot be read (a broken install): the ids the generator emits.
-FALLBACK_RULES = (
-    "THERMAL_WARNING",
-    "THERMAL_CRITICAL",
-    "POWER_SPIKE",
-    "POWER_CRITICAL",
-    "ECC_ERRORS_SPIKE",
-    "ECC_UNCORRECTABLE",
-    "THROTTLING",
-    "MEMORY_PRESSURE",
-    "THERMAL_FORECAST",
-    "MEMORY_FORECAST",
-    "EXPORTER_DOWN",
-    "GPU_METRICS_ABSENT",
-    "GPU_METRICS_VANISHED",
-    "NVML_DOWN",
-    "GPU_LOST",
-    "XID_FATAL",
-)
-
 COMPONENT = "remediation"
 
 MIGRATIONS: list[agent_store.Migration] = [
@@ -258,33 +238,7 @@ def known_label_values() -> dict[str, set[str]]:
                 "hint": "alerts of unknown rules are counted as 'other'",
             },
         )
-    rules.update(_generated_rule_ids())
-    if not rules:
-        rules.update(FALLBACK_RULES)
     return {"rule": rules, "severity": severities, "action": set(KNOWN_ACTIONS)}
-
-
-def _generated_rule_ids() -> set[str]:
-    """``rule`` labels of the generated alerting rules (the monitoring-health ones included)."""
-    out: set[str] = set()
-    try:
-        from importlib import resources
-
-        import yaml
-
-        folder = resources.files("gpuwarden.rules").joinpath("generated")
-        for entry in folder.iterdir():
-            if not entry.name.endswith(".rules.yml"):
-                continue
-            doc = yaml.safe_load(entry.read_text()) or {}
-            for group in doc.get("groups") or []:
-                for rule in group.get("rules") or []:
-                    rid = (rule.get("labels") or {}).get("rule")
-                    if rule.get("alert") and isinstance(rid, str):
-                        out.add(rid)
-    except Exception:  # noqa: BLE001 - the thresholds file is the primary source
-        return out
-    return out
 
 
 def set_label_values(conn: sqlite3.Connection, values: Mapping[str, Iterable[str]] | None = None) -> None:
