@@ -44,7 +44,16 @@ T = TypeVar("T")
 
 # The test running now (set by an autouse fixture in tests/conftest.py): require_binary checks
 # its markers, so that `-m "not binaries"` (make test-fast) can trust them.
-SYSTEM_BINARIES = {"promtool", "amtool", "prometheus", "alertmanager", "prometheus-alertmanager"}
+SYSTEM_BINARIES = {
+    "promtool",
+    "amtool",
+    "prometheus",
+    "alertmanager",
+    "prometheus-alertmanager",
+    "victoria-metrics",
+    "vmagent",
+    "vmalert",
+}
 CURRENT_TEST: contextvars.ContextVar[pytest.Item | None] = contextvars.ContextVar("current_test", default=None)
 
 
@@ -68,7 +77,7 @@ def require_binary(name: str) -> str:
         path = shutil.which(c)
         if path:
             return path
-    msg = f"{name} not found on PATH: run 'make binaries' (apt-get install prometheus prometheus-alertmanager)"
+    msg = f"{name} not found on PATH: run 'make binaries' (.ci/install-binaries installs it from Debian's packages)"
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(msg)
     pytest.skip(msg)
