@@ -328,19 +328,21 @@ class PredictorCollector(Collector):
         risk = GaugeMetricFamily(
             "gpu_failure_risk_score",
             "Predicted failure risk of the GPU, 0-1 (forecasts toward critical thresholds and recent errors).",
-            labels=["gpu", "uuid"],
+            labels=["instance", "gpu", "uuid"],
         )
         ttt = GaugeMetricFamily(
             "gpu_predicted_seconds_to_threshold",
             "Predicted seconds until the metric crosses its critical threshold (absent when no crossing is predicted).",
-            labels=["gpu", "uuid", "metric"],
+            labels=["instance", "gpu", "uuid", "metric"],
         )
         for uuid, h in sorted(snap.gpus.items()):
-            risk.add_metric([h.gpu, uuid], h.risk)
+            # instance is the GPU's node (its exporter target), not the agent's: two nodes'
+            # GPU 0 stay two series (the agent's scrape job uses honor_labels: true).
+            risk.add_metric([h.instance, h.gpu, uuid], h.risk)
             for spec in self._svc.specs:
                 f = h.forecasts.get(spec.name)
                 if f is not None and f.seconds_to_threshold is not None:
-                    ttt.add_metric([h.gpu, uuid, spec.name], f.seconds_to_threshold)
+                    ttt.add_metric([h.instance, h.gpu, uuid, spec.name], f.seconds_to_threshold)
         yield risk
         yield ttt
         up = GaugeMetricFamily(

@@ -86,10 +86,13 @@ def test_forecasts_risk_hook_and_metrics(prom: FakePrometheus) -> None:
     reg = CollectorRegistry()
     reg.register(svc.collector())
     text = generate_latest(reg).decode()
-    assert 'gpu_predicted_seconds_to_threshold{gpu="0",metric="temperature",uuid="GPU-hot"} 6' in text
-    assert 'gpu_predicted_seconds_to_threshold{gpu="1",metric="memory",uuid="GPU-cool"}' in text
+    assert (
+        'gpu_predicted_seconds_to_threshold{gpu="0",instance="node1:9786",metric="temperature",uuid="GPU-hot"} 6'
+        in text
+    )
+    assert 'gpu_predicted_seconds_to_threshold{gpu="1",instance="node1:9786",metric="memory",uuid="GPU-cool"}' in text
     assert 'metric="temperature",uuid="GPU-cool"' not in text  # no crossing predicted: no sample
-    assert f'gpu_failure_risk_score{{gpu="0",uuid="GPU-hot"}} {svc.risk("GPU-hot")}' in text
+    assert f'gpu_failure_risk_score{{gpu="0",instance="node1:9786",uuid="GPU-hot"}} {svc.risk("GPU-hot")}' in text
     assert "gpuwarden_predictor_up 1.0" in text
     assert 'gpuwarden_predictor_runs_total{result="ok"} 1.0' in text
 
@@ -268,3 +271,22 @@ def test_says_once_when_prometheus_has_no_recorded_thresholds(
     warnings = [r.getMessage() for r in caplog.records if "default thresholds" in r.getMessage()]
     assert len(warnings) == 1 and "gpuwarden-recording.rules.yml" in warnings[0]
     assert svc.snapshot.gpus["GPU-hot"].forecasts["power"].threshold == 450.0
+
+
+def test_two_nodes_gpu0_are_two_series() -> None:
+    # Contract 2: the metrics carry the GPU's node, so node1's and node2's GPU 0 never fold.
+    p = FakePrometheus()
+    try:
+        for node, base in (("node1:9786", 75.0), ("node2:9786", 60.0)):
+            labels = {"gpu": "0", "uuid": f"GPU-{node[:5]}", "instance": node}
+            p.add("gpu_temperature_celsius", labels, lambda t, b=base: b + (t - NOW) / 60)
+        svc = make(p.url, [NOW])
+        svc.run_once()
+        reg = CollectorRegistry()
+        reg.register(svc.collector())
+        text = generate_latest(reg).decode()
+        assert 'gpu_failure_risk_score{gpu="0",instance="node1:9786",uuid="GPU-node1"}' in text
+        assert 'gpu_failure_risk_score{gpu="0",instance="node2:9786",uuid="GPU-node2"}' in text
+        assert 'gpu_predicted_seconds_to_threshold{gpu="0",instance="node1:9786",metric="temperature"' in text
+    finally:
+        p.close()
