@@ -107,21 +107,23 @@ class GpuTable:
         self._wake()
 
     # ----------------------------------------------------------------------- health changes
-    def register(self, node: str, index: int, uuid: str, name: str = "") -> dict[str, Any]:
-        """Adds a GPU to the inventory, or updates where it is; its health flags are kept."""
+    def register(self, node: str, index: int, uuid: str, name: str = "", instance: str = "") -> dict[str, Any]:
+        """Adds a GPU to the inventory, or updates where it is; its health flags are kept.
+        ``instance``: the node's Prometheus instance where it is not ``node`` itself."""
         if not uuid or not node:
             raise InvalidRequest("a GPU needs a node and a uuid", "uuid" if not uuid else "node")
+        instance = "" if instance == node else instance
         with self._store.commit():
             g = self._gpus.get(uuid)
             if g is None:
-                g = Gpu(uuid=uuid, node=node, index=int(index), name=name)
+                g = Gpu(uuid=uuid, node=node, index=int(index), name=name, instance=instance)
                 self._gpus[uuid] = g
                 self._store.insert_gpu(g)
                 self._store.record("gpu.registered", gpu=uuid, node=node, index=int(index))
-            elif (g.node, g.index, g.name) != (node, int(index), name):
+            elif (g.node, g.index, g.name, g.instance) != (node, int(index), name, instance):
                 if g.job_id is None:
                     self._index.remove(uuid)
-                g.node, g.index, g.name = node, int(index), name
+                g.node, g.index, g.name, g.instance = node, int(index), name, instance
                 self._store.record("gpu.moved", gpu=uuid, node=node, index=int(index))
             else:
                 return g.to_dict()

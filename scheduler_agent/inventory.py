@@ -1,11 +1,13 @@
 """Where the GPUs come from: a static list (config or file), or Prometheus (gpu_info, gpu_up).
 
 Static: ``nodes: [{name: node-a, gpus: [{index: 0, uuid: GPU-...}]}, {name: node-b, count: 8}]``
-(``count`` makes up uuids ``GPU-<node>-<index>``, for tests and demos).
+(``count`` makes up uuids ``GPU-<node>-<index>``, for tests and demos). A node may say
+``instance: 10.0.0.5:9835``: its exporter's Prometheus instance, when that is not its name; the
+agent's per-GPU series (gpu_state, gpu_allocation_info) carry it so they join the exporter's.
 
 Prometheus: every ``refresh_seconds`` the agent queries ``gpu_info`` and ``gpu_up`` through the
 shared Prometheus client (``gpuwarden.prom``); a GPU's node is the ``node_label`` label (default
-``instance``). The result goes through ``Scheduler.sync_inventory``: new GPUs join, ``gpu_up == 0`` or absence marks a GPU
+``instance``), and its ``instance`` label is kept beside it. The result goes through ``Scheduler.sync_inventory``: new GPUs join, ``gpu_up == 0`` or absence marks a GPU
 lost (its job preempted), and a GPU that comes back is marked up. A failed query changes nothing
 (logged): Prometheus being down is not the fleet being down.
 """
@@ -14,11 +16,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from gpuwarden.prom import PrometheusClient, PrometheusError
 
@@ -47,7 +51,15 @@ def static_specs(nodes: list[dict[str, Any]], source: str = "inventory") -> list
             if not uuid or uuid in seen:
                 raise InventoryError(f"{source}: nodes[{i}].gpus[{k}].uuid: missing or repeated ({uuid!r})")
             seen.add(uuid)
-            out.append(GpuSpec(node=n["name"], index=int(g["index"]), uuid=uuid, name=g.get("name", "")))
+            out.append(
+                GpuSpec(
+                    node=n["name"],
+                    index=int(g["index"]),
+                    uuid=uuid,
+                    name=g.get("name", ""),
+                    instance=n.get("instance", ""),
+                )
+            )
     return out
 
 
@@ -81,7 +93,16 @@ def prometheus_specs(url: str, node_label: str = "instance", timeout: float = 10
             index = int(m.get("gpu", "0"))
         except ValueError:
             continue
-        out.append(GpuSpec(node=node, index=index, uuid=uuid, name=m.get("name", ""), up=up.get((node, uuid), False)))
+        out.append(
+            GpuSpec(
+                node=node,
+                index=index,
+                uuid=uuid,
+                name=m.get("name", ""),
+                up=up.get((node, uuid), False),
+                instance=m.get("instance", ""),
+            )
+        )
     return out
 
 
@@ -100,8 +121,10 @@ class PrometheusDiscovery:
         self.node_label, self.timeout = node_label, timeout
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.last_duration = 0.0  # seconds the last refresh took (query + sync), for /metrics
 
     def refresh_once(self) -> bool:
+        t0 = time.monotonic()
         try:
             specs = prometheus_specs(self.url, self.node_label, self.timeout)
         except (PrometheusError, ValueError, KeyError, InventoryError) as exc:
@@ -112,7 +135,16 @@ class PrometheusDiscovery:
             log.warning("inventory: %s returned no gpu_info series; inventory unchanged", self.url)
             return False
         self.sync(specs, "prometheus")
+        self.last_duration = time.monotonic() - t0
         return True
+
+    def collect(self) -> Iterator[Metric]:
+        """How long the last refresh took: against its period, the inventory's headroom at scale."""
+        yield GaugeMetricFamily(
+            "gpuwarden_inventory_refresh_duration_seconds",
+            "Duration of the last successful inventory refresh from Prometheus (query and sync).",
+            value=self.last_duration,
+        )
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="inventory", daemon=True)

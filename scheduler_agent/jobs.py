@@ -75,6 +75,10 @@ class JobLifecycle:
         """The state of each job not finished yet."""
         return [j.state for j in self._jobs.values()]
 
+    def names(self) -> dict[int, str]:
+        """Each unfinished job's name by id (for gpu_allocation_info)."""
+        return {j.id: j.name for j in self._jobs.values()}
+
     def _run_of(self, job: ActiveJob) -> JobRun:
         return JobRun(
             id=job.id,

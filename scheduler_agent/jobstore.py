@@ -135,6 +135,7 @@ class SchedulerStore:
                 throttle_reason=r["throttle_reason"],
                 lost=bool(r["lost"]),
                 lost_reason=r["lost_reason"],
+                instance=r["instance"],
             )
         for r in c.execute("SELECT uuid, rule, severity FROM gpu_alerts"):
             if r["uuid"] in gpus:
@@ -169,13 +170,15 @@ class SchedulerStore:
     # -------------------------------------------------------------------------------- GPUs
     def insert_gpu(self, g: Gpu) -> None:
         self.db.conn.execute(
-            "INSERT INTO gpus(uuid, node, idx, name) VALUES (?,?,?,?)", (g.uuid, g.node, g.index, g.name)
+            "INSERT INTO gpus(uuid, node, idx, name, instance) VALUES (?,?,?,?,?)",
+            (g.uuid, g.node, g.index, g.name, g.instance),
         )
 
     def save_gpu(self, g: Gpu) -> None:
         self.db.conn.execute(
             "UPDATE gpus SET node=?, idx=?, name=?, quarantined=?, quarantine_reason=?, quarantine_actor=?, "
-            "quarantined_at=?, throttled=?, throttle_reason=?, lost=?, lost_reason=?, updated_at=? WHERE uuid=?",
+            "quarantined_at=?, throttled=?, throttle_reason=?, lost=?, lost_reason=?, instance=?, updated_at=? "
+            "WHERE uuid=?",
             (
                 g.node,
                 g.index,
@@ -188,6 +191,7 @@ class SchedulerStore:
                 g.throttle_reason,
                 int(g.lost),
                 g.lost_reason,
+                g.instance,
                 self.clock(),
                 g.uuid,
             ),

@@ -3,7 +3,13 @@
 Register one ``SchedulerCollector`` on the app's own ``CollectorRegistry``; other components
 register their collectors on the same registry (``agent.registry``). Names keep the seed's
 (jobs_submitted_total, cluster_gpus_available, ...); ``gpu_state`` has one series per state per
-GPU (1 for the GPU's current state, 0 for the others) so dashboards can sum by state.
+GPU (1 for the GPU's current state, 0 for the others) so dashboards can sum by state;
+``gpu_allocation_info`` is 1 for each GPU a job holds (the embedded scheduler's jobs, and Slurm's
+through ``Scheduler.add_allocation_source``), so a dashboard or an alert template can name the job.
+
+Per-GPU series carry ``instance``: the GPU's node as Prometheus names it (its exporter target),
+not the agent's, so they join the exporter's series; the agent's scrape job sets
+``honor_labels: true`` to keep it. ``node`` on gpu_state is the inventory's own name for the node.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class SchedulerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         s = self.scheduler
         counters, jobs, gpus = s.snapshot()
+        allocations = s.allocations()  # outside snapshot(): a source may run a command
         for key, (name, doc) in _COUNTERS.items():
             c = CounterMetricFamily(name, doc)
             c.add_metric([], counters.get(key, 0))
@@ -55,11 +62,11 @@ class SchedulerCollector(Collector):
         # exported as cluster_gpus (Prometheus conventions win over the seed's names).
         cluster = {
             "": ("GPUs in the inventory (the seed's cluster_gpus_total).", len(gpus)),
-            "available": ("GPUs free and schedulable.", sum(1 for *_, ok, busy in gpus if ok and not busy)),
-            "allocated": ("GPUs held by a job.", sum(1 for *_, busy in gpus if busy)),
+            "available": ("GPUs free and schedulable.", sum(1 for g in gpus if g.schedulable and not g.busy)),
+            "allocated": ("GPUs held by a job.", sum(1 for g in gpus if g.busy)),
             "unhealthy": (
                 "GPUs lost, quarantined or under a firing critical alert.",
-                sum(1 for *_, ok, _b in gpus if not ok),
+                sum(1 for g in gpus if not g.schedulable),
             ),
         }
         for name, (doc, value) in cluster.items():
@@ -69,9 +76,20 @@ class SchedulerCollector(Collector):
         st = GaugeMetricFamily(
             "gpu_state",
             "1 for the GPU's current health state, 0 for the others.",
-            labels=["node", "gpu", "uuid", "state"],
+            labels=["instance", "node", "gpu", "uuid", "state"],
         )
-        for node, index, uuid, state, _ok, _busy in sorted(gpus):
+        for row in sorted(gpus):
             for candidate in GPU_STATES:
-                st.add_metric([node, str(index), uuid, candidate], 1.0 if candidate == state else 0.0)
+                st.add_metric(
+                    [row.instance, row.node, str(row.gpu), row.uuid, candidate], float(candidate == row.state)
+                )
         yield st
+        alloc = GaugeMetricFamily(
+            "gpu_allocation_info",
+            "1 for each GPU a job holds (the embedded scheduler's or Slurm's), naming the job.",
+            labels=["instance", "gpu", "uuid", "job_id", "job_name"],
+        )
+        # A set: one series per (GPU, job). Two jobs on one GPU (Slurm's shared GPUs) stay two.
+        for labels in sorted({(a.instance, str(a.gpu), a.uuid, a.job_id, a.job_name) for a in allocations}):
+            alloc.add_metric(list(labels), 1.0)
+        yield alloc

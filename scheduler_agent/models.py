@@ -59,6 +59,9 @@ class GpuSpec:
     uuid: str
     name: str = ""
     up: bool = True
+    # The node's Prometheus ``instance`` (its exporter target) when it differs from ``node``
+    # (a static inventory's own node names); empty: the same as ``node``.
+    instance: str = ""
 
 
 @dataclass
@@ -77,6 +80,12 @@ class Gpu:
     lost_reason: str | None = None
     alerts: dict[str, str] = field(default_factory=dict)  # firing rule -> severity
     job_id: int | None = None
+    instance: str = ""  # the node's Prometheus instance; empty: the same as node
+
+    @property
+    def prom_instance(self) -> str:
+        """The ``instance`` label the agent's per-GPU series carry: the GPU's exporter target."""
+        return self.instance or self.node
 
     @property
     def critical_alert(self) -> bool:
@@ -107,6 +116,7 @@ class Gpu:
         return {
             "uuid": self.uuid,
             "node": self.node,
+            "instance": self.prom_instance,
             "index": self.index,
             "name": self.name,
             "state": self.state,

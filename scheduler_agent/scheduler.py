@@ -8,7 +8,7 @@ Operations (thread-safe; each commits to SQLite before it returns and records a 
          list_jobs(state=None, limit=100, offset=0) -> list[dict];  get_job(id) -> dict
          cancel(id, actor="api") -> dict
   GPUs:  list_gpus() -> list[dict];  get_gpu(uuid) -> dict
-         register_gpu(node, index, uuid, name="") -> dict;  sync_inventory(specs, source) -> None
+         register_gpu(node, index, uuid, name="", instance="") -> dict;  sync_inventory(specs, source) -> None
          quarantine(uuid, reason, actor, preempt=True) -> dict (with "preempted": [job ids])
          release(uuid, actor) -> dict
          preempt_gpu(uuid, reason, actor="scheduler") -> list[int]
@@ -16,8 +16,9 @@ Operations (thread-safe; each commits to SQLite before it returns and records a 
          set_alert(uuid, rule, severity, firing) -> dict   (a firing critical alert excludes it)
          mark_lost(uuid, reason) -> dict;  mark_up(uuid) -> dict
   hook:  ``risk``: Callable[[uuid], float], 0 (default) = no known risk; set by the predictor.
+         add_allocation_source(fn): fn() -> Iterable[Allocation], jobs held elsewhere (Slurm).
   loop:  schedule_once() -> list[int];  check_time_limits() -> list[int];  start() / close()
-  metrics: ``stats`` (job durations) and snapshot() -> Snapshot.
+  metrics: ``stats`` (job durations), snapshot() -> Snapshot, allocations() -> list[Allocation].
 
 Errors are ``models.InvalidRequest`` (names the field), ``NotFound`` and ``Conflict``.
 
@@ -56,9 +57,19 @@ from .models import GpuSpec, SchedulerOptions
 from .placement import RiskFn, no_risk
 from .store import Database
 
-__all__ = ["Scheduler", "SchedulerOptions", "Snapshot"]
+__all__ = ["Allocation", "GpuRow", "Scheduler", "SchedulerOptions", "Snapshot"]
 
 log = logging.getLogger(__name__)
+
+
+class GpuRow(NamedTuple):
+    node: str
+    gpu: int  # index on the node
+    uuid: str
+    state: str
+    schedulable: bool
+    busy: bool
+    instance: str  # the node's Prometheus instance (``Gpu.prom_instance``)
 
 
 class Snapshot(NamedTuple):
@@ -66,7 +77,22 @@ class Snapshot(NamedTuple):
 
     counters: dict[str, int]
     job_states: list[str]  # one per unfinished job
-    gpus: list[tuple[str, int, str, str, bool, bool]]  # node, index, uuid, state, schedulable, busy
+    gpus: list[GpuRow]
+
+
+class Allocation(NamedTuple):
+    """A GPU held by a job: ``gpu_allocation_info``'s labels. ``instance`` is the GPU's
+    Prometheus instance (its exporter target), so the series joins the exporter's on
+    ``(instance, gpu)`` as well as on ``uuid``."""
+
+    instance: str
+    gpu: int
+    uuid: str
+    job_id: str
+    job_name: str
+
+
+AllocationSource = Callable[[], Iterable[Allocation]]
 
 
 class Scheduler:
@@ -100,6 +126,7 @@ class Scheduler:
             self._jobs.recover(loaded.head_seq, loaded.tail_seq, loaded.jobs)
             self._gpus.index_all()
         self.instance = self._store.instance
+        self._allocation_sources: list[AllocationSource] = []
 
     def subscribe(self, listener: Callable[[dict[str, Any]], None]) -> None:
         """Calls ``listener(event)`` after each committed event (from the committing thread)."""
@@ -110,8 +137,33 @@ class Scheduler:
             return Snapshot(
                 self._store.counters(),
                 self._jobs.states(),
-                [(g.node, g.index, g.uuid, g.state, g.schedulable, g.job_id is not None) for g in self._gpus.all()],
+                [
+                    GpuRow(g.node, g.index, g.uuid, g.state, g.schedulable, g.job_id is not None, g.prom_instance)
+                    for g in self._gpus.all()
+                ],
             )
+
+    def add_allocation_source(self, source: AllocationSource) -> None:
+        """Adds jobs held outside the embedded scheduler (a cluster scheduler's: the Slurm port)
+        to ``allocations()``."""
+        self._allocation_sources.append(source)
+
+    def allocations(self) -> list[Allocation]:
+        """Every GPU held by a job: the embedded scheduler's, then each source's. A source that
+        fails is logged and left out (the metrics scrape that asks still answers)."""
+        with self.db.lock:
+            names = self._jobs.names()
+            out = [
+                Allocation(g.prom_instance, g.index, g.uuid, str(g.job_id), names.get(g.job_id, ""))
+                for g in self._gpus.all()
+                if g.job_id is not None
+            ]
+        for source in list(self._allocation_sources):
+            try:
+                out.extend(source())
+            except Exception as exc:  # noqa: BLE001 - any source's failure only drops its series
+                log.warning("allocation source failed; its jobs are left out", extra={"error": str(exc)})
+        return out
 
     # ------------------------------------------------------------------------------- jobs
     def submit(
@@ -145,9 +197,10 @@ class Scheduler:
         with self.db.lock:
             return self._gpus.describe(uuid)
 
-    def register_gpu(self, node: str, index: int, uuid: str, name: str = "") -> dict[str, Any]:
-        """Adds a GPU to the inventory, or updates where it is; its health flags are kept."""
-        return self._gpus.register(node, index, uuid, name)
+    def register_gpu(self, node: str, index: int, uuid: str, name: str = "", instance: str = "") -> dict[str, Any]:
+        """Adds a GPU to the inventory, or updates where it is; its health flags are kept.
+        ``instance``: the node's Prometheus instance where that is not ``node`` itself."""
+        return self._gpus.register(node, index, uuid, name, instance)
 
     def sync_inventory(self, specs: Iterable[GpuSpec], source: str = "inventory") -> None:
         """Makes the inventory match a discovery result: new GPUs added, down or absent ones lost.
@@ -158,7 +211,7 @@ class Scheduler:
         seen = {s.uuid for s in specs}
         with self._store.commit():
             for s in specs:
-                self.register_gpu(s.node, s.index, s.uuid, s.name)
+                self.register_gpu(s.node, s.index, s.uuid, s.name, s.instance)
                 g = self._gpus.get(s.uuid)
                 if not s.up and not g.lost:
                     self.mark_lost(s.uuid, f"{source}: gpu_up is 0")

@@ -71,4 +71,6 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE scheduler_counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
     """,
+    # v2: the node's Prometheus instance, when a static inventory names the node otherwise
+    "ALTER TABLE gpus ADD COLUMN instance TEXT NOT NULL DEFAULT ''",
 ]

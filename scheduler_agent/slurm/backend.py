@@ -17,6 +17,7 @@ through Slurm.
   while the reason is still ours (an operator who drained the node after us keeps it drained).
 - ``set_throttled``/``set_alert``: the embedded scheduler's bookkeeping (the power limit itself
   is set by the remediation actuator); nothing in Slurm.
+- ``allocations``: the GPUs Slurm's running jobs hold, for the agent's ``gpu_allocation_info``.
 
 The embedded scheduler keeps the GPU inventory (UUID -> node, index, from Prometheus or a
 static list) and its state (what ``/api/v1/gpus`` shows). Slurm knows nodes and GPU indexes, not
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..remediation.port import ActionContext
+from ..scheduler import Allocation
 from .errors import SlurmError, UnknownNode
 from .journal import Journal, Key
 from .nodemap import NodeMap
@@ -353,6 +355,37 @@ class SlurmPort:
                 out[e.uuid] = "quarantined"
             for i in range(known.get(n.name, 0), n.gpus):
                 out.setdefault(f"slurm:{n.name}:{i}", "drained" if n.drained else "healthy")
+        return out
+
+    # -- which job holds which GPU (gpu_allocation_info) ----------------------------------
+    def allocations(self) -> list[Allocation]:
+        """Every GPU a running Slurm job holds, as ``Scheduler.add_allocation_source`` wants it.
+
+        The inventory names each GPU's uuid and Prometheus instance; its node is matched to a
+        Slurm node the way alerts are (``NodeMap``). A GPU the inventory does not list is still
+        reported, under the Slurm node's name and without a uuid. Raises ``SlurmError`` when
+        scontrol fails (the scheduler then leaves Slurm's jobs out of that scrape)."""
+        nodes = self.nodes()
+        known: dict[tuple[str, int], tuple[str, str]] = {}  # (Slurm node, index) -> (instance, uuid)
+        resolved: dict[str, str | None] = {}
+        for g in self.scheduler.list_gpus() if self.scheduler is not None else []:
+            node = g["node"]
+            if node not in resolved:
+                try:
+                    resolved[node] = self.nodemap.resolve(node, nodes)
+                except UnknownNode:
+                    resolved[node] = None
+            name = resolved[node]
+            if name is not None:
+                known.setdefault((name, int(g["index"])), (g.get("instance") or node, g["uuid"]))
+        out = []
+        for job in self.jobs():
+            if job.state not in RUNNING:
+                continue
+            for name, indexes in job.gpus.items():
+                for index in sorted(indexes):
+                    instance, uuid = known.get((name, index), (name, ""))
+                    out.append(Allocation(instance, index, uuid, str(job.id), job.name))
         return out
 
     # -- the embedded scheduler's events (operators using the agent's API) ---------------

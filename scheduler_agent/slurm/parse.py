@@ -89,6 +89,7 @@ class Job:
     id: int
     state: str
     reason: str = ""
+    name: str = ""  # JobName
     restarts: int = 0
     node_list: str = ""
     gpus: dict[str, frozenset[int]] = field(default_factory=dict)  # node -> GPU indexes held
@@ -140,6 +141,7 @@ def parse_jobs(text: str) -> list[Job]:
             Job(
                 id=int(p["JobId"]),
                 state=p.get("JobState", ""),
+                name=p.get("JobName", ""),
                 reason=p.get("Reason", ""),
                 restarts=int(p.get("Restarts", "0") or 0),
                 node_list=p.get("NodeList", ""),

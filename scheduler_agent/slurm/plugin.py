@@ -4,7 +4,8 @@ With a ``slurm:`` section (and ``enabled`` not false) it returns the ``SlurmPort
 calls it before any plug-in and hands that port to remediation and to the predictor, which act
 through it instead of the embedded scheduler (``None``: the agent uses the embedded one). It
 also follows the embedded scheduler's quarantine/release events (operators using
-``/api/v1/gpus/{uuid}/release``) and adds two routes:
+``/api/v1/gpus/{uuid}/release``), adds Slurm's running jobs to the agent's
+``gpu_allocation_info``, and adds two routes:
 
   GET  /api/v1/slurm/commands                 the journal of Slurm commands, newest first
   POST /api/v1/slurm/gpus/{uuid}/release      release in Slurm (and in the agent), with the answer
@@ -45,6 +46,7 @@ def install(agent: Host) -> SlurmPort | None:
         runner, Journal(agent.db), NodeMap(sc.nodes, sc.node_label), agent.scheduler, sc.start_requeued_now
     )
     agent.scheduler.subscribe(port.on_event)
+    agent.scheduler.add_allocation_source(port.allocations)  # Slurm's jobs in gpu_allocation_info
     _routes(agent, port)
     return port
 

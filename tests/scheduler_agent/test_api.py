@@ -142,8 +142,8 @@ def test_metrics_pass_promtool_and_count_jobs(agent, tmp_path: Path) -> None:
     assert "jobs_submitted_total 1.0" in lines and "jobs_scheduled_total 1.0" in lines
     assert "cluster_gpus 12.0" in lines and "cluster_gpus_allocated 2.0" in lines
     assert "cluster_gpus_unhealthy 1.0" in lines and "cluster_gpus_available 9.0" in lines
-    assert 'gpu_state{gpu="7",node="n1",state="quarantined",uuid="GPU-n1-7"} 1.0' in lines
-    assert 'gpu_state{gpu="7",node="n1",state="healthy",uuid="GPU-n1-7"} 0.0' in lines
+    assert 'gpu_state{gpu="7",instance="n1",node="n1",state="quarantined",uuid="GPU-n1-7"} 1.0' in lines
+    assert 'gpu_state{gpu="7",instance="n1",node="n1",state="healthy",uuid="GPU-n1-7"} 0.0' in lines
     assert sum(1 for line in lines if line.startswith("gpu_state{")) == 12 * 5
     assert api.call("GET", "/healthz")[0] == 200
 
