@@ -85,6 +85,7 @@ class Agent:
             self.discovery = PrometheusDiscovery(
                 self.scheduler.sync_inventory, p["url"], p["refresh_seconds"], p["node_label"], p["timeout_seconds"]
             )
+            self.registry.register(self.discovery)
         # The one scheduler port, before any plug-in that acts through it.
         slurm_port = slurm.install(self)
         self.port: SchedulerPort = slurm_port if slurm_port is not None else SchedulerAdapter(self.scheduler)
