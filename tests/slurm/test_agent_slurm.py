@@ -411,3 +411,32 @@ predictor:
     wait_until(lambda: runs(prom) >= done + 3, 20, 0.1, "three more predictor runs")
     assert calls(log, "requeue") == [f"requeue {b}"]
     assert slurm.job(b)["Restarts"] == "1"
+
+
+def allocation_lines(agent: Agent) -> set[str]:
+    status, text = http_get(f"http://127.0.0.1:{agent.port}/metrics")
+    assert status == 200, text
+    return {ln for ln in text.decode().splitlines() if ln.startswith("gpu_allocation_info{")}
+
+
+def test_the_agent_exports_which_slurm_job_holds_which_gpu(clean_slurm, spawn, tmp_path, scontrol_wrapper):
+    slurm = clean_slurm
+    wrapper, _log = scontrol_wrapper
+    agent = Agent(spawn, tmp_path, slurm, wrapper).start()
+    a = slurm.sbatch(2, 600, "--job-name=train-llm")  # GPUs 0-1
+    wait_until(lambda: running(slurm, a), 20, what="job a running")
+    b = slurm.sbatch(1, 600, "--job-name=eval")  # GPU 2
+    wait_until(lambda: running(slurm, b), 20, what="job b running")
+    assert "IDX:0-1" in slurm.scontrol("show", "job", "-d", str(a)).stdout
+    assert "IDX:2" in slurm.scontrol("show", "job", "-d", str(b)).stdout
+
+    def series(job: int, name: str, gpu: int) -> str:
+        return (
+            f'gpu_allocation_info{{gpu="{gpu}",instance="{agent.instance}",job_id="{job}",'
+            f'job_name="{name}",uuid="{uuid_of(gpu)}"}} 1.0'
+        )
+
+    want = {series(a, "train-llm", 0), series(a, "train-llm", 1), series(b, "eval", 2)}
+    assert allocation_lines(agent) == want
+    slurm.run("scancel", str(a))
+    wait_until(lambda: allocation_lines(agent) == {series(b, "eval", 2)}, 20, what="job a's GPUs to be let go")
