@@ -1,6 +1,7 @@
 """The files ``gpuwarden up`` writes under its working directory.
 
-Prometheus gets the generated rules and a scrape job for the exporter and one for the agent;
+Prometheus gets the generated rules and a scrape job for the exporter and one for the agent
+(``honor_labels: true``: the agent's per-GPU series name their GPU's node in ``instance``);
 Alertmanager gets the shipped routing tree with the agent's URL and token wired in, and its
 on-call and chat receivers pointed at the stack's local notification sink (no PagerDuty or Slack
 secrets on a demo host); the agent gets a config that discovers GPUs from Prometheus and acts
@@ -69,7 +70,13 @@ def prometheus_config(ports: Ports, settings: Settings) -> dict[str, Any]:
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{ports.alertmanager}"]}]}]},
         "scrape_configs": [
             {"job_name": "gpuwarden-exporter", "static_configs": [{"targets": [f"127.0.0.1:{ports.exporter}"]}]},
-            {"job_name": "gpuwarden-agent", "static_configs": [{"targets": [f"127.0.0.1:{ports.agent}"]}]},
+            # honor_labels: the agent's per-GPU series (gpu_state, gpu_allocation_info, the
+            # predictor's) carry the GPU's own instance, which must not become the agent's.
+            {
+                "job_name": "gpuwarden-agent",
+                "honor_labels": True,
+                "static_configs": [{"targets": [f"127.0.0.1:{ports.agent}"]}],
+            },
         ],
     }
 
