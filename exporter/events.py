@@ -3,6 +3,9 @@
 One thread creates an event set, registers every GPU that supports XID events, and blocks in
 ``nvmlEventSetWait_v2`` (with a timeout, so it can stop). Each event bumps a count by (GPU, XID);
 the xid collector exports the counts. A GPU that cannot register is logged and skipped.
+
+A GPU is registered once its reader has its handle and identity: one that did not answer at
+start (a hung call) is registered between waits once it does, so it never holds back the others.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pynvml
 
@@ -22,13 +25,22 @@ WAIT_MS = 1000
 
 
 class XidWatcher:
-    def __init__(self, devices: Sequence[Device], errors: ErrorLog, wait_ms: int = WAIT_MS) -> None:
+    """``devices`` returns the GPUs now served (it changes when GPUs are added or removed)."""
+
+    def __init__(
+        self,
+        devices: Callable[[], Sequence[Device]],
+        errors: ErrorLog,
+        wait_ms: int = WAIT_MS,
+        counts: dict[int, dict[str, int]] | None = None,
+    ) -> None:
         self._wait_ms = wait_ms
-        self._devices = {d.handle_value: d.index for d in devices if d.handle is not None}
-        self._handles = [(d.index, d.handle) for d in devices if d.handle is not None]
+        self._source = devices
+        self._devices: dict[int | None, int] = {}  # handle value -> GPU index, registered GPUs
+        self._tried: set[int] = set()  # ids of Devices asked to register (once each)
         self._errors = errors
         self._lock = threading.Lock()
-        self._counts: dict[int, dict[str, int]] = {}
+        self._counts: dict[int, dict[str, int]] = counts if counts is not None else {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="xid-events", daemon=True)
         self.registered: list[int] = []
@@ -47,29 +59,38 @@ class XidWatcher:
         with self._lock:
             return {xid: float(n) for xid, n in self._counts.get(gpu, {}).items()}
 
-    def _register(self) -> object | None:
+    def all_counts(self) -> dict[int, dict[str, int]]:
+        """Every count so far (a watcher replacing this one after a rescan carries them on)."""
+        with self._lock:
+            return {gpu: dict(c) for gpu, c in self._counts.items()}
+
+    def _register_ready(self, event_set: object) -> None:
+        """Registers the GPUs that have answered (handle and UUID read) and were not tried yet."""
+        for dev in self._source():
+            if id(dev) in self._tried or dev.handle is None or not dev.uuid:
+                continue
+            self._tried.add(id(dev))
+            try:
+                pynvml.nvmlDeviceRegisterEvents(dev.handle, pynvml.nvmlEventTypeXidCriticalError, event_set)
+            except pynvml.NVMLError as exc:
+                self._errors.add("nvmlDeviceRegisterEvents", exc.value)
+                log.warning("GPU %d: no XID events (%s)", dev.index, code_name(exc.value))
+                continue
+            self._devices[dev.handle_value] = dev.index
+            self.registered.append(dev.index)
+
+    def _run(self) -> None:
         try:
             event_set: object = pynvml.nvmlEventSetCreate()
         except pynvml.NVMLError as exc:
             self._errors.add("nvmlEventSetCreate", exc.value)
             log.warning("XID events unavailable: nvmlEventSetCreate: %s", code_name(exc.value))
-            return None
-        for index, handle in self._handles:
-            try:
-                pynvml.nvmlDeviceRegisterEvents(handle, pynvml.nvmlEventTypeXidCriticalError, event_set)
-                self.registered.append(index)
-            except pynvml.NVMLError as exc:
-                self._errors.add("nvmlDeviceRegisterEvents", exc.value)
-                log.warning("GPU %d: no XID events (%s)", index, code_name(exc.value))
-        return event_set
-
-    def _run(self) -> None:
-        event_set = self._register()
-        if event_set is None:
             return
+        self._register_ready(event_set)
         self.running = True
         try:
             while not self._stop.is_set():
+                self._register_ready(event_set)
                 try:
                     data = pynvml.nvmlEventSetWait_v2(event_set, self._wait_ms)
                 except pynvml.NVMLError as exc:

@@ -113,6 +113,7 @@ class Device:
     field_fallback: set[str] = field(default_factory=set)  # sample keys the field API cannot give
     static: dict[str, Any] = field(default_factory=dict)  # fixed figures (limits, thresholds): read once
     calls: int = 0  # NVML calls made for this GPU
+    lost: bool = False  # answered GPU_IS_LOST last time; the loss is counted once, not per scrape
     field_buf: Any = field(default=None, repr=False)  # reused nvmlFieldValue_t array
     field_buf_ids: list[int] = field(default_factory=list, repr=False)
     _labels: dict[str, str] | None = field(default=None, repr=False)
@@ -169,20 +170,41 @@ class Reader:
         return value
 
     def note_error(self, name: str, code: int, key: str | None = None) -> None:
-        """Records an NVML error code for call ``name``; raises GpuLost for a lost GPU."""
-        self.errors.add(name, code)
+        """Records an NVML error code for call ``name``; raises GpuLost for a lost GPU.
+
+        A lost GPU answers GPU_IS_LOST on every collection until it comes back: that is one
+        event, counted (and logged) when the GPU goes, not once per scrape while it stays gone.
+        """
         if code in UNSUPPORTED_CODES:
+            self.errors.add(name, code)
             self.device.unsupported.add(key or name)
             log.debug("GPU %d: %s answered %s; not asking again", self.device.index, key or name, code_name(code))
             return
         if code == pynvml.NVML_ERROR_GPU_IS_LOST:
+            if not self.device.lost:
+                self.device.lost = True
+                self.errors.add(name, code)
+                log.warning("GPU %d: lost (%s answered gpu_is_lost)", self.device.index, name)
             raise GpuLost()
+        self.errors.add(name, code)
         self.failures += 1
         log.warning("GPU %d: %s failed: %s", self.device.index, name, code_name(code))
 
 
 def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def read_handle(reader: Reader) -> bool:
+    """The GPU's handle, asked on its reader thread (on a wedged GPU even this call can block).
+    False when NVML gives none; retried each collection."""
+    dev = reader.device
+    if dev.handle is None:
+        handle = reader.call("nvmlDeviceGetHandleByIndex", pynvml.nvmlDeviceGetHandleByIndex, dev.index)
+        if handle is None:
+            return False
+        dev.handle = handle
+    return True
 
 
 def read_identity(reader: Reader) -> None:
@@ -207,7 +229,13 @@ class Discovery:
 
 
 def init_and_discover(errors: ErrorLog) -> Discovery:
-    """nvmlInit, the driver version and a handle per GPU. Raises NVMLError when NVML is unusable."""
+    """nvmlInit, the driver version and a (not yet read) Device per GPU. Raises NVMLError when
+    NVML is unusable.
+
+    Only library-wide calls happen here. Handles and identity are read by each GPU's reader
+    under the collection deadline, like every other reading: a GPU whose calls block at start
+    would otherwise hold back discovery, and with it every other GPU.
+    """
     pynvml.nvmlInit()
     try:
         driver = _text(pynvml.nvmlSystemGetDriverVersion())
@@ -215,22 +243,7 @@ def init_and_discover(errors: ErrorLog) -> Discovery:
         errors.add("nvmlSystemGetDriverVersion", exc.value)
         driver = ""
     count = pynvml.nvmlDeviceGetCount()
-    devices = []
-    for i in range(count):
-        try:
-            dev = Device(index=i, handle=pynvml.nvmlDeviceGetHandleByIndex(i))
-            # Identity now, while the GPU answers: a GPU lost later still shows which one it was.
-            try:
-                read_identity(Reader(dev, errors))
-            except GpuLost:
-                log.warning("GPU %d: lost before its identity could be read", i)
-            devices.append(dev)
-        except pynvml.NVMLError as exc:
-            # A GPU without a handle is still one of ours: keep its slot, reported as down.
-            errors.add("nvmlDeviceGetHandleByIndex", exc.value)
-            log.warning("GPU %d: no handle (%s); reporting it down", i, code_name(exc.value))
-            devices.append(Device(index=i, handle=None))
-    return Discovery(driver_version=driver, devices=devices)
+    return Discovery(driver_version=driver, devices=[Device(index=i, handle=None) for i in range(count)])
 
 
 def shutdown_quietly() -> None:

@@ -31,6 +31,7 @@ from .nvml import (
     field_buffer,
     field_value,
     get_field_values,
+    read_handle,
     read_identity,
 )
 
@@ -83,11 +84,11 @@ def read_gpu(
     field_ids: list[int] | None = None,
 ) -> tuple[bool, Sample]:
     """Reads one GPU. Returns (up, sample); up is False when the GPU is lost or nothing answered."""
-    if dev.handle is None:
-        return False, {}
     r = Reader(dev, errors)
     sample: Sample = {}
     try:
+        if not read_handle(r):
+            return False, {}
         read_identity(r)
         if fields:
             _read_fields(r, fields, field_ids if field_ids is not None else [f.field_id for f in fields], sample)
@@ -96,6 +97,9 @@ def read_gpu(
     except GpuLost:
         return False, {}
     up = r.successes > 0 or r.failures == 0
+    if up and dev.lost:
+        dev.lost = False  # back (a driver reload): a later loss counts again
+        log.info("GPU %d: answering again", dev.index)
     return up, sample
 
 
@@ -223,6 +227,22 @@ class Sampler:
         self._idle: list[_Reader] = []
         self._readers: list[_Reader] = []
         self._gpu_seconds = 0.0  # learnt from single-reader collections
+        self._retired_calls = 0  # calls made for GPUs since removed: the calls counter never goes back
+
+    def set_devices(self, devices: Sequence[Device]) -> None:
+        """Serves ``devices`` from the next collection on (GPUs added or removed while running).
+
+        A GPU whose reader is still inside a hung call keeps that reader: its index is not read
+        again until the call returns, whichever Device now holds the index.
+        """
+        with self._lock:
+            kept = {id(d) for d in devices}
+            self._retired_calls += sum(d.calls for d in self.devices if id(d) not in kept)
+            old = self._by_index
+            self.devices = list(devices)
+            self._by_index = {d.index: d for d in self.devices}
+            # A last good sample belongs to the Device that read it, not to its index.
+            self._last = {i: r for i, r in self._last.items() if old.get(i) is self._by_index.get(i)}
 
     def _take(self, rnd: _Round) -> Device | None:
         """The next GPU of ``rnd`` no other reader is inside, or None when the round is over."""
@@ -231,9 +251,12 @@ class Sampler:
                 return None  # back from a hang: a newer round owns these GPUs
             while rnd.pending:
                 index = rnd.pending.popleft()
-                if index not in self._reading:
+                dev = self._by_index.get(index)
+                if dev is None:  # removed (hot-unplug) since the round began
+                    rnd.deliver(index, GpuResult(False, {}, time.monotonic()))
+                elif index not in self._reading:
                     self._reading.add(index)
-                    return self._by_index[index]
+                    return dev
             return None
 
     def _wake(self, rnd: _Round) -> None:
@@ -282,7 +305,7 @@ class Sampler:
         return Snapshot(states, time.monotonic() - t0)
 
     def calls(self) -> int:
-        return sum(d.calls for d in self.devices)
+        return self._retired_calls + sum(d.calls for d in self.devices)
 
     def stop(self) -> None:
         for r in self._readers:

@@ -2,6 +2,10 @@
 
 NVML missing or failing to initialise never stops the exporter: /metrics keeps answering with
 ``gpuwarden_exporter_nvml_up 0`` while a background thread retries (1 s, doubling, capped).
+
+Once up, the same thread rescans every ``rescan_interval`` seconds: a changed GPU count (hot-plug)
+is served from the next collection on, and when every GPU answers GPU_IS_LOST (a driver reload
+takes them all) NVML is initialised again, which is how a real driver re-enumerates its GPUs.
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ import pynvml
 
 from .collectors.base import Collector
 from .events import XidWatcher
-from .nvml import Discovery, ErrorLog, code_name, init_and_discover, shutdown_quietly
+from .nvml import Device, Discovery, ErrorLog, code_name, init_and_discover, shutdown_quietly
 from .sampler import Sampler, Snapshot
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 5.0  # below Prometheus' default 10 s scrape timeout
+DEFAULT_RESCAN = 10.0  # seconds between checks for GPUs added or removed
 
 
 class ExporterService:
@@ -34,6 +39,7 @@ class ExporterService:
         retry_initial: float = 1.0,
         retry_max: float = 60.0,
         event_wait_ms: int = 1000,
+        rescan_interval: float = DEFAULT_RESCAN,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"collection timeout must be positive, got {timeout}")
@@ -46,6 +52,7 @@ class ExporterService:
         self._loader = loader
         self._retry = (retry_initial, retry_max)
         self._event_wait_ms = event_wait_ms
+        self._rescan = rescan_interval
         self._stop = threading.Event()
         self._first_attempt = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="nvml-init", daemon=True)
@@ -78,11 +85,59 @@ class ExporterService:
                 continue
             self.discovery = disc
             log.info("NVML up: driver %s, %d GPU(s)", disc.driver_version or "?", len(disc.devices))
-            if any(c.name == "xid" for c in self.collectors):
-                self.xid = XidWatcher(disc.devices, self.errors, self._event_wait_ms).start()
             self.sampler = Sampler(disc.devices, self.collectors, self.errors, self.timeout)
+            # The first collection reads handles and identity, each GPU under the deadline: a GPU
+            # that does not answer is served as down and the rest are up from the first scrape.
+            self.sampler.collect()
+            self._start_xid()
             self._first_attempt.set()
+            self._watch()
             return
+
+    def _start_xid(self, counts: dict[int, dict[str, int]] | None = None) -> None:
+        sampler = self.sampler
+        if sampler is not None and any(c.name == "xid" for c in self.collectors):
+            self.xid = XidWatcher(lambda: sampler.devices, self.errors, self._event_wait_ms, counts).start()
+
+    def _watch(self) -> None:
+        """Rescans for GPUs added or removed until stopped."""
+        while not self._stop.wait(self._rescan):
+            try:
+                self.rescan()
+            except pynvml.NVMLError as exc:
+                self.errors.add("nvmlDeviceGetCount", exc.value)
+                log.warning("GPU rescan failed: %s", code_name(exc.value))
+
+    def rescan(self) -> bool:
+        """Checks the GPU count (re-initialising NVML first when every GPU is lost); serves the new
+        set when it changed. Returns whether it did. Runs on the supervisor thread."""
+        sampler, disc = self.sampler, self.discovery
+        if sampler is None or disc is None:
+            return False
+        devices = sampler.devices
+        reinit = bool(devices) and all(d.lost for d in devices)
+        if reinit:
+            shutdown_quietly()
+            pynvml.nvmlInit()
+        count = pynvml.nvmlDeviceGetCount()
+        if count == len(devices):
+            if not reinit:
+                return False
+            # Same GPUs, new library state: handles are asked again; each keeps its lost flag, so
+            # GPUs that stay lost are not counted lost again.
+            for d in devices:
+                d.handle = None
+        else:
+            log.info("GPUs changed: %d -> %d", len(devices), count)
+            # Indices may now name other GPUs: every Device is new, read again under the deadline.
+            fresh = [Device(index=i, handle=None) for i in range(count)]
+            disc.devices = fresh
+            sampler.set_devices(fresh)
+        old = self.xid
+        if old is not None:
+            old.stop()
+            self._start_xid(old.all_counts())  # handles changed; XIDs counted so far stay
+        return True
 
     def snapshot(self) -> Snapshot | None:
         """A collection (shared with concurrent scrapes), or None while NVML is down."""

@@ -65,23 +65,9 @@ class Fleet:
         self.driver_version = driver_version
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
-        m = MODELS[model]
-        self.gpus: list[SimGpu] = []
-        for i in range(count):
-            g = SimGpu(
-                index=i,
-                model=m,
-                uuid=f"GPU-{uuidlib.uuid5(_UUID_NS, f'{model}-{i}')}",
-                pci_bus_id=f"00000000:{0x18 + i:02X}:00.0",
-                serial=f"1650{i:09d}",
-                power_limit_watts=m.default_limit_watts,
-                temperature=m.ambient_celsius + 10,
-            )
-            self._baseline(g, 0.0)
-            g.settle()
-            g.temperature = m.ambient_celsius + m.thermal_resistance * g.power_watts  # start warmed up
-            g.settle()
-            self.gpus.append(g)
+        self._model_key = model
+        self._serials = itertools.count(count)  # a GPU plugged in later is a new board
+        self.gpus: list[SimGpu] = [self._new_gpu(i, i) for i in range(count)]
         self._by_uuid = {g.uuid: g for g in self.gpus}
         self._t0 = self._t = self.clock.now()
         self._timeline: list[TimedAction] = []
@@ -90,6 +76,41 @@ class Fleet:
         self._set_ids = itertools.count(1)
         self._hang_release = {g.index: threading.Event() for g in self.gpus}
         self.clock.on_advance(self._wake)
+
+    def _new_gpu(self, index: int, board: int) -> SimGpu:
+        m = MODELS[self._model_key]
+        g = SimGpu(
+            index=index,
+            model=m,
+            uuid=f"GPU-{uuidlib.uuid5(_UUID_NS, f'{self._model_key}-{board}')}",
+            pci_bus_id=f"00000000:{0x18 + index:02X}:00.0",
+            serial=f"1650{board:09d}",
+            power_limit_watts=m.default_limit_watts,
+            temperature=m.ambient_celsius + 10,
+        )
+        self._baseline(g, 0.0)
+        g.settle()
+        g.temperature = m.ambient_celsius + m.thermal_resistance * g.power_watts  # start warmed up
+        g.settle()
+        return g
+
+    def resize(self, count: int) -> None:
+        """Hot-plug: GPUs are added (new boards) or removed at the end of the list, as a driver
+        enumerates them; NVML's device count and handles follow at once."""
+        if count < 1:
+            raise ValueError(f"a simulated fleet needs at least one GPU, got {count}")
+        with self.cond:
+            self.sync(force=True)
+            while len(self.gpus) > count:
+                g = self.gpus.pop()
+                self._by_uuid.pop(g.uuid, None)
+                self._hang_release[g.index].set()  # a call blocked on a removed GPU returns
+            while len(self.gpus) < count:
+                g = self._new_gpu(len(self.gpus), next(self._serials))
+                self._hang_release[g.index] = threading.Event()
+                self.gpus.append(g)
+                self._by_uuid[g.uuid] = g
+            self.cond.notify_all()
 
     # --- time --------------------------------------------------------------------------------
     def _baseline(self, g: SimGpu, elapsed: float) -> None:

@@ -57,7 +57,6 @@ class SimLibrary:
 
     def _wrap(self, name: str, fn: Callable[..., int], device: bool) -> Callable[..., int]:
         fleet, calls = self.fleet, self.calls
-        ngpus = len(fleet.gpus)
 
         def library_call(*args: Any) -> int:
             calls[name] += 1
@@ -75,9 +74,10 @@ class SimLibrary:
                 if not self.initialized:
                     return ERROR_UNINITIALIZED
                 index, rem = divmod((handle or 0) - HANDLE_BASE, 16)
-                if rem or not 0 <= index < ngpus:
+                gpus = fleet.gpus  # read each call: GPUs come and go (Fleet.resize)
+                if rem or not 0 <= index < len(gpus):
                     return ERROR_INVALID_ARGUMENT
-                g = fleet.gpus[index]
+                g = gpus[index]
                 fleet.sync()
                 release = fleet.hang_for(g, name)
                 if release is not None:

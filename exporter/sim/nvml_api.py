@@ -117,8 +117,12 @@ def nvmlDeviceGetCount_v2(lib: LibraryState, out: int) -> int:
 
 @_c(c_uint, c_void_p, device=False, names=("nvmlDeviceGetHandleByIndex",))
 def nvmlDeviceGetHandleByIndex_v2(lib: LibraryState, index: int, out: int) -> int:
-    if index >= len(lib.fleet.gpus):
+    gpus = lib.fleet.gpus
+    if index >= len(gpus):
         return ERROR_INVALID_ARGUMENT
+    release = lib.fleet.hang_for(gpus[index], "nvmlDeviceGetHandleByIndex_v2")
+    if release is not None:
+        release.wait(gpus[index].hang_seconds)  # a wedged GPU can block even this call
     _put(c_void_p, out, HANDLE_BASE + 16 * index)
     return SUCCESS
 

@@ -61,10 +61,14 @@ def make_exporter() -> Iterator[Callable[..., Harness]]:
         latency_s: float = 0.0,
         enabled: dict[str, bool] | None = None,
         loader: Callable[[], None] | None = None,
+        setup: Callable[[Fleet], None] | None = None,
         **service_kw: Any,
     ) -> Harness:
+        """``setup`` runs on the fleet before the exporter starts (faults present at start-up)."""
         clock = ManualClock()
         fleet = Fleet(count, clock, model=model)
+        if setup is not None:
+            setup(fleet)
         lib = SimLibrary(fleet, missing=missing, latency_s=latency_s)
         service = ExporterService(
             collectors.enabled(enabled),

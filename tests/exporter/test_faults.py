@@ -230,8 +230,9 @@ def test_gpu_lost_before_the_first_scrape_keeps_its_identity(make_exporter):
 def test_gpu_limits_are_read_once_and_not_supported_is_cached_per_gpu(make_exporter):
     """The GPU's own limits (relative alert thresholds read them) are fixed: asked once per GPU;
     a GPU answering NOT_SUPPORTED for the temperature thresholds is not asked again either."""
-    h = make_exporter(3)
-    h.fleet.inject(1, {"kind": "not_supported", "call": "nvmlDeviceGetTemperatureThreshold"})
+    h = make_exporter(
+        3, setup=lambda f: f.inject(1, {"kind": "not_supported", "call": "nvmlDeviceGetTemperatureThreshold"})
+    )
     fams = h.scrape()
     slowdown = {k: v for k, v in h.values(fams, "gpu_temperature_threshold_celsius", threshold="slowdown").items()}
     assert set(slowdown) == {"0", "2"} and slowdown["0"] == 88.0  # the simulated H100's figure
