@@ -215,6 +215,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(p["status"])
     else:
         lines += [
+            f"Through {p['via']}: each limit {p['step_w']:g} W lower, read back, restored in a finally, "
+            "the restore read back.",
+            "",
             "| GPU | limit W (min-max) | set to W | read back W | enforced W | set ms | restored W | result |",
             "|---:|---|---:|---:|---:|---:|---:|---|",
         ]

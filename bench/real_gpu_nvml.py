@@ -320,22 +320,20 @@ def _handle_value(h: Any) -> int | None:
 
 def power_set_restore(step_watts: float = 10.0) -> dict[str, Any]:
     """As root: each GPU's limit lowered by ``step_watts`` (raised where already at the minimum)
-    through the agent's own NVML actuator, read back, and restored in a ``finally``."""
+    through the agent's own NVML actuator, read back, and restored in a ``finally``; the restore
+    is read back too."""
     if os.geteuid() != 0:
         return {"status": "skipped: not root"}
-    from gpuwarden.scheduler_agent.remediation.actuators import GpuRef, NvmlActuator
-    from gpuwarden.scheduler_agent.remediation.errors import ActuatorError
-
-    act = NvmlActuator()
+    act, make_ref, failures, via = _power_backend()
     gpus = []
     for i in range(pynvml.nvmlDeviceGetCount()):
         h = pynvml.nvmlDeviceGetHandleByIndex(i)
-        ref = GpuRef(uuid=_text(pynvml.nvmlDeviceGetUUID(h)), gpu=str(i))
+        ref = make_ref(_text(pynvml.nvmlDeviceGetUUID(h)), str(i))
         entry: dict[str, Any] = {"gpu": i}
         gpus.append(entry)
         try:
             limits = act.read(ref)
-        except ActuatorError as exc:
+        except failures as exc:
             entry["status"] = f"cannot read the limit: {exc}"
             continue
         original = limits.current_watts
@@ -355,18 +353,18 @@ def power_set_restore(step_watts: float = 10.0) -> dict[str, Any]:
             entry["readback_w"] = act.read(ref).current_watts
             entry["enforced_w"] = pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0  # NVML: milliwatts
             entry["set_ok"] = abs(entry["readback_w"] - target) < 0.5
-        except (ActuatorError, pynvml.NVMLError) as exc:
+        except failures as exc:
             entry["set_ok"] = False
             entry["error"] = str(exc)
         finally:
             # Never leave the GPU capped: restore whatever happened above (a failed set changed nothing).
             try:
                 act.set_limit(ref, original)
-            except ActuatorError as exc:
+            except failures as exc:
                 entry["restore_error"] = str(exc)
             try:
                 entry["restored_w"] = act.read(ref).current_watts
-            except ActuatorError as exc:
+            except failures as exc:
                 entry["restored_w"] = None
                 entry["restore_error"] = str(exc)
             entry["restored_ok"] = entry["restored_w"] is not None and abs(entry["restored_w"] - original) < 0.5
@@ -379,4 +377,45 @@ def power_set_restore(step_watts: float = 10.0) -> dict[str, Any]:
                 )
         if "status" not in entry:
             entry["status"] = "set and restored" if entry.get("set_ok") and entry["restored_ok"] else "FAILED"
-    return {"status": "run as root", "step_w": step_watts, "gpus": gpus}
+    return {"status": "run as root", "via": via, "step_w": step_watts, "gpus": gpus}
+
+
+def _power_backend() -> tuple[Any, Callable[[str, str], Any], tuple[type[BaseException], ...], str]:
+    """(actuator, GPU reference maker, the errors it raises, what it is): the agent's own NVML
+    actuator, or the same calls made directly where the agent's package does not import."""
+    try:
+        from gpuwarden.scheduler_agent.remediation.actuators import GpuRef, NvmlActuator
+        from gpuwarden.scheduler_agent.remediation.errors import ActuatorError
+    except ImportError as exc:  # a bare GPU host without the agent's dependencies (jsonschema)
+        return (
+            _DirectPower(),
+            _Ref,
+            (pynvml.NVMLError,),
+            f"pynvml directly (the agent's actuator did not import: {exc})",
+        )
+    return NvmlActuator(), GpuRef, (ActuatorError, pynvml.NVMLError), "the agent's NvmlActuator"
+
+
+@dataclass(frozen=True)
+class _Ref:
+    uuid: str
+    gpu: str = ""
+
+
+@dataclass(frozen=True)
+class _Limits:
+    current_watts: float
+    min_watts: float
+    max_watts: float
+
+
+class _DirectPower:
+    """NvmlActuator's read and set, for a host where the agent's package does not import."""
+
+    def read(self, ref: _Ref) -> _Limits:
+        h = pynvml.nvmlDeviceGetHandleByUUID(ref.uuid)
+        lo, hi = pynvml.nvmlDeviceGetPowerManagementLimitConstraints(h)
+        return _Limits(pynvml.nvmlDeviceGetPowerManagementLimit(h) / 1000.0, lo / 1000.0, hi / 1000.0)  # mW
+
+    def set_limit(self, ref: _Ref, watts: float) -> None:
+        pynvml.nvmlDeviceSetPowerManagementLimit(pynvml.nvmlDeviceGetHandleByUUID(ref.uuid), int(round(watts * 1000)))

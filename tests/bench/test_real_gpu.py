@@ -153,6 +153,14 @@ def test_power_restore_reports_a_refused_set_and_leaves_the_limit(monkeypatch: p
                 assert g1["status"] == "FAILED" and not g1["set_ok"] and "Not Supported" in g1["error"]
                 assert g1["restored_ok"] and fleet.gpus[1].power_limit_watts == g1["original_w"]
                 assert [g.power_limit_watts for g in fleet.gpus] == [g0["original_w"], g1["original_w"]]
+                # Where the agent's package does not import, the same calls made directly.
+                direct = (nv._DirectPower(), nv._Ref, (pynvml.NVMLError,), "pynvml directly")
+                monkeypatch.setattr(nv, "_power_backend", lambda: direct)
+                out = nv.power_set_restore(30.0)
+                assert out["via"] == "pynvml directly"
+                assert [g["status"] for g in out["gpus"]] == ["set and restored", "FAILED"]
+                assert out["gpus"][0]["readback_w"] == out["gpus"][0]["original_w"] - 30
+                assert [g.power_limit_watts for g in fleet.gpus] == [g0["original_w"], g1["original_w"]]
             monkeypatch.setattr(os, "geteuid", lambda: 1000)
             assert nv.power_set_restore() == {"status": "skipped: not root"}
         finally:
