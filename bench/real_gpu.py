@@ -31,7 +31,9 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +154,85 @@ def _power_row(g: dict[str, Any]) -> str:
     )
 
 
+def _md_compare(c: dict[str, Any]) -> list[str]:
+    lines = [f"Exporter: `{c.get('exporter', '')}`", ""]
+    lines += _compare_md("nvidia-smi --query-gpu", c["nvidia_smi"])
+    if "simulator" in c:
+        lines += _compare_md("the simulator's own state (the reference when the GPUs are simulated)", c["simulator"])
+    errs = c.get("exporter_nvml_errors") or []
+    if errs:
+        lines += ["NVML errors the exporter counted (`gpuwarden_exporter_nvml_errors_total`):", ""]
+        lines += [f"- {e['call']}: {e['code']} x{e['count']:g}" for e in errs]
+    return lines
+
+
+def _md_calls(n: dict[str, Any]) -> list[str]:
+    calls, summary = n["rows"], n["summary"]
+    lines = [
+        f"Recorded while the exporter's service started and ran {summary['scrapes']} collections on "
+        f"{summary['gpus']} GPU(s); read-only calls replayed with the exporter's arguments. Per GPU per scrape: "
+        f"{summary['calls_per_gpu_per_scrape']:g} calls, {summary['nvml_us_per_gpu_per_scrape']:.1f} µs of NVML "
+        "(sum of medians).",
+        "",
+        "| call | when | calls/GPU/scrape | timed | n | median µs | p99 µs | result |",
+        "|---|---|---:|---|---:|---:|---:|---|",
+    ]
+    lines += [
+        f"| {r['call']} | {r['when']} | {r['per_gpu_per_scrape']:g} | {r['timed']} | {r['n']} | "
+        f"{r['median_us']:.1f} | {r['p99_us']:.1f} | {r['result']} |"
+        for r in calls
+    ]
+    return lines
+
+
+def _md_xid(x: dict[str, Any]) -> list[str]:
+    lines = [f"Event set: {x['event_set']}."]
+    for g in x["gpus"]:
+        lines.append(
+            f"- GPU {g['gpu']}: XID events supported: {g['supported']}; nvmlDeviceRegisterEvents: {g['registered']} "
+            f"({g['register_us']:.0f} µs)"
+        )
+    if "injected" in x:
+        lines.append(f"- {x['injected']['note']} on GPU {x['injected']['gpu']}")
+    if "wait" in x:
+        w = x["wait"]
+        got = f"XID {w['xid']} on GPU {w['gpu']}" if w["event"] == "xid" else w["event"]
+        lines.append(f"- one wait ({x['wait_ms']} ms): {got}, returned after {w['waited_ms']:.1f} ms")
+    return lines
+
+
+def _md_power(p: dict[str, Any]) -> list[str]:
+    if p["status"] != "run as root":
+        return [p["status"]]
+    lines = [
+        f"Through {p['via']}: each limit {p['step_w']:g} W lower, read back, restored in a finally, "
+        "the restore read back.",
+        "",
+        "| GPU | limit W (min-max) | set to W | read back W | enforced W | set ms | restored W | result |",
+        "|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    return lines + [_power_row(g) for g in p["gpus"]]
+
+
+def _md_scrape(s: dict[str, Any]) -> list[str]:
+    if s["status"] != "ok":
+        return [s["status"]]
+    return [
+        f"`python -m {s['command']}` (bench.exporter_scrape's measurement, one process, interleaved):",
+        "",
+        s["table"],
+    ]
+
+
+SECTIONS: tuple[tuple[str, str, Callable[[dict[str, Any]], list[str]]], ...] = (
+    ("compare", "## 1. Exported values against nvidia-smi", _md_compare),
+    ("nvml_calls", "## 2. Cost of each NVML call the exporter makes", _md_calls),
+    ("xid", "## 3. XID event registration", _md_xid),
+    ("power", "## 4. Power limit set and restore", _md_power),
+    ("scrape_cpu", "## 5. CPU per scrape against nvitop-exporter", _md_scrape),
+)
+
+
 def markdown(report: dict[str, Any]) -> str:
     sysinfo = report["system"]
     lines = ["# Real-GPU check: `python -m bench.real_gpu`", ""]
@@ -169,67 +250,10 @@ def markdown(report: dict[str, Any]) -> str:
         "|---:|---|---|---|",
     ]
     lines += [f"| {g['index']} | {g['name']} | {g['uuid']} | {g['pci_bus_id']} |" for g in sysinfo["gpus"]]
-    c = report["compare"]
-    lines += ["", "## 1. Exported values against nvidia-smi", "", f"Exporter: `{c.get('exporter', '')}`", ""]
-    lines += _compare_md("nvidia-smi --query-gpu", c["nvidia_smi"])
-    if "simulator" in c:
-        lines += _compare_md("the simulator's own state (the reference when the GPUs are simulated)", c["simulator"])
-    errs = c.get("exporter_nvml_errors") or []
-    if errs:
-        lines += ["NVML errors the exporter counted (`gpuwarden_exporter_nvml_errors_total`):", ""]
-        lines += [f"- {e['call']}: {e['code']} x{e['count']:g}" for e in errs]
-        lines.append("")
-    calls, summary = report["nvml_calls"]["rows"], report["nvml_calls"]["summary"]
-    lines += [
-        "## 2. Cost of each NVML call the exporter makes",
-        "",
-        f"Recorded while the exporter's service started and ran {summary['scrapes']} collections on "
-        f"{summary['gpus']} GPU(s); read-only calls replayed with the exporter's arguments. Per GPU per scrape: "
-        f"{summary['calls_per_gpu_per_scrape']:g} calls, {summary['nvml_us_per_gpu_per_scrape']:.1f} µs of NVML "
-        "(sum of medians).",
-        "",
-        "| call | when | calls/GPU/scrape | timed | n | median µs | p99 µs | result |",
-        "|---|---|---:|---|---:|---:|---:|---|",
-    ]
-    lines += [
-        f"| {r['call']} | {r['when']} | {r['per_gpu_per_scrape']:g} | {r['timed']} | {r['n']} | "
-        f"{r['median_us']:.1f} | {r['p99_us']:.1f} | {r['result']} |"
-        for r in calls
-    ]
-    x = report["xid"]
-    lines += ["", "## 3. XID event registration", "", f"Event set: {x['event_set']}."]
-    for g in x["gpus"]:
-        lines.append(
-            f"- GPU {g['gpu']}: XID events supported: {g['supported']}; nvmlDeviceRegisterEvents: {g['registered']} "
-            f"({g['register_us']:.0f} µs)"
-        )
-    if "injected" in x:
-        lines.append(f"- {x['injected']['note']} on GPU {x['injected']['gpu']}")
-    if "wait" in x:
-        w = x["wait"]
-        got = f"XID {w['xid']} on GPU {w['gpu']}" if w["event"] == "xid" else w["event"]
-        lines.append(f"- one wait ({x['wait_ms']} ms): {got}, returned after {w['waited_ms']:.1f} ms")
-    p = report["power"]
-    lines += ["", "## 4. Power limit set and restore (NVML, through the agent's actuator)", ""]
-    if p["status"] != "run as root":
-        lines.append(p["status"])
-    else:
-        lines += [
-            f"Through {p['via']}: each limit {p['step_w']:g} W lower, read back, restored in a finally, "
-            "the restore read back.",
-            "",
-            "| GPU | limit W (min-max) | set to W | read back W | enforced W | set ms | restored W | result |",
-            "|---:|---|---:|---:|---:|---:|---:|---|",
-        ]
-        for g in p["gpus"]:
-            lines.append(_power_row(g))
-    s = report["scrape_cpu"]
-    lines += ["", "## 5. CPU per scrape against nvitop-exporter", ""]
-    if s["status"] != "ok":
-        lines.append(s["status"])
-    else:
-        lines += [f"`python -m {s['command']}` (bench.exporter_scrape's measurement, one process, interleaved):", ""]
-        lines.append(s["table"])
+    for key, title, render in SECTIONS:
+        section = report.get(key, {"failed": "not reached"})
+        lines += ["", title, ""]
+        lines += [f"failed: {section['failed']}"] if "failed" in section else render(section)
     return "\n".join(lines) + "\n"
 
 
@@ -283,11 +307,15 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
         flush=True,
     )
-    with tempfile.TemporaryDirectory(prefix="real_gpu-") as tmp:
-        report["compare"] = exported_vs_reference(args.simulate, args.smi, Path(tmp))
-    print("real_gpu: 1 compared", file=sys.stderr, flush=True)
-    rows, summary = nv.call_costs(loader, reps=args.reps)
-    report["nvml_calls"] = {"rows": rows, "summary": summary}
+
+    def compare() -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix="real_gpu-") as tmp:
+            return exported_vs_reference(args.simulate, args.smi, Path(tmp))
+
+    def calls() -> dict[str, Any]:
+        rows, summary = nv.call_costs(loader, reps=args.reps)
+        return {"rows": rows, "summary": summary}
+
     inject = None
     if fleet is not None:
         sim_fleet = fleet
@@ -295,11 +323,24 @@ def main(argv: list[str] | None = None) -> int:
         def inject(gpu: int) -> None:
             sim_fleet.inject(gpu, {"kind": "xid", "xid": 13})
 
-    report["xid"] = nv.xid_registration(inject, args.xid_wait_ms)
-    report["power"] = nv.power_set_restore(args.power_step)
-    print("real_gpu: 2-4 done; measuring CPU per scrape against nvitop-exporter", file=sys.stderr, flush=True)
-    status, scrape = real_gpu_scrape.run(args.simulate, args.scrape_rounds, args.scrape_per_round)
-    report["scrape_cpu"] = {"status": status, **scrape}
+    def scrape() -> dict[str, Any]:
+        status, out = real_gpu_scrape.run(args.simulate, args.scrape_rounds, args.scrape_per_round)
+        return {"status": status, **out}
+
+    steps: dict[str, Callable[[], dict[str, Any]]] = {
+        "compare": compare,
+        "nvml_calls": calls,
+        "xid": lambda: nv.xid_registration(inject, args.xid_wait_ms),
+        "power": lambda: nv.power_set_restore(args.power_step),
+        "scrape_cpu": scrape,
+    }
+    for key, step in steps.items():
+        print(f"real_gpu: {key} ...", file=sys.stderr, flush=True)
+        try:
+            report[key] = step()
+        except Exception as exc:  # noqa: BLE001 - one section failing must not lose the others (a lent GPU is one shot)
+            report[key] = {"failed": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+            print(report[key]["traceback"], file=sys.stderr, flush=True)
     with contextlib.suppress(pynvml.NVMLError):
         pynvml.nvmlShutdown()
     text = markdown(report)
@@ -308,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.markdown).write_text(text)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1, default=str) + "\n")
-    return 0
+    return 1 if any("failed" in report[key] for key in steps) else 0
 
 
 def _version(dist: str) -> str:
