@@ -73,7 +73,7 @@ def _read_fields(r: Reader, fields: Sequence[FieldRead], field_ids: list[int], s
         if f.fallback is not None:
             v = f.fallback(r)
             if v is not None:
-                s[f.key] = v
+                s[f.fallback_key or f.key] = v
 
 
 def read_gpu(
@@ -161,6 +161,9 @@ class _Reader:
             if rnd is None:
                 return
             while (dev := s._take(rnd)) is not None:
+                # Alone when the read began: a helper woken because this read is slow (a stall)
+                # must not stop it from teaching the estimate how slow GPUs are.
+                alone = rnd.readers == 1
                 t0 = time.monotonic()
                 try:
                     up, sample = read_gpu(dev, s.collectors, s.fields, s.errors, s.field_ids)
@@ -176,7 +179,7 @@ class _Reader:
                     # Moving average of one GPU's read time. Readers running side by side slow
                     # each other (the GIL), so their times may only pull the estimate down;
                     # otherwise wide collections would measure themselves slow and stay wide.
-                    if rnd.readers == 1 or took < s._gpu_seconds:
+                    if alone or took < s._gpu_seconds:
                         s._gpu_seconds += 0.2 * (took - s._gpu_seconds)
                 rnd.deliver(dev.index, result)
             with s._lock:

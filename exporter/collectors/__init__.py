@@ -6,7 +6,7 @@ toggle them. Order here is the order of families in /metrics.
 
 from __future__ import annotations
 
-from . import clocks, ecc, memory, pcie, power, thermal, throttle, utilization, xid
+from . import clocks, ecc, encoder, gpm, memory, nvlink, pcie, pcie_traffic, power, thermal, throttle, utilization, xid
 from .base import Collector
 
 COLLECTORS: dict[str, Collector] = {
@@ -15,11 +15,15 @@ COLLECTORS: dict[str, Collector] = {
         thermal.COLLECTOR,
         power.COLLECTOR,
         utilization.COLLECTOR,
+        gpm.COLLECTOR,
+        encoder.COLLECTOR,
         memory.COLLECTOR,
         ecc.COLLECTOR,
         throttle.COLLECTOR,
         clocks.COLLECTOR,
         pcie.COLLECTOR,
+        pcie_traffic.COLLECTOR,
+        nvlink.COLLECTOR,
         xid.COLLECTOR,
     )
 }

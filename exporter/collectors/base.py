@@ -63,6 +63,8 @@ class FieldRead:
     field_id: int
     scale: float = 1.0
     fallback: Callable[[Reader], float | None] | None = None  # an individual call, base units
+    # Where the fallback's value goes when it measures something else (a rate for a counter).
+    fallback_key: str | None = None
 
 
 @dataclass(frozen=True)

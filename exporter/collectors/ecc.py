@@ -1,5 +1,6 @@
 """Volatile ECC error counts, and how the memory repaired itself: retired pages (older boards)
-or remapped rows (A100 and later), whichever the GPU has."""
+or remapped rows (A100 and later, with a pending flag and the remapper's failure flag),
+whichever the GPU has."""
 
 from __future__ import annotations
 
@@ -26,6 +27,16 @@ UNCORRECTABLE = GpuMetric(
 )
 RETIRED_NAME, RETIRED_HELP = "gpu_retired_pages", "Device memory pages retired, by cause."
 REMAPPED_NAME, REMAPPED_HELP = "gpu_remapped_rows", "Device memory rows remapped, by cause."
+REMAP_PENDING = GpuMetric(
+    "gpu_remapped_rows_pending",
+    "1 when a row remapping waits for the GPU to be reset, else 0 (remapping boards).",
+    "remap_pending",
+)
+REMAP_FAILURE = GpuMetric(
+    "gpu_remapped_rows_failure",
+    "1 when a row could not be remapped (no spare rows left: the GPU needs service), else 0 (remapping boards).",
+    "remap_failure",
+)
 
 
 def _ecc(error_type: int) -> Callable[[Reader], float | None]:
@@ -82,7 +93,7 @@ def _repairs(gpus: Sequence[GpuView]) -> Iterator[Metric]:
 COLLECTOR = Collector(
     name="ecc",
     help="ECC errors, retired pages, remapped rows",
-    metrics=(CORRECTABLE, UNCORRECTABLE),
+    metrics=(CORRECTABLE, UNCORRECTABLE, REMAP_PENDING, REMAP_FAILURE),
     fields=(
         FieldRead(
             "ecc_correctable", pynvml.NVML_FI_DEV_ECC_SBE_VOL_TOTAL, 1.0, _ecc(pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED)
@@ -107,6 +118,8 @@ COLLECTOR = Collector(
         ),
         FieldRead("remapped_cor", pynvml.NVML_FI_DEV_REMAPPED_COR, 1.0, _remapped(0)),
         FieldRead("remapped_unc", pynvml.NVML_FI_DEV_REMAPPED_UNC, 1.0, _remapped(1)),
+        FieldRead("remap_pending", pynvml.NVML_FI_DEV_REMAPPED_PENDING, 1.0, _remapped(2)),
+        FieldRead("remap_failure", pynvml.NVML_FI_DEV_REMAPPED_FAILURE, 1.0, _remapped(3)),
     ),
     extra_families=_repairs,
 )

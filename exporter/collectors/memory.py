@@ -1,4 +1,4 @@
-"""Device memory used and total."""
+"""Device memory (framebuffer): used, free, reserved by the driver, total."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ from .base import Collector, GpuMetric, Sample
 
 USED = GpuMetric("gpu_memory_used_bytes", "Device memory in use, in bytes.", "memory_used")
 TOTAL = GpuMetric("gpu_memory_total_bytes", "Device memory, in bytes.", "memory_total")
+FREE = GpuMetric("gpu_memory_free_bytes", "Device memory neither in use nor reserved, in bytes.", "memory_free")
+RESERVED = GpuMetric(
+    "gpu_memory_reserved_bytes", "Device memory the driver reserves for itself, in bytes.", "memory_reserved"
+)
 
 
 def _read(r: Reader, s: Sample) -> None:
@@ -20,6 +24,11 @@ def _read(r: Reader, s: Sample) -> None:
     if m is not None:
         s["memory_used"] = float(m.used)  # NVML: bytes
         s["memory_total"] = float(m.total)
+        s["memory_free"] = float(m.free)
+        if hasattr(m, "reserved"):  # v2 only (same call: free and reserved cost nothing more)
+            s["memory_reserved"] = float(m.reserved)
 
 
-COLLECTOR = Collector(name="memory", help="device memory", metrics=(USED, TOTAL), reads=_read)
+COLLECTOR = Collector(
+    name="memory", help="device memory used, free, reserved", metrics=(USED, TOTAL, FREE, RESERVED), reads=_read
+)

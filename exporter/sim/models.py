@@ -24,6 +24,11 @@ class GpuModel:
     mem_mhz: int
     memory_repair: str  # "remapping" (A100 and later) or "retirement" (older boards)
     has_fan: bool
+    gpm: bool = False  # GPU performance monitoring (nvmlGpm*): Hopper and later
+    nvlink_links: int = 0  # NVLink links (0: PCIe only)
+    pcie_byte_counters: bool = True  # NVML_FI_DEV_PCIE_COUNT_TX/RX_BYTES (else nvmlDeviceGetPcieThroughput)
+    reserved_bytes: int = 0  # framebuffer the driver keeps for itself (nvmlMemory_v2_t.reserved)
+    has_video: bool = True  # NVENC/NVDEC engines
 
 
 MODELS: dict[str, GpuModel] = {
@@ -46,6 +51,9 @@ MODELS: dict[str, GpuModel] = {
         mem_mhz=2619,
         memory_repair="remapping",
         has_fan=True,
+        gpm=True,
+        nvlink_links=18,
+        reserved_bytes=512 * 1024**2,
     ),
     # An older board: retired pages instead of remapped rows, lower limits.
     "v100": GpuModel(
@@ -66,6 +74,31 @@ MODELS: dict[str, GpuModel] = {
         mem_mhz=877,
         memory_repair="retirement",
         has_fan=False,
+        nvlink_links=6,
+        pcie_byte_counters=False,  # too old for the PCIe byte counters: read as a rate
+        reserved_bytes=256 * 1024**2,
+    ),
+    # Ampere: remapped rows and NVLink, but no GPM (that came with Hopper).
+    "a100": GpuModel(
+        name="NVIDIA A100-SXM4-80GB",
+        idle_watts=55.0,
+        max_watts=400.0,
+        default_limit_watts=400.0,
+        min_limit_watts=100.0,
+        max_limit_watts=400.0,
+        memory_bytes=80 * 1024**3,
+        ambient_celsius=30.0,
+        thermal_resistance=0.13,
+        thermal_tau_seconds=20.0,
+        slowdown_celsius=88.0,
+        hw_slowdown_celsius=93.0,
+        max_sm_mhz=1410,
+        idle_sm_mhz=210,
+        mem_mhz=1593,
+        memory_repair="remapping",
+        has_fan=False,
+        nvlink_links=12,
+        reserved_bytes=512 * 1024**2,
     ),
 }
 
@@ -73,5 +106,7 @@ MODELS: dict[str, GpuModel] = {
 # simulated fleet is judged by the seed's default thresholds (400/450 W, 80/85 °C).
 # `--sim.model h100` plays the same board as an H100, judged by the H100 profile.
 MODELS["sim"] = replace(MODELS["h100"], name="gpuwarden Simulated GPU")
+# Hopper with more memory: GPM and NVLink like the H100.
+MODELS["h200"] = replace(MODELS["h100"], name="NVIDIA H200", memory_bytes=141 * 1024**3)
 
 DEFAULT_MODEL = "sim"

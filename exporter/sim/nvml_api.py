@@ -9,6 +9,8 @@ what it reads and writes of a ``SimLibrary``), so this module never imports ``li
 from __future__ import annotations
 
 import ctypes
+import itertools
+import threading
 import time
 from collections.abc import Callable
 from ctypes import c_char_p, c_int, c_uint, c_ulonglong, c_void_p, memmove
@@ -16,6 +18,7 @@ from typing import Any, Protocol
 
 import pynvml
 
+from . import physics
 from .fleet import Fleet
 from .physics import SimGpu
 
@@ -257,8 +260,8 @@ def nvmlDeviceGetMemoryInfo_v2(lib: LibraryState, g: SimGpu, out: int) -> int:
     m = pynvml.c_nvmlMemory_v2_t.from_address(out)
     if m.version != pynvml.nvmlMemory_v2:
         return ERROR_ARGUMENT_VERSION_MISMATCH
-    m.total, m.used, m.reserved = g.memory_total, g.memory_used, 0
-    m.free = m.total - m.used
+    m.total, m.used, m.reserved = g.memory_total, g.memory_used, g.memory_reserved
+    m.free = g.memory_free  # v2: what is left after what is used and what the driver reserves
     return SUCCESS
 
 
@@ -344,18 +347,30 @@ def nvmlDeviceGetComputeRunningProcesses_v3(lib: LibraryState, g: SimGpu, count:
     return SUCCESS
 
 
-@_c(c_void_p, c_void_p, c_void_p, names=("nvmlDeviceGetDecoderUtilization",))
-def nvmlDeviceGetEncoderUtilization(lib: LibraryState, g: SimGpu, util: int, period_us: int) -> int:
-    _put(c_uint, util, 0)  # the simulated jobs do no video work
+def _video(g: SimGpu, share: float, util: int, period_us: int) -> int:
+    if not g.model.has_video:
+        return ERROR_NOT_SUPPORTED
+    _put(c_uint, util, int(round(share * 100)))  # percent
     _put(c_uint, period_us, 167000)
     return SUCCESS
+
+
+@_c(c_void_p, c_void_p, c_void_p)
+def nvmlDeviceGetEncoderUtilization(lib: LibraryState, g: SimGpu, util: int, period_us: int) -> int:
+    return _video(g, g.encoder_utilization, util, period_us)
+
+
+@_c(c_void_p, c_void_p, c_void_p)
+def nvmlDeviceGetDecoderUtilization(lib: LibraryState, g: SimGpu, util: int, period_us: int) -> int:
+    return _video(g, g.decoder_utilization, util, period_us)
 
 
 @_c(c_void_p, c_uint, c_void_p)
 def nvmlDeviceGetPcieThroughput(lib: LibraryState, g: SimGpu, counter: int, out: int) -> int:
     if counter not in (0, 1):  # TX, RX
         return ERROR_INVALID_ARGUMENT
-    _put(c_uint, out, int(g.utilization * 2_000_000))  # KB/s, traffic tracks the load
+    rate = physics.PCIE_TX_BYTES_PER_S if counter == 0 else physics.PCIE_RX_BYTES_PER_S
+    _put(c_uint, out, int(g.utilization * rate / 1024))  # KB/s over the last 20 ms; tracks the load
     return SUCCESS
 
 
@@ -396,7 +411,7 @@ def nvmlDeviceGetRemappedRows(lib: LibraryState, g: SimGpu, corr: int, unc: int,
     _put(c_uint, corr, g.remapped_correctable)
     _put(c_uint, unc, g.remapped_uncorrectable)
     _put(c_uint, pending, 1 if g.remapped_uncorrectable else 0)
-    _put(c_uint, failure, 0)
+    _put(c_uint, failure, 1 if g.remap_failure else 0)
     return SUCCESS
 
 
@@ -421,6 +436,14 @@ def _field(g: SimGpu, fid: int) -> tuple[int, int] | None:
         return ULL, g.retired_sbe if fid == 29 else g.retired_dbe
     if fid in (142, 143) and remap:
         return UI, g.remapped_correctable if fid == 142 else g.remapped_uncorrectable
+    if fid == 144 and remap:
+        return UI, 1 if g.remapped_uncorrectable else 0
+    if fid == 145 and remap:
+        return UI, 1 if g.remap_failure else 0
+    if fid in (197, 198) and g.model.pcie_byte_counters:  # PCIe TX/RX bytes
+        return ULL, int(g.pcie_tx_bytes if fid == 197 else g.pcie_rx_bytes)
+    if fid in (138, 139) and g.model.nvlink_links:  # NVLink data TX/RX, KiB over all links
+        return ULL, int((g.nvlink_tx_bytes if fid == 138 else g.nvlink_rx_bytes) / 1024)
     if fid == 82:
         return UI, int(g.memory_temperature)
     if fid == 83:
@@ -456,6 +479,83 @@ def nvmlDeviceGetFieldValues(lib: LibraryState, g: SimGpu, count: int, values: i
             fv.value.uiVal = got[1]
         else:
             fv.value.ullVal = got[1]
+    return SUCCESS
+
+
+# ---- GPM (GPU performance monitoring, Hopper and later) ----------------------------------------
+GPM_SAMPLE_BASE = 0x6772_0000
+_gpm_lock = threading.Lock()
+_gpm_ids = itertools.count(1)
+# sample address -> (GPU index, its activity integrals when taken); None until nvmlGpmSampleGet
+_gpm_samples: dict[int, tuple[int, tuple[float, ...]] | None] = {}
+
+# GPM metric id -> index into the integrals after gpm_elapsed_s
+_GPM_METRICS = {
+    pynvml.NVML_GPM_METRIC_SM_UTIL: 0,
+    pynvml.NVML_GPM_METRIC_SM_OCCUPANCY: 1,
+    pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL: 2,
+    pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL: 3,
+}
+
+
+@_c(c_void_p, c_void_p)
+def nvmlGpmQueryDeviceSupport(lib: LibraryState, g: SimGpu, out: int) -> int:
+    support = pynvml.c_nvmlGpmSupport_t.from_address(out)
+    if support.version != pynvml.NVML_GPM_SUPPORT_VERSION:
+        return ERROR_ARGUMENT_VERSION_MISMATCH
+    support.isSupportedDevice = 1 if g.model.gpm else 0
+    return SUCCESS
+
+
+@_c(c_void_p, device=False)
+def nvmlGpmSampleAlloc(lib: LibraryState, out: int) -> int:
+    with _gpm_lock:
+        addr = GPM_SAMPLE_BASE + 16 * next(_gpm_ids)
+        _gpm_samples[addr] = None
+    _put(c_void_p, out, addr)
+    return SUCCESS
+
+
+@_c(c_void_p, device=False)
+def nvmlGpmSampleFree(lib: LibraryState, sample: int | None) -> int:
+    with _gpm_lock:
+        return SUCCESS if _gpm_samples.pop(sample or 0, 0) != 0 else ERROR_INVALID_ARGUMENT
+
+
+@_c(c_void_p, c_void_p)
+def nvmlGpmSampleGet(lib: LibraryState, g: SimGpu, sample: int | None) -> int:
+    if not g.model.gpm:
+        return ERROR_NOT_SUPPORTED
+    with _gpm_lock:
+        if (sample or 0) not in _gpm_samples:
+            return ERROR_INVALID_ARGUMENT
+        _gpm_samples[sample or 0] = (
+            g.index,
+            (g.gpm_elapsed_s, g.sm_active_s, g.sm_occupancy_s, g.tensor_active_s, g.dram_active_s),
+        )
+    return SUCCESS
+
+
+@_c(c_void_p, device=False)
+def nvmlGpmMetricsGet(lib: LibraryState, addr: int) -> int:
+    req = pynvml.c_nvmlGpmMetricsGet_t.from_address(addr)
+    if req.version != pynvml.NVML_GPM_METRICS_GET_VERSION:
+        return ERROR_ARGUMENT_VERSION_MISMATCH
+    with _gpm_lock:
+        s1 = _gpm_samples.get(ctypes.cast(req.sample1, c_void_p).value or 0)
+        s2 = _gpm_samples.get(ctypes.cast(req.sample2, c_void_p).value or 0)
+    if s1 is None or s2 is None or s1[0] != s2[0] or req.numMetrics > len(req.metrics):
+        return ERROR_INVALID_ARGUMENT
+    (t1, *a1), (t2, *a2) = s1[1], s2[1]
+    dt = t2 - t1
+    for i in range(req.numMetrics):
+        m = req.metrics[i]
+        slot = _GPM_METRICS.get(m.metricId)
+        if slot is None:
+            m.nvmlReturn = ERROR_NOT_SUPPORTED
+            continue
+        m.value = 100.0 * (a2[slot] - a1[slot]) / dt if dt > 0 else 0.0  # percent over the interval
+        m.nvmlReturn = SUCCESS
     return SUCCESS
 
 

@@ -22,6 +22,11 @@ REASON_HW_THERMAL = 0x40
 
 MAX_STEP_SECONDS = 1.0  # integration step: fine enough for tau = 20 s
 
+# Traffic at full load (the simulated jobs move data in step with their compute).
+PCIE_TX_BYTES_PER_S = 4e9
+PCIE_RX_BYTES_PER_S = 8e9
+NVLINK_BYTES_PER_S_PER_LINK = 12.5e9  # half of a Hopper link's 25 GB/s each way
+
 
 @dataclass
 class SimGpu:
@@ -53,6 +58,19 @@ class SimGpu:
     not_supported: set[str] = field(default_factory=set)  # NVML calls answering NOT_SUPPORTED
     hang_calls: set[str] = field(default_factory=set)  # calls that block ("*" = all)
     hang_seconds: float = 0.0
+    encoder_utilization: float = 0.0  # 0-1; the simulated jobs do no video work unless told
+    decoder_utilization: float = 0.0
+    pcie_tx_bytes: float = 0.0  # cumulative traffic, as NVML's byte counters count it
+    pcie_rx_bytes: float = 0.0
+    nvlink_tx_bytes: float = 0.0
+    nvlink_rx_bytes: float = 0.0
+    remap_failure: bool = False  # the row remapper ran out of spare rows
+    # GPM activity integrals (seconds busy); a GPM metric is their change over a sample interval.
+    gpm_elapsed_s: float = 0.0
+    sm_active_s: float = 0.0
+    sm_occupancy_s: float = 0.0
+    tensor_active_s: float = 0.0
+    dram_active_s: float = 0.0
     _ecc_carry: float = 0.0
     _pcie_carry: float = 0.0
 
@@ -64,6 +82,14 @@ class SimGpu:
     @property
     def memory_used(self) -> int:
         return int(self.model.memory_bytes * min(max(self.memory_ratio, 0.0), 1.0))
+
+    @property
+    def memory_reserved(self) -> int:
+        return self.model.reserved_bytes
+
+    @property
+    def memory_free(self) -> int:
+        return max(0, self.memory_total - self.memory_used - self.memory_reserved)
 
     @property
     def memory_temperature(self) -> float:
@@ -122,6 +148,7 @@ class SimGpu:
             steady = self.model.ambient_celsius + self._resistance() * self.power_watts
             self.temperature += (steady - self.temperature) * (1 - math.exp(-h / self.model.thermal_tau_seconds))
             self.energy_mj += self.power_watts * h * 1000.0
+            self._traffic_and_activity(h)
             if self.ecc_correctable_per_s:
                 self._ecc_carry += self.ecc_correctable_per_s * h
                 whole = int(self._ecc_carry)
@@ -133,6 +160,22 @@ class SimGpu:
                 self._pcie_carry -= whole
                 self.pcie_replays += whole
         self.settle()
+
+    def _traffic_and_activity(self, h: float) -> None:
+        # Work done scales with the clock the GPU is allowed to run at, so a throttled GPU moves
+        # less data and its SMs stay busy longer per job; the simple model: both track load.
+        u = self.utilization
+        self.pcie_tx_bytes += u * PCIE_TX_BYTES_PER_S * h
+        self.pcie_rx_bytes += u * PCIE_RX_BYTES_PER_S * h
+        if self.model.nvlink_links:
+            link = u * NVLINK_BYTES_PER_S_PER_LINK * self.model.nvlink_links * h
+            self.nvlink_tx_bytes += link
+            self.nvlink_rx_bytes += link
+        self.gpm_elapsed_s += h
+        self.sm_active_s += u * h
+        self.sm_occupancy_s += 0.5 * u * h
+        self.tensor_active_s += 0.7 * u * h
+        self.dram_active_s += min(1.0, 0.4 * u + 0.2 * self.memory_ratio) * h
 
     def add_ecc(self, correctable: int = 0, uncorrectable: int = 0) -> None:
         """New ECC errors; the memory repairs them the way this board does."""
@@ -170,6 +213,9 @@ class SimGpu:
             "ecc_correctable": self.ecc_correctable,
             "ecc_uncorrectable": self.ecc_uncorrectable,
             "pcie_replays": self.pcie_replays,
+            "encoder_utilization": self.encoder_utilization,
+            "decoder_utilization": self.decoder_utilization,
+            "remap_failure": self.remap_failure,
             "cooling_factor": self.cooling_factor,
             "extra_watts": self.extra_watts,
             "not_supported": sorted(self.not_supported),

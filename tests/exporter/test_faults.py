@@ -66,7 +66,8 @@ def test_one_field_values_call_per_gpu_and_few_calls_per_scrape(make_exporter):
         "nvmlDeviceGetPcieReplayCounter",
     ):
         assert h.lib.calls[fallback] == 0, fallback
-    assert sum(h.lib.calls.values()) <= 9 * 8, dict(h.lib.calls)
+    # 13 a GPU on the simulated Hopper: 9, plus encoder and decoder, plus GPM's sample and metrics.
+    assert sum(h.lib.calls.values()) <= 13 * 8, dict(h.lib.calls)
 
 
 def test_library_without_field_api_falls_back_to_individual_calls(make_exporter):
