@@ -43,17 +43,20 @@ lint: setup
 typecheck: setup
 	bash .ci/typecheck
 
-# Regenerates the committed Prometheus rules from rules/thresholds.yaml, then what is derived
+# Regenerates the committed Prometheus rules from rules/thresholds.yaml (over gpuwarden-exporter's
+# metrics in rules/generated/, over dcgm-exporter's in rules/generated/dcgm-exporter/), then what is derived
 # from them and from the code: the Grafana dashboard, the Kubernetes copy of the PrometheusRule,
 # docs/OBSERVABILITY.md.
 generate: setup
 	$(VENV)/bin/gpuwarden-rules generate
+	$(VENV)/bin/gpuwarden-rules generate --source dcgm-exporter
 	$(PY) -m gpuwarden.dashboards.generate
 	cp rules/generated/gpuwarden.prometheusrule.yaml deploy/kubernetes/prometheusrule.yaml
 	$(PY) docs/generate_observability.py
 
 check: setup
 	$(VENV)/bin/gpuwarden-rules check
+	$(VENV)/bin/gpuwarden-rules check --source dcgm-exporter
 	$(PY) -m gpuwarden.dashboards.generate --check
 	cmp rules/generated/gpuwarden.prometheusrule.yaml deploy/kubernetes/prometheusrule.yaml
 	$(PY) docs/generate_observability.py --check

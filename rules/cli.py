@@ -1,7 +1,9 @@
 """gpuwarden-rules: thresholds.yaml -> Prometheus rules, PrometheusRule manifest, promtool tests.
 
-gpuwarden-rules generate [--config F] [--out DIR]   write rules/generated/
-gpuwarden-rules check    [--config F] [--out DIR]   exit 1 and print the diff when stale
+gpuwarden-rules generate [--config F] [--source S] [--out DIR]   write rules/generated/
+gpuwarden-rules check    [--config F] [--source S] [--out DIR]   exit 1 and print the diff when stale
+gpuwarden-rules doctor   --prometheus URL [--config F] [--source S]
+                         whether each rule's series exist there; exit 1 when a critical one cannot fire
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import config, generate
+from gpuwarden import sources
+from gpuwarden.prom import PrometheusClient, PrometheusError
+
+from . import config, doctor, generate, promql
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,12 +25,27 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("generate", "write the generated files"),
         ("check", "fail (exit 1) with a diff when the generated files are stale"),
+        ("doctor", "say, per rule, whether its series exist in a Prometheus and on how many GPUs"),
     ):
         s = sub.add_parser(name, help=help_text)
         s.add_argument("--config", type=Path, default=None, help=f"thresholds file (default: {config.DEFAULT_PATH})")
         s.add_argument(
-            "--out", type=Path, default=None, help="output folder (default: generated/ beside the thresholds file)"
+            "--source",
+            choices=sources.SOURCES,
+            default=None,
+            help="metrics source (default: settings.source of the thresholds file)",
         )
+        if name == "doctor":
+            s.add_argument("--prometheus", required=True, help="Prometheus base URL, e.g. http://localhost:9090")
+            s.add_argument("--timeout", type=float, default=10.0, help="seconds per query (default 10)")
+        else:
+            s.add_argument(
+                "--out",
+                type=Path,
+                default=None,
+                help="output folder (default: generated/ beside the thresholds file; generated/<source>/ "
+                "for a source other than gpuwarden)",
+            )
     return p
 
 
@@ -36,8 +56,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.source:
+        cfg = cfg.with_source(args.source)
+    if args.command == "doctor":
+        try:
+            findings, fleet = doctor.diagnose(cfg, PrometheusClient(args.prometheus, args.timeout))
+        except PrometheusError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        text, status = doctor.report(cfg, findings, fleet)
+        sys.stdout.write(text)
+        return status
     out = args.out or generate.default_out(cfg)
-    files = generate.render_all(cfg, out)
+    try:
+        files = generate.render_all(cfg, out)
+    except promql.SourceError as exc:
+        print(f"error: {cfg.path}: {exc}", file=sys.stderr)
+        return 2
     if args.command == "generate":
         for path in generate.write(files, out):
             print(path)

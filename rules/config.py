@@ -30,6 +30,7 @@ from typing import Any
 import jsonschema
 
 from gpuwarden import config as foundation
+from gpuwarden import sources
 from gpuwarden.config import Document, FieldPath, Problem
 from gpuwarden.durations import parse as parse_duration
 
@@ -203,6 +204,26 @@ class RulesConfig:
     forecasts: dict[str, Forecast] = field(default_factory=dict)
     monitoring: dict[str, MonitoringAlert] = field(default_factory=dict)
     profiles: dict[str, Profile] = field(default_factory=dict)
+    # Where the metrics come from (gpuwarden.sources.SOURCES) and, when set, the scrape job
+    # matcher that replaces the source's default.
+    source: str = "gpuwarden"
+    job_selector_setting: str | None = None
+
+    @property
+    def job_selector(self) -> str:
+        """The matcher every expression selects the exporter's series with."""
+        if self.job_selector_setting:
+            return self.job_selector_setting
+        if self.source == "gpuwarden":
+            return f'job="{self.exporter_job}"'
+        return sources.default_job_selector(self.source)
+
+    def with_source(self, source: str) -> RulesConfig:
+        """The same thresholds over another source's metrics (``--source``); a job_selector
+        written for the file's own source does not carry over."""
+        if source == self.source:
+            return self
+        return replace(self, source=sources.check(source), job_selector_setting=None)
 
     def profile_for(self, gpu_name: str | None) -> Profile | None:
         """The profile judging a GPU of this model (first match in file order), or None."""
@@ -502,6 +523,8 @@ def load(path: Path | str | None = None) -> RulesConfig:
         runbook_base_url=settings["runbook_base_url"],
         evaluation_interval=settings.get("evaluation_interval"),
         prometheus_rule=settings["prometheus_rule"],
+        source=settings["source"],
+        job_selector_setting=settings.get("job_selector"),
         alerts=alerts,
         forecasts=forecasts,
         monitoring=monitoring,

@@ -16,7 +16,7 @@ the agent's predictor and the dashboard judge a GPU by the numbers its alerts us
 
 from __future__ import annotations
 
-from gpuwarden import durations
+from gpuwarden import durations, sources
 
 from .config import AlertRule, Forecast, MonitoringAlert, Profile, RulesConfig
 
@@ -41,9 +41,13 @@ def duration(seconds: float) -> str:
     return durations.format_seconds(seconds)
 
 
+class SourceError(ValueError):
+    """A rule that the configured metrics source cannot express (says which and why)."""
+
+
 def selector(cfg: RulesConfig, **matchers: str) -> str:
-    """``{job="gpuwarden-exporter", ...}``; values ending in a regex marker use =~."""
-    parts = [f'job="{cfg.exporter_job}"']
+    """``{job="gpuwarden-exporter", ...}``; values starting with a regex marker use =~."""
+    parts = [cfg.job_selector]
     for name, value in matchers.items():
         if value.startswith("~"):
             parts.append(f'{name}=~"{value[1:]}"')
@@ -57,14 +61,49 @@ def promql_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def gauge(cfg: RulesConfig, metric: str, matchers: tuple[tuple[str, str], ...] = ()) -> str:
+    """gpuwarden-exporter's ``metric`` as the configured source has it, in gpuwarden's unit."""
+    try:
+        return sources.instant(cfg.source, metric, cfg.job_selector, matchers)
+    except KeyError as exc:
+        raise SourceError(f"{metric}: no {cfg.source} series for it ({exc})") from exc
+
+
+def over_time(cfg: RulesConfig, function: str, metric: str, window: str, extra: str = "") -> str:
+    """``function(<metric's raw series>[window]extra)`` in gpuwarden's unit (a range needs the raw
+    series: the unit is converted after the function, which is linear in it)."""
+    try:
+        r = sources.raw(cfg.source, metric)
+    except KeyError as exc:
+        raise SourceError(f"{metric}: no {cfg.source} series for it ({exc})") from exc
+    if r.sum_of or len(r.names) != 1:
+        raise SourceError(f"{metric}: {cfg.source} has no single series for a range over it")
+    expr = f"{function}({sources.selector(r.names, cfg.job_selector, r.matchers)}[{window}]{extra})"
+    return f"{expr} * {number(r.scale)}" if r.scale != 1 else expr
+
+
+def presence(cfg: RulesConfig) -> str:
+    """The raw series name present once per reported GPU (gpu_up; dcgm: its temperature)."""
+    return "gpu_up" if cfg.source == "gpuwarden" else sources.DCGM_PRESENCE[0]
+
+
+def lowercase_uuid(cfg: RulesConfig, expr: str) -> str:
+    """``expr`` with the GPU's uuid in lowercase ``uuid`` whatever the source calls it."""
+    return sources.uuid_lowercase(cfg.source, expr)
+
+
+def _model_matcher(cfg: RulesConfig, op: str, regex: str) -> str:
+    return f"{sources.MODEL_LABEL[cfg.source]}{op}{promql_string(regex)}"
+
+
 def _first_match(cfg: RulesConfig, profile: Profile) -> str:
-    """gpu_info of the GPUs judged by ``profile``: its regex, minus earlier profiles' (first match
-    wins; one selector can hold two matchers on the same label)."""
-    matchers = [f'job="{cfg.exporter_job}"', f"name=~{promql_string(profile.match)}"]
+    """The identity series (gpu_info) of the GPUs judged by ``profile``: its regex, minus earlier
+    profiles' (first match wins; one selector can hold two matchers on the same label)."""
+    matchers = [_model_matcher(cfg, "=~", profile.match)]
     earlier = [p.match for p in cfg.profiles.values() if p.index < profile.index]
     if earlier:
-        matchers.append(f"name!~{promql_string('|'.join(earlier))}")
-    return "gpu_info{" + ", ".join(matchers) + "}"
+        matchers.append(_model_matcher(cfg, "!~", "|".join(earlier)))
+    return sources.identity(cfg.source, cfg.job_selector, tuple(matchers))
 
 
 def profile_exclusion(cfg: RulesConfig, rule_id: str) -> list[str]:
@@ -76,14 +115,17 @@ def profile_exclusion(cfg: RulesConfig, rule_id: str) -> list[str]:
     last = max(p.index for p in overriding)
     if all(rule_id in p.alerts for p in cfg.profiles.values() if p.index <= last):
         regex = "|".join(p.match for p in overriding)
-        return [f'gpu_info{{job="{cfg.exporter_job}", name=~{promql_string(regex)}}}']
+        return [sources.identity(cfg.source, cfg.job_selector, (_model_matcher(cfg, "=~", regex),))]
     return [_first_match(cfg, p) for p in overriding]
 
 
 def limit_selector(cfg: RulesConfig, rule: AlertRule) -> str:
+    """The GPU's own limit series; one per GPU also where dcgm-exporter repeats a GPU's series
+    (per MIG instance, per pod), so that it can stand on the one side of group_left."""
     rel = rule.relative
     assert rel is not None
-    return f"{rel.metric}{selector(cfg, **dict(rel.matchers))}"
+    expr = gauge(cfg, rel.metric, rel.matchers)
+    return expr if cfg.source == "gpuwarden" else f"max by (instance, gpu) ({expr})"
 
 
 def relative_threshold(cfg: RulesConfig, rule: AlertRule) -> str:
@@ -108,19 +150,22 @@ def ratio_record(rule: AlertRule) -> str:
 
 def value_expr(cfg: RulesConfig, rule: AlertRule) -> str:
     """The expression whose value is compared with ``rule.threshold`` (raw series only)."""
-    sel = selector(cfg)
     if rule.kind == "level":
-        return f"{rule.metric}{sel}"
+        return gauge(cfg, rule.metric)
     if rule.kind == "ratio":
-        return f"{rule.metric}{sel} / ({rule.denominator}{sel} > 0)"
+        return f"{gauge(cfg, rule.metric)} / ({gauge(cfg, str(rule.denominator))} > 0)"
     if rule.kind == "growth":
         # A lower bound of the counter's growth within the window: exact (no extrapolation,
         # unlike increase(), which can read 9 real errors as 10+) and never inflated by a counter
         # reset: after a driver reload the counter drops, min_over_time follows it down, and
         # only errors counted after the reset can reach the threshold.
         window = duration(rule.window_seconds or 0)
-        return f"{rule.metric}{sel} - min_over_time({rule.metric}{sel}[{window}])"
+        return f"{gauge(cfg, rule.metric)} - {over_time(cfg, 'min_over_time', rule.metric, window)}"
     if rule.kind == "any":
+        if cfg.source != "gpuwarden":
+            if (rule.metric, rule.label) != ("gpu_throttle_active", "reason"):
+                raise SourceError(f"{rule.rule}: {cfg.source} has no {rule.metric}{{{rule.label}}}")
+            return sources.throttle_expr(cfg.source, rule.values, cfg.job_selector)
         values = "|".join(rule.values)
         inner = f"{rule.metric}{selector(cfg, **{str(rule.label): '~' + values})}"
         return f"max without ({rule.label}) ({inner})"
@@ -128,6 +173,10 @@ def value_expr(cfg: RulesConfig, rule: AlertRule) -> str:
 
 
 def alert_expr(cfg: RulesConfig, rule: AlertRule) -> str:
+    return lowercase_uuid(cfg, _alert_expr(cfg, rule))
+
+
+def _alert_expr(cfg: RulesConfig, rule: AlertRule) -> str:
     value = value_expr(cfg, rule)
     if rule.kind == "ratio":
         value = f"({value})"
@@ -150,8 +199,14 @@ def alert_expr(cfg: RulesConfig, rule: AlertRule) -> str:
 def threshold_expr(cfg: RulesConfig, rule: AlertRule) -> str:
     """The threshold ``rule`` compares each GPU with, as one series per GPU that has the rule's
     metric: the same profile narrowing and limit fallback as ``alert_expr``."""
-    sel = selector(cfg)
-    constant = f"0 * {rule.metric}{sel} + {number(rule.threshold)}"
+    return lowercase_uuid(cfg, _threshold_expr(cfg, rule))
+
+
+def _threshold_expr(cfg: RulesConfig, rule: AlertRule) -> str:
+    metric = gauge(cfg, rule.metric)
+    if " " in metric:
+        metric = f"({metric})"
+    constant = f"0 * {metric} + {number(rule.threshold)}"
     if rule.profile is None:
         for excluded in profile_exclusion(cfg, rule.rule):
             constant += f" unless {JOIN} {excluded}"
@@ -160,7 +215,7 @@ def threshold_expr(cfg: RulesConfig, rule: AlertRule) -> str:
     if rule.relative is not None:
         # Joined onto the metric's own series so that both branches carry its labels (the
         # limit's series has its own, e.g. threshold="slowdown").
-        relative = f"0 * {rule.metric}{sel} + {JOIN} group_left () ({relative_threshold(cfg, rule)})"
+        relative = f"0 * {metric} + {JOIN} group_left () ({relative_threshold(cfg, rule)})"
         expr = f"{relative} or {constant} unless {JOIN} {limit_selector(cfg, rule)}"
     return f"({expr}) and {JOIN} {_first_match(cfg, cfg.profiles[rule.profile])}"
 
@@ -168,7 +223,7 @@ def threshold_expr(cfg: RulesConfig, rule: AlertRule) -> str:
 def forecast_source(cfg: RulesConfig, fc: Forecast) -> str:
     """The gauge series predict_linear reads: the raw metric, or the recorded ratio."""
     t = fc.target
-    return f"{t.metric}{selector(cfg)}" if t.kind == "level" else ratio_record(t)
+    return t.metric if t.kind == "level" else ratio_record(t)
 
 
 def forecast_record(fc: Forecast) -> str:
@@ -182,7 +237,10 @@ def forecast_record(fc: Forecast) -> str:
 
 
 def forecast_record_expr(cfg: RulesConfig, fc: Forecast) -> str:
-    return f"predict_linear({forecast_source(cfg, fc)}[{duration(fc.lookback_seconds)}], {number(fc.horizon_seconds)})"
+    lookback, horizon = duration(fc.lookback_seconds), number(fc.horizon_seconds)
+    if fc.target.kind == "level":
+        return over_time(cfg, "predict_linear", fc.target.metric, lookback, f", {horizon}")
+    return f"predict_linear({ratio_record(fc.target)}[{lookback}], {horizon})"
 
 
 def own_threshold(cfg: RulesConfig, rule_id: str) -> str:
@@ -199,31 +257,47 @@ def forecast_alert_expr(cfg: RulesConfig, fc: Forecast) -> str:
     if t.kind == "ratio":
         current = f"({current})"
     guard_op = ">=" if t.op in (">", ">=") else "<="
-    return (
+    return lowercase_uuid(
+        cfg,
         f"{forecast_record(fc)} {t.op} {own_threshold(cfg, t.rule)}"
         f" and {current} {guard_op} {number(fc.guard)}"
-        f" unless {current} {t.op} {own_threshold(cfg, t.rule)}"
+        f" unless {current} {t.op} {own_threshold(cfg, t.rule)}",
     )
 
 
+# Monitoring kinds a source has no series for: dcgm-exporter reports neither its own NVML health
+# nor a per-GPU up (a GPU it cannot read drops out of /metrics: GPU_METRICS_VANISHED sees it).
+UNSUPPORTED = {"dcgm-exporter": ("nvml_down", "gpu_down")}
+
+
+def supported(cfg: RulesConfig, m: MonitoringAlert) -> bool:
+    return m.kind not in UNSUPPORTED.get(cfg.source, ())
+
+
 def monitoring_expr(cfg: RulesConfig, m: MonitoringAlert) -> str:
-    sel = selector(cfg)
+    sel, seen = selector(cfg), presence(cfg)
+    if not supported(cfg, m):
+        raise SourceError(f"{m.rule}: {cfg.source} has no series for kind {m.kind}")
     if m.kind == "target_down":
         return f"up{sel} == 0"
     if m.kind == "series_absent":
-        return f"absent(gpu_up{sel})"
+        return f"absent({seen}{sel})"
     if m.kind == "series_vanished":
         # Seen within the lookback, gone now, while its exporter is scraped fine (a down exporter
         # has its own alert; without this every GPU of it would "vanish" too).
-        return (
-            f"(present_over_time(gpu_up{sel}[{m.lookback_text}])"
-            f" unless on ({', '.join(GPU_LABELS)}) gpu_up{sel})"
-            f" and on (instance) (up{sel} == 1)"
+        gpu = ", ".join(GPU_LABELS) if cfg.source == "gpuwarden" else "instance, gpu, UUID"
+        return lowercase_uuid(
+            cfg,
+            f"(present_over_time({seen}{sel}[{m.lookback_text}])"
+            f" unless on ({gpu}) {seen}{sel})"
+            f" and on (instance) (up{sel} == 1)",
         )
     if m.kind == "nvml_down":
         return f"gpuwarden_exporter_nvml_up{sel} == 0"
     if m.kind == "gpu_down":
         return f"gpu_up{sel} == 0"
+    if m.kind == "fatal_xid" and cfg.source != "gpuwarden":
+        return lowercase_uuid(cfg, _last_xid_expr(cfg, m))
     if m.kind == "fatal_xid":
         xsel = selector(cfg, xid="~" + "|".join(str(x) for x in m.xids))
         series = f"gpu_xid_errors_total{xsel}"
@@ -232,3 +306,14 @@ def monitoring_expr(cfg: RulesConfig, m: MonitoringAlert) -> str:
         # so a series absent `window` ago counts as new errors too.
         return f"increase({series}[{m.window_text}]) > 0 or ({series} > 0 unless {series} offset {m.window_text})"
     raise ValueError(f"unknown monitoring kind {m.kind!r}")
+
+
+def _last_xid_expr(cfg: RulesConfig, m: MonitoringAlert) -> str:
+    """dcgm-exporter's DCGM_FI_DEV_XID_ERRORS holds the value of the GPU's last XID (a gauge):
+    fires while that value is a fatal XID (copied into an ``xid`` label, as gpuwarden's
+    series have it) that changed, or first appeared, within the window."""
+    series = gauge(cfg, "gpu_xid_errors_total")
+    fatal = " or ".join(f'label_replace({series} == {x}, "xid", "{x}", "", "")' for x in m.xids)
+    window = m.window_text
+    recent = f"changes({series}[{window}]) > 0 or ({series} unless {series} offset {window})"
+    return f"({fatal}) and on (instance, gpu) ({recent})"

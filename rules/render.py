@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from gpuwarden import sources
+
 from . import promql
 from .config import AlertRule, Forecast, MonitoringAlert, RulesConfig
 
@@ -29,6 +31,14 @@ _OP_WORDS = {
     "!=": "not equal to",
 }
 _GPU = "GPU {{ $labels.gpu }} ({{ $labels.uuid }}) on {{ $labels.instance }}"
+# The job the GPU runs, read at notification time from the agent's gpu_allocation_info (the
+# agent's metrics carry the GPU's instance); empty when no job holds it or the agent is not
+# scraped, and no alert waits on it: it is an annotation, never part of an expression.
+JOB_ANNOTATION = "running_job"
+JOB_TEMPLATE = (
+    '{{ with printf "gpu_allocation_info{instance=%q,gpu=%q}" $labels.instance $labels.gpu | query }}'
+    "{{ with . | first }}{{ .Labels.job_name }} (job_id {{ .Labels.job_id }}){{ end }}{{ end }}"
+)
 
 
 def shown(value: float, rule: AlertRule) -> str:
@@ -68,9 +78,20 @@ def relative_words(rule: AlertRule) -> str:
     return f"{words} ({rel.metric})"
 
 
-def threshold_description(rule: AlertRule) -> str:
+def metric_words(cfg: RulesConfig | None, metric: str) -> str:
+    """How the description names a metric: the source's own series (DCGM_FI_DEV_GPU_TEMP)."""
+    if cfg is None or cfg.source == "gpuwarden":
+        return metric
+    r = sources.raw(cfg.source, metric)
+    names = " + ".join(r.sum_of) if r.sum_of else " or ".join(r.names)
+    return f"({names})" if len(r.sum_of or r.names) > 1 else names
+
+
+def threshold_description(rule: AlertRule, cfg: RulesConfig | None = None) -> str:
     if rule.description:
         return rule.description
+    metric = metric_words(cfg, rule.metric)
+    denominator = metric_words(cfg, rule.denominator) if rule.denominator else ""
     v = _value(rule.humanize)
     unit = "" if rule.humanize == "humanizePercentage" else rule.unit
     cmp = f"{_OP_WORDS[rule.op]} {shown(rule.threshold, rule)}"
@@ -81,27 +102,28 @@ def threshold_description(rule: AlertRule) -> str:
         )
     held = _held(rule.for_text, rule.for_seconds)
     if rule.kind == "level":
-        text = f"{rule.metric} is {v}{unit}, {cmp}{held}."
+        text = f"{metric} is {v}{unit}, {cmp}{held}."
     elif rule.kind == "ratio":
-        text = f"{rule.metric} / {rule.denominator} is {v}, {cmp}{held}."
+        text = f"{metric} / {denominator} is {v}, {cmp}{held}."
     elif rule.kind == "growth":
         text = (
-            f"{rule.metric} grew by {v}{unit} within {rule.window_text}, {cmp}"
+            f"{metric} grew by {v}{unit} within {rule.window_text}, {cmp}"
             " (counted from the window's lowest value, so a counter reset never adds)."
         )
     else:
-        text = f"{rule.metric} is {v} for one of {rule.label} {', '.join(rule.values)}, {cmp}{held}."
+        text = f"{metric} is {v} for one of {rule.label} {', '.join(rule.values)}, {cmp}{held}."
     judged = f" Thresholds of profile {rule.profile}." if rule.profile else ""
     return f"{_GPU}: {text}{judged} Action: {rule.action}."
 
 
-def forecast_description(fc: Forecast) -> str:
+def forecast_description(fc: Forecast, cfg: RulesConfig | None = None) -> str:
     if fc.description:
         return fc.description
     t = fc.target
     guard_words = "at or above" if t.op in (">", ">=") else "at or below"
     unit = "" if t.humanize == "humanizePercentage" else t.unit
-    what = t.metric if t.kind == "level" else f"{t.metric} / {t.denominator}"
+    metric = metric_words(cfg, t.metric)
+    what = metric if t.kind == "level" else f"{metric} / {metric_words(cfg, str(t.denominator))}"
     return (
         f"{_GPU}: {what} is forecast at {_value(t.humanize)}{unit} in {fc.horizon_text} "
         f"(linear trend over {fc.lookback_text}), {_OP_WORDS[t.op]} its {t.rule} threshold "
@@ -113,28 +135,35 @@ def forecast_description(fc: Forecast) -> str:
 def monitoring_description(cfg: RulesConfig, m: MonitoringAlert) -> str:
     if m.description:
         return m.description
-    v, job, held = _value(), cfg.exporter_job, _held(m.for_text, m.for_seconds)
+    v, held = _value(), _held(m.for_text, m.for_seconds)
+    job = f"job {cfg.exporter_job}" if cfg.job_selector == f'job="{cfg.exporter_job}"' else cfg.job_selector
+    seen = promql.presence(cfg)
+    xid = (
+        f"{_GPU}: XID {{{{ $labels.xid }}}} reported ({v} within {m.window_text}); "
+        f"fatal XIDs: {', '.join(str(x) for x in m.xids)}."
+    )
+    if cfg.source != "gpuwarden":
+        xid = (
+            f"{_GPU}: its last XID (DCGM_FI_DEV_XID_ERRORS) is {{{{ $labels.xid }}}}, reported within "
+            f"{m.window_text}; fatal XIDs: {', '.join(str(x) for x in m.xids)}."
+        )
     text = {
         "target_down": (
-            f"Prometheus cannot scrape job {job} at {{{{ $labels.instance }}}} "
+            f"Prometheus cannot scrape {job} at {{{{ $labels.instance }}}} "
             f"(up = {v}){held}: its GPUs are unmonitored and get no remediation."
         ),
         "series_absent": (
-            f"No gpu_up series from job {job}{held} (absent = {v}): the exporter "
-            "is not scraped at all, or reports no GPU."
+            f"No {seen} series from {job}{held} (absent = {v}): the exporter is not scraped at all, or reports no GPU."
         ),
         "series_vanished": (
-            f"{_GPU} reported gpu_up within the last {m.lookback_text} "
+            f"{_GPU} reported {seen} within the last {m.lookback_text} "
             f"(present = {v}) but no longer does, while its exporter is up."
         ),
         "nvml_down": (
             f"gpuwarden_exporter_nvml_up is {v} on {{{{ $labels.instance }}}}{held}: the exporter reads no GPU."
         ),
         "gpu_down": f"{_GPU}: gpu_up is {v}{held}: the GPU errors or fell off the bus.",
-        "fatal_xid": (
-            f"{_GPU}: XID {{{{ $labels.xid }}}} reported ({v} within {m.window_text}); "
-            f"fatal XIDs: {', '.join(str(x) for x in m.xids)}."
-        ),
+        "fatal_xid": xid,
     }[m.kind]
     return f"{text} Action: {m.action}."
 
@@ -169,6 +198,7 @@ def _alert(
             "summary": summary(a.title, scope),
             "description": description,
             "runbook_url": cfg.runbook_url(a.alert),
+            **({JOB_ANNOTATION: JOB_TEMPLATE} if scope == "gpu" else {}),
         },
     }
 
@@ -176,9 +206,9 @@ def _alert(
 def alert_rule(cfg: RulesConfig, a: AlertRule | Forecast | MonitoringAlert) -> dict[str, Any]:
     """The Prometheus alerting rule of any kind of configured alert."""
     if isinstance(a, AlertRule):
-        return _alert(cfg, a, promql.alert_expr(cfg, a), threshold_description(a), "gpu")
+        return _alert(cfg, a, promql.alert_expr(cfg, a), threshold_description(a, cfg), "gpu")
     if isinstance(a, Forecast):
-        return _alert(cfg, a, promql.forecast_alert_expr(cfg, a), forecast_description(a), "gpu")
+        return _alert(cfg, a, promql.forecast_alert_expr(cfg, a), forecast_description(a, cfg), "gpu")
     return _alert(cfg, a, promql.monitoring_expr(cfg, a), monitoring_description(cfg, a), monitoring_scope(a))
 
 
@@ -214,7 +244,7 @@ def alert_groups(cfg: RulesConfig) -> list[dict[str, Any]]:
     sections: tuple[tuple[str, list[Any]], ...] = (
         ("gpuwarden.thresholds", threshold_rules(cfg)),
         ("gpuwarden.forecasts", list(cfg.forecasts.values())),
-        ("gpuwarden.monitoring", list(cfg.monitoring.values())),
+        ("gpuwarden.monitoring", [m for m in cfg.monitoring.values() if promql.supported(cfg, m)]),
     )
     return [_group(cfg, name, [alert_rule(cfg, a) for a in entries]) for name, entries in sections if entries]
 

@@ -21,12 +21,20 @@ from dataclasses import replace
 from functools import reduce
 from typing import Any
 
+from gpuwarden import sources
+
 from . import promql, render
 from .config import AlertRule, Forecast, MonitoringAlert, RulesConfig
 
 TEST_FILE = "gpuwarden-alerts.test.yml"
 INSTANCE = "gpu-node-1:9786"
 TOTAL_BYTES = 80 * 1024**3  # an 80 GiB GPU for ratio tests
+# dcgm-exporter GPUs in tests: a model no shipped profile matches (judged by the default), and a
+# node name as dcgm-exporter's Hostname label carries it.
+DCGM_DEFAULT_MODEL = "Tesla V100-SXM2-32GB"
+DCGM_HOSTNAME = "gpu-node-1"
+# The allocation the job annotation test reads (the agent's gpu_allocation_info).
+ALLOCATION = {"job_id": "4711", "job_name": "train-llm"}
 KNOWN_REASONS = (
     "gpu_idle",
     "applications_clocks_setting",
@@ -87,8 +95,11 @@ FUNCS = {"humanize": humanize, "humanizePercentage": lambda v: go_g4(v * 100) + 
 _TEMPLATE = re.compile(r"\{\{\s*(.*?)\s*\}\}")
 
 
-def expand(template: str, labels: Labels, value: float) -> str:
-    """Expands the template forms the generator emits: $labels.x, $value, $value | f."""
+def expand(template: str, labels: Labels, value: float, allocated: Labels | None = None) -> str:
+    """Expands the template forms the generator emits: $labels.x, $value, $value | f, and the
+    job annotation (from ``allocated``, the gpu_allocation_info labels of the test, if any)."""
+    if template == render.JOB_TEMPLATE:
+        return f"{allocated['job_name']} (job_id {allocated['job_id']})" if allocated else ""
 
     def one(m: re.Match[str]) -> str:
         expr = m.group(1)
@@ -110,8 +121,56 @@ def expand(template: str, labels: Labels, value: float) -> str:
 # --- building blocks -----------------------------------------------------------------------
 
 
-def gpu_labels(cfg: RulesConfig, i: int) -> Labels:
-    return {"job": cfg.exporter_job, "instance": INSTANCE, "gpu": str(i), "uuid": f"GPU-{i:08d}"}
+def test_job(cfg: RulesConfig) -> str:
+    """A job name the config's job selector matches (the GPU Operator's for dcgm-exporter)."""
+    m = re.fullmatch(r'job(=~|=)"(.*)"', cfg.job_selector)
+    if m is None:
+        raise TestGenError(f'job_selector {cfg.job_selector!r}: generated tests need job="..." or job=~"..."')
+    if m.group(1) == "=":
+        return m.group(2)
+    for name in ("nvidia-dcgm-exporter", "dcgm-exporter", cfg.exporter_job):
+        if re.fullmatch(m.group(2), name):
+            return name
+    raise TestGenError(f"job_selector {cfg.job_selector!r} matches none of the usual job names")
+
+
+def gpu_labels(cfg: RulesConfig, i: int, model: str | None = None) -> Labels:
+    """GPU ``i``'s labels as the source's exporter writes them (dcgm-exporter: UUID, device,
+    modelName, Hostname; the model is ``model`` or one no profile matches)."""
+    if cfg.source == "gpuwarden":
+        return {"job": test_job(cfg), "instance": INSTANCE, "gpu": str(i), "uuid": f"GPU-{i:08d}"}
+    return {
+        "job": test_job(cfg),
+        "instance": INSTANCE,
+        "gpu": str(i),
+        "UUID": f"GPU-{i:08d}",
+        "device": f"nvidia{i}",
+        "modelName": model or DCGM_DEFAULT_MODEL,
+        "Hostname": DCGM_HOSTNAME,
+    }
+
+
+def alert_labels(cfg: RulesConfig, labels: Labels) -> Labels:
+    """The GPU labels an alert carries: the source's, plus lowercase uuid."""
+    if "UUID" in labels and "uuid" not in labels:
+        return {**labels, "uuid": labels["UUID"]}
+    return labels
+
+
+def feed(
+    cfg: RulesConfig,
+    metric: str,
+    labels: Labels,
+    samples: Sequence[float | str | None],
+    matchers: tuple[tuple[str, str], ...] = (),
+) -> dict[str, Any]:
+    """The input series giving gpuwarden-exporter's ``metric`` these samples, as the source
+    exports it (its name, its unit)."""
+    r = sources.raw(cfg.source, metric, matchers)
+    if r.sum_of:
+        raise TestGenError(f"{metric}: fed by two {cfg.source} series; see _gauge_inputs")
+    scaled = [v / r.scale if isinstance(v, (int, float)) else v for v in samples]
+    return {"series": series(r.names[0], {**labels, **dict(r.matchers)}), "values": values(scaled)}
 
 
 def series(metric: str, labels: Labels) -> str:
@@ -133,11 +192,15 @@ def values(samples: Sequence[float | str | None]) -> str:
 
 
 def expected(
-    cfg: RulesConfig, a: AlertRule | Forecast | MonitoringAlert, labels: Labels, value: float
+    cfg: RulesConfig,
+    a: AlertRule | Forecast | MonitoringAlert,
+    labels: Labels,
+    value: float,
+    allocated: Labels | None = None,
 ) -> dict[str, Any]:
     rendered = render.alert_rule(cfg, a)
-    full = {**labels, **rendered["labels"]}
-    ann = {k: expand(v, full, value) for k, v in rendered["annotations"].items()}
+    full = {**alert_labels(cfg, labels), **rendered["labels"]}
+    ann = {k: expand(v, full, value, allocated) for k, v in rendered["annotations"].items()}
     return {"exp_labels": full, "exp_annotations": ann}
 
 
@@ -187,58 +250,86 @@ def boundary_values(rule: AlertRule) -> tuple[float, float]:
     return fires, quiet
 
 
-def _gauge_inputs(cfg: RulesConfig, rule: AlertRule, i: int, samples: list[Any]) -> tuple[list[dict[str, Any]], Any]:
+def _gauge_inputs(
+    cfg: RulesConfig, rule: AlertRule, i: int, samples: list[Any], model: str | None = None
+) -> tuple[list[dict[str, Any]], Any]:
     """Input series making the rule's value follow ``samples``; returns (inputs, value at fire)."""
-    labels = gpu_labels(cfg, i)
+    labels = gpu_labels(cfg, i, model)
     if rule.kind == "level":
-        return [{"series": series(rule.metric, labels), "values": values(samples)}], None
-    used = [s if isinstance(s, str) or s is None else _used_for(rule, s) for s in samples]
+        return [feed(cfg, rule.metric, labels, samples)], None
+    return _memory_inputs(cfg, rule.metric, str(rule.denominator), labels, [_units_for(cfg, rule, v) for v in samples])
+
+
+def _memory_inputs(
+    cfg: RulesConfig, metric: str, denominator: str, labels: Labels, used: Sequence[float | str | None]
+) -> tuple[list[dict[str, Any]], Any]:
+    """A ratio's inputs, ``used`` counted in whole units of the source (bytes; dcgm: MiB) of a
+    GPU of TOTAL_BYTES: gpuwarden's used and total series, dcgm-exporter's FB_USED and FB_FREE."""
+    total = TOTAL_BYTES / _unit(cfg, metric)
+    if cfg.source == "gpuwarden":
+        return [
+            {"series": series(metric, labels), "values": values(used)},
+            {
+                "series": series(denominator, labels),
+                "values": values([v if isinstance(v, str) else total for v in used]),
+            },
+        ], None
+    free = [v if isinstance(v, str) or v is None else total - v for v in used]
+    used_name, free_name = sources.raw(cfg.source, denominator).sum_of
     return [
-        {"series": series(rule.metric, labels), "values": values(used)},
-        {
-            "series": series(str(rule.denominator), labels),
-            "values": values([TOTAL_BYTES if not isinstance(s, str) else s for s in samples]),
-        },
+        {"series": series(used_name, labels), "values": values(used)},
+        {"series": series(free_name, labels), "values": values(free)},
     ], None
 
 
-def _used_for(rule: AlertRule, ratio: float) -> float:
-    """Whole bytes giving ``ratio`` of TOTAL_BYTES on the same side of the threshold."""
+def _unit(cfg: RulesConfig, metric: str) -> float:
+    """Bytes per unit of the source's memory series (1; dcgm-exporter: MiB)."""
+    return sources.raw(cfg.source, metric).scale
+
+
+def _units_for(cfg: RulesConfig, rule: AlertRule, ratio: Any) -> Any:
+    """Whole units (bytes; MiB for dcgm) giving ``ratio`` of TOTAL_BYTES on the same side of the
+    threshold; markers (stale) pass through."""
+    if isinstance(ratio, str) or ratio is None:
+        return ratio
+    total = TOTAL_BYTES / _unit(cfg, rule.metric)
     side = rule.breached(ratio)
-    for used in (math.ceil(TOTAL_BYTES * ratio), math.floor(TOTAL_BYTES * ratio)):
-        if rule.breached(used / TOTAL_BYTES) == side:
+    for used in (math.ceil(total * ratio), math.floor(total * ratio)):
+        if rule.breached(used / total) == side:
             return float(used)
     raise TestGenError(f"{rule.rule}: no byte count gives ratio {ratio}")
 
 
-def _shown_value(rule: AlertRule, v: float) -> float:
-    return _used_for(rule, v) / TOTAL_BYTES if rule.kind == "ratio" else v
+def _shown_value(cfg: RulesConfig, rule: AlertRule, v: float) -> float:
+    if rule.kind != "ratio":
+        return v
+    return float(_units_for(cfg, rule, v)) / (TOTAL_BYTES / _unit(cfg, rule.metric))
 
 
-def threshold_cases(cfg: RulesConfig, rule: AlertRule, s: int) -> list[dict[str, Any]]:
+def threshold_cases(cfg: RulesConfig, rule: AlertRule, s: int, model: str | None = None) -> list[dict[str, Any]]:
     if rule.kind in ("level", "ratio"):
-        return [_level_case(cfg, rule, s)]
+        return [_level_case(cfg, rule, s, model)]
     if rule.kind == "growth":
-        return [_growth_case(cfg, rule, s)]
-    return [_any_case(cfg, rule, s)]
+        return [_growth_case(cfg, rule, s, model)]
+    return [_any_case(cfg, rule, s, model)]
 
 
-def _level_case(cfg: RulesConfig, rule: AlertRule, s: int) -> dict[str, Any]:
+def _level_case(cfg: RulesConfig, rule: AlertRule, s: int, model: str | None = None) -> dict[str, Any]:
     """GPU 0 sits exactly on the firing side of the boundary, GPU 1 on the quiet side; GPU 0
     fires after `for`, not before, and resolves once its series goes stale."""
     fires, quiet = boundary_values(rule)
     F = int(rule.for_seconds)
     n = F // s + 2
-    inputs, _ = _gauge_inputs(cfg, rule, 0, [fires] * (n + 1) + ["stale"])
-    more, _ = _gauge_inputs(cfg, rule, 1, [quiet] * (n + 3))
-    firing = [expected(cfg, rule, gpu_labels(cfg, 0), _shown_value(rule, fires))]
+    inputs, _ = _gauge_inputs(cfg, rule, 0, [fires] * (n + 1) + ["stale"], model)
+    more, _ = _gauge_inputs(cfg, rule, 1, [quiet] * (n + 3), model)
+    firing = [expected(cfg, rule, gpu_labels(cfg, 0, model), _shown_value(cfg, rule, fires))]
     checks = [check(rule.alert, F, firing), check(rule.alert, (n + 2) * s, [])]
     if F:
         checks.insert(0, check(rule.alert, F - s, []))
     return {"interval": f"{s}s", "input_series": inputs + more, "alert_rule_test": checks}
 
 
-def _growth_case(cfg: RulesConfig, rule: AlertRule, s: int) -> dict[str, Any]:
+def _growth_case(cfg: RulesConfig, rule: AlertRule, s: int, model: str | None = None) -> dict[str, Any]:
     """GPU 0 gains exactly the threshold's count at once: fires. GPU 1 gains one less, one at a
     time (increase() would extrapolate that to more): quiet. GPU 2's counter resets (driver
     reload) and stays low: quiet. GPU 3 resets, then gains the threshold's count: fires."""
@@ -252,11 +343,8 @@ def _growth_case(cfg: RulesConfig, rule: AlertRule, s: int) -> dict[str, Any]:
     gpu1 = [200.0 + min(max(k - j + 1, 0), g - 1) for k in range(length)]
     gpu2 = [500.0 if k < j else 0.0 for k in range(length)]
     gpu3 = [500.0 if k < j else (0.0 if k == j else float(g)) for k in range(length)]
-    inputs = [
-        {"series": series(rule.metric, gpu_labels(cfg, i)), "values": values(v)}
-        for i, v in enumerate((gpu0, gpu1, gpu2, gpu3))
-    ]
-    both = [expected(cfg, rule, gpu_labels(cfg, 0), g), expected(cfg, rule, gpu_labels(cfg, 3), g)]
+    inputs = [feed(cfg, rule.metric, gpu_labels(cfg, i, model), v) for i, v in enumerate((gpu0, gpu1, gpu2, gpu3))]
+    both = [expected(cfg, rule, gpu_labels(cfg, 0, model), g), expected(cfg, rule, gpu_labels(cfg, 3, model), g)]
     checks = [
         check(rule.alert, (j - 1) * s, []),
         check(rule.alert, (j + g) * s + F, both),  # GPU 1 has its g-1 by now
@@ -267,8 +355,10 @@ def _growth_case(cfg: RulesConfig, rule: AlertRule, s: int) -> dict[str, Any]:
     return {"interval": f"{s}s", "input_series": inputs, "alert_rule_test": checks}
 
 
-def _any_case(cfg: RulesConfig, rule: AlertRule, s: int) -> dict[str, Any]:
-    """GPU 0 has the first listed reason active, GPU 2 the last; GPU 1 only an unlisted one."""
+def _any_case(cfg: RulesConfig, rule: AlertRule, s: int, model: str | None = None) -> dict[str, Any]:
+    """GPU 0 has the first listed reason active, GPU 2 the last; GPU 1 only an unlisted one.
+    dcgm-exporter: one bitmask per GPU, GPU 0 under the field's pre-DCGM-3.3 name
+    (CLOCK_THROTTLE_REASONS), the others under its new one (CLOCKS_EVENT_REASONS)."""
     if not rule.breached(1) or rule.breached(0):
         raise TestGenError(f"{rule.rule}: kind any expects 1 (active) to breach and 0 not")
     F = int(rule.for_seconds)
@@ -277,14 +367,21 @@ def _any_case(cfg: RulesConfig, rule: AlertRule, s: int) -> dict[str, Any]:
     label = str(rule.label)
     inputs = []
     for i, active in ((0, rule.values[0]), (1, others[0]), (2, rule.values[-1])):
+        if cfg.source != "gpuwarden":
+            names = sources.raw(cfg.source, rule.metric).names
+            # the active reason's bit, plus gpu_idle's (never throttling) where it is unlisted
+            mask = sources.THROTTLE_BITS.get(active, 0) | (0x1 if "gpu_idle" not in rule.values else 0)
+            name = names[0] if i == 0 else names[-1]
+            inputs.append({"series": series(name, gpu_labels(cfg, i, model)), "values": values([mask] * (n + 1))})
+            continue
         for reason in (*rule.values, others[0]):
             inputs.append(
                 {
-                    "series": series(rule.metric, {**gpu_labels(cfg, i), label: reason}),
+                    "series": series(rule.metric, {**gpu_labels(cfg, i, model), label: reason}),
                     "values": values([1.0 if reason == active else 0.0] * (n + 1)),
                 }
             )
-    firing = [expected(cfg, rule, gpu_labels(cfg, i), 1.0) for i in (0, 2)]
+    firing = [expected(cfg, rule, gpu_labels(cfg, i, model), 1.0) for i in (0, 2)]
     checks = [check(rule.alert, F, firing)]
     if F:
         checks.insert(0, check(rule.alert, F - s, []))
@@ -309,15 +406,11 @@ def forecast_case(cfg: RulesConfig, fc: Forecast, s: int) -> dict[str, Any]:
     inputs: list[dict[str, Any]] = []
     for i, samples in enumerate((ramp, flat, low)):
         if t.kind == "ratio":
-            inputs += [
-                {"series": series(t.metric, gpu_labels(cfg, i)), "values": values([TOTAL_BYTES * v for v in samples])},
-                {
-                    "series": series(str(t.denominator), gpu_labels(cfg, i)),
-                    "values": values([TOTAL_BYTES] * len(samples)),
-                },
-            ]
+            total = TOTAL_BYTES / _unit(cfg, t.metric)
+            used = [total * v for v in samples]
+            inputs += _memory_inputs(cfg, t.metric, str(t.denominator), gpu_labels(cfg, i), used)[0]
         else:
-            inputs.append({"series": series(t.metric, gpu_labels(cfg, i)), "values": values(samples)})
+            inputs.append(feed(cfg, t.metric, gpu_labels(cfg, i), samples))
     # group_eval_order (below) evaluates the recording group first, so the alert reads the
     # forecast of the same timestamp (in Prometheus it may read one evaluation older).
     predicted = v0 + rate * t_fire + rate * H
@@ -334,7 +427,11 @@ def forecast_case(cfg: RulesConfig, fc: Forecast, s: int) -> dict[str, Any]:
 def monitoring_cases(cfg: RulesConfig, m: MonitoringAlert, s: int) -> list[dict[str, Any]]:
     F = int(m.for_seconds)
     n = F // s + 3
-    job, inst = cfg.exporter_job, {"job": cfg.exporter_job, "instance": INSTANCE}
+    job = test_job(cfg)
+    inst = {"job": job, "instance": INSTANCE}
+    seen = promql.presence(cfg)
+    # absent() labels its output with the selector's equality matchers only.
+    absent_labels = {"job": job} if cfg.job_selector == f'job="{job}"' else {}
 
     def before_and_at(start: float, firing: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = [check(m.alert, start + F, firing)]
@@ -356,11 +453,11 @@ def monitoring_cases(cfg: RulesConfig, m: MonitoringAlert, s: int) -> list[dict[
             {
                 "interval": f"{s}s",
                 "input_series": [{"series": series("up", inst), "values": values([1.0] * n)}],
-                "alert_rule_test": before_and_at(0, [expected(cfg, m, {"job": job}, 1.0)]),
+                "alert_rule_test": before_and_at(0, [expected(cfg, m, absent_labels, 1.0)]),
             },
             {
                 "interval": f"{s}s",
-                "input_series": [{"series": series("gpu_up", gpu_labels(cfg, 0)), "values": values([1.0] * n)}],
+                "input_series": [{"series": series(seen, gpu_labels(cfg, 0)), "values": values([1.0] * n)}],
                 "alert_rule_test": [check(m.alert, F + s, [])],
             },
         ]
@@ -371,8 +468,8 @@ def monitoring_cases(cfg: RulesConfig, m: MonitoringAlert, s: int) -> list[dict[
                 "interval": f"{s}s",
                 "input_series": [
                     {"series": series("up", inst), "values": values([1.0] * (k + n + 1))},
-                    {"series": series("gpu_up", gpu_labels(cfg, 0)), "values": values([1.0] * k + ["stale"])},
-                    {"series": series("gpu_up", gpu_labels(cfg, 1)), "values": values([1.0] * (k + n + 1))},
+                    {"series": series(seen, gpu_labels(cfg, 0)), "values": values([1.0] * k + ["stale"])},
+                    {"series": series(seen, gpu_labels(cfg, 1)), "values": values([1.0] * (k + n + 1))},
                 ],
                 "alert_rule_test": before_and_at(k * s, [expected(cfg, m, gpu_labels(cfg, 0), 1.0)]),
             }
@@ -388,6 +485,8 @@ def monitoring_cases(cfg: RulesConfig, m: MonitoringAlert, s: int) -> list[dict[
                 "alert_rule_test": before_and_at(s, [expected(cfg, m, gpu_labels(cfg, 0), 0.0)]),
             }
         ]
+    if m.kind == "fatal_xid" and cfg.source != "gpuwarden":
+        return [_last_xid_case(cfg, m, s)]
     if m.kind == "fatal_xid":
         return [_xid_case(cfg, m, s)]
     raise TestGenError(f"{m.rule}: no generated test for kind {m.kind}")
@@ -423,8 +522,45 @@ def _xid_case(cfg: RulesConfig, m: MonitoringAlert, s: int) -> dict[str, Any]:
     return {"interval": f"{s}s", "input_series": inputs, "alert_rule_test": checks}
 
 
+def _last_xid_case(cfg: RulesConfig, m: MonitoringAlert, s: int) -> dict[str, Any]:
+    """dcgm-exporter's last-XID gauge. GPU 0: 0, then a listed XID: fires with xid set, until
+    the window has passed. GPU 1: an unlisted XID. GPU 2: a listed XID since long before the
+    window (an old error already acted on)."""
+    from .config import parse_duration
+
+    F, w = int(m.for_seconds), int(parse_duration(str(m.window_text))) // s
+    a = w + 10
+    length = a + w + F // s + 4
+    fatal = float(m.xids[0])
+    other = float(next(x for x in range(13, 10_000) if x not in m.xids))
+    inputs = [
+        feed(cfg, "gpu_xid_errors_total", gpu_labels(cfg, 0), [0.0] * a + [fatal] * (length - a)),
+        feed(cfg, "gpu_xid_errors_total", gpu_labels(cfg, 1), [0.0] * a + [other] * (length - a)),
+        feed(cfg, "gpu_xid_errors_total", gpu_labels(cfg, 2), [fatal] * length),
+    ]
+    firing = [expected(cfg, m, {**gpu_labels(cfg, 0), "xid": str(m.xids[0])}, fatal)]
+    checks = [
+        check(m.alert, (a - 1) * s, []),
+        check(m.alert, a * s + F, firing),
+        check(m.alert, (a + w + 2) * s + F, []),
+    ]
+    if F:
+        checks.insert(1, check(m.alert, a * s + F - s, []))
+    return {"interval": f"{s}s", "input_series": inputs, "alert_rule_test": checks}
+
+
 def _info_series(cfg: RulesConfig, i: int, name: str) -> dict[str, Any]:
+    if cfg.source != "gpuwarden":
+        # dcgm-exporter names the model on every series; the identity series is its temperature
+        return {"series": series(sources.DCGM_PRESENCE[0], gpu_labels(cfg, i, name)), "values": "30+0x200"}
     return {"series": series("gpu_info", {**gpu_labels(cfg, i), "name": name}), "values": "1+0x200"}
+
+
+def _needs_info(cfg: RulesConfig, rule: AlertRule) -> bool:
+    """Whether a profile test must add the identity series (dcgm: unless the rule's own series is)."""
+    if cfg.source == "gpuwarden":
+        return True
+    return not set(sources.raw(cfg.source, rule.metric).names) & set(sources.DCGM_PRESENCE)
 
 
 def profile_cases(cfg: RulesConfig, rule: AlertRule, s: int) -> list[dict[str, Any]]:
@@ -436,10 +572,11 @@ def profile_cases(cfg: RulesConfig, rule: AlertRule, s: int) -> list[dict[str, A
     if not prof.examples:
         raise TestGenError(f"profile {prof.name}: add `examples` (gpu_info names) to generate its tests")
     model = prof.examples[0]
+    info = _needs_info(cfg, rule)
     if rule.relative is None:
-        cases = threshold_cases(cfg, rule, s)
+        cases = threshold_cases(cfg, rule, s, model)
         for case in cases:
-            case["input_series"] += [_info_series(cfg, i, model) for i in range(4)]
+            case["input_series"] += [_info_series(cfg, i, model) for i in range(4) if info]
         return cases
     rel = rule.relative
     limit = float(math.floor((rule.threshold - rel.offset) / rel.factor * 0.9))
@@ -450,19 +587,18 @@ def profile_cases(cfg: RulesConfig, rule: AlertRule, s: int) -> list[dict[str, A
         raise TestGenError(f"{rule.rule} ({prof.name}): the relative threshold cannot be told from the fallback")
     F = int(rule.for_seconds)
     n = F // s + 2
-    limit_series = series(rel.metric, {**gpu_labels(cfg, 0), **dict(rel.matchers)})
     inputs = [
-        {"series": series(rule.metric, gpu_labels(cfg, 0)), "values": values([fires] * (n + 1) + ["stale"])},
-        {"series": series(rule.metric, gpu_labels(cfg, 1)), "values": values([quiet] * (n + 3))},
-        {"series": series(rule.metric, gpu_labels(cfg, 2)), "values": values([fallback] * (n + 1) + ["stale"])},
-        {"series": limit_series, "values": values([limit] * (n + 3))},
-        {
-            "series": limit_series.replace('gpu="0",uuid="GPU-00000000"', 'gpu="1",uuid="GPU-00000001"'),
-            "values": values([limit] * (n + 3)),
-        },
-        *(_info_series(cfg, i, model) for i in range(3)),
+        feed(cfg, rule.metric, gpu_labels(cfg, 0, model), [fires] * (n + 1) + ["stale"]),
+        feed(cfg, rule.metric, gpu_labels(cfg, 1, model), [quiet] * (n + 3)),
+        feed(cfg, rule.metric, gpu_labels(cfg, 2, model), [fallback] * (n + 1) + ["stale"]),
+        feed(cfg, rel.metric, gpu_labels(cfg, 0, model), [limit] * (n + 3), rel.matchers),
+        feed(cfg, rel.metric, gpu_labels(cfg, 1, model), [limit] * (n + 3), rel.matchers),
+        *(_info_series(cfg, i, model) for i in range(3) if info),
     ]
-    firing = [expected(cfg, rule, gpu_labels(cfg, 0), fires), expected(cfg, rule, gpu_labels(cfg, 2), fallback)]
+    firing = [
+        expected(cfg, rule, gpu_labels(cfg, 0, model), fires),
+        expected(cfg, rule, gpu_labels(cfg, 2, model), fallback),
+    ]
     checks = [check(rule.alert, F, firing), check(rule.alert, (n + 2) * s, [])]
     if F:
         checks.insert(0, check(rule.alert, F - s, []))
@@ -481,7 +617,9 @@ def test_files(cfg: RulesConfig) -> dict[str, Any]:
     for fc in cfg.forecasts.values():
         tests.append(forecast_case(cfg, fc, s))
     for m in cfg.monitoring.values():
-        tests += monitoring_cases(cfg, m, s)
+        if promql.supported(cfg, m):
+            tests += monitoring_cases(cfg, m, s)
+    tests.append(job_annotation_case(cfg, s))
     groups = [g["name"] for g in render.recording_groups(cfg) + render.alert_groups(cfg)]
     doc = {
         "rule_files": [render.RECORDING_FILE, render.ALERTS_FILE],
@@ -490,3 +628,23 @@ def test_files(cfg: RulesConfig) -> dict[str, Any]:
         "tests": tests,
     }
     return {TEST_FILE: doc}
+
+
+def job_annotation_case(cfg: RulesConfig, s: int) -> dict[str, Any]:
+    """The first critical level alert fires for GPU 0 and GPU 1 alike; the agent's
+    gpu_allocation_info names GPU 0's job, so only GPU 0's alert names it (the alert itself never
+    waits for the agent: GPU 1 has no allocation and fires all the same)."""
+    rule = next((r for r in cfg.alerts.values() if r.kind == "level" and r.severity == "critical"), None)
+    rule = rule or next(r for r in cfg.alerts.values() if r.kind == "level")
+    fires, _ = boundary_values(rule)
+    F = int(rule.for_seconds)
+    n = F // s + 2
+    inputs = [feed(cfg, rule.metric, gpu_labels(cfg, i), [fires] * (n + 1)) for i in (0, 1)]
+    gpu0 = alert_labels(cfg, gpu_labels(cfg, 0))
+    allocation = {"job": "gpuwarden-agent", "instance": INSTANCE, "gpu": "0", "uuid": gpu0["uuid"], **ALLOCATION}
+    inputs.append({"series": series("gpu_allocation_info", allocation), "values": values([1.0] * (n + 1))})
+    firing = [
+        expected(cfg, rule, gpu_labels(cfg, 0), fires, allocated=allocation),
+        expected(cfg, rule, gpu_labels(cfg, 1), fires),
+    ]
+    return {"interval": f"{s}s", "input_series": inputs, "alert_rule_test": [check(rule.alert, F, firing)]}
