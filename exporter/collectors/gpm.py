@@ -8,6 +8,7 @@ nvmlGpmQueryDeviceSupport with isSupportedDevice 0 once and are not asked again.
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,32 @@ METRICS = (
 UNSUPPORTED = "gpm"  # the key a board without GPM is remembered by in Device.unsupported
 
 
+class _Metric(ctypes.Structure):
+    """nvmlGpmMetric_t's layout as a plain ctypes struct (pynvml's routes every field access
+    through Python hooks: a third of a Hopper GPU's read cost went there)."""
+
+    _fields_ = pynvml.c_nvmlGpmMetric_t._fields_
+
+
+class _MetricsGet(ctypes.Structure):
+    """nvmlGpmMetricsGet_t, plain; the sample handles are opaque pointers."""
+
+    _fields_ = [
+        ("version", ctypes.c_uint),
+        ("numMetrics", ctypes.c_uint),
+        ("sample1", ctypes.c_void_p),
+        ("sample2", ctypes.c_void_p),
+        ("metrics", _Metric * pynvml.NVML_GPM_METRIC_MAX),
+    ]
+
+
+def _metrics_get(req: _MetricsGet) -> _MetricsGet:
+    """nvmlGpmMetricsGet on the plain struct (the C entry point, called like pynvml calls it)."""
+    fn = pynvml._nvmlGetFunctionPointer("nvmlGpmMetricsGet")
+    pynvml._nvmlCheckReturn(fn(ctypes.byref(req)))
+    return req
+
+
 @dataclass
 class _State:
     """Per GPU, made once: two samples taken in turn and one reusable request."""
@@ -69,7 +96,7 @@ def _start(r: Reader) -> _State | None:
     b = r.call("nvmlGpmSampleAlloc", pynvml.nvmlGpmSampleAlloc) if a is not None else None
     if a is None or b is None:
         return None
-    req = pynvml.c_nvmlGpmMetricsGet_t()
+    req = _MetricsGet()
     req.version = pynvml.NVML_GPM_METRICS_GET_VERSION
     req.numMetrics = len(METRICS)
     for i, (_, metric_id) in enumerate(METRICS):
@@ -92,8 +119,9 @@ def _read(r: Reader, s: Sample) -> None:
         return
     if state.primed:
         req = state.request
-        req.sample1, req.sample2 = state.samples[1 - state.turn], current
-        if r.call("nvmlGpmMetricsGet", pynvml.nvmlGpmMetricsGet, req) is not None:
+        req.sample1 = ctypes.cast(state.samples[1 - state.turn], ctypes.c_void_p).value
+        req.sample2 = ctypes.cast(current, ctypes.c_void_p).value
+        if r.call("nvmlGpmMetricsGet", _metrics_get, req) is not None:
             for i, (key, _) in enumerate(METRICS):
                 m = req.metrics[i]
                 if m.nvmlReturn == pynvml.NVML_SUCCESS:

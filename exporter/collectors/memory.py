@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+from typing import Any
+
 import pynvml
 
 from ..nvml import Reader
@@ -15,10 +18,25 @@ RESERVED = GpuMetric(
 )
 
 
+class _MemoryV2(ctypes.Structure):
+    """nvmlMemory_v2_t as a plain ctypes struct (pynvml's routes each field through Python hooks)."""
+
+    _fields_ = pynvml.c_nvmlMemory_v2_t._fields_
+
+
+def _memory_v2(handle: Any) -> _MemoryV2:
+    """nvmlDeviceGetMemoryInfo_v2 (the C entry point, called like pynvml calls it)."""
+    m = _MemoryV2()
+    m.version = pynvml.nvmlMemory_v2
+    fn = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetMemoryInfo_v2")
+    pynvml._nvmlCheckReturn(fn(handle, ctypes.byref(m)))
+    return m
+
+
 def _read(r: Reader, s: Sample) -> None:
     h = r.device.handle
     # v2 excludes the driver's reserved memory from "used"; older libraries only have v1.
-    m = r.call("nvmlDeviceGetMemoryInfo_v2", pynvml.nvmlDeviceGetMemoryInfo, h, pynvml.nvmlMemory_v2)
+    m: Any = r.call("nvmlDeviceGetMemoryInfo_v2", _memory_v2, h)
     if m is None and "nvmlDeviceGetMemoryInfo_v2" in r.device.unsupported:
         m = r.call("nvmlDeviceGetMemoryInfo", pynvml.nvmlDeviceGetMemoryInfo, h)
     if m is not None:

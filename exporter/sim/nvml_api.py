@@ -255,9 +255,13 @@ def nvmlDeviceGetMemoryInfo(lib: LibraryState, g: SimGpu, out: int) -> int:
     return SUCCESS
 
 
+class _Memory_v2(ctypes.Structure):
+    _fields_ = pynvml.c_nvmlMemory_v2_t._fields_  # without pynvml's per-attribute hooks
+
+
 @_c(c_void_p, c_void_p)
 def nvmlDeviceGetMemoryInfo_v2(lib: LibraryState, g: SimGpu, out: int) -> int:
-    m = pynvml.c_nvmlMemory_v2_t.from_address(out)
+    m = _Memory_v2.from_address(out)
     if m.version != pynvml.nvmlMemory_v2:
         return ERROR_ARGUMENT_VERSION_MISMATCH
     m.total, m.used, m.reserved = g.memory_total, g.memory_used, g.memory_reserved
@@ -536,14 +540,30 @@ def nvmlGpmSampleGet(lib: LibraryState, g: SimGpu, sample: int | None) -> int:
     return SUCCESS
 
 
+class _GpmMetric(ctypes.Structure):
+    _fields_ = pynvml.c_nvmlGpmMetric_t._fields_
+
+
+class _GpmMetricsGet(ctypes.Structure):
+    """nvmlGpmMetricsGet_t without pynvml's per-attribute hooks (C pays no such cost)."""
+
+    _fields_ = [
+        ("version", c_uint),
+        ("numMetrics", c_uint),
+        ("sample1", c_void_p),
+        ("sample2", c_void_p),
+        ("metrics", _GpmMetric * pynvml.NVML_GPM_METRIC_MAX),
+    ]
+
+
 @_c(c_void_p, device=False)
 def nvmlGpmMetricsGet(lib: LibraryState, addr: int) -> int:
-    req = pynvml.c_nvmlGpmMetricsGet_t.from_address(addr)
+    req = _GpmMetricsGet.from_address(addr)
     if req.version != pynvml.NVML_GPM_METRICS_GET_VERSION:
         return ERROR_ARGUMENT_VERSION_MISMATCH
     with _gpm_lock:
-        s1 = _gpm_samples.get(ctypes.cast(req.sample1, c_void_p).value or 0)
-        s2 = _gpm_samples.get(ctypes.cast(req.sample2, c_void_p).value or 0)
+        s1 = _gpm_samples.get(req.sample1 or 0)
+        s2 = _gpm_samples.get(req.sample2 or 0)
     if s1 is None or s2 is None or s1[0] != s2[0] or req.numMetrics > len(req.metrics):
         return ERROR_INVALID_ARGUMENT
     (t1, *a1), (t2, *a2) = s1[1], s2[1]
