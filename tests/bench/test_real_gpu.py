@@ -110,8 +110,12 @@ def test_real_driver_scrape_path_runs_exporter_scrapes_measurement() -> None:
 
 def test_comparison_fails_outside_the_bracket() -> None:
     uuid = "GPU-1"
-    before = {uuid: {"uuid": uuid, "temperature.gpu": 60.0, "power.draw.instant": 300.0, "memory.used": 1000.0}}
-    after = {uuid: {"uuid": uuid, "temperature.gpu": 62.0, "power.draw.instant": 310.0, "memory.used": 1000.0}}
+    before: cmp.RefRows = {
+        uuid: {"uuid": uuid, "temperature.gpu": 60.0, "power.draw.instant": 300.0, "memory.used": 1000.0}
+    }
+    after: cmp.RefRows = {
+        uuid: {"uuid": uuid, "temperature.gpu": 62.0, "power.draw.instant": 310.0, "memory.used": 1000.0}
+    }
     values = {
         uuid: {
             "gpu_temperature_celsius": 63.0,  # inside [60, 62] + 1
