@@ -92,6 +92,12 @@ FIELDS: tuple[FieldMap, ...] = (
     FieldMap("gpu_power_limit_max_watts", ("power.max_limit",), 1.0, 0.5, why="2 decimals"),
     FieldMap("gpu_memory_used_bytes", ("memory.used",), MIB, 1.0 * MIB, why="nvidia-smi prints whole MiB"),
     FieldMap("gpu_memory_total_bytes", ("memory.total",), MIB, 1.0 * MIB, why="whole MiB"),
+    FieldMap("gpu_memory_free_bytes", ("memory.free",), MIB, 1.0 * MIB, why="whole MiB"),
+    FieldMap("gpu_memory_reserved_bytes", ("memory.reserved",), MIB, 1.0 * MIB, why="whole MiB"),
+    FieldMap("gpu_encoder_utilization_ratio", ("utilization.encoder",), 0.01, 0.05, why="a sampled average"),
+    FieldMap("gpu_decoder_utilization_ratio", ("utilization.decoder",), 0.01, 0.05, why="a sampled average"),
+    FieldMap("gpu_remapped_rows_pending", ("remapped_rows.pending",), why="a flag: exact"),
+    FieldMap("gpu_remapped_rows_failure", ("remapped_rows.failure",), why="a flag: exact"),
     FieldMap("gpu_utilization_ratio", ("utilization.gpu",), 0.01, 0.05, why="an average over NVML's sample period"),
     FieldMap("gpu_memory_utilization_ratio", ("utilization.memory",), 0.01, 0.05, why="likewise"),
     FieldMap("gpu_sm_clock_hertz", ("clocks.sm",), 1e6, 15e6, 0.02, why="boost moves the clock between reads"),
@@ -163,8 +169,10 @@ def parse_smi_value(text: str) -> Value:
         return None  # [N/A], [Not Supported], [Unknown Error], [Insufficient Permissions]
     if t == "Active":
         return 1.0
-    if t == "Not Active":
+    if t in ("Not Active", "No"):
         return 0.0
+    if t == "Yes":
+        return 1.0
     try:
         return float(t)
     except ValueError:
