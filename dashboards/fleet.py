@@ -1,9 +1,16 @@
 """The "GPU fleet" dashboard: the seed's panels, the forecasts and XID errors, as Grafana JSON.
 
-Exporter series are filtered by the ``instance`` and ``gpu`` variables; the agent's gpu_state by
-its ``node`` and ``gpu``; the predictor's series (risk, forecasts) carry no node, so by ``gpu`` only.
-Threshold lines come from the alert rules (``Thresholds.from_rules``), never from literals here,
-so editing rules/thresholds.yaml and regenerating moves the lines with the alerts.
+Every per-GPU series is filtered by the ``instance`` and ``gpu`` variables: the exporter's, the
+predictor's (risk, forecasts) and the agent's (gpu_state, gpu_allocation_info) all carry the
+GPU's Prometheus ``instance`` (the agent's scrape job keeps them with ``honor_labels``). The
+agent's series are matched by ``instance``, or else by ``uuid`` against the exporter's gpu_info:
+a static inventory may name a node otherwise (``node-a`` for ``10.0.0.5:9835``) without saying
+its instance, and the uuid is the same everywhere.
+
+Threshold lines are each GPU's own: the recorded ``instance_gpu:gpu_alert_threshold:effective``
+series of its rules (its model's profile), drawn dashed, never literals here. The rules config
+(``Thresholds.from_rules``) must hold every rule the panels draw, and the default profile's values
+are quoted in the panels' descriptions.
 """
 
 from __future__ import annotations
@@ -20,10 +27,6 @@ UID = "gpuwarden-fleet"
 TITLE = "GPU fleet (gpuwarden)"
 
 GPU = '{instance=~"$instance", gpu=~"$gpu"}'
-AGENT_GPU = '{gpu=~"$gpu"}'
-# gpu_state names the GPU's node, which is the exporter's instance when the agent's inventory
-# comes from Prometheus (its default node_label).
-AGENT_NODE_GPU = '{node=~"$instance", gpu=~"$gpu"}'
 WHO = "{{instance}} GPU {{gpu}}"
 AGENT_ACTIVE = "agent: alerts active"
 
@@ -42,6 +45,36 @@ OK, INFO, WARN, CRIT = "green", "blue", "orange", "red"
 
 class DashboardConfigError(Exception):
     """The rules config lacks something the dashboard draws (names the rule and what to do)."""
+
+
+def agent_gpu(metric: str) -> str:
+    """The agent's per-GPU ``metric`` for the selected GPUs: by its ``instance``, or, where a
+    static inventory did not say a node's instance, by ``uuid`` against the exporter's gpu_info
+    (``or`` keeps a GPU matched both ways once)."""
+    return f"({metric}{GPU} or {metric} * on (uuid) group_left () group by (uuid) (gpu_info{GPU}))"
+
+
+def own_thresholds(*rules: str) -> Target:
+    """Each selected GPU's recorded threshold of ``rules`` (its own profile's), one line each."""
+    return Target(
+        f'{THRESHOLD_RECORD}{{rule=~"{"|".join(rules)}", instance=~"$instance", gpu=~"$gpu"}}', WHO + " {{rule}}"
+    )
+
+
+def _with_threshold_style(panel: dict[str, Any], colours: dict[str, str]) -> dict[str, Any]:
+    """Draws the threshold series of ``own_thresholds`` dashed, coloured by rule."""
+    for rule, colour in colours.items():
+        panel["fieldConfig"]["overrides"].append(
+            {
+                "matcher": {"id": "byRegexp", "options": f".* {rule}$"},
+                "properties": [
+                    {"id": "color", "value": {"mode": "fixed", "fixedColor": colour}},
+                    {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+                    {"id": "custom.lineWidth", "value": 1},
+                ],
+            }
+        )
+    return panel
 
 
 @dataclass(frozen=True)
@@ -154,28 +187,40 @@ def build(th: Thresholds) -> dict[str, Any]:
     # 2. Temperature trends + 3. power consumption, threshold lines from the alert rules.
     section("Thermals and power")
     panels += [
-        g.timeseries(
-            "Temperature",
-            f"GPU core temperature. Dashed lines: THERMAL_WARNING (>= "
-            f"{th.temperature_warning:g} °C) and THERMAL_CRITICAL (> {th.temperature_critical:g} °C).",
-            grid.place(12, 8),
-            [Target(f"gpu_temperature_celsius{GPU}", WHO)],
-            "celsius",
-            thresholds=[Threshold(th.temperature_warning, WARN), Threshold(th.temperature_critical, CRIT)],
-        ),
-        _with_limit_style(
+        _with_threshold_style(
             g.timeseries(
-                "Power",
-                f"Board power draw, and the enforced power limit (a throttle lowers it). "
-                f"Dashed lines: POWER_SPIKE (> {th.power_warning:g} W) and POWER_CRITICAL "
-                f"(>= {th.power_critical:g} W).",
+                "Temperature",
+                f"GPU core temperature, and dashed each GPU's own THERMAL_WARNING and THERMAL_CRITICAL "
+                f"thresholds (its model's profile; the default profile's: >= {th.temperature_warning:g} °C "
+                f"and > {th.temperature_critical:g} °C).",
                 grid.place(12, 8),
-                [Target(f"gpu_power_watts{GPU}", WHO), Target(f"gpu_power_limit_watts{GPU}", WHO + " limit")],
-                "watt",
-                thresholds=[Threshold(th.power_warning, WARN), Threshold(th.power_critical, CRIT)],
-            )
+                [
+                    Target(f"gpu_temperature_celsius{GPU}", WHO),
+                    own_thresholds("THERMAL_WARNING", "THERMAL_CRITICAL"),
+                ],
+                "celsius",
+            ),
+            {"THERMAL_WARNING": WARN, "THERMAL_CRITICAL": CRIT},
         ),
-        # The lines above are the default profile's; this is each GPU against its own profile.
+        _with_threshold_style(
+            _with_limit_style(
+                g.timeseries(
+                    "Power",
+                    f"Board power draw, the enforced power limit (a throttle lowers it), and dashed "
+                    f"each GPU's own POWER_SPIKE and POWER_CRITICAL thresholds (the default profile's: "
+                    f"> {th.power_warning:g} W and >= {th.power_critical:g} W).",
+                    grid.place(12, 8),
+                    [
+                        Target(f"gpu_power_watts{GPU}", WHO),
+                        Target(f"gpu_power_limit_watts{GPU}", WHO + " limit"),
+                        own_thresholds("POWER_SPIKE", "POWER_CRITICAL"),
+                    ],
+                    "watt",
+                )
+            ),
+            {"POWER_SPIKE": WARN, "POWER_CRITICAL": CRIT},
+        ),
+        # The same thresholds as a share: which GPU is closest to its own line.
         g.bargauge(
             "Share of its own critical threshold",
             "Each GPU's temperature and power as a share "
@@ -214,15 +259,21 @@ def build(th: Thresholds) -> dict[str, Any]:
             minimum=0,
             maximum=1,
         ),
-        g.timeseries(
-            "Memory pressure",
-            f"Framebuffer memory used / total. Dashed line: MEMORY_PRESSURE (>= {th.memory_pressure:.0%}).",
-            grid.place(8, 8),
-            [Target(f"gpu_memory_used_bytes{GPU} / gpu_memory_total_bytes{GPU}", WHO)],
-            "percentunit",
-            thresholds=[Threshold(th.memory_pressure, WARN)],
-            minimum=0,
-            maximum=1,
+        _with_threshold_style(
+            g.timeseries(
+                "Memory pressure",
+                f"Framebuffer memory used / total, and dashed each GPU's own MEMORY_PRESSURE threshold "
+                f"(the default profile's: >= {th.memory_pressure:.0%}).",
+                grid.place(8, 8),
+                [
+                    Target(f"gpu_memory_used_bytes{GPU} / gpu_memory_total_bytes{GPU}", WHO),
+                    own_thresholds("MEMORY_PRESSURE"),
+                ],
+                "percentunit",
+                minimum=0,
+                maximum=1,
+            ),
+            {"MEMORY_PRESSURE": WARN},
         ),
         g.timeseries(
             "Memory used",
@@ -360,9 +411,18 @@ def build(th: Thresholds) -> dict[str, Any]:
         ),
         g.piechart(
             "GPU state distribution",
-            "GPUs per scheduler state (the agent's gpu_state).",
+            "GPUs per scheduler state (the agent's gpu_state), matched to the selected nodes by "
+            "instance, or by uuid where a static inventory names a node otherwise.",
             grid.place(6, 8),
-            Target(f"sum by (state) (gpu_state{AGENT_NODE_GPU})", "{{state}}", instant=True),
+            Target(f"sum by (state) ({agent_gpu('gpu_state')})", "{{state}}", instant=True),
+        ),
+        g.table(
+            "GPU allocations",
+            "Which job holds which GPU (the agent's gpu_allocation_info: the embedded scheduler's "
+            "jobs and, with the Slurm backend, Slurm's).",
+            grid.place(24, 7),
+            Target(agent_gpu("gpu_allocation_info"), instant=True, table=True),
+            hidden=["Time", "Value", "__name__", "job"],
         ),
     ]
 
@@ -374,8 +434,8 @@ def build(th: Thresholds) -> dict[str, Any]:
             "The agent's predicted time until each trending metric crosses its alert threshold.",
             grid.place(8, 8),
             Target(
-                f"min by (gpu, metric) (gpu_predicted_seconds_to_threshold{AGENT_GPU})",
-                "GPU {{gpu}} {{metric}}",
+                f"min by (instance, gpu, metric) (gpu_predicted_seconds_to_threshold{GPU})",
+                WHO + " {{metric}}",
                 instant=True,
             ),
             "s",
@@ -386,18 +446,23 @@ def build(th: Thresholds) -> dict[str, Any]:
             "Failure risk",
             "The agent's 0-1 failure risk score per GPU (trend, alerts and error history).",
             grid.place(8, 8),
-            [Target(f"gpu_failure_risk_score{AGENT_GPU}", "GPU {{gpu}}")],
+            [Target(f"max by (instance, gpu) (gpu_failure_risk_score{GPU})", WHO)],
             "percentunit",
             minimum=0,
             maximum=1,
         ),
-        g.timeseries(
-            "Temperature in 15 minutes",
-            "predict_linear over the last 10 minutes, 15 minutes ahead; lines as on the temperature panel.",
-            grid.place(8, 8),
-            [Target(f"predict_linear(gpu_temperature_celsius{GPU}[10m], 900)", WHO)],
-            "celsius",
-            thresholds=[Threshold(th.temperature_warning, WARN), Threshold(th.temperature_critical, CRIT)],
+        _with_threshold_style(
+            g.timeseries(
+                "Temperature in 15 minutes",
+                "predict_linear over the last 10 minutes, 15 minutes ahead; lines as on the temperature panel.",
+                grid.place(8, 8),
+                [
+                    Target(f"predict_linear(gpu_temperature_celsius{GPU}[10m], 900)", WHO),
+                    own_thresholds("THERMAL_WARNING", "THERMAL_CRITICAL"),
+                ],
+                "celsius",
+            ),
+            {"THERMAL_WARNING": WARN, "THERMAL_CRITICAL": CRIT},
         ),
     ]
 

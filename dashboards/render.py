@@ -115,18 +115,23 @@ def _format_axis(ax: Any, unit: str) -> None:
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}{suffix}"))
 
 
-def _stacked(panel: dict[str, Any], name: str) -> bool:
-    """Whether Grafana would stack this series: the panel's default, unless an override says not."""
-    fc = panel["fieldConfig"]
-    mode: str = fc["defaults"].get("custom", {}).get("stacking", {}).get("mode", "none")
-    for o in fc.get("overrides", []):
+def _overridden(panel: dict[str, Any], name: str) -> dict[str, Any]:
+    """The override properties Grafana applies to the series ``name`` (later overrides win)."""
+    props: dict[str, Any] = {}
+    for o in panel["fieldConfig"].get("overrides", []):
         m = o["matcher"]
         hit = (m["id"] == "byName" and m["options"] == name) or (
             m["id"] == "byRegexp" and re.fullmatch(m["options"], name) is not None
         )
         for prop in o["properties"] if hit else []:
-            if prop["id"] == "custom.stacking":
-                mode = prop["value"].get("mode", "none")
+            props[prop["id"]] = prop["value"]
+    return props
+
+
+def _stacked(panel: dict[str, Any], name: str) -> bool:
+    """Whether Grafana would stack this series: the panel's default, unless an override says not."""
+    default = panel["fieldConfig"]["defaults"].get("custom", {}).get("stacking", {})
+    mode: str = _overridden(panel, name).get("custom.stacking", default).get("mode", "none")
     return mode != "none"
 
 
@@ -153,8 +158,11 @@ def _draw_panel(ax: Any, panel: dict[str, Any], series: list[tuple[str, Series]]
         # A crowded legend lists only the series that ever left zero (the ones worth reading).
         quiet = crowded and all(math.isnan(v) or v == 0 for v in s.values)
         shown += not quiet
-        style = "--" if name.endswith(" limit") or name.startswith("agent:") else "-"
-        ax.plot(times, values, style, linewidth=1.2, label="_" + name if quiet else name)
+        # Dashed where the dashboard draws it dashed (limits, thresholds, the agent's totals).
+        props = _overridden(panel, name)
+        style = "--" if props.get("custom.lineStyle", {}).get("fill") == "dash" else "-"
+        colour = _COLORS.get(props.get("color", {}).get("fixedColor", ""))
+        ax.plot(times, values, style, color=colour, linewidth=1.2, label="_" + name if quiet else name)
     for value, color in _threshold_lines(panel):
         ax.axhline(value, color=color, linestyle="--", linewidth=1, alpha=0.9)
     if "min" in defaults or "max" in defaults:

@@ -72,7 +72,11 @@ def _start_stack(spawn: Any, tmp: Path) -> dict[str, str]:
                 "rule_files": rule_files,
                 "scrape_configs": [
                     {"job_name": "gpuwarden-exporter", "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]},
-                    {"job_name": "gpuwarden-agent", "static_configs": [{"targets": [f"127.0.0.1:{agent_port}"]}]},
+                    {
+                        "job_name": "gpuwarden-agent",
+                        "honor_labels": True,  # as shipped: per-GPU series keep their GPU's instance
+                        "static_configs": [{"targets": [f"127.0.0.1:{agent_port}"]}],
+                    },
                 ],
             }
         )
@@ -140,6 +144,8 @@ def _make_it_interesting(urls: dict[str, str]) -> None:
         30,
         what="the agent's inventory to list the 4 simulated GPUs",
     )
+    # One job that stays (no command: tracked, holding its GPU) for the allocations table.
+    _post(f"{urls['agent']}/api/v1/jobs", {"name": "held", "gpus": 1}, TOKEN)
     jobs = [(["true"], "ok"), (["sleep", "0.5"], "ok"), (["false"], "fails")]
     for i, (argv, name) in enumerate(jobs * 2):
         _post(f"{urls['agent']}/api/v1/jobs", {"name": f"{name}-{i}", "gpus": 1, "command": argv}, TOKEN)

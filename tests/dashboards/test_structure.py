@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,11 +22,6 @@ def _panels(model: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _by_title(model: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {p["title"]: p for p in _panels(model)}
-
-
-def _lines(panel: dict[str, Any]) -> list[float]:
-    assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] != "off"
-    return [s["value"] for s in panel["fieldConfig"]["defaults"]["thresholds"]["steps"] if s["value"] is not None]
 
 
 def _fake_rules(**overrides: float) -> SimpleNamespace:
@@ -111,9 +107,10 @@ def test_every_panel_and_target_uses_the_datasource_variable(committed: dict[str
             assert a["datasource"] == DS
 
 
-def test_exporter_queries_filter_by_instance_and_gpu(committed: dict[str, Any]) -> None:
+def test_per_gpu_queries_filter_by_instance_and_gpu(committed: dict[str, Any]) -> None:
+    per_gpu = re.compile(r"\bgpu_\w+|instance_gpu:")
     for q in queries.panel_queries(committed):
-        if "gpu_temperature" in q.expr or "gpu_power" in q.expr or "gpu_memory" in q.expr:
+        if per_gpu.search(q.expr):
             assert 'instance=~"$instance"' in q.expr and 'gpu=~"$gpu"' in q.expr, q.where
 
 
@@ -162,24 +159,61 @@ def test_units(committed: dict[str, Any], title: str, unit: str) -> None:
     assert _by_title(committed)[title]["fieldConfig"]["defaults"]["unit"] == unit
 
 
-def test_threshold_lines_are_the_alert_rules_thresholds(committed: dict[str, Any]) -> None:
-    from gpuwarden.rules import config
-
-    rules = config.load()
-    t = {rule: rules.alerts[rule].threshold for rule in Thresholds.RULES.values()}
-    panels = _by_title(committed)
-    assert _lines(panels["Temperature"]) == [t["THERMAL_WARNING"], t["THERMAL_CRITICAL"]] == [80, 85]
-    assert _lines(panels["Temperature in 15 minutes"]) == [80, 85]
-    assert _lines(panels["Power"]) == [t["POWER_SPIKE"], t["POWER_CRITICAL"]] == [400, 450]
-    assert _lines(panels["Memory pressure"]) == [t["MEMORY_PRESSURE"]] == [0.9]
+OWN_LINES = {
+    "Temperature": ("THERMAL_WARNING", "THERMAL_CRITICAL"),
+    "Temperature in 15 minutes": ("THERMAL_WARNING", "THERMAL_CRITICAL"),
+    "Power": ("POWER_SPIKE", "POWER_CRITICAL"),
+    "Memory pressure": ("MEMORY_PRESSURE",),
+}
 
 
-def test_lines_move_when_the_rules_change() -> None:
+@pytest.mark.parametrize("title", OWN_LINES)
+def test_threshold_lines_are_each_gpus_recorded_threshold(committed: dict[str, Any], title: str) -> None:
+    from gpuwarden.rules.promql import THRESHOLD_RECORD
+
+    panel = _by_title(committed)[title]
+    # No fixed line: one profile's number drawn across every GPU is wrong for the others.
+    assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] == "off"
+    [target] = [t for t in panel["targets"] if THRESHOLD_RECORD in t["expr"]]
+    rules = OWN_LINES[title]
+    assert f'rule=~"{"|".join(rules)}"' in target["expr"]
+    assert 'instance=~"$instance"' in target["expr"] and 'gpu=~"$gpu"' in target["expr"]
+    assert target["legendFormat"].endswith("{{rule}}")
+    for rule in rules:  # the rule's series dashed, in its severity's colour
+        [override] = [o for o in panel["fieldConfig"]["overrides"] if o["matcher"]["options"] == f".* {rule}$"]
+        props = {p["id"]: p["value"] for p in override["properties"]}
+        assert props["custom.lineStyle"]["fill"] == "dash"
+        assert props["color"]["fixedColor"] == ("red" if "CRITICAL" in rule else "orange")
+        assert re.fullmatch(override["matcher"]["options"], f"10.0.0.5:9835 GPU 3 {rule}")
+
+
+def test_descriptions_quote_the_default_profiles_thresholds_from_the_rules() -> None:
     model = fleet.build(Thresholds.from_rules(_fake_rules(THERMAL_WARNING=75, POWER_CRITICAL=500)))
     panels = _by_title(model)
-    assert _lines(panels["Temperature"]) == [75, 85]
-    assert _lines(panels["Power"]) == [400, 500]
-    assert "75 °C" in panels["Temperature"]["description"]
+    assert ">= 75 °C" in panels["Temperature"]["description"]
+    assert ">= 500 W" in panels["Power"]["description"]
+    assert ">= 90%" in panels["Memory pressure"]["description"]
+
+
+def test_predictor_panels_follow_the_instance_variable_and_keep_nodes_apart(committed: dict[str, Any]) -> None:
+    panels = _by_title(committed)
+    for title, metric in (
+        ("Time to threshold", "gpu_predicted_seconds_to_threshold"),
+        ("Failure risk", "gpu_failure_risk_score"),
+    ):
+        [t] = panels[title]["targets"]
+        assert f'{metric}{{instance=~"$instance", gpu=~"$gpu"}}' in t["expr"], title
+        assert re.search(r"by \(instance, gpu\b", t["expr"]), title  # two nodes' GPU 0: two bars
+        assert t["legendFormat"].startswith("{{instance}} GPU {{gpu}}"), title
+
+
+@pytest.mark.parametrize(
+    "title,metric", [("GPU state distribution", "gpu_state"), ("GPU allocations", "gpu_allocation_info")]
+)
+def test_agent_panels_match_by_instance_or_by_uuid(committed: dict[str, Any], title: str, metric: str) -> None:
+    [t] = _by_title(committed)[title]["targets"]
+    assert f'{metric}{{instance=~"$instance", gpu=~"$gpu"}} or {metric} * on (uuid)' in t["expr"]
+    assert 'group by (uuid) (gpu_info{instance=~"$instance", gpu=~"$gpu"})' in t["expr"]
 
 
 def test_a_missing_rule_names_itself() -> None:
