@@ -33,12 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy import special
 
 from bench.traces import DURATION, STEP, Trace, generate
 from gpuwarden.procs import Proc, ProcError, free_port, wait_http
 from gpuwarden.prom import PrometheusClient
-from gpuwarden.scheduler_agent.predictor.forecast import PERSIST, Forecast, confirm, forecast_series, raw_forecast
-from gpuwarden.scheduler_agent.predictor.trend import InsufficientData
+from gpuwarden.scheduler_agent.predictor import models
+from gpuwarden.scheduler_agent.predictor.forecast import MIN_CONFIDENCE, PERSIST, forecast_series
 
 METRIC = "bench_trace"
 
@@ -46,45 +48,76 @@ METRIC = "bench_trace"
 # --- ours ---------------------------------------------------------------------------------
 
 
-def ours_ttt(trace: Trace, window: float) -> dict[float, float | None]:
-    """seconds_to_threshold at every scrape time once the window is full (keyed by time).
+@dataclass
+class Raw:
+    """Our unconfirmed, ungated forecasts at every scrape time of one trace (one batch fit)."""
 
-    The same as ``forecast_series`` on each prefix of the trace (what ``predict --csv`` reports
-    for a file ending at that scrape; checked on a sample in main()), computed once per scrape
-    and confirmed against the previous PERSIST scrapes' raw forecasts instead of refitting them.
-    """
-    t, y = trace.times, trace.values
-    raw: dict[int, Forecast | None] = {}
-    out: dict[float, float | None] = {}
-    for i in range(t.size):
-        now = float(t[i])
-        if now < window - PERSIST * STEP:
-            continue
-        lo = int(np.searchsorted(t, now - window, side="left"))
-        try:
-            raw[i] = raw_forecast(t[lo : i + 1], y[lo : i + 1], trace.threshold, window)
-        except InsufficientData:
-            raw[i] = None
-        if now >= window:
-            cur = raw[i]
-            f = confirm(cur, [raw.get(i - k) for k in range(1, PERSIST + 1)]) if cur is not None else None
-            out[now] = f.seconds_to_threshold if f is not None else None
-    return out
+    times: np.ndarray
+    ttt: np.ndarray  # point forecast, inf: never; 0: over now
+    conf: np.ndarray
+    over: np.ndarray
+    kind: str
+
+
+def ours_raw(trace: Trace, window: float, use_throttle: bool) -> Raw:
+    """Every window of the trace (ending at each scrape once the window is full) fitted at once."""
+    m = int(round(window / STEP)) + 1
+    rows = sliding_window_view(trace.values, m)
+    s = (np.arange(m) - (m - 1)) * STEP
+    th = trace.throttle if use_throttle else None
+    kind = models.guess_kind(trace.values, trace.threshold)
+    fit = models.fit_batch(s, rows, trace.threshold, kind, None if th is None else sliding_window_view(th, m))
+    return Raw(trace.times[m - 1 :], fit.ttt, fit.confidence, fit.over, kind)
+
+
+def ours_ttt(raw: Raw, gate: float) -> dict[float, float | None]:
+    """seconds_to_threshold as ``forecast_series`` reports it (gate, then PERSIST confirmation),
+    from the PERSIST-th full window on (checked against forecast_series in check_equivalence)."""
+    g = models.min_confidence_for(raw.kind, gate)
+    pred = raw.over | (np.isfinite(raw.ttt) & (raw.conf >= g))
+    ok = pred.copy()
+    for k in range(1, PERSIST + 1):
+        ok[k:] &= pred[:-k]
+    ok |= raw.over
+    return {float(t): (float(v) if c else None) for t, v, c in list(zip(raw.times, raw.ttt, ok, strict=True))[PERSIST:]}
 
 
 def check_equivalence(
-    traces: list[Trace], window: float, ours: dict[str, dict[float, float | None]], n: int = 40
+    traces: list[Trace], window: float, ours: dict[str, dict[float, float | None]], use_throttle: bool, n: int = 40
 ) -> None:
-    """Spot-checks that the bench scores what the CSV interface would report."""
+    """Spot-checks that the bench scores what the CSV interface (forecast_series) would report."""
     rng = np.random.default_rng(0)
     for k in rng.choice(len(traces), size=min(n, len(traces)), replace=False):
         tr = traces[int(k)]
-        i = int(rng.integers(int(window / STEP), tr.times.size))
+        i = int(rng.integers(int(window / STEP) + PERSIST, tr.times.size))
         lo = int(np.searchsorted(tr.times, tr.times[i] - window - PERSIST * STEP, side="left"))
-        got = forecast_series(tr.times[lo : i + 1], tr.values[lo : i + 1], tr.threshold, window).seconds_to_threshold
+        th = tr.throttle[lo : i + 1] if use_throttle and tr.throttle is not None else None
+        got = forecast_series(
+            tr.times[lo : i + 1],
+            tr.values[lo : i + 1],
+            tr.threshold,
+            window,
+            kind=models.guess_kind(tr.values, tr.threshold),
+            throttle=th,
+        ).seconds_to_threshold
         want = ours[tr.name][float(tr.times[i])]
-        if (got is None) != (want is None) or (got is not None and abs(got - want) > 1e-6):  # type: ignore[operator]
+        if (got is None) != (want is None) or (got is not None and abs(got - want) > 1e-6 * max(1.0, got)):  # type: ignore[operator]
             raise AssertionError(f"{tr.name} at {tr.times[i]}: bench {want} != forecast_series {got}")
+
+
+def ols_confidence(trace: Trace, window: float) -> dict[float, float]:
+    """predict_linear's own line (least squares over the same window) as a gate: 2·Φ(t) − 1 of
+    its slope's t-value, so both methods can be swept over a confidence gate."""
+    m = int(round(window / STEP)) + 1
+    rows = sliding_window_view(trace.values, m)
+    x = np.arange(m) - (m - 1) / 2
+    b = rows @ x / (x @ x)
+    resid = rows - rows.mean(axis=1, keepdims=True) - b[:, None] * x
+    se = np.sqrt((resid * resid).sum(axis=1) / (m - 2) / (x @ x))
+    with np.errstate(all="ignore"):
+        z = np.where(se > 0, b / se, np.where(b > 0, np.inf, -np.inf))
+    conf = np.clip(2 * special.ndtr(z) - 1, 0, 1)
+    return {float(t): float(c) for t, c in zip(trace.times[m - 1 :], conf, strict=True)}
 
 
 # --- predict_linear in a real Prometheus ------------------------------------------------------
@@ -207,6 +240,41 @@ def _row(name: str, s: Score) -> str:
     )
 
 
+GATES = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
+
+
+def fleet_timing(gpus: int, window: float, seed: int) -> None:
+    """One predictor cycle's model work for ``gpus`` GPUs: the four kinds, each GPU's current
+    window and the PERSIST earlier ones, as the service fits them (one batch per kind)."""
+    rng = np.random.default_rng(seed)
+    m = int(round(window / STEP)) + 1
+    n = m + PERSIST
+    t = np.arange(n) * STEP
+    base = rng.uniform(40, 80, (gpus, 1)) + rng.uniform(-0.02, 0.05, (gpus, 1)) * t
+    series = {
+        "temperature": (base + rng.normal(0, 0.7, (gpus, n)), 85.0),
+        "power": (5 * base + rng.normal(0, 8, (gpus, n)), 450.0),
+        "memory": (np.clip(0.5 + rng.uniform(0, 1e-4, (gpus, 1)) * t + rng.normal(0, 0.01, (gpus, n)), 0, 1), 0.9),
+        "ecc": (rng.poisson(rng.uniform(0, 4, (gpus, 1)), (gpus, n)).astype(float), 10.0),
+    }
+    throttle = (rng.random((gpus, n)) < 0.05).astype(float)
+    s = (np.arange(m) - (m - 1)) * STEP
+    t0 = time.perf_counter()
+    for kind, (y, thr) in series.items():
+        rows = np.concatenate([y[:, n - m - k : n - k] for k in range(PERSIST + 1)])
+        th = np.concatenate([throttle[:, n - m - k : n - k] for k in range(PERSIST + 1)])
+        models.fit_batch(s, rows, thr, kind, th if kind in ("temperature", "power") else None)
+    dt = time.perf_counter() - t0
+    print(
+        f"fleet: {gpus} GPUs x 4 kinds x {PERSIST + 1} windows of {m} samples: model work {dt:.2f}s per cycle "
+        f"({dt / 30 * 100:.1f}% of the default 30 s period)"
+    )
+
+
+def _med_lead(s: Score) -> float:
+    return _med(s.leads) / 60
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.predictor_eval", description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=6)
@@ -214,9 +282,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=float, default=600.0, help="fit window, seconds (both methods)")
     ap.add_argument("--horizons", default="300,600,900", help="warning horizons H, seconds, comma-separated")
     ap.add_argument("--families", action="store_true", help="also print one table per trace family")
+    ap.add_argument("--curve", metavar="PNG", help="draw false alarms against lead as the gate moves (H = 10 min)")
+    ap.add_argument("--fleet", type=int, metavar="GPUS", help="only time one cycle's model work for this many GPUs")
     args = ap.parse_args(argv)
-    horizons = [float(h) for h in args.horizons.split(",")]
     W = args.window
+    if args.fleet:
+        fleet_timing(args.fleet, W, args.seed)
+        return 0
+    horizons = [float(h) for h in args.horizons.split(",")]
     traces = generate(args.seed, args.scale)
     n_cross = sum(tr.crossing is not None for tr in traces)
     print(
@@ -225,9 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     t0 = time.perf_counter()
-    ours = {tr.name: ours_ttt(tr, W) for tr in traces}
+    raw_v = {tr.name: ours_raw(tr, W, use_throttle=False) for tr in traces}
+    raw_t = {tr.name: ours_raw(tr, W, use_throttle=True) for tr in traces}
     t_ours = time.perf_counter() - t0
-    check_equivalence(traces, W, ours)
+    ours_v = {n: ours_ttt(r, MIN_CONFIDENCE) for n, r in raw_v.items()}
+    ours_t = {n: ours_ttt(r, MIN_CONFIDENCE) for n, r in raw_t.items()}
+    check_equivalence(traces, W, ours_v, use_throttle=False)
+    check_equivalence(traces, W, ours_t, use_throttle=True)
+    scored = set(next(iter(ours_v.values())))  # the same scrape times for every method
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpuwarden-predeval-") as tmp:
@@ -236,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
             rng_w = f"{int(W)}s"
             level = engine.query_range(f"predict_linear({METRIC}[{rng_w}], 0)", W, DURATION)
             slope = engine.query_range(f"deriv({METRIC}[{rng_w}])", W, DURATION)
-            pl = {h: engine.query_range(f"predict_linear({METRIC}[{rng_w}], {h:g})", W, DURATION) for h in horizons}
+            hs = sorted(set(horizons) | {600.0})
+            pl = {h: engine.query_range(f"predict_linear({METRIC}[{rng_w}], {h:g})", W, DURATION) for h in hs}
         finally:
             engine.close()
     t_prom = time.perf_counter() - t0
@@ -245,16 +324,30 @@ def main(argv: list[str] | None = None) -> int:
     for name, series in level.items():
         thr = by_name[name].threshold
         pl_ttt[name] = {
-            t: ((thr - v) / slope[name][t] if slope[name].get(t, 0) > 0 else None) for t, v in series.items()
+            t: ((thr - v) / slope[name][t] if slope[name].get(t, 0) > 0 else None)
+            for t, v in series.items()
+            if t in scored
         }
+
+    def pl_warns(h: float, gate: float = 0.0) -> dict[str, dict[float, bool]]:
+        conf = {tr.name: ols_confidence(tr, W) for tr in traces} if gate > 0 else {}
+        return {
+            n: {
+                t: (v >= by_name[n].threshold and (gate <= 0 or conf[n].get(t, 0.0) >= gate))
+                for t, v in d.items()
+                if t in scored
+            }
+            for n, d in pl[h].items()
+        }
+
+    def our_warns(ttt: dict[str, dict[float, float | None]], h: float) -> dict[str, dict[float, bool]]:
+        return {n: {t: (v is not None and v <= h) for t, v in d.items()} for n, d in ttt.items()}
 
     groups: list[tuple[str, list[Trace]]] = [("all", traces)]
     if args.families:
         fams = sorted({tr.family for tr in traces})
         groups += [(f, [tr for tr in traces if tr.family == f]) for f in fams]
     for h in horizons:
-        ours_w = {n: {t: (v is not None and v <= h) for t, v in d.items()} for n, d in ours.items()}
-        pl_w = {n: {t: (v >= by_name[n].threshold) for t, v in d.items()} for n, d in pl[h].items()}
         for gname, group in groups:
             print(f"\nHorizon H = {h / 60:g} min, traces: {gname}\n")
             print(
@@ -263,13 +356,57 @@ def main(argv: list[str] | None = None) -> int:
                 "TTT abs err, all warnings (min, median) |"
             )
             print("|---|---|---|---|---|---|---|---|")
-            print(_row("gpuwarden (Theil–Sen, 2 windows, gated)", score(group, ours_w, ours, h)))
-            print(_row("predict_linear (Prometheus 2.42)", score(group, pl_w, pl_ttt, h)))
+            print(_row("gpuwarden, values only (predict --csv)", score(group, our_warns(ours_v, h), ours_v, h)))
+            print(_row("gpuwarden, with gpu_throttle_active", score(group, our_warns(ours_t, h), ours_t, h)))
+            print(_row("predict_linear (Prometheus 2.42)", score(group, pl_warns(h), pl_ttt, h)))
+
+    # The gate curve at H = 10 min: false-alarm traces against median lead.
+    h = 600.0
+    curve: dict[str, list[tuple[float, int, float]]] = {"gpuwarden (values only)": [], "predict_linear": []}
+    print(f"\nGate sweep, H = {h / 60:g} min: gate -> false-alarm traces, median lead (min), misses\n")
+    print("| gate | gpuwarden FA | gpuwarden lead | gpuwarden misses | predict_linear FA | lead | misses |")
+    print("|---|---|---|---|---|---|---|")
+    for g in GATES:
+        ttt = {n: ours_ttt(r, g) for n, r in raw_v.items()}
+        so = score(traces, our_warns(ttt, h), ttt, h)
+        sp = score(traces, pl_warns(h, g), pl_ttt, h)
+        curve["gpuwarden (values only)"].append((g, so.false_alarms, _med_lead(so)))
+        curve["predict_linear"].append((g, sp.false_alarms, _med_lead(sp)))
+        print(
+            f"| {g:g} | {so.false_alarms}/{so.quiet} | {_med_lead(so):.1f} | {so.crossing - so.detected} | "
+            f"{sp.false_alarms}/{sp.quiet} | {_med_lead(sp):.1f} | {sp.crossing - sp.detected} |"
+        )
+    if args.curve:
+        draw_curve(curve, Path(args.curve), args.seed, len(traces))
     print(
-        f"\nours: {t_ours:.1f}s for {sum(len(d) for d in ours.values())} forecasts; "
-        f"Prometheus (build TSDB, start, {2 + len(horizons)} query_range): {t_prom:.1f}s"
+        f"\nours: {t_ours:.1f}s for {2 * sum(r.times.size for r in raw_v.values())} forecasts; "
+        f"Prometheus (build TSDB, start, {2 + len(pl)} query_range): {t_prom:.1f}s"
     )
     return 0
+
+
+def draw_curve(curve: dict[str, list[tuple[float, int, float]]], path: Path, seed: int, n: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for (name, pts), marker in zip(curve.items(), ("o", "s"), strict=False):
+        xs, ys = [p[1] for p in pts], [p[2] for p in pts]
+        ax.plot(xs, ys, marker=marker, label=name)
+        for g, x, y in pts:
+            ax.annotate(f"{g:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("false-alarm traces (never cross, warned)")
+    ax.set_ylabel("median lead before the crossing (min)")
+    ax.set_title(f"Confidence gate swept, H = 10 min (seed {seed}, {n} traces)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    print(f"curve: {path}")
 
 
 if __name__ == "__main__":

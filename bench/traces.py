@@ -14,11 +14,26 @@ that starts a run of samples at or above the threshold lasting ``hold`` seconds 
 * ``power_ramp``       power creeping toward 450 W, or a noisy plateau near 400 W that never crosses.
 * ``ecc_drip``         correctable errors in the last 300 s (integer steps): a drip whose rate
                        grows past 10 per 5 min, or a steady drip that stays below.
+
+Hard negatives (issue 17), from the same physics with parameters drawn from ranges:
+
+* ``settling``         a load step: first-order approach (tau 1.5–10 min) to an asymptote 0.5–6 °C
+                       below 85 °C, sometimes a second step later; never crosses.
+* ``throttle_plateau`` a climb (0.5–3 °C/min) that the firmware's thermal slowdown holds at
+                       82–84.6 °C; ``throttle`` is 1 while it holds (gpu_throttle_active).
+* ``load_cycle``       a square-wave load (period 4–20 min): temperature relaxes toward the high
+                       and low asymptotes in turn (the high one may lie above 85 °C, but the peaks
+                       stay below it).
+
+``throttle`` (0/1 per sample) is what ``gpu_throttle_active`` would show; the CSV interface sees
+values only, the agent sees both.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +52,7 @@ class Trace:
     values: np.ndarray
     threshold: float
     hold: float  # seconds over the threshold that make a real crossing (the rule's for:)
+    throttle: np.ndarray | None = None  # 1 where a slowdown or power cap is active
 
     @property
     def crossing(self) -> float | None:
@@ -104,7 +120,7 @@ def noisy_plateau(rng: np.random.Generator) -> np.ndarray:
     return level + wander + _noise(rng, t.size, rng.uniform(0.3, 1.5))
 
 
-def throttled(rng: np.random.Generator) -> np.ndarray:
+def throttled(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     t = _t()
     base = rng.uniform(60, 70)
     cap = rng.uniform(80, 83.5)
@@ -114,11 +130,14 @@ def throttled(rng: np.random.Generator) -> np.ndarray:
         # Hard cap: a linear climb clipped (sw_thermal_slowdown holds the temperature).
         rate = rng.uniform(0.5, 2.0) / 60
         y = np.minimum(base + x * rate, cap)
+        held = base + x * rate >= cap
     else:
-        # Power cap: first-order approach to a cap below the threshold.
+        # Power cap: first-order approach to a cap below the threshold (sw_power_cap active
+        # from the load step on).
         tau = rng.uniform(3, 10) * 60
         y = base + (cap - base) * (1 - np.exp(-x / tau))
-    return y + _noise(rng, t.size, rng.uniform(0.2, 0.8))
+        held = x > 0
+    return y + _noise(rng, t.size, rng.uniform(0.2, 0.8)), held.astype(float)
 
 
 def spikes(rng: np.random.Generator) -> np.ndarray:
@@ -159,7 +178,56 @@ def ecc_drip(rng: np.random.Generator) -> np.ndarray:
     return in_window[: t.size].astype(float)
 
 
-FAMILIES = {
+def settling(rng: np.random.Generator) -> np.ndarray:
+    t = _t()
+    y = np.full(t.size, rng.uniform(50, 70))
+    level = y[0]
+    t0 = rng.uniform(12, 40) * 60
+    steps = [(t0, THERMAL_T - rng.uniform(0.5, 6))]
+    if rng.random() < 0.4:
+        steps.append((t0 + rng.uniform(12, 25) * 60, THERMAL_T - rng.uniform(0.5, 6)))
+    for start, a in steps:
+        tau = rng.uniform(1.5, 10) * 60
+        x = t - start
+        after = x > 0
+        # Continue from wherever the previous step had got to.
+        level = float(np.interp(start, t, y))
+        y = np.where(after, a + (level - a) * np.exp(-np.clip(x, 0, None) / tau), y)
+    return y + _noise(rng, t.size, rng.uniform(0.2, 0.8))
+
+
+def throttle_plateau(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    t = _t()
+    base = rng.uniform(60, 72)
+    hold_at = THERMAL_T - rng.uniform(0.4, 3)
+    rate = rng.uniform(0.5, 3) / 60
+    t0 = rng.uniform(15, 40) * 60
+    free = base + np.clip(t - t0, 0, None) * rate
+    held = free >= hold_at
+    # The slowdown holds the die a little under its target, with the clock's own wobble.
+    y = np.where(held, hold_at - np.abs(rng.normal(0, 0.3, t.size)), free)
+    return y + _noise(rng, t.size, rng.uniform(0.15, 0.5)), held.astype(float)
+
+
+def load_cycle(rng: np.random.Generator) -> np.ndarray:
+    t = _t()
+    while True:
+        period = rng.uniform(4, 20) * 60
+        duty = rng.uniform(0.3, 0.7)
+        lo, hi = rng.uniform(50, 65), rng.uniform(78, 95)
+        tau = rng.uniform(1.5, 8) * 60
+        phase = rng.uniform(0, period)
+        load_hi = ((t + phase) % period) < duty * period
+        y = np.empty(t.size)
+        y[0] = lo
+        for i in range(1, t.size):
+            a = hi if load_hi[i] else lo
+            y[i] = a + (y[i - 1] - a) * np.exp(-STEP / tau)
+        if y.max() < THERMAL_T - 0.5:
+            return y + _noise(rng, t.size, rng.uniform(0.2, 0.6))
+
+
+FAMILIES: dict[str, tuple[Callable[[np.random.Generator], Any], float, float, int]] = {
     "runaway_linear": (runaway_linear, THERMAL_T, 30.0, 50),
     "runaway_accel": (runaway_accel, THERMAL_T, 30.0, 30),
     "runaway_approach": (runaway_approach, THERMAL_T, 30.0, 30),
@@ -168,6 +236,9 @@ FAMILIES = {
     "spikes": (spikes, THERMAL_T, 30.0, 30),
     "power_ramp": (power_ramp, POWER_T, 20.0, 30),
     "ecc_drip": (ecc_drip, ECC_T, 0.0, 30),
+    "settling": (settling, THERMAL_T, 30.0, 40),
+    "throttle_plateau": (throttle_plateau, THERMAL_T, 30.0, 30),
+    "load_cycle": (load_cycle, THERMAL_T, 30.0, 30),
 }
 
 
@@ -177,5 +248,7 @@ def generate(seed: int = 6, scale: float = 1.0) -> list[Trace]:
     out: list[Trace] = []
     for family, (gen, threshold, hold, count) in FAMILIES.items():
         for i in range(max(1, round(count * scale))):
-            out.append(Trace(f"{family}-{i:03d}", family, _t(), gen(rng), threshold, hold))
+            got = gen(rng)
+            values, throttle = got if isinstance(got, tuple) else (got, None)
+            out.append(Trace(f"{family}-{i:03d}", family, _t(), values, threshold, hold, throttle))
     return out

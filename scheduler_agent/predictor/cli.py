@@ -1,6 +1,6 @@
 """``gpuwarden-agent predict``: forecasts from a CSV file, or from Prometheus for every GPU.
 
-    gpuwarden-agent predict --csv FILE --threshold T [--window S] [--horizon S]
+    gpuwarden-agent predict --csv FILE --threshold T [--window S] [--horizon S] [--metric KIND]
         Reads ``timestamp,value`` lines (seconds, float; a header line and blank lines are
         skipped) and prints ONE JSON object judged as of the last sample: seconds_to_threshold
         (null when no crossing is predicted with enough confidence), confidence (0-1),
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .forecast import MIN_CONFIDENCE, forecast_series
+from .models import KINDS
 from .trend import InsufficientData
 
 DEFAULT_WINDOW = 600.0
@@ -81,7 +82,8 @@ def predict_csv(args: argparse.Namespace, out: TextIO) -> int:
     if not times:
         raise InputError(f"{args.csv}: no samples")
     try:
-        f = forecast_series(times, values, args.threshold, args.window, args.min_confidence)
+        kind = None if args.metric == "auto" else args.metric
+        f = forecast_series(times, values, args.threshold, args.window, args.min_confidence, kind=kind)
     except InsufficientData as exc:
         raise InputError(f"{args.csv}: {exc} (window {args.window:g}s)") from None
     d = f.as_dict()
@@ -184,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--window", type=float, default=DEFAULT_WINDOW, help="fit the last this many seconds (default %(default)g)"
+    )
+    p.add_argument(
+        "--metric",
+        choices=("auto", *KINDS),
+        default="auto",
+        help="offline: which model judges the series (default auto: whole counts under a small threshold "
+        "are ECC errors per window, anything else a temperature-like first-order series)",
     )
     p.add_argument(
         "--min-confidence",

@@ -1,4 +1,9 @@
-"""Time to threshold, its confidence, and a 0-1 risk from one fitted trend.
+"""Time to threshold, its confidence, and a 0-1 risk.
+
+``forecast_series``/``raw_forecast`` (the CSV interface, the bench, the service) fit the
+per-kind models of models.py (first-order approach, line, accelerating climb; held plateaus;
+spikes ignored) and gate them by confidence; ``forecast(trend, ...)`` below is the older path
+from a Theil–Sen ``trend.Trend`` and is kept for its callers.
 
 Confidence is the evidence that the metric really moves toward the threshold: from the slope's
 interval (Theil–Sen, see trend.py) we take z = slope / stderr and report 2·Φ(z) − 1, i.e. one
@@ -22,7 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from .trend import InsufficientData, Trend, fit_trend
+from . import models
+from .models import MIN_SAMPLES
+from .trend import InsufficientData, Trend
 
 # Forecasts less sure than this are withheld (seconds_to_threshold None). Chosen on the
 # bench's traces (bench/predictor_eval.py); 0.9 ≈ slope significant at p < 0.1.
@@ -131,11 +138,133 @@ def forecast(
     return Forecast(threshold, level, trend.last_value, trend.slope, ttt, confidence, risk, trend.model, reason)
 
 
+def _window_rows(
+    t: np.ndarray, y: np.ndarray, th: np.ndarray | None, window: float | None, lags: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[bool]]:
+    """One row per forecast time (the last sample, then ``lags`` earlier ones), each holding the
+    samples of its window (NaN-padded on the left), times relative to its own end."""
+    n = t.size
+    rows_s: list[np.ndarray] = []
+    rows_y: list[np.ndarray] = []
+    rows_th: list[np.ndarray] = []
+    enough: list[bool] = []
+    for k in range(lags + 1):
+        e = n - 1 - k
+        if e < 0:
+            rows_s.append(np.empty(0))
+            rows_y.append(np.empty(0))
+            rows_th.append(np.empty(0))
+            enough.append(False)
+            continue
+        lo = 0 if window is None else int(np.searchsorted(t, t[e] - window, side="left"))
+        rows_s.append(t[lo : e + 1] - t[e])
+        rows_y.append(y[lo : e + 1])
+        rows_th.append(th[lo : e + 1] if th is not None else np.empty(0))
+        enough.append(e + 1 - lo >= MIN_SAMPLES)
+    m = max(1, max(r.size for r in rows_s))
+    S = np.full((len(rows_s), m), np.nan)
+    Y = np.full((len(rows_s), m), np.nan)
+    TH = np.zeros((len(rows_s), m)) if th is not None else None
+    for i, (rs, ry) in enumerate(zip(rows_s, rows_y, strict=True)):
+        if rs.size:
+            S[i, m - rs.size :], Y[i, m - ry.size :] = rs, ry
+            if TH is not None:
+                TH[i, m - rs.size :] = rows_th[i]
+    return S, Y, TH, enough
+
+
+def forecasts_from_fit(
+    fit: models.BatchFit,
+    threshold: np.ndarray | float,
+    last_values: np.ndarray,
+    min_confidence: float,
+) -> list[Forecast]:
+    """Forecast objects from a batch fit (one per row), the confidence gate applied."""
+    thr = np.broadcast_to(np.asarray(threshold, dtype=float), fit.level.shape)
+    out: list[Forecast] = []
+    for i in range(fit.level.size):
+        T, level, slope, conf = float(thr[i]), float(fit.level[i]), float(fit.slope[i]), float(fit.confidence[i])
+        name = models.MODEL_NAMES[int(fit.model[i])]
+        if fit.over[i]:
+            out.append(Forecast(T, level, float(last_values[i]), slope, 0.0, 1.0, 1.0, name, "over the threshold now"))
+            continue
+        a, tau, ttt_f = float(fit.asymptote[i]), float(fit.tau[i]), float(fit.ttt[i])
+        ttt: float | None = ttt_f if math.isfinite(ttt_f) else None
+        if name == "held" and ttt is None:
+            reason = "held by the firmware (a slowdown or power cap is active)"
+        elif slope <= 0:
+            reason = "not rising"
+        elif name == "first-order" and a <= T:
+            reason = f"levelling off below the threshold (asymptote {a:.4g}, time constant {tau:.0f}s)"
+        elif name == "first-order":
+            reason = f"approaching {a:.4g} with time constant {tau:.0f}s"
+        else:
+            reason = f"{name} trend"
+        if ttt is not None and conf < min_confidence:
+            reason = f"trend not significant (confidence {conf:.2f} < {min_confidence:.2f})"
+            ttt = None
+        risk = risk_score(ttt, conf, level, T)
+        out.append(Forecast(T, level, float(last_values[i]), slope, ttt, conf, risk, name, reason))
+    return out
+
+
+def _forecast_rows(
+    t: np.ndarray,
+    y: np.ndarray,
+    threshold: float,
+    window: float | None,
+    min_confidence: float,
+    kind: str | None,
+    throttle: np.ndarray | None,
+    lags: int,
+) -> list[Forecast | None]:
+    kind = kind or models.guess_kind(y, threshold)
+    S, Y, TH, enough = _window_rows(t, y, throttle, window, lags)
+    fit = models.fit_batch(S, Y, threshold, kind, TH)
+    last = np.array([row[np.isfinite(row)][-1] if np.isfinite(row).any() else np.nan for row in Y])
+    fcs = forecasts_from_fit(fit, threshold, last, models.min_confidence_for(kind, min_confidence))
+    return [f if ok else None for f, ok in zip(fcs, enough, strict=True)]
+
+
+def _clean(
+    times: Sequence[float] | np.ndarray,
+    values: Sequence[float] | np.ndarray,
+    throttle: Sequence[float] | np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    t = np.asarray(times, dtype=float)
+    y = np.asarray(values, dtype=float)
+    th = None if throttle is None else np.asarray(throttle, dtype=float)
+    if t.shape != y.shape or t.ndim != 1 or (th is not None and th.shape != t.shape):
+        raise ValueError(f"times and values must be 1-D and equally long, got {t.shape} and {y.shape}")
+    ok = np.isfinite(t) & np.isfinite(y)
+    t, y = t[ok], y[ok]
+    th = th[ok] if th is not None else None
+    if t.size and np.any(np.diff(t) < 0):
+        order = np.argsort(t, kind="stable")
+        t, y = t[order], y[order]
+        th = th[order] if th is not None else None
+    return t, y, th
+
+
 def raw_forecast(
-    t: np.ndarray, y: np.ndarray, threshold: float, window: float | None, min_confidence: float = MIN_CONFIDENCE
+    t: np.ndarray,
+    y: np.ndarray,
+    threshold: float,
+    window: float | None,
+    min_confidence: float = MIN_CONFIDENCE,
+    kind: str | None = None,
+    throttle: np.ndarray | None = None,
 ) -> Forecast:
-    """One forecast as of the last of the (sorted, finite) samples, without persistence."""
-    return forecast(fit_trend(t, y, window), threshold, y[-3:], min_confidence)
+    """One forecast as of the last of the (sorted, finite) samples, without persistence.
+
+    ``kind``: one of models.KINDS (None: guessed from the values, see models.guess_kind).
+    Raises InsufficientData when the window holds fewer than MIN_SAMPLES samples.
+    """
+    t, y, th = _clean(t, y, throttle)
+    f = _forecast_rows(t, y, threshold, window, min_confidence, kind, th, 0)[0]
+    if f is None:
+        raise InsufficientData(f"{t.size} samples in the window, need at least {MIN_SAMPLES}")
+    return f
 
 
 def confirm(current: Forecast, earlier: Sequence[Forecast | None]) -> Forecast:
@@ -172,25 +301,19 @@ def forecast_series(
     window: float | None = None,
     min_confidence: float = MIN_CONFIDENCE,
     persist: int = PERSIST,
+    kind: str | None = None,
+    throttle: Sequence[float] | np.ndarray | None = None,
 ) -> Forecast:
     """Forecast as of the last sample, confirmed by the ``persist`` scrapes before it.
 
+    ``kind``: one of models.KINDS, None to guess (models.guess_kind). ``throttle``: 0/1 per
+    sample, 1 where a slowdown or power cap was active (gpu_throttle_active), or None.
     Raises trend.InsufficientData when the last window holds too few samples.
     """
-    t = np.asarray(times, dtype=float)
-    y = np.asarray(values, dtype=float)
-    ok = np.isfinite(t) & np.isfinite(y)
-    t, y = t[ok], y[ok]
-    if t.size and np.any(np.diff(t) < 0):
-        order = np.argsort(t, kind="stable")
-        t, y = t[order], y[order]
-    current = raw_forecast(t, y, threshold, window, min_confidence)
-    if current.seconds_to_threshold is None or current.seconds_to_threshold == 0.0:
-        return current
-    earlier: list[Forecast | None] = []
-    for k in range(1, persist + 1):
-        try:
-            earlier.append(raw_forecast(t[:-k], y[:-k], threshold, window, min_confidence))
-        except InsufficientData:
-            earlier.append(None)
-    return confirm(current, earlier)
+    t, y, th = _clean(times, values, throttle)
+    rows = _forecast_rows(t, y, threshold, window, min_confidence, kind, th, persist)
+    current = rows[0]
+    if current is None:
+        n = t.size if window is None else int(np.sum(t >= t[-1] - window)) if t.size else 0
+        raise InsufficientData(f"{n} samples in the window, need at least {MIN_SAMPLES}")
+    return confirm(current, rows[1:])

@@ -1,0 +1,69 @@
+"""The per-kind models (models.py) and the migration decision that uses them (issue 17)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gpuwarden.scheduler_agent.predictor import models
+from gpuwarden.scheduler_agent.predictor.health import evaluate, migration_candidates
+from gpuwarden.scheduler_agent.predictor.specs import MetricSpec
+
+STEP = 15.0
+NOW = 1_800_000_000.0
+SPEC = MetricSpec("temperature", "Temperature", "gpu_temperature_celsius", 85.0, "THERMAL_CRITICAL", "°C")
+
+
+def _rows(values: dict[str, np.ndarray]) -> list[tuple[dict[str, str], np.ndarray, np.ndarray]]:
+    out = []
+    for i, (uuid, y) in enumerate(values.items()):
+        t = NOW - STEP * np.arange(y.size)[::-1]
+        out.append(({"gpu": str(i), "uuid": uuid, "instance": "node1:9786"}, t, y))
+    return out
+
+
+def test_settling_gpu_left_alone_and_runaway_migrated() -> None:
+    """Both GPUs are at 79 °C and rising 1 °C/min now. One settles at 83 °C (a load step, first-order
+    with tau 4 min); the other lost its cooling (asymptote 110 °C, tau 20 min). A line forecasts 85 °C
+    within the lead time for both; the model migrates only the runaway."""
+    rng = np.random.default_rng(5)
+    s = np.arange(-1200.0, 0.0 + STEP / 2, STEP)
+    onset = -600.0
+    x = np.clip(s - onset, 0, None)
+    settle = 83 - (83 - 60) * np.exp(-x / 240)
+    runaway = 110 - (110 - 60) * np.exp(-x / 1200)
+    settle += rng.normal(0, 0.3, s.size)
+    runaway += rng.normal(0, 0.3, s.size)
+    for y in (settle, runaway):
+        line = np.polyfit(s[-41:], y[-41:], 1)
+        assert (85 - np.polyval(line, 0.0)) / line[0] < 900  # predict_linear would migrate both
+    gpus = evaluate([SPEC], {"temperature": _rows({"GPU-settle": settle, "GPU-runaway": runaway})}, {}, NOW, 600.0)
+    cands = migration_candidates(gpus, [SPEC], lead_time=900.0)
+    assert "GPU-runaway" in cands and "GPU-settle" not in cands, (cands, gpus["GPU-settle"].forecasts)
+    assert gpus["GPU-settle"].forecasts["temperature"].seconds_to_threshold is None
+
+
+def test_held_by_firmware_is_not_extrapolated() -> None:
+    """A climb the thermal slowdown holds at 84 °C: with gpu_throttle_active the climb before it is
+    not extrapolated; the values alone (a CSV) still see it rising."""
+    s = np.arange(-600.0, 0.0 + STEP / 2, STEP)
+    y = np.minimum(75 + (s + 600) / 60 * 2.0, 84.0)  # +2 °C/min, held for the last ~90 s
+    held = (y >= 84.0).astype(float)
+    fit = models.fit_batch(s, y, 85.0, "temperature", held)
+    assert fit.model[0] == models.MODEL_HELD and not np.isfinite(fit.ttt[0])
+
+
+def test_batch_rows_are_independent() -> None:
+    """A fleet batch gives each row the result it gets alone (the service fits all GPUs at once)."""
+    rng = np.random.default_rng(9)
+    s = np.arange(-600.0, 0.0 + STEP / 2, STEP)
+    ys = np.stack([70 + k * 0.01 * (s + 600) + rng.normal(0, 0.5, s.size) for k in range(6)])
+    batch = models.fit_batch(s, ys, 85.0, "temperature")
+    for k in range(6):
+        one = models.fit_batch(s, ys[k : k + 1], 85.0, "temperature")
+        assert one.ttt[0] == batch.ttt[k] and one.confidence[0] == batch.confidence[k]
+
+
+def test_guess_kind() -> None:
+    assert models.guess_kind([0, 1, 3, 2], 10.0) == "ecc"
+    assert models.guess_kind([70, 71, 72], 85.0) == "temperature"  # whole degrees are not counts
+    assert models.guess_kind([0.5, 1.5], 10.0) == "temperature"
