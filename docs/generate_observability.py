@@ -5,8 +5,8 @@
 
 Metrics come from real /metrics pages: the exporter (``gpuwarden-exporter --simulate 2``, both
 simulated boards) and the agent (``gpuwarden-agent serve`` with every plug-in enabled) are started
-on free ports, given one event each (an XID; a webhook delivery) so that labelled counters have a
-series, and scraped; each family's name, type, help and label names are read from the exposition. Alerts and
+on free ports, given events (an XID; a webhook delivery, a job, a rising temperature for the
+predictor to read from a stand-in Prometheus) so that labelled families have a series, and scraped; each family's name, type, help and label names are read from the exposition. Alerts and
 recording rules come from the generated rule files in rules/generated (themselves generated from
 rules/thresholds.yaml), so neither list can drift from what is shipped. Lives beside the doc, not
 inside a package, because it depends on all three packages and none of them should depend on it.
@@ -15,13 +15,17 @@ inside a package, because it depends on all three packages and none of them shou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import yaml
@@ -64,11 +68,11 @@ def _scrape(
     cwd: Path,
     ready: str | None = None,
     prepare: Callable[[], None] | None = None,
-    until: str | None = None,
+    until: Sequence[str] = (),
 ) -> str:
     """Starts ``argv``, waits for ``ready`` (default ``url``) to answer, runs ``prepare`` (events
     that make labelled families show their series), returns ``url``'s body once it contains
-    ``until``, and stops the process (its whole group, by pid) whatever happens."""
+    every string of ``until``, and stops the process (its whole group, by pid) whatever happens."""
     proc = Proc(argv, cwd / "child.log", cwd=cwd, append=True)
     try:
         try:
@@ -80,10 +84,11 @@ def _scrape(
         deadline = time.monotonic() + 30
         while True:
             text = _get(url)
-            if until is None or until in text:
+            missing = [u for u in until if u not in text]
+            if not missing:
                 return text
             if time.monotonic() > deadline:
-                raise SystemExit(f"{url} never showed {until!r} within 30s; see {proc.log}")
+                raise SystemExit(f"{url} never showed {missing!r} within 30s; see {proc.log}")
             time.sleep(0.1)
     finally:
         proc.stop(10)
@@ -125,26 +130,85 @@ def exporter_metrics(tmp: Path) -> list[Family]:
             f"http://127.0.0.1:{port}/metrics",
             tmp,
             prepare=xid,
-            until="gpu_xid_errors_total{",
+            until=["gpu_xid_errors_total{"],
         )
     return families(text)
 
 
+# The GPU the agent's documented series describe: its node as Prometheus names the exporter
+# target (the static inventory says so with ``instance``), and its uuid.
+DOC_INSTANCE, DOC_UUID = "gpu-node-1:9786", "GPU-node-a-0"
+
+
+@contextlib.contextmanager
+def stand_in_prometheus() -> Iterator[str]:
+    """A stdlib server answering the predictor's range queries for one GPU: thresholds at 85,
+    no errors, and every metric rising from 40 by 0.05 a second, so that the predictor exports
+    a risk and a forecast with the labels it gives them. Yields its URL; stops on exit."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            url = urllib.parse.urlparse(self.path)
+            q = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
+            start, end, step = float(q["start"]), float(q["end"]), float(q["step"])
+            query = q["query"]
+            if "threshold" in query:
+                value: Callable[[float], float] = lambda t: 85.0  # noqa: E731 - a tiny table of curves
+            elif "error" in query or "xid" in query:
+                value = lambda t: 0.0  # noqa: E731
+            else:
+                value = lambda t: 40.0 + 0.05 * (t - start)  # noqa: E731
+            times = [start + i * step for i in range(int((end - start) / step) + 1)]
+            labels = {"instance": DOC_INSTANCE, "job": "gpuwarden-exporter", "gpu": "0", "uuid": DOC_UUID}
+            body = json.dumps(
+                {
+                    "status": "success",
+                    "data": {
+                        "resultType": "matrix",
+                        "result": [{"metric": labels, "values": [[t, repr(value(t))] for t in times]}],
+                    },
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def agent_metrics(tmp: Path) -> list[Family]:
-    """The agent with its scheduler, remediation and predictor plug-ins (the predictor pointed
-    at a Prometheus that is not there: its families exist all the same), after one webhook
-    delivery so that the per-action counters have a series."""
+    """The agent with its scheduler, remediation and predictor plug-ins (the predictor reading a
+    stand-in Prometheus), after one webhook delivery and one job, so that the per-action
+    counters, the allocations and the predictor's per-GPU families have a series."""
+    with stand_in_prometheus() as prom_url:
+        return _agent_metrics(tmp, prom_url)
+
+
+def _agent_metrics(tmp: Path, prom_url: str) -> list[Family]:
     port = free_port()
     token = "generate-observability-webhook"
-    (tmp / "token").write_text("generate-observability-operator\n")
+    operator = "generate-observability-operator"
+    (tmp / "token").write_text(operator + "\n")
     (tmp / "webhook-token").write_text(token + "\n")
     config = {
         "web": {"listen_address": f"127.0.0.1:{port}", "token_file": "token"},
         "database": {"path": "agent.db"},
-        "inventory": {"nodes": [{"name": "node-a", "count": GPUS}]},
+        "inventory": {"nodes": [{"name": "node-a", "instance": DOC_INSTANCE, "count": GPUS}]},
         "executor": {"kind": "tracking"},
         "remediation": {"auth": {"bearer_token_file": "webhook-token"}},
-        "predictor": {"prometheus_url": f"http://127.0.0.1:{free_port()}", "timeout_seconds": 1},
+        "predictor": {"prometheus_url": prom_url, "timeout_seconds": 1, "period_seconds": 1},
     }
     (tmp / "agent.yaml").write_text(yaml.safe_dump(config))
     alert = {
@@ -154,7 +218,7 @@ def agent_metrics(tmp: Path) -> list[Family]:
             "rule": "THERMAL_WARNING",
             "severity": "warning",
             "action": "notify",
-            "instance": "node-a",
+            "instance": DOC_INSTANCE,
             "gpu": "0",
             "uuid": "GPU-node-a-0",
         },
@@ -177,11 +241,16 @@ def agent_metrics(tmp: Path) -> list[Family]:
         "alerts": [alert],
     }
 
-    def deliver():
-        return _get(
+    def deliver() -> None:
+        _get(
             f"http://127.0.0.1:{port}/webhook/alertmanager",
             json.dumps(body).encode(),
             {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        )
+        _get(  # a tracked job (no command) holds a GPU: gpu_allocation_info has a series
+            f"http://127.0.0.1:{port}/api/v1/jobs",
+            json.dumps({"name": "train", "gpus": 1}).encode(),
+            {"Content-Type": "application/json", "Authorization": f"Bearer {operator}"},
         )
 
     text = _scrape(
@@ -190,7 +259,7 @@ def agent_metrics(tmp: Path) -> list[Family]:
         tmp,
         ready=f"http://127.0.0.1:{port}/healthz",
         prepare=deliver,
-        until="remediation_actions_total{",
+        until=["remediation_actions_total{", "gpu_allocation_info{", "gpu_predicted_seconds_to_threshold{"],
     )
     return families(text)
 
@@ -228,7 +297,9 @@ def render(exporter: list[Family], agent: list[Family]) -> str:
         "",
         "What gpuwarden exposes and what it alerts on, read from the running code and the shipped "
         "rules. Per-GPU series carry `gpu` (the index on its node) and `uuid`; Prometheus adds "
-        "`instance` and `job` (`gpuwarden-exporter`, `gpuwarden-agent`) when it scrapes.",
+        "`instance` and `job` (`gpuwarden-exporter`, `gpuwarden-agent`) when it scrapes. The agent's "
+        "per-GPU series carry `instance` themselves: the GPU's node as Prometheus names its exporter "
+        "target, not the agent's address, so the agent's scrape job sets `honor_labels: true`.",
         "",
         f"## Exporter metrics (`gpuwarden-exporter`, default port 9786): {len(exporter)} families",
         "",
@@ -240,8 +311,8 @@ def render(exporter: list[Family], agent: list[Family]) -> str:
         f"## Agent metrics (`gpuwarden-agent`, default port 9787): {len(agent)} families",
         "",
         "Scraped from `gpuwarden-agent serve` with the scheduler, remediation and predictor enabled, "
-        "after one webhook delivery. The predictor's per-GPU families (no label shown) get their "
-        "series (`gpu`, `uuid`; the forecast also `metric`) once it has read Prometheus.",
+        "after one webhook delivery and one job, its predictor reading a stand-in Prometheus (one "
+        "GPU heating). `gpu_state` also carries `node`, the inventory's own name for the node.",
         "",
         *_metric_table(agent),
         "",
