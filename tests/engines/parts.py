@@ -190,6 +190,12 @@ class Parts:
         proc = self.start(name, argv, f"http://{LOOPBACK}:{port}/healthz", cwd=directory)
         return Agent(proc, port, directory)
 
+    def restart(self, agent: Agent) -> Agent:
+        """The agent started again, same config, same SQLite file (after a stop by pid)."""
+        assert not agent.proc.alive(), "stop the agent first"
+        proc = self.start(agent.proc.name, agent.proc.argv, agent.url + "/healthz", cwd=agent.directory)
+        return Agent(proc, agent.port, agent.directory)
+
     def sink(self) -> NotificationSink:
         """Where the shipped tree's on-call and chat receivers deliver (no PagerDuty or Slack)."""
         sink = NotificationSink(0).start()
