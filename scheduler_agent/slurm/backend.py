@@ -30,6 +30,7 @@ context (an operator's quarantine through the API) commands are journaled under 
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import re
 import threading
@@ -52,6 +53,9 @@ if TYPE_CHECKING:
 # Seconds between a requeue and the start-time reset (see the module docstring): past the
 # second in which slurmd revoked the previous run's credential, with a second to spare.
 REQUEUE_SETTLE_SECONDS = 2.0
+# How long a metrics scrape waits for scontrol's answer on the allocations before it reports the
+# last one read: a slow slurmctld must not make the agent's whole /metrics miss its scrape timeout.
+ALLOCATIONS_WAIT_SECONDS = 3.0
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +113,14 @@ class SlurmPort:
         self.sleep = sleep
         self._lock = threading.RLock()
         self._own = threading.local()  # set while we call the embedded scheduler ourselves
+        # One allocations read in flight at a time (a hung scontrol never piles up threads).
+        self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="slurm-allocations")
+        self._reading: concurrent.futures.Future[list[Allocation]] | None = None
+        self._last_allocations: list[Allocation] = []
+        self._reading_lock = threading.Lock()
 
     def close(self) -> None:
+        self._reader.shutdown(wait=False, cancel_futures=True)
         self.journal.close()
 
     # -- reading Slurm --------------------------------------------------------------------
@@ -364,7 +374,22 @@ class SlurmPort:
         The inventory names each GPU's uuid and Prometheus instance; its node is matched to a
         Slurm node the way alerts are (``NodeMap``). A GPU the inventory does not list is still
         reported, under the Slurm node's name and without a uuid. Raises ``SlurmError`` when
-        scontrol fails (the scheduler then leaves Slurm's jobs out of that scrape)."""
+        scontrol fails (the scheduler then leaves Slurm's jobs out of that scrape); when it has
+        not answered within ``ALLOCATIONS_WAIT_SECONDS``, the last answer is given instead."""
+        with self._reading_lock:
+            if self._reading is None or self._reading.done():
+                self._reading = self._reader.submit(self._read_allocations)
+            reading = self._reading
+        try:
+            self._last_allocations = reading.result(ALLOCATIONS_WAIT_SECONDS)
+        except concurrent.futures.TimeoutError:
+            log.warning(
+                "scontrol is slow: gpu_allocation_info shows the last allocations read",
+                extra={"event": "slurm.allocations_slow", "wait_seconds": ALLOCATIONS_WAIT_SECONDS},
+            )
+        return list(self._last_allocations)
+
+    def _read_allocations(self) -> list[Allocation]:
         nodes = self.nodes()
         known: dict[tuple[str, int], tuple[str, str]] = {}  # (Slurm node, index) -> (instance, uuid)
         resolved: dict[str, str | None] = {}
