@@ -41,6 +41,8 @@ from gpuwarden.procs import Proc, ProcError, free_port, wait_http
 from gpuwarden.prom import PrometheusClient
 from gpuwarden.scheduler_agent.predictor import models
 from gpuwarden.scheduler_agent.predictor.forecast import MIN_CONFIDENCE, PERSIST, forecast_series
+from gpuwarden.scheduler_agent.predictor.health import evaluate
+from gpuwarden.scheduler_agent.predictor.specs import load_specs
 
 METRIC = "bench_trace"
 
@@ -244,30 +246,31 @@ GATES = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
 
 
 def fleet_timing(gpus: int, window: float, seed: int) -> None:
-    """One predictor cycle's model work for ``gpus`` GPUs: the four kinds, each GPU's current
-    window and the PERSIST earlier ones, as the service fits them (one batch per kind)."""
+    """One predictor cycle's model work for ``gpus`` GPUs: ``health.evaluate`` (what
+    PredictorService.fetch calls after its query_range calls, one per signal) on synthetic rows
+    for the four metrics and the throttle signal, each GPU's window and the PERSIST before it."""
     rng = np.random.default_rng(seed)
-    m = int(round(window / STEP)) + 1
-    n = m + PERSIST
-    t = np.arange(n) * STEP
-    base = rng.uniform(40, 80, (gpus, 1)) + rng.uniform(-0.02, 0.05, (gpus, 1)) * t
-    series = {
-        "temperature": (base + rng.normal(0, 0.7, (gpus, n)), 85.0),
-        "power": (5 * base + rng.normal(0, 8, (gpus, n)), 450.0),
-        "memory": (np.clip(0.5 + rng.uniform(0, 1e-4, (gpus, 1)) * t + rng.normal(0, 0.01, (gpus, n)), 0, 1), 0.9),
-        "ecc": (rng.poisson(rng.uniform(0, 4, (gpus, 1)), (gpus, n)).astype(float), 10.0),
+    n = int(round(window / STEP)) + 1 + PERSIST
+    now = 1_800_000_000.0
+    t = now - STEP * np.arange(n)[::-1]
+    x = t - t[0]
+    base = rng.uniform(40, 80, (gpus, 1)) + rng.uniform(-0.02, 0.05, (gpus, 1)) * x
+    values = {
+        "temperature": base + rng.normal(0, 0.7, (gpus, n)),
+        "power": 5 * base + rng.normal(0, 8, (gpus, n)),
+        "memory": np.clip(0.5 + rng.uniform(0, 1e-4, (gpus, 1)) * x + rng.normal(0, 0.01, (gpus, n)), 0, 1),
+        "ecc": rng.poisson(rng.uniform(0, 4, (gpus, 1)), (gpus, n)) / 300.0,
     }
-    throttle = (rng.random((gpus, n)) < 0.05).astype(float)
-    s = (np.arange(m) - (m - 1)) * STEP
+    labels = [{"instance": f"node{i // 8}:9786", "gpu": str(i % 8), "uuid": f"GPU-{i:05d}"} for i in range(gpus)]
+    series = {k: [(labels[i], t, v[i]) for i in range(gpus)] for k, v in values.items()}
+    throttle = [(labels[i], t, (rng.random(n) < 0.05).astype(float)) for i in range(gpus)]
+    specs = load_specs()
     t0 = time.perf_counter()
-    for kind, (y, thr) in series.items():
-        rows = np.concatenate([y[:, n - m - k : n - k] for k in range(PERSIST + 1)])
-        th = np.concatenate([throttle[:, n - m - k : n - k] for k in range(PERSIST + 1)])
-        models.fit_batch(s, rows, thr, kind, th if kind in ("temperature", "power") else None)
+    out = evaluate(specs, series, {}, now, window, throttle=throttle)
     dt = time.perf_counter() - t0
     print(
-        f"fleet: {gpus} GPUs x 4 kinds x {PERSIST + 1} windows of {m} samples: model work {dt:.2f}s per cycle "
-        f"({dt / 30 * 100:.1f}% of the default 30 s period)"
+        f"fleet: {gpus} GPUs x {len(specs)} metrics (+ throttle), {n} samples each: health.evaluate "
+        f"{dt:.2f}s per cycle ({dt / 30 * 100:.1f}% of the default 30 s period; {len(out)} GPUs judged)"
     )
 
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .forecast import MIN_CONFIDENCE, Forecast, forecast_series
+from .forecast import MIN_CONFIDENCE, PERSIST, Forecast, confirm, forecasts_from_fit
+from .models import KINDS, MIN_SAMPLES, fit_batch, min_confidence_for
 from .specs import MetricSpec
-from .trend import InsufficientData
 
 UNCORRECTABLE_RISK = 1.0
 XID_RISK = 0.5
@@ -84,6 +84,58 @@ SeriesRows = Sequence[tuple[Mapping[str, str], np.ndarray, np.ndarray]]
 MIN_COVERAGE = 0.5
 
 
+def _batch_forecasts(
+    rows: list[tuple[str, np.ndarray, np.ndarray]],
+    thresholds: np.ndarray,
+    kind: str,
+    window: float,
+    min_confidence: float,
+    throttle: Mapping[str, tuple[np.ndarray, np.ndarray]],
+) -> list[Forecast | None]:
+    """One models.fit_batch for every GPU's series of one metric: each GPU's window ending at its
+    last sample and the PERSIST windows before it, confirmed like forecast_series."""
+    grid = np.unique(np.concatenate([t for _u, t, _v in rows]))
+    g, n, lags = len(rows), grid.size, PERSIST + 1
+    Y = np.full((g, n), np.nan)
+    TH = np.zeros((g, n))
+    for i, (uuid, t, v) in enumerate(rows):
+        Y[i, np.searchsorted(grid, t)] = v
+        if uuid in throttle:
+            tt, tv = throttle[uuid]
+            idx = np.searchsorted(grid, tt)
+            ok = (idx < n) & (grid[np.minimum(idx, n - 1)] == tt)
+            TH[i, idx[ok]] = np.nan_to_num(tv[ok])
+    finite = np.isfinite(Y)
+    ends = np.where(finite, np.arange(n)[None, :], -1).max(axis=1)  # each GPU's last sample
+    S = np.full((g * lags, n), np.nan)
+    YY = np.repeat(Y, lags, axis=0)
+    THH = np.repeat(TH, lags, axis=0)
+    enough = np.zeros(g * lags, dtype=bool)
+    for k in range(lags):
+        # The k-th earlier forecast ends at the k-th sample before the last one.
+        e = ends.copy()
+        for _ in range(k):
+            prev = np.where(finite & (np.arange(n)[None, :] < e[:, None]), np.arange(n)[None, :], -1).max(axis=1)
+            e = prev
+        te = grid[np.maximum(e, 0)]
+        rel = grid[None, :] - te[:, None]
+        inside = (rel <= 0) & (rel >= -window) & finite & (e[:, None] >= 0)
+        S[k::lags] = np.where(inside, rel, np.nan)
+        enough[k::lags] = inside.sum(axis=1) >= MIN_SAMPLES
+    YY = np.where(np.isfinite(S), YY, np.nan)
+    fit = fit_batch(S, YY, np.repeat(thresholds, lags), kind, THH if throttle else None)
+    last = np.array([row[np.isfinite(row)][-1] if np.isfinite(row).any() else np.nan for row in YY])
+    fcs = forecasts_from_fit(fit, np.repeat(thresholds, lags), last, min_confidence_for(kind, min_confidence))
+    out: list[Forecast | None] = []
+    for i in range(g):
+        cur = fcs[i * lags] if enough[i * lags] else None
+        if cur is not None:
+            earlier = [fcs[i * lags + k] if enough[i * lags + k] else None for k in range(1, lags)]
+            cur = confirm(cur, earlier)
+        out.append(cur)
+    return out
+
+
 def evaluate(
     specs: Sequence[MetricSpec],
     series: Mapping[str, SeriesRows],
@@ -92,30 +144,42 @@ def evaluate(
     window: float,
     min_confidence: float = MIN_CONFIDENCE,
     thresholds: Mapping[str, Mapping[str, float]] | None = None,
+    throttle: SeriesRows | None = None,
 ) -> dict[str, GpuHealth]:
     """GpuHealth per uuid from range-query rows: ``series[spec.name]`` and ``errors[kind]``.
 
     ``thresholds[spec.name][uuid]`` is a GPU's own threshold (its profile's, from Prometheus);
-    a GPU without one is judged by ``spec.threshold`` (the default profile's).
+    a GPU without one is judged by ``spec.threshold`` (the default profile's). ``throttle``: rows
+    of ``gpu_throttle_active`` (any throttling reason, 0/1) for the temperature and power models.
+    Every metric is fitted for all GPUs in one batch (models.fit_batch): one pass per metric.
     """
     fc: dict[str, dict[str, Forecast]] = {}
     ident: dict[str, tuple[str, str]] = {}
+    held: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for labels, t, v in throttle or ():
+        held[gpu_key(labels)[0]] = (np.asarray(t, dtype=float), np.asarray(v, dtype=float))
     for spec in specs:
         own = (thresholds or {}).get(spec.name, {})
+        rows: list[tuple[str, np.ndarray, np.ndarray]] = []
         for labels, t, v in series.get(spec.name, ()):
             uuid, gpu, inst = gpu_key(labels)
             ident.setdefault(uuid, (gpu, inst))
             if len(t) == 0 or float(t[-1] - t[0]) < window * MIN_COVERAGE:
                 continue
-            try:
-                fc.setdefault(uuid, {})[spec.name] = forecast_series(
-                    t, v, own.get(uuid, spec.threshold), window, min_confidence
-                )
-            except InsufficientData:
-                continue
+            rows.append((uuid, np.asarray(t, dtype=float), np.asarray(v, dtype=float)))
+        if not rows:
+            continue
+        kind = spec.name if spec.name in KINDS else "temperature"
+        thr = np.array([own.get(u, spec.threshold) for u, _t, _v in rows], dtype=float)
+        uses_throttle = held if kind in ("temperature", "power") else {}
+        for (uuid, _t, _v), f in zip(
+            rows, _batch_forecasts(rows, thr, kind, window, min_confidence, uses_throttle), strict=True
+        ):
+            if f is not None:
+                fc.setdefault(uuid, {})[spec.name] = f
     errs: dict[str, dict[str, float]] = {}
-    for kind, rows in errors.items():
-        for labels, _t, v in rows:
+    for kind, err_rows in errors.items():
+        for labels, _t, v in err_rows:
             uuid, gpu, inst = gpu_key(labels)
             ident.setdefault(uuid, (gpu, inst))
             e = errs.setdefault(uuid, {})

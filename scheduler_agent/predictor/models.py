@@ -181,7 +181,10 @@ def _fit_chunk(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             typical = np.nan_to_num(np.nanmedian(np.where(valid, y, np.nan), axis=1), nan=0.0)
-        sigma = np.maximum(sigma, np.sqrt(np.maximum(typical, 1.0)))
+            # One error's worth in the series' own unit (1 for counts, 1/300 for a 5-minute rate).
+            steps = np.abs(np.diff(np.where(valid, y, np.nan), axis=1))
+            unit = np.nan_to_num(np.nanmin(np.where(steps > 0, steps, np.nan), axis=1), nan=1.0)
+        sigma = np.maximum(sigma, unit * np.sqrt(np.maximum(typical / unit, 1.0)))
     sigma = np.maximum(sigma, max(noise_floor, 1e-9) * np.maximum(1.0, np.abs(thr)))
     w = valid & ~_spikes(y, valid, sigma)
     wf = w.astype(float)

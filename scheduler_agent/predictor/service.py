@@ -44,6 +44,17 @@ ERROR_QUERIES = {
     "xid": "sum by (instance, gpu, uuid) (gpu_xid_errors_total{sel})",
 }
 
+# 1 where any throttling reason (DESIGN.md's list) is active: the firmware is holding the GPU, so
+# the temperature and power models do not extrapolate the climb before it (models.py).
+THROTTLE_REASONS = "sw_power_cap|hw_slowdown|sw_thermal_slowdown|hw_thermal_slowdown|hw_power_brake_slowdown"
+
+
+def throttle_query(selector: str) -> str:
+    """``max by`` GPU of gpu_throttle_active over the throttling reasons, within ``selector``."""
+    inner = selector.strip()[1:-1].strip() if selector.strip() else ""
+    extra = f", {inner}" if inner else ""
+    return f'max by (instance, gpu, uuid) (gpu_throttle_active{{reason=~"{THROTTLE_REASONS}"{extra}}})'
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -192,8 +203,19 @@ class PredictorService:
             ]
             for k, q in ERROR_QUERIES.items()
         }
+        throttle = [
+            (r.labels, r.times, r.values)
+            for r in self.client.query_range(throttle_query(self._error_selector), start, now, self.step)
+        ]
         return evaluate(
-            self.specs, series, errors, now, self.window, self.min_confidence, self.own_thresholds(now, series)
+            self.specs,
+            series,
+            errors,
+            now,
+            self.window,
+            self.min_confidence,
+            self.own_thresholds(now, series),
+            throttle,
         )
 
     def own_thresholds(self, now: float, series: dict[str, list[Any]]) -> dict[str, dict[str, float]]:
@@ -306,7 +328,7 @@ class PredictorService:
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(self.client.timeout * (2 + 2 * len(self.specs)) + 1)
+            self._thread.join(self.client.timeout * (3 + 2 * len(self.specs)) + 1)
             self._thread = None
         if self.migrator is not None:
             self.migrator.close()

@@ -67,3 +67,15 @@ def test_guess_kind() -> None:
     assert models.guess_kind([0, 1, 3, 2], 10.0) == "ecc"
     assert models.guess_kind([70, 71, 72], 85.0) == "temperature"  # whole degrees are not counts
     assert models.guess_kind([0.5, 1.5], 10.0) == "temperature"
+
+
+def test_evaluate_reads_the_throttle_rows() -> None:
+    """health.evaluate (the service's path) hands gpu_throttle_active to the temperature model."""
+    s = np.arange(-600.0 - 2 * STEP, 0.0 + STEP / 2, STEP)
+    y = np.minimum(75 + (s + 630) / 60 * 2.0, 84.0)
+    held = (y >= 84.0).astype(float)
+    rows = _rows({"GPU-held": y})
+    throttle = [(rows[0][0], rows[0][1], held)]
+    gpus = evaluate([SPEC], {"temperature": rows}, {}, NOW, 600.0, throttle=throttle)
+    f = gpus["GPU-held"].forecasts["temperature"]
+    assert f.model == "held" and f.seconds_to_threshold is None

@@ -220,7 +220,9 @@ def test_thresholds_come_from_rules_config(tmp_path) -> None:  # type: ignore[no
 def test_shipped_rules_select_the_exporter_job_everywhere(prom: FakePrometheus) -> None:
     svc = PredictorService(prom.url, None, clock=lambda: NOW)
     assert svc.run_once().ok
-    assert len(prom.queries) == 2 * len(svc.specs) + 2  # series and own thresholds per spec, 2 error counters
+    # series and own thresholds per spec, 2 error counters, the throttle signal
+    assert len(prom.queries) == 2 * len(svc.specs) + 3
+    assert any(q.startswith("max by (instance, gpu, uuid) (gpu_throttle_active{") for q in prom.queries)
     assert all('job="gpuwarden-exporter"' in q for q in prom.queries), prom.queries
 
 
