@@ -45,7 +45,11 @@ def test_two_shards_each_fire_for_their_own_node_and_the_agent_acts_on_both(part
     expected = [n.inject(1, UNCORRECTABLE) for n in nodes]
     for shard, url in enumerate(shards):
         mine = (expected[shard][0], expected[shard][1])
-        wait_until(lambda u=url, m=mine: m in firing_alerts(u), 60, 0.5, f"shard {shard} to fire {mine}")
+
+        def fired(url: str = url, mine: tuple[str, str] = mine) -> bool:
+            return mine in firing_alerts(url)
+
+        wait_until(fired, 60, 0.5, f"shard {shard} to fire {mine}")
     for shard, url in enumerate(shards):
         other = expected[1 - shard][1]
         assert other not in {uuid for _, uuid in firing_alerts(url)}, f"shard {shard} fired for the other shard's node"
