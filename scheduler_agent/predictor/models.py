@@ -13,9 +13,13 @@ whether a series will cross is its physics:
   now, r the slope now, asymptote ``A = L + r·tau``) for tau on a fixed grid; for fixed tau it
   is linear in (L, r), so each tau is a closed-form weighted least-squares fit of a handful of
   running sums. tau = inf is the straight line (a cooling failure with a far asymptote looks
-  like one within a window), negative tau an accelerating climb (leakage feedback). A curved
-  model is chosen only when it beats the line by more than a BIC-like penalty (CURVE_PENALTY
-  noise variances), so a straight runaway keeps the line's early warning.
+  like one within a window), negative tau an accelerating climb (leakage feedback). A curve
+  is chosen only when it beats the line by more than ONSET_PENALTY noise variances per extra
+  parameter (BIC-like), so a straight runaway keeps the line's early warning. tau itself is
+  uncertain: every time constant whose fit is within PLAUSIBLE noise variances of the best is
+  kept, and the forecast is the latest crossing among them (none if one of them levels off
+  below the threshold): a crossing is forecast only when the asymptote is above the threshold
+  for every time constant the window cannot rule out.
 * power: follows the load with no thermal lag, capped by the power limit. Same family (a ramp
   that levels off at the cap is a fast first-order approach), judged the same way.
 * memory (used/total): allocations grow or stay; a leak is linear. Line only.
@@ -26,10 +30,10 @@ whether a series will cross is its physics:
 
 Assumptions, and what guards each one:
 
-* One regime per fit. A load step inside the window breaks any single curve, so each series is
-  fitted on the longest recent part of the window (SEGMENTS) whose residual scatter matches the
-  scrape noise (estimated robustly from first differences, NOISE_FACTOR); older samples belong to
-  the previous load.
+* One regime per fit. A load step inside the window breaks any single curve, so each series'
+  window is split at the onset (any sample with ONSET_MIN_SAMPLES after it) that minimises the
+  residuals of a line before it plus the model after it, plus ONSET_PENALTY per parameter; the
+  noise variance is estimated robustly from first differences. ECC counts are not split.
 * Spikes are not the signal: a sample far (SPIKE_SIGMAS) from the running median of its five
   neighbours gets no weight (one- or two-scrape spikes; a kernel launch caught mid-scrape).
 * Confidence: with the noise variance from the residuals (widened for lag-1 autocorrelation,
