@@ -16,7 +16,8 @@ or ``all``, plus the fleet's own:
   DELETE /api/v1/gpus/{gpu}/faults
   POST   /api/v1/nodes/{node}/down         {"down": true|false}: the node's scrape fails (up 0)
   POST   /api/v1/storm                     {"fraction": 0.05, "faults": [...], "seed": 1,
-                                            "watch": [{"metric": "temperature_celsius", "above": 85}]}
+                                            "watch": [{"metric": "temperature_celsius", "above": 85}],
+                                            "exclude": [uuid, ...]}
   GET    /api/v1/storm/crossings           uuid -> watch -> first crossing (epoch seconds)
 """
 
@@ -140,7 +141,13 @@ class _Control:
                         raise ValueError(f"watch.metric: temperature_celsius or power_watts, got {w.metric!r}")
                 return _json(
                     200,
-                    fleet.storm(float(doc["fraction"]), list(doc["faults"]), int(doc.get("seed", 0)), watch),
+                    fleet.storm(
+                        float(doc["fraction"]),
+                        list(doc["faults"]),
+                        int(doc.get("seed", 0)),
+                        watch,
+                        [fleet.gpu(str(u)) for u in doc.get("exclude", [])],
+                    ),
                 )
             if what == "post":
                 node = _NODE_ROUTE.match(arg)
