@@ -5,9 +5,13 @@ Static: ``nodes: [{name: node-a, gpus: [{index: 0, uuid: GPU-...}]}, {name: node
 ``instance: 10.0.0.5:9835``: its exporter's Prometheus instance, when that is not its name; the
 agent's per-GPU series (gpu_state, gpu_allocation_info) carry it so they join the exporter's.
 
-Prometheus: every ``refresh_seconds`` the agent queries ``gpu_info`` and ``gpu_up`` through the
-shared Prometheus client (``gpuwarden.prom``); a GPU's node is the ``node_label`` label (default
-``instance``), and its ``instance`` label is kept beside it. The result goes through ``Scheduler.sync_inventory``: new GPUs join, ``gpu_up == 0`` or absence marks a GPU
+Prometheus: every ``refresh_seconds`` the agent queries each GPU's identity and whether it is up
+through the shared Prometheus client (``gpuwarden.prom``), from the metrics ``source`` the
+fleet exports (``gpuwarden``: gpu_info and gpu_up; ``dcgm-exporter``: its DCGM series, a GPU
+being up while they report it; ``gpuwarden.sources`` knows the names), under ``job_selector``
+(default: any job for gpuwarden, ``job=~"(nvidia-)?dcgm-exporter"`` for dcgm-exporter); a GPU's
+node is the ``node_label`` label (default ``instance``), and its ``instance`` label is kept
+beside it. The result goes through ``Scheduler.sync_inventory``: new GPUs join, ``gpu_up == 0`` or absence marks a GPU
 lost (its job preempted), and a GPU that comes back is marked up. A failed query changes nothing
 (logged): Prometheus being down is not the fleet being down.
 """
@@ -24,6 +28,7 @@ from typing import Any
 import yaml
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from gpuwarden import sources
 from gpuwarden.prom import PrometheusClient, PrometheusError
 
 from .models import GpuSpec
@@ -73,13 +78,26 @@ def load_file(path: str | Path) -> list[GpuSpec]:
     return static_specs(doc["nodes"], str(path))
 
 
-def prometheus_specs(url: str, node_label: str = "instance", timeout: float = 10.0) -> list[GpuSpec]:
-    """The GPUs Prometheus knows (``gpu_info``), each up when its ``gpu_up`` reads 1; raises
-    ``PrometheusError`` (the shared client's, naming the URL) when Prometheus cannot be read."""
+def prometheus_specs(
+    url: str,
+    node_label: str = "instance",
+    timeout: float = 10.0,
+    source: str = "gpuwarden",
+    job_selector: str | None = None,
+) -> list[GpuSpec]:
+    """The GPUs Prometheus knows (the source's identity series), each up when its up signal
+    reads 1; raises ``PrometheusError`` (the shared client's, naming the URL) when Prometheus
+    cannot be read."""
+    if source == "gpuwarden" and not job_selector:
+        # gpuwarden-exporter's own series of any scrape job, as before sources were configurable
+        info_query, up_query = "gpu_info", "gpu_up"
+    else:
+        job = job_selector or sources.default_job_selector(source)
+        info_query, up_query = sources.signal(source, "identity", job), sources.signal(source, "gpu_up", job)
     prom = PrometheusClient(url, timeout)
-    info = prom.query("gpu_info")
+    info = prom.query(info_query)
     up = {}
-    for s in prom.query("gpu_up"):
+    for s in prom.query(up_query):
         m = s.labels
         up[(m.get(node_label, ""), m.get("uuid", ""))] = bool(s.values[-1] >= 1)
     out, seen = [], set()
@@ -98,7 +116,7 @@ def prometheus_specs(url: str, node_label: str = "instance", timeout: float = 10
                 node=node,
                 index=index,
                 uuid=uuid,
-                name=m.get("name", ""),
+                name=m.get("model") or m.get("name", ""),
                 up=up.get((node, uuid), False),
                 instance=m.get("instance", ""),
             )
@@ -116,9 +134,12 @@ class PrometheusDiscovery:
         refresh_seconds: float = 30.0,
         node_label: str = "instance",
         timeout: float = 10.0,
+        source: str = "gpuwarden",
+        job_selector: str | None = None,
     ) -> None:
         self.sync, self.url, self.refresh = sync, url, refresh_seconds
         self.node_label, self.timeout = node_label, timeout
+        self.source, self.job_selector = sources.check(source), job_selector
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_duration = 0.0  # seconds the last refresh took (query + sync), for /metrics
@@ -126,13 +147,13 @@ class PrometheusDiscovery:
     def refresh_once(self) -> bool:
         t0 = time.monotonic()
         try:
-            specs = prometheus_specs(self.url, self.node_label, self.timeout)
+            specs = prometheus_specs(self.url, self.node_label, self.timeout, self.source, self.job_selector)
         except (PrometheusError, ValueError, KeyError, InventoryError) as exc:
             log.warning("inventory: Prometheus discovery from %s failed (inventory unchanged): %s", self.url, exc)
             return False
         if not specs:
             # An empty answer usually means the exporter is not scraped yet: never mark the fleet lost on it.
-            log.warning("inventory: %s returned no gpu_info series; inventory unchanged", self.url)
+            log.warning("inventory: %s returned no %s GPU series; inventory unchanged", self.url, self.source)
             return False
         self.sync(specs, "prometheus")
         self.last_duration = time.monotonic() - t0

@@ -83,7 +83,13 @@ class Agent:
         if "prometheus" in inv:
             p = inv["prometheus"]
             self.discovery = PrometheusDiscovery(
-                self.scheduler.sync_inventory, p["url"], p["refresh_seconds"], p["node_label"], p["timeout_seconds"]
+                self.scheduler.sync_inventory,
+                p["url"],
+                p["refresh_seconds"],
+                p["node_label"],
+                p["timeout_seconds"],
+                source=p["source"],
+                job_selector=p.get("job_selector"),
             )
             self.registry.register(self.discovery)
         # The one scheduler port, before any plug-in that acts through it.
