@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,21 +56,26 @@ class FieldValue(ctypes.Structure):
 _VALUE_MEMBER = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
 
 
-def field_buffer(field_ids: list[int]) -> ctypes.Array[FieldValue]:
-    """A reusable nvmlFieldValue_t array with the field ids filled in (one per GPU worker)."""
-    buf = (FieldValue * len(field_ids))()
-    for slot, fid in zip(buf, field_ids, strict=False):
-        slot.fieldId = fid
-    return buf
+class FieldBatch:
+    """A reusable nvmlFieldValue_t array for one GPU's field ids, and a Python object per slot.
 
+    The slot objects share the array's memory and are made once: indexing a ctypes array builds
+    a new object each time, which was a good part of reading a dozen fields per GPU per scrape.
+    """
 
-def get_field_values(handle: Any, buf: ctypes.Array[FieldValue]) -> ctypes.Array[FieldValue]:
-    """nvmlDeviceGetFieldValues into ``buf`` (the C entry point, called like pynvml calls it)."""
-    fn = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetFieldValues")
-    for slot in buf:
-        slot.nvmlReturn = pynvml.NVML_ERROR_UNKNOWN  # a library that skips a slot does not pass it as success
-    pynvml._nvmlCheckReturn(fn(handle, ctypes.c_int32(len(buf)), ctypes.byref(buf)))
-    return buf
+    def __init__(self, field_ids: Sequence[int]) -> None:
+        self.buf = (FieldValue * len(field_ids))()
+        self.slots = list(self.buf)
+        for slot, fid in zip(self.slots, field_ids, strict=True):
+            slot.fieldId = fid
+
+    def __call__(self, handle: Any) -> list[FieldValue]:
+        """nvmlDeviceGetFieldValues into the array (the C entry point, called like pynvml calls it)."""
+        fn = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetFieldValues")
+        for slot in self.slots:
+            slot.nvmlReturn = pynvml.NVML_ERROR_UNKNOWN  # a library that skips a slot does not pass it as success
+        pynvml._nvmlCheckReturn(fn(handle, ctypes.c_int32(len(self.slots)), ctypes.byref(self.buf)))
+        return self.slots
 
 
 def field_value(slot: FieldValue) -> float:
@@ -112,10 +117,11 @@ class Device:
     unsupported: set[str] = field(default_factory=set)  # call keys answered NOT_SUPPORTED & co
     field_fallback: set[str] = field(default_factory=set)  # sample keys the field API cannot give
     static: dict[str, Any] = field(default_factory=dict)  # fixed figures (limits, thresholds): read once
+    # Which fields this GPU is asked for in its field-values call, and their reusable buffer
+    # (sampler.FieldPlan); rebuilt when a field turns out unsupported or a fixed figure answers.
+    field_plan: Any = field(default=None, repr=False)
     calls: int = 0  # NVML calls made for this GPU
     lost: bool = False  # answered GPU_IS_LOST last time; the loss is counted once, not per scrape
-    field_buf: Any = field(default=None, repr=False)  # reused nvmlFieldValue_t array
-    field_buf_ids: list[int] = field(default_factory=list, repr=False)
     _labels: dict[str, str] | None = field(default=None, repr=False)
     _labels_with: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict, repr=False)
 

@@ -26,11 +26,10 @@ from .nvml import (
     UNSUPPORTED_CODES,
     Device,
     ErrorLog,
+    FieldBatch,
     GpuLost,
     Reader,
-    field_buffer,
     field_value,
-    get_field_values,
     read_handle,
     read_identity,
 )
@@ -38,50 +37,77 @@ from .nvml import (
 log = logging.getLogger(__name__)
 
 FIELD_CALL = "nvmlDeviceGetFieldValues"
+_FIELD_GIVES_UP = UNSUPPORTED_CODES | {pynvml.NVML_ERROR_INVALID_ARGUMENT}  # an older library's unknown field id
 
 
-def _read_fields(r: Reader, fields: Sequence[FieldRead], field_ids: list[int], s: Sample) -> None:
+@dataclass
+class FieldPlan:
+    """One GPU's field reads: what its field-values call asks for, what individual calls cover,
+    and the fixed figures served from ``Device.static``. Kept on the Device between scrapes."""
+
+    batch: FieldBatch | None  # None: nothing (left) to ask the field API
+    asked: list[FieldRead]  # in the batch's slot order
+    fallback: list[FieldRead]  # read by their individual calls
+    static_keys: list[str]
+
+
+def _plan(dev: Device, fields: Sequence[FieldRead]) -> FieldPlan:
+    whole = FIELD_CALL in dev.unsupported  # no field API in this library: individual calls
+    asked: list[FieldRead] = []
+    fallback: list[FieldRead] = []
+    for f in fields:
+        if f.static and f.key in dev.static:
+            continue  # answered once: never asked again
+        (fallback if whole or f.key in dev.field_fallback else asked).append(f)
+    batch = FieldBatch([f.field_id for f in asked]) if asked else None
+    return FieldPlan(batch, asked, fallback, [f.key for f in fields if f.static])
+
+
+def _read_fields(r: Reader, fields: Sequence[FieldRead], s: Sample) -> None:
     dev = r.device
-    if dev.field_fallback:
-        active = [f for f in fields if f.key not in dev.field_fallback]
-        fallback = [f for f in fields if f.key in dev.field_fallback]
-        field_ids = [f.field_id for f in active]
-    else:
-        active, fallback = list(fields), []
-    if active and FIELD_CALL not in dev.unsupported:
-        if dev.field_buf is None or dev.field_buf_ids != field_ids:
-            dev.field_buf, dev.field_buf_ids = field_buffer(field_ids), list(field_ids)
-        values = r.call(FIELD_CALL, get_field_values, dev.handle, dev.field_buf)
-        if values is None:
-            if FIELD_CALL in dev.unsupported:  # no field API in this library: individual calls
-                fallback = list(fields)
+    plan: FieldPlan = dev.field_plan or _plan(dev, fields)
+    dev.field_plan = plan
+    static = dev.static
+    fallback = plan.fallback
+    if plan.batch is not None:
+        slots = r.call(FIELD_CALL, plan.batch, dev.handle)
+        if slots is None:
+            if FIELD_CALL in dev.unsupported:
+                dev.field_plan, fallback = None, plan.asked + fallback
         else:
-            for f, fv in zip(active, values, strict=False):
-                rc = fv.nvmlReturn
+            for f, slot in zip(plan.asked, slots, strict=True):
+                rc = slot.nvmlReturn
                 if rc == pynvml.NVML_SUCCESS:
-                    s[f.key] = field_value(fv) * f.scale
-                elif rc in UNSUPPORTED_CODES or rc == pynvml.NVML_ERROR_INVALID_ARGUMENT:
+                    if f.static:
+                        static[f.key] = field_value(slot) * f.scale
+                        dev.field_plan = None
+                    else:
+                        s[f.key] = field_value(slot) * f.scale
+                elif rc in _FIELD_GIVES_UP:
                     # An older library may not know the field id: use the individual call from now on.
                     r.errors.add(FIELD_CALL, rc)
                     dev.field_fallback.add(f.key)
-                    fallback.append(f)
+                    dev.field_plan, fallback = None, fallback + [f]
                 else:
                     r.note_error(FIELD_CALL, rc, key=f"{FIELD_CALL}:{f.field_id}")
-    elif active:
-        fallback = list(fields)
     for f in fallback:
-        if f.fallback is not None:
+        if f.fallback is not None and not (f.static and f.key in static):
             v = f.fallback(r)
-            if v is not None:
+            if v is None:
+                continue
+            if f.static:
+                static[f.key] = v
+                dev.field_plan = None
+            else:
                 s[f.fallback_key or f.key] = v
+    for key in plan.static_keys:
+        v = static.get(key)
+        if v is not None:
+            s[key] = v
 
 
 def read_gpu(
-    dev: Device,
-    collectors: Sequence[Collector],
-    fields: Sequence[FieldRead],
-    errors: ErrorLog,
-    field_ids: list[int] | None = None,
+    dev: Device, collectors: Sequence[Collector], fields: Sequence[FieldRead], errors: ErrorLog
 ) -> tuple[bool, Sample]:
     """Reads one GPU. Returns (up, sample); up is False when the GPU is lost or nothing answered."""
     r = Reader(dev, errors)
@@ -91,7 +117,7 @@ def read_gpu(
             return False, {}
         read_identity(r)
         if fields:
-            _read_fields(r, fields, field_ids if field_ids is not None else [f.field_id for f in fields], sample)
+            _read_fields(r, fields, sample)
         for c in collectors:
             c.read(r, sample)
     except GpuLost:
@@ -166,7 +192,7 @@ class _Reader:
                 alone = rnd.readers == 1
                 t0 = time.monotonic()
                 try:
-                    up, sample = read_gpu(dev, s.collectors, s.fields, s.errors, s.field_ids)
+                    up, sample = read_gpu(dev, s.collectors, s.fields, s.errors)
                 except Exception:
                     log.exception("GPU %d: read failed", dev.index)
                     up, sample = False, {}
@@ -217,7 +243,6 @@ class Sampler:
     ) -> None:
         self.collectors = list(collectors)
         self.fields = [f for c in self.collectors for f in c.fields]
-        self.field_ids = [f.field_id for f in self.fields]
         self.errors = errors
         self.timeout = timeout
         self.stall = min(0.05, timeout / 4)

@@ -57,7 +57,11 @@ def new_family(name: str, help: str, counter: bool, labels: Sequence[str] = GPU_
 
 @dataclass(frozen=True)
 class FieldRead:
-    """A value read through nvmlDeviceGetFieldValues: ``sample[key] = raw * scale``."""
+    """A value read through nvmlDeviceGetFieldValues: ``sample[key] = raw * scale``.
+
+    ``static`` values (a board's limits) cannot change while the driver is loaded: read until
+    they answer once, then served from ``Device.static`` and no longer asked for.
+    """
 
     key: str
     field_id: int
@@ -65,6 +69,7 @@ class FieldRead:
     fallback: Callable[[Reader], float | None] | None = None  # an individual call, base units
     # Where the fallback's value goes when it measures something else (a rate for a counter).
     fallback_key: str | None = None
+    static: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,9 @@ class Collector:
     reads: Callable[[Reader, Sample], None] | None = None
     default_enabled: bool = True
     extra_families: Callable[[Sequence[GpuView]], Iterable[Metric]] | None = field(default=None)
+    # Frees what ``reads`` allocated in the library for a GPU (GPM samples) before the GPU is
+    # dropped or NVML shut down; never called while the GPU is being read.
+    release: Callable[[Device], None] | None = None
 
     def read(self, reader: Reader, sample: Sample) -> None:
         if self.reads is not None:

@@ -5,10 +5,13 @@ The default limit and the range are the GPU's own figures that relative alert th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pynvml
 
 from ..nvml import Reader
-from .base import Collector, FieldRead, GpuMetric, Sample
+from .base import Collector, FieldRead, GpuMetric
 
 POWER = GpuMetric("gpu_power_watts", "Power draw in watts (instantaneous where NVML has it).", "power")
 LIMIT = GpuMetric("gpu_power_limit_watts", "Enforced power limit in watts.", "power_limit")
@@ -22,9 +25,24 @@ ENERGY = GpuMetric(
 )
 
 
-def _power_fallback(r: Reader) -> float | None:
-    mw = r.call("nvmlDeviceGetPowerUsage", pynvml.nvmlDeviceGetPowerUsage, r.device.handle)
-    return None if mw is None else mw / 1000.0  # NVML: milliwatts
+def _milliwatts(name: str, fn: Callable[[Any], int]) -> Callable[[Reader], float | None]:
+    def read(r: Reader) -> float | None:
+        mw = r.call(name, fn, r.device.handle)
+        return None if mw is None else mw / 1000.0  # NVML: milliwatts
+
+    return read
+
+
+def _constraint(position: int) -> Callable[[Reader], float | None]:
+    def read(r: Reader) -> float | None:
+        lo_hi = r.call(
+            "nvmlDeviceGetPowerManagementLimitConstraints",
+            pynvml.nvmlDeviceGetPowerManagementLimitConstraints,
+            r.device.handle,
+        )
+        return None if lo_hi is None else lo_hi[position] / 1000.0  # NVML: milliwatts (min, max)
+
+    return read
 
 
 def _energy_fallback(r: Reader) -> float | None:
@@ -32,38 +50,37 @@ def _energy_fallback(r: Reader) -> float | None:
     return None if mj is None else mj / 1000.0  # NVML: millijoules
 
 
-def _read(r: Reader, s: Sample) -> None:
-    mw = r.call("nvmlDeviceGetEnforcedPowerLimit", pynvml.nvmlDeviceGetEnforcedPowerLimit, r.device.handle)
-    if mw is not None:
-        s["power_limit"] = mw / 1000.0  # NVML: milliwatts
-    # The board's default limit and range are fixed while the driver is loaded: read once per GPU.
-    static = r.device.static
-    if "power_limit_default" not in static:
-        mw = r.call(
-            "nvmlDeviceGetPowerManagementDefaultLimit", pynvml.nvmlDeviceGetPowerManagementDefaultLimit, r.device.handle
-        )
-        if mw is not None:
-            static["power_limit_default"] = mw / 1000.0  # NVML: milliwatts
-    if "power_limit_min" not in static:
-        lo_hi = r.call(
-            "nvmlDeviceGetPowerManagementLimitConstraints",
-            pynvml.nvmlDeviceGetPowerManagementLimitConstraints,
-            r.device.handle,
-        )
-        if lo_hi is not None:
-            static["power_limit_min"], static["power_limit_max"] = lo_hi[0] / 1000.0, lo_hi[1] / 1000.0  # mW
-    for key in ("power_limit_default", "power_limit_min", "power_limit_max"):
-        if key in static:
-            s[key] = static[key]
-
+MW = 0.001  # NVML's power fields are in milliwatts, energy in millijoules
 
 COLLECTOR = Collector(
     name="power",
     help="power draw, enforced/default limits and range, energy",
     metrics=(POWER, LIMIT, DEFAULT_LIMIT, MIN_LIMIT, MAX_LIMIT, ENERGY),
+    # Everything rides in the one field-values call; the individual calls are for libraries
+    # without these field ids. The enforced limit changes (a throttle lowers it); the board's
+    # default and range do not while the driver is loaded, so they are asked until they answer once.
     fields=(
-        FieldRead("power", pynvml.NVML_FI_DEV_POWER_INSTANT, 0.001, _power_fallback),
-        FieldRead("energy", pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, 0.001, _energy_fallback),
+        FieldRead(
+            "power",
+            pynvml.NVML_FI_DEV_POWER_INSTANT,
+            MW,
+            _milliwatts("nvmlDeviceGetPowerUsage", pynvml.nvmlDeviceGetPowerUsage),
+        ),
+        FieldRead("energy", pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, MW, _energy_fallback),
+        FieldRead(
+            "power_limit",
+            pynvml.NVML_FI_DEV_POWER_CURRENT_LIMIT,  # "limit currently enforced" (nvml.h)
+            MW,
+            _milliwatts("nvmlDeviceGetEnforcedPowerLimit", pynvml.nvmlDeviceGetEnforcedPowerLimit),
+        ),
+        FieldRead(
+            "power_limit_default",
+            pynvml.NVML_FI_DEV_POWER_DEFAULT_LIMIT,
+            MW,
+            _milliwatts("nvmlDeviceGetPowerManagementDefaultLimit", pynvml.nvmlDeviceGetPowerManagementDefaultLimit),
+            static=True,
+        ),
+        FieldRead("power_limit_min", pynvml.NVML_FI_DEV_POWER_MIN_LIMIT, MW, _constraint(0), static=True),
+        FieldRead("power_limit_max", pynvml.NVML_FI_DEV_POWER_MAX_LIMIT, MW, _constraint(1), static=True),
     ),
-    reads=_read,
 )

@@ -426,39 +426,57 @@ def nvmlDeviceGetPcieReplayCounter(lib: LibraryState, g: SimGpu, out: int) -> in
 
 
 # ---- field values ---------------------------------------------------------------------------
+_UI, _ULL = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT, pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+
+
+def _remapping(g: SimGpu) -> bool:
+    return g.model.memory_repair == "remapping"
+
+
+def _retirement(g: SimGpu) -> bool:
+    return g.model.memory_repair != "remapping"
+
+
+def _always(g: SimGpu) -> bool:
+    return True
+
+
+# field id -> (does the board have it?, NVML value type, value in NVML's unit (nvml.h)). A dict,
+# not a chain of ifs: the simulator's cost per field lands in the benchmark, a C library's does not.
+_FIELDS: dict[int, tuple[Callable[[SimGpu], bool], int, Callable[[SimGpu], int]]] = {
+    1: (_always, _UI, lambda g: 1),  # ECC mode current
+    2: (_always, _UI, lambda g: 1),  # ECC mode pending
+    3: (_always, _ULL, lambda g: g.ecc_correctable),
+    4: (_always, _ULL, lambda g: g.ecc_uncorrectable),
+    29: (_retirement, _ULL, lambda g: g.retired_sbe),
+    30: (_retirement, _ULL, lambda g: g.retired_dbe),
+    142: (_remapping, _UI, lambda g: g.remapped_correctable),
+    143: (_remapping, _UI, lambda g: g.remapped_uncorrectable),
+    144: (_remapping, _UI, lambda g: 1 if g.remapped_uncorrectable else 0),  # pending
+    145: (_remapping, _UI, lambda g: 1 if g.remap_failure else 0),
+    197: (lambda g: g.model.pcie_byte_counters, _ULL, lambda g: int(g.pcie_tx_bytes)),
+    198: (lambda g: g.model.pcie_byte_counters, _ULL, lambda g: int(g.pcie_rx_bytes)),
+    138: (lambda g: g.model.nvlink_links > 0, _ULL, lambda g: int(g.nvlink_tx_bytes / 1024)),  # KiB, all links
+    139: (lambda g: g.model.nvlink_links > 0, _ULL, lambda g: int(g.nvlink_rx_bytes / 1024)),
+    82: (_always, _UI, lambda g: int(g.memory_temperature)),  # °C
+    83: (_always, _ULL, lambda g: int(g.energy_mj)),  # mJ since the driver loaded
+    191: (_always, _ULL, lambda g: int(g.energy_mj)),  # NVML_FI_DEV_ENERGY: the same counter
+    185: (_always, _UI, lambda g: int(g.power_watts * 1000)),  # mW (the model has no 1 s average)
+    186: (_always, _UI, lambda g: int(g.power_watts * 1000)),  # mW, instantaneous
+    187: (_always, _UI, lambda g: int(g.model.min_limit_watts * 1000)),  # mW
+    188: (_always, _UI, lambda g: int(g.model.max_limit_watts * 1000)),
+    189: (_always, _UI, lambda g: int(g.model.default_limit_watts * 1000)),
+    190: (_always, _UI, lambda g: int(g.power_limit_watts * 1000)),  # enforced
+    94: (_always, _UI, lambda g: g.pcie_replays),
+}
+
+
 def _field(g: SimGpu, fid: int) -> tuple[int, int] | None:
     """(NVML value type, value) of field ``fid`` on ``g``; None when the board lacks it."""
-    UI, ULL = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT, pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
-    remap = g.model.memory_repair == "remapping"
-    if fid == 1 or fid == 2:  # ECC mode current/pending
-        return UI, 1
-    if fid == 3:
-        return ULL, g.ecc_correctable
-    if fid == 4:
-        return ULL, g.ecc_uncorrectable
-    if fid in (29, 30) and not remap:
-        return ULL, g.retired_sbe if fid == 29 else g.retired_dbe
-    if fid in (142, 143) and remap:
-        return UI, g.remapped_correctable if fid == 142 else g.remapped_uncorrectable
-    if fid == 144 and remap:
-        return UI, 1 if g.remapped_uncorrectable else 0
-    if fid == 145 and remap:
-        return UI, 1 if g.remap_failure else 0
-    if fid in (197, 198) and g.model.pcie_byte_counters:  # PCIe TX/RX bytes
-        return ULL, int(g.pcie_tx_bytes if fid == 197 else g.pcie_rx_bytes)
-    if fid in (138, 139) and g.model.nvlink_links:  # NVLink data TX/RX, KiB over all links
-        return ULL, int((g.nvlink_tx_bytes if fid == 138 else g.nvlink_rx_bytes) / 1024)
-    if fid == 82:
-        return UI, int(g.memory_temperature)
-    if fid == 83:
-        return ULL, int(g.energy_mj)
-    if fid in (185, 186):
-        return UI, int(g.power_watts * 1000)
-    if fid == 190:
-        return UI, int(g.power_limit_watts * 1000)
-    if fid == 94:
-        return UI, g.pcie_replays
-    return None
+    entry = _FIELDS.get(fid)
+    if entry is None or not entry[0](g):
+        return None
+    return entry[1], entry[2](g)
 
 
 class _FieldValue(ctypes.Structure):
