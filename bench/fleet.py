@@ -320,7 +320,14 @@ def _floors(interval: float) -> dict[str, float]:
     return out
 
 
-def storm(stack: FleetStack, fraction: float, seed: int, exclude: set[str], timeout: float) -> dict[str, Any]:
+def storm(
+    stack: FleetStack,
+    fraction: float,
+    seed: int,
+    exclude: set[str],
+    timeout: float,
+    faults: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """One storm on the running stack; waits until every fired alert is in the audit (or timeout)."""
     cfg = rules_config.load()
     model = stack.sim("GET", "/api/v1/gpus?node=node-0000")["gpus"][0]["name"]
@@ -328,7 +335,7 @@ def storm(stack: FleetStack, fraction: float, seed: int, exclude: set[str], time
     first_id = max((a["id"] for a in stack.actions()), default=0)
     doc = {
         "fraction": fraction,
-        "faults": list(STORM_FAULTS),
+        "faults": faults or list(STORM_FAULTS),
         "seed": seed,
         "exclude": sorted(exclude),
         "watch": [{"metric": "temperature_celsius", "above": v} for v in thermal.values()],
@@ -338,7 +345,9 @@ def storm(stack: FleetStack, fraction: float, seed: int, exclude: set[str], time
     gpus = injected["gpus"]
     uuids = {g["uuid"] for g in gpus}
     floors = _floors(stack.interval)
-    expected_by = started + max(floors.values()) + 120  # thermal heats for ~70 s first
+    heats = any(f["kind"] in ("power_spike", "cooling") for f in doc["faults"])
+    # A board heats for ~70 s before the thermal rules can see it; ECC faults show at once.
+    expected_by = started + (max(floors.values()) + 120 if heats else 4 * stack.interval + 10)
 
     def fired() -> set[tuple[str, str]]:
         rng = f"{int(time.time() - started) + 60}s"
@@ -444,12 +453,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(_row_line(row), flush=True)
             out["sizes"].append(row)
             if largest:
-                s1 = storm(stack, args.storm, 1, set(), args.storm_timeout)
+                s1 = storm(stack, args.storm, 1, set(), args.storm_timeout, args.storm_faults)
                 s1["budget"] = sized
                 print(_storm_line("sized budget", s1), flush=True)
                 stack.start_agent(None)
                 stack.wait_agent_gpus()
-                s2 = storm(stack, args.storm, 2, set(s1["uuids"]), args.storm_timeout)
+                s2 = storm(stack, args.storm, 2, set(s1["uuids"]), args.storm_timeout, args.storm_faults)
                 s2["budget"] = "default"
                 print(_storm_line("default budget", s2), flush=True)
                 out["storm"] = {"nodes": n, "fraction": args.storm, "sized_budget": s1, "default_budget": s2}
@@ -499,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--cycles", type=int, default=4, help="evaluation cycles sampled per size")
     p.add_argument("--storm-timeout", type=float, default=420.0)
+    p.add_argument(
+        "--storm-faults", type=json.loads, help="the storm's fault documents, a JSON list (default: the mixed three)"
+    )
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--workdir", type=Path, help="keep every process' files and logs here")
     args = p.parse_args(argv)

@@ -114,6 +114,7 @@ class VirtualFleet:
         self.xids: dict[int, dict[int, int]] = {}  # gpu -> xid -> count
         self._watch: list[tuple[Watch, np.ndarray]] = []  # (watch, first crossing: clock time or nan)
         self._t0 = self._t = self.clock.now()
+        self._wall0 = time.time() - self._t0  # fixed, so a manual clock's times map one to one
         self._baseline(0.0)
         self._settle()
         self.temperature = m.ambient_celsius + m.thermal_resistance * self.power  # start warmed up
@@ -190,7 +191,7 @@ class VirtualFleet:
 
     def wall(self, t: float) -> float:
         """Wall-clock time (epoch seconds) of the fleet's clock time ``t``."""
-        return time.time() - (self.clock.now() - t)
+        return self._wall0 + t
 
     # --- lookups -------------------------------------------------------------------------------
     def node(self, ref: str) -> int:

@@ -76,6 +76,10 @@ class NotificationSink:
         self._listener.stop()
 
 
+# Rows of GPUs (and of alerts) one screen lists; a larger fleet is summarised (LiveView.render).
+MAX_ROWS = 40
+
+
 def _short(uuid: str) -> str:
     return uuid if len(uuid) <= 14 else uuid[:14] + "…"
 
@@ -143,24 +147,48 @@ class LiveView:
         return by_gpu
 
     def render(self, snap: dict[str, Any]) -> str:
+        """One screen. A fleet does not fit on one: past ``MAX_ROWS`` GPUs (or alerts) the view
+        counts them by state (by rule) and lists only the GPUs that need a look (not healthy,
+        alerting or running a job), so a redraw stays one screen at 8,192 GPUs."""
         lines = list(self.header) + [""]
         by_gpu = self._jobs_by_gpu(snap["jobs"])
-        lines.append(f"{'GPU':<4} {'UUID':<16} {'STATE':<12} {'JOB':<16} ALERTS")
-        for g in sorted(snap["gpus"], key=lambda g: (g.get("node", ""), g.get("index", 0))):
+        gpus = snap["gpus"]
+        fleet = len(gpus) > MAX_ROWS
+        if fleet:
+            states = collections.Counter(g.get("state", "?") for g in gpus)
+            nodes = len({g.get("node", "") for g in gpus})
+            lines.append(
+                f"{len(gpus)} GPUs on {nodes} nodes: "
+                + ", ".join(f"{n} {state}" for state, n in sorted(states.items(), key=lambda kv: -kv[1]))
+            )
+            gpus = [g for g in gpus if g.get("state") != "healthy" or g.get("alerts") or g["uuid"] in by_gpu]
+        shown = sorted(gpus, key=lambda g: (g.get("node", ""), g.get("index", 0)))[:MAX_ROWS]
+        lines.append(f"{'GPU':<4} {'UUID':<16} {'STATE':<12} {'JOB':<16} ALERTS" + ("  NODE" if fleet else ""))
+        for g in shown:
             alerts = ",".join(a["rule"] for a in g.get("alerts", []))
             lines.append(
                 f"{g.get('index', '?'):<4} {_short(g['uuid']):<16} {g.get('state', '?'):<12} "
-                f"{by_gpu.get(g['uuid'], '-'):<16} {alerts}"
+                f"{by_gpu.get(g['uuid'], '-'):<16} {alerts}" + (f"  {g.get('node', '')}" if fleet else "")
             )
+        if len(gpus) > len(shown):
+            lines.append(f"... and {len(gpus) - len(shown)} more")
         pending = sum(1 for j in snap["jobs"] if j.get("state") == "pending")
         lines += ["", f"jobs: {sum(1 for j in snap['jobs'] if j.get('state') == 'running')} running, {pending} pending"]
         lines += ["", "alerts (Prometheus):"]
-        for a in sorted(snap["alerts"], key=lambda a: (a["labels"].get("gpu", ""), a["labels"].get("alertname", ""))):
-            lab = a["labels"]
-            lines.append(
-                f"  {a['state']:<8} {lab.get('rule', lab.get('alertname')):<20} {_gpu_label(lab):<7} "
-                f"{lab.get('severity', ''):<9} action={lab.get('action', '')}"
+        alerts = snap["alerts"]
+        if len(alerts) > MAX_ROWS:
+            counts = collections.Counter(
+                (a["state"], a["labels"].get("rule", a["labels"].get("alertname", ""))) for a in alerts
             )
+            for (state, rule), n in sorted(counts.items()):
+                lines.append(f"  {state:<8} {rule:<20} x{n}")
+        else:
+            for a in sorted(alerts, key=lambda a: (a["labels"].get("gpu", ""), a["labels"].get("alertname", ""))):
+                lab = a["labels"]
+                lines.append(
+                    f"  {a['state']:<8} {lab.get('rule', lab.get('alertname')):<20} {_gpu_label(lab):<7} "
+                    f"{lab.get('severity', ''):<9} action={lab.get('action', '')}"
+                )
         breaker = snap.get("breaker") or {}
         lines += ["", f"actions (agent; breaker {breaker.get('state', '?')}):"]
         for act in snap["actions"][:10]:
