@@ -150,10 +150,11 @@ class _Control:
                     ),
                 )
             if what == "post":
-                node = _NODE_ROUTE.match(arg)
-                assert node is not None
-                fleet.set_node_down(urllib.parse.unquote(node.group(1)), bool(doc.get("down", True)))
-                return _json(200, {"node": node.group(1), "down": bool(doc.get("down", True))})
+                found = _NODE_ROUTE.match(arg)
+                assert found is not None  # admit() routed it here
+                name, down = urllib.parse.unquote(found.group(1)), bool(doc.get("down", True))
+                fleet.set_node_down(name, down)
+                return _json(200, {"node": name, "down": down})
             if what == "clear":
                 fleet.clear(arg)
                 return _json(200, {"gpus": len(arg)})
