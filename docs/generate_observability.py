@@ -126,6 +126,7 @@ def exporter_metrics(tmp: Path) -> list[Family]:
                 f"--simulate={GPUS}",
                 f"--sim.model={model}",
                 f"--sim.control-address=127.0.0.1:{control}",
+                "--collector.gpm",  # off by default; documented with the rest
             ],
             f"http://127.0.0.1:{port}/metrics",
             tmp,

@@ -20,8 +20,9 @@ from gpuwarden import logs
 
 from . import collectors
 from .collector import GpuCollector
+from .collectors.base import Collector
 from .server import MetricsServer, parse_listen_address
-from .service import DEFAULT_TIMEOUT, ExporterService
+from .service import DEFAULT_RESCAN, DEFAULT_TIMEOUT, ExporterService
 from .sim.models import DEFAULT_MODEL, MODELS
 
 if TYPE_CHECKING:
@@ -72,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="longest a scrape waits for NVML; GPUs still being read are served stale "
         "(default %(default)ss; keep it under Prometheus' scrape_timeout)",
+    )
+    p.add_argument(
+        "--nvml.rescan-interval",
+        dest="rescan_interval",
+        type=_duration,
+        default=DEFAULT_RESCAN,
+        metavar="DURATION",
+        help="how often to look for GPUs added or removed (hot-plug) and to re-initialise NVML "
+        "once every GPU is lost (default %(default)ss)",
     )
     for name, c in collectors.COLLECTORS.items():
         p.add_argument(
@@ -132,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print(banner, flush=True)
 
-    service = ExporterService(enabled, timeout=args.timeout, loader=loader)
+    service = build_service(args, enabled, loader)
     registry = CollectorRegistry()
     registry.register(GpuCollector(service))
     try:
@@ -159,6 +169,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         control.stop()
     service.stop()
     return 0
+
+
+def build_service(
+    args: argparse.Namespace, enabled: Sequence[Collector], loader: Callable[[], None] | None
+) -> ExporterService:
+    """The exporter's service as the flags configure it (not started)."""
+    return ExporterService(enabled, timeout=args.timeout, loader=loader, rescan_interval=args.rescan_interval)
 
 
 def _simulation(args: argparse.Namespace) -> tuple[Callable[[], None], ControlServer | None, str]:

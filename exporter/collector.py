@@ -51,7 +51,7 @@ class GpuCollector:
                 sample = st.sample
                 if xid is not None:
                     sample = dict(sample)
-                    sample["xid"] = xid.counts(d.index)
+                    sample["xid"] = xid.counts(d.uuid)
                 views.append(GpuView(d, st.up, st.stale, sample))
                 info.add_metric((gpu, d.uuid, d.name, d.pci_bus_id, driver), 1.0)
                 up.samples.append(PromSample("gpu_up", d.labels(), 1.0 if st.up else 0.0))

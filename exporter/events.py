@@ -1,8 +1,9 @@
 """XID errors from NVML's event API.
 
 One thread creates an event set, registers every GPU that supports XID events, and blocks in
-``nvmlEventSetWait_v2`` (with a timeout, so it can stop). Each event bumps a count by (GPU, XID);
-the xid collector exports the counts. A GPU that cannot register is logged and skipped.
+``nvmlEventSetWait_v2`` (with a timeout, so it can stop). Each event bumps a count by (board, XID),
+the board named by its UUID: after a rescan an index may name another board, whose count starts
+at zero; the xid collector exports the counts. A GPU that cannot register is logged and skipped.
 
 A GPU is registered once its reader has its handle and identity: one that did not answer at
 start (a hung call) is registered between waits once it does, so it never holds back the others.
@@ -32,15 +33,15 @@ class XidWatcher:
         devices: Callable[[], Sequence[Device]],
         errors: ErrorLog,
         wait_ms: int = WAIT_MS,
-        counts: dict[int, dict[str, int]] | None = None,
+        counts: dict[str, dict[str, int]] | None = None,
     ) -> None:
         self._wait_ms = wait_ms
         self._source = devices
-        self._devices: dict[int | None, int] = {}  # handle value -> GPU index, registered GPUs
+        self._devices: dict[int | None, Device] = {}  # handle value -> registered GPU
         self._tried: set[int] = set()  # ids of Devices asked to register (once each)
         self._errors = errors
         self._lock = threading.Lock()
-        self._counts: dict[int, dict[str, int]] = counts if counts is not None else {}
+        self._counts: dict[str, dict[str, int]] = counts if counts is not None else {}  # by uuid
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="xid-events", daemon=True)
         self.registered: list[int] = []
@@ -55,14 +56,15 @@ class XidWatcher:
         if join and self._thread.is_alive():
             self._thread.join(join)
 
-    def counts(self, gpu: int) -> dict[str, float]:
+    def counts(self, uuid: str) -> dict[str, float]:
+        """{xid: count} for the board ``uuid``."""
         with self._lock:
-            return {xid: float(n) for xid, n in self._counts.get(gpu, {}).items()}
+            return {xid: float(n) for xid, n in self._counts.get(uuid, {}).items()}
 
-    def all_counts(self) -> dict[int, dict[str, int]]:
+    def all_counts(self) -> dict[str, dict[str, int]]:
         """Every count so far (a watcher replacing this one after a rescan carries them on)."""
         with self._lock:
-            return {gpu: dict(c) for gpu, c in self._counts.items()}
+            return {uuid: dict(c) for uuid, c in self._counts.items()}
 
     def _register_ready(self, event_set: object) -> None:
         """Registers the GPUs that have answered (handle and UUID read) and were not tried yet."""
@@ -76,7 +78,7 @@ class XidWatcher:
                 self._errors.add("nvmlDeviceRegisterEvents", exc.value)
                 log.warning("GPU %d: no XID events (%s)", dev.index, code_name(exc.value))
                 continue
-            self._devices[dev.handle_value] = dev.index
+            self._devices[dev.handle_value] = dev
             self.registered.append(dev.index)
 
     def _run(self) -> None:
@@ -108,13 +110,13 @@ class XidWatcher:
                     continue
                 if not data.eventType & pynvml.nvmlEventTypeXidCriticalError:
                     continue
-                index = self._devices.get(ctypes.cast(data.device, ctypes.c_void_p).value)
-                if index is None:
+                dev = self._devices.get(ctypes.cast(data.device, ctypes.c_void_p).value)
+                if dev is None:
                     continue
                 xid = str(int(data.eventData))
-                log.warning("GPU %d: XID %s", index, xid)
+                log.warning("GPU %d: XID %s", dev.index, xid, extra={"gpu": dev.index, "uuid": dev.uuid, "xid": xid})
                 with self._lock:
-                    per_gpu = self._counts.setdefault(index, {})
+                    per_gpu = self._counts.setdefault(dev.uuid, {})
                     per_gpu[xid] = per_gpu.get(xid, 0) + 1
         finally:
             self.running = False

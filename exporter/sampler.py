@@ -263,14 +263,36 @@ class Sampler:
         A GPU whose reader is still inside a hung call keeps that reader: its index is not read
         again until the call returns, whichever Device now holds the index.
         """
+        kept = {id(d) for d in devices}
+        self.release([d for d in self.devices if id(d) not in kept])
         with self._lock:
-            kept = {id(d) for d in devices}
             self._retired_calls += sum(d.calls for d in self.devices if id(d) not in kept)
             old = self._by_index
             self.devices = list(devices)
             self._by_index = {d.index: d for d in self.devices}
             # A last good sample belongs to the Device that read it, not to its index.
             self._last = {i: r for i, r in self._last.items() if old.get(i) is self._by_index.get(i)}
+
+    def release(self, devices: Sequence[Device]) -> None:
+        """Frees what the collectors allocated in the library for ``devices`` (GPM samples).
+
+        A GPU being read is skipped (a hung call may still use them; they leak with it), and no
+        reader can start on a GPU while its state is freed.
+        """
+        releases = [c.release for c in self.collectors if c.release is not None]
+        if not releases:
+            return
+        with self._lock:
+            idle = [d for d in devices if d.index not in self._reading]
+            busy = {d.index for d in idle}
+            self._reading |= busy  # a collection meanwhile serves these GPUs' last values
+        try:
+            for d in idle:
+                for release in releases:
+                    release(d)
+        finally:
+            with self._lock:
+                self._reading -= busy
 
     def _take(self, rnd: _Round) -> Device | None:
         """The next GPU of ``rnd`` no other reader is inside, or None when the round is over."""

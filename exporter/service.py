@@ -43,6 +43,8 @@ class ExporterService:
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"collection timeout must be positive, got {timeout}")
+        if rescan_interval <= 0:
+            raise ValueError(f"rescan interval must be positive, got {rescan_interval}")
         self.collectors = list(collectors)
         self.timeout = timeout
         self.errors = ErrorLog()
@@ -52,7 +54,7 @@ class ExporterService:
         self._loader = loader
         self._retry = (retry_initial, retry_max)
         self._event_wait_ms = event_wait_ms
-        self._rescan = rescan_interval
+        self.rescan_interval = rescan_interval
         self._stop = threading.Event()
         self._first_attempt = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="nvml-init", daemon=True)
@@ -94,14 +96,14 @@ class ExporterService:
             self._watch()
             return
 
-    def _start_xid(self, counts: dict[int, dict[str, int]] | None = None) -> None:
+    def _start_xid(self, counts: dict[str, dict[str, int]] | None = None) -> None:
         sampler = self.sampler
         if sampler is not None and any(c.name == "xid" for c in self.collectors):
             self.xid = XidWatcher(lambda: sampler.devices, self.errors, self._event_wait_ms, counts).start()
 
     def _watch(self) -> None:
         """Rescans for GPUs added or removed until stopped."""
-        while not self._stop.wait(self._rescan):
+        while not self._stop.wait(self.rescan_interval):
             try:
                 self.rescan()
             except pynvml.NVMLError as exc:
@@ -117,6 +119,7 @@ class ExporterService:
         devices = sampler.devices
         reinit = bool(devices) and all(d.lost for d in devices)
         if reinit:
+            sampler.release(devices)  # GPM samples belong to the library session that ends here
             shutdown_quietly()
             pynvml.nvmlInit()
         count = pynvml.nvmlDeviceGetCount()
@@ -136,7 +139,7 @@ class ExporterService:
         old = self.xid
         if old is not None:
             old.stop()
-            self._start_xid(old.all_counts())  # handles changed; XIDs counted so far stay
+            self._start_xid(old.all_counts())  # handles changed; XIDs counted so far stay, by board (uuid)
         return True
 
     def snapshot(self) -> Snapshot | None:
@@ -150,4 +153,5 @@ class ExporterService:
             self.xid.stop()  # returns from its wait within event_wait_ms
         if self.sampler is not None:
             self.sampler.stop()
+            self.sampler.release(self.sampler.devices)
             shutdown_quietly()

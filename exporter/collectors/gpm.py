@@ -4,17 +4,24 @@ GPM metrics are computed by NVML from two samples: each collection takes a sampl
 the metrics between it and the previous collection's, so a value is the average over the time
 between two collections (the first collection only takes a sample). Boards without GPM answer
 nvmlGpmQueryDeviceSupport with isSupportedDevice 0 once and are not asked again.
+
+Off by default (``--collector.gpm`` turns it on), as node_exporter leaves its costly collectors
+off and dcgm-exporter keeps its DCP profiling fields out of its default set: these are profiling
+figures (two more NVML calls per GPU per scrape, no field id can carry them, and four more series
+per GPU), not health signals any alert reads, and they kept the scrape from staying as cheap as
+nvitop-exporter's against which it is benchmarked (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import pynvml
 
-from ..nvml import Reader
+from ..nvml import Device, Reader, code_name
 from .base import Collector, GpuMetric, Sample
 
 SM_ACTIVE = GpuMetric(
@@ -45,6 +52,8 @@ METRICS = (
     ("tensor_active", pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL),
     ("dram_active", pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL),
 )
+log = logging.getLogger(__name__)
+
 UNSUPPORTED = "gpm"  # the key a board without GPM is remembered by in Device.unsupported
 
 
@@ -95,6 +104,8 @@ def _start(r: Reader) -> _State | None:
     a = r.call("nvmlGpmSampleAlloc", pynvml.nvmlGpmSampleAlloc)
     b = r.call("nvmlGpmSampleAlloc", pynvml.nvmlGpmSampleAlloc) if a is not None else None
     if a is None or b is None:
+        if a is not None:
+            r.call("nvmlGpmSampleFree", pynvml.nvmlGpmSampleFree, a)
         return None
     req = _MetricsGet()
     req.version = pynvml.NVML_GPM_METRICS_GET_VERSION
@@ -104,6 +115,18 @@ def _start(r: Reader) -> _State | None:
     state = _State((a, b), req)
     dev.static[UNSUPPORTED] = state
     return state
+
+
+def _release(dev: Device) -> None:
+    """Frees the GPU's two samples (nvmlGpmSampleFree); the next read starts over."""
+    state = dev.static.pop(UNSUPPORTED, None)
+    if state is None:
+        return
+    for sample in state.samples:
+        try:
+            pynvml.nvmlGpmSampleFree(sample)
+        except pynvml.NVMLError as exc:  # nothing to do about it: the library is going away
+            log.debug("GPU %d: nvmlGpmSampleFree: %s", dev.index, code_name(exc.value))
 
 
 def _read(r: Reader, s: Sample) -> None:
@@ -135,4 +158,6 @@ COLLECTOR = Collector(
     help="SM, tensor-pipe and DRAM activity (GPM; Hopper and later)",
     metrics=(SM_ACTIVE, SM_OCCUPANCY, TENSOR_ACTIVE, DRAM_ACTIVE),
     reads=_read,
+    release=_release,
+    default_enabled=False,
 )

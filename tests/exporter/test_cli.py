@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from gpuwarden.exporter.cli import build_parser, build_service
+from gpuwarden.exporter.service import DEFAULT_RESCAN
 from gpuwarden.prom import PrometheusClient, PrometheusError, Series
 from tests.helpers import console_script, free_port, http_get, require_binary, wait_until
 
@@ -67,6 +69,15 @@ def test_bad_flags_and_scenarios_fail_fast_with_a_message(tmp_path):
         timeout=30,
     )
     assert res.returncode == 2 and "s.yaml:3" in res.stderr and "steps[0].fault.kind" in res.stderr
+    res = subprocess.run([exe, "--nvml.rescan-interval=0s"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "--nvml.rescan-interval" in res.stderr and "more than zero" in res.stderr
+
+
+def test_rescan_interval_flag_reaches_the_service():
+    default = build_parser().parse_args([])
+    assert build_service(default, [], None).rescan_interval == DEFAULT_RESCAN
+    args = build_parser().parse_args(["--nvml.rescan-interval=1m30s"])
+    assert build_service(args, [], None).rescan_interval == 90.0
 
 
 @pytest.mark.binaries

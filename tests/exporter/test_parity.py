@@ -26,7 +26,7 @@ def _two_scrapes(h, load: float = 0.8, seconds: float = 60):  # type: ignore[no-
 
 
 def test_hopper_reports_gpm_activity_nvlink_and_pcie_byte_counters(make_exporter):
-    h = make_exporter(2, model="h100")
+    h = make_exporter(2, model="h100", enabled={"gpm": True})
     first, fams = _two_scrapes(h, load=0.8)
     for name in GPM:  # GPM needs two samples: nothing from the start-up collection's alone
         assert set(h.values(fams, name)) == {"0", "1"}, name
@@ -47,7 +47,7 @@ def test_hopper_reports_gpm_activity_nvlink_and_pcie_byte_counters(make_exporter
 
 
 def test_ampere_has_nvlink_and_row_remapping_but_no_gpm_and_is_asked_once(make_exporter):
-    h = make_exporter(2, model="a100")
+    h = make_exporter(2, model="a100", enabled={"gpm": True})
     _, fams = _two_scrapes(h)
     for name in GPM:
         assert not h.values(fams, name), name
@@ -118,7 +118,7 @@ def test_traffic_counters_ride_in_the_one_field_values_call(make_exporter):
 @pytest.mark.parametrize("name", ["encoder", "gpm", "pcie_traffic", "nvlink"])
 def test_each_new_collector_has_its_flag_and_off_means_no_calls(make_exporter, name):
     assert getattr(build_parser().parse_args([f"--no-collector.{name}"]), f"collector_{name}") is False
-    assert collectors.COLLECTORS[name].default_enabled
+    assert collectors.COLLECTORS[name].default_enabled is (name != "gpm")
     h = make_exporter(2, model="h100", enabled={name: False})
     _, fams = _two_scrapes(h)
     gone = {"encoder": ("gpu_encoder_utilization_ratio",), "gpm": GPM, "pcie_traffic": PCIE_COUNTERS, "nvlink": NVLINK}
@@ -128,6 +128,34 @@ def test_each_new_collector_has_its_flag_and_off_means_no_calls(make_exporter, n
         assert h.lib.calls["nvmlDeviceGetEncoderUtilization"] == 0
     if name == "gpm":
         assert not [c for c in h.lib.calls if c.startswith("nvmlGpm")]
+
+
+def test_gpm_is_off_by_default_and_on_with_its_flag(make_exporter):
+    """Profiling figures cost two calls per GPU per scrape: opt-in, like dcgm-exporter's DCP fields."""
+    assert build_parser().parse_args([]).collector_gpm is False
+    assert build_parser().parse_args(["--collector.gpm"]).collector_gpm is True
+    h = make_exporter(2, model="h100")
+    _, fams = _two_scrapes(h)
+    assert not [name for name in GPM if name in fams]
+    assert not [c for c in h.lib.calls if c.startswith("nvmlGpm")]
+
+
+def test_gpm_samples_are_allocated_once_per_gpu_and_freed(make_exporter):
+    h = make_exporter(3, model="h100", enabled={"gpm": True}, rescan_interval=3600)
+    for _ in range(4):
+        h.clock.advance(10)
+        h.scrape()
+    assert h.lib.calls["nvmlGpmSampleAlloc"] == 2 * 3  # two per GPU, taken in turn
+    assert h.lib.calls["nvmlGpmSampleGet"] == 5 * 3  # the start-up collection and four scrapes
+    h.fleet.resize(2)
+    assert h.service.rescan() is True  # every Device is new: the old ones' samples are freed
+    assert h.lib.calls["nvmlGpmSampleFree"] == 2 * 3
+    h.clock.advance(10)
+    h.scrape()
+    h.clock.advance(10)
+    assert set(h.values(h.scrape(), "gpu_sm_active_ratio")) == {"0", "1"}
+    h.service.stop()
+    assert h.lib.calls["nvmlGpmSampleFree"] == h.lib.calls["nvmlGpmSampleAlloc"] == 2 * 3 + 2 * 2
 
 
 @pytest.mark.binaries

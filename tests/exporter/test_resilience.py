@@ -120,3 +120,22 @@ def test_every_gpu_lost_reinitialises_nvml_without_counting_the_losses_again(mak
     for i in (0, 1):
         h.fleet.inject(i, {"kind": "driver_reload"})
     assert h.values(h.scrape(), "gpu_up") == {"0": 1, "1": 1}
+
+
+def test_xid_counts_follow_the_board_not_its_index_across_a_rescan(make_exporter):
+    h = make_exporter(3, rescan_interval=3600)
+    h.fleet.inject(2, {"kind": "xid", "xid": 31, "lose_gpu": False})
+    wait_until(lambda: h.values(h.scrape(), "gpu_xid_errors_total", xid="31") == {"2": 1}, what="XID on GPU 2")
+    old = h.fleet.gpus[2].uuid
+    h.fleet.resize(2)
+    assert h.service.rescan() is True
+    h.fleet.resize(3)  # index 2 now names another board
+    assert h.service.rescan() is True
+    fams = h.scrape()
+    info = {s.labels["gpu"]: s.labels["uuid"] for s in fams["gpu_info"].samples}
+    assert info["2"] == h.fleet.gpus[2].uuid != old
+    assert not h.values(fams, "gpu_xid_errors_total")  # the old board's count is not the new one's
+    wait_until(lambda: 2 in h.service.xid.registered, timeout=5, what="new board registered for XIDs")
+    h.fleet.inject(2, {"kind": "xid", "xid": 79, "lose_gpu": False})
+    wait_until(lambda: h.values(h.scrape(), "gpu_xid_errors_total", xid="79") == {"2": 1}, what="XID on new board")
+    assert not h.values(h.scrape(), "gpu_xid_errors_total", xid="31")
