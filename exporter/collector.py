@@ -52,10 +52,11 @@ class GpuCollector:
                 if xid is not None:
                     sample = dict(sample)
                     sample["xid"] = xid.counts(d.uuid)
-                views.append(GpuView(d, st.up, st.stale, sample))
+                labels = d.labels()
+                views.append(GpuView(d, st.up, st.stale, sample, labels))
                 info.add_metric((gpu, d.uuid, d.name, d.pci_bus_id, driver), 1.0)
-                up.samples.append(PromSample("gpu_up", d.labels(), 1.0 if st.up else 0.0))
-                stale.samples.append(PromSample(STALE[0], d.labels(), 1.0 if st.stale else 0.0))
+                up.samples.append(PromSample("gpu_up", labels, 1.0 if st.up else 0.0))
+                stale.samples.append(PromSample(STALE[0], labels, 1.0 if st.stale else 0.0))
             yield info
             yield up
             for c in svc.collectors:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import struct
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,35 +54,58 @@ class FieldValue(ctypes.Structure):
     _fields_ = pynvml.c_nvmlFieldValue_t._fields_
 
 
-_VALUE_MEMBER = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
+# valueType, nvmlReturn and the value union's 8 bytes of one nvmlFieldValue_t, little-endian (every
+# platform NVML ships for is): one C-level unpack per slot instead of a ctypes attribute per member.
+_SLOT = struct.Struct("<24xIIQ")
+assert _SLOT.size == ctypes.sizeof(FieldValue)
+
+
+def field_number(value_type: int, raw: int) -> float:
+    """The number in a field slot's value union (``raw``: its 8 bytes as an unsigned integer),
+    read as the member its valueType names (nvmlValueType_t)."""
+    if value_type == pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG or value_type == pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG:
+        return raw
+    if value_type == pynvml.NVML_VALUE_TYPE_UNSIGNED_INT:
+        return raw & 0xFFFF_FFFF
+    if value_type == pynvml.NVML_VALUE_TYPE_DOUBLE:
+        number: float = struct.unpack("<d", raw.to_bytes(8, "little"))[0]
+        return number
+    if value_type == pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG:
+        return raw - (1 << 64) if raw >> 63 else raw
+    if value_type == pynvml.NVML_VALUE_TYPE_SIGNED_INT:
+        raw &= 0xFFFF_FFFF
+        return raw - (1 << 32) if raw >> 31 else raw
+    return raw & 0xFFFF  # NVML_VALUE_TYPE_UNSIGNED_SHORT
 
 
 class FieldBatch:
-    """A reusable nvmlFieldValue_t array for one GPU's field ids, and a Python object per slot.
+    """A reusable nvmlFieldValue_t array for one GPU's field ids.
 
-    The slot objects share the array's memory and are made once: indexing a ctypes array builds
-    a new object each time, which was a good part of reading a dozen fields per GPU per scrape.
+    Before each call the array is reset from a template in one copy (field ids set, every
+    nvmlReturn UNKNOWN, so a library that skips a slot does not pass it as success); after it,
+    the slots are read back with one unpack each. Touching a dozen ctypes members per slot was
+    most of our own cost of a field-values call.
     """
 
     def __init__(self, field_ids: Sequence[int]) -> None:
         self.buf = (FieldValue * len(field_ids))()
-        self.slots = list(self.buf)
-        for slot, fid in zip(self.slots, field_ids, strict=True):
+        for slot, fid in zip(self.buf, field_ids, strict=True):
             slot.fieldId = fid
+            slot.nvmlReturn = pynvml.NVML_ERROR_UNKNOWN
+        self._template = bytes(self.buf)
+        self._count = ctypes.c_int32(len(field_ids))
 
-    def __call__(self, handle: Any) -> list[FieldValue]:
-        """nvmlDeviceGetFieldValues into the array (the C entry point, called like pynvml calls it)."""
+    def __call__(self, handle: Any) -> Iterator[tuple[int, int, int]]:
+        """nvmlDeviceGetFieldValues (the C entry point, called like pynvml calls it); yields each
+        slot's (valueType, nvmlReturn, raw value) in field-id order."""
         fn = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetFieldValues")
-        for slot in self.slots:
-            slot.nvmlReturn = pynvml.NVML_ERROR_UNKNOWN  # a library that skips a slot does not pass it as success
-        pynvml._nvmlCheckReturn(fn(handle, ctypes.c_int32(len(self.slots)), ctypes.byref(self.buf)))
-        return self.slots
+        ctypes.memmove(self.buf, self._template, len(self._template))
+        pynvml._nvmlCheckReturn(fn(handle, self._count, ctypes.byref(self.buf)))
+        return self.results()
 
-
-def field_value(slot: FieldValue) -> float:
-    """The number in a field slot, read through the member its valueType names."""
-    number: float = getattr(slot.value, _VALUE_MEMBER.get(slot.valueType, "ullVal"))  # an int for the integer members
-    return number
+    def results(self) -> Iterator[tuple[int, int, int]]:
+        """Each slot's (valueType, nvmlReturn, raw value) as the array holds them now."""
+        return _SLOT.iter_unpack(self.buf)
 
 
 class GpuLost(Exception):

@@ -29,7 +29,7 @@ from .nvml import (
     FieldBatch,
     GpuLost,
     Reader,
-    field_value,
+    field_number,
     read_handle,
     read_identity,
 )
@@ -75,14 +75,13 @@ def _read_fields(r: Reader, fields: Sequence[FieldRead], s: Sample) -> None:
             if FIELD_CALL in dev.unsupported:
                 dev.field_plan, fallback = None, plan.asked + fallback
         else:
-            for f, slot in zip(plan.asked, slots, strict=True):
-                rc = slot.nvmlReturn
+            for f, (value_type, rc, raw) in zip(plan.asked, slots, strict=True):
                 if rc == pynvml.NVML_SUCCESS:
                     if f.static:
-                        static[f.key] = field_value(slot) * f.scale
+                        static[f.key] = field_number(value_type, raw) * f.scale
                         dev.field_plan = None
                     else:
-                        s[f.key] = field_value(slot) * f.scale
+                        s[f.key] = field_number(value_type, raw) * f.scale
                 elif rc in _FIELD_GIVES_UP:
                     # An older library may not know the field id: use the individual call from now on.
                     r.errors.add(FIELD_CALL, rc)

@@ -25,12 +25,17 @@ Sample = dict[str, Any]
 
 @dataclass(frozen=True)
 class GpuView:
-    """One GPU in one scrape: identity, whether it answered, and what it answered."""
+    """One GPU in one scrape: identity, whether it answered, and what it answered.
+
+    ``labels`` is the GPU's shared {"gpu", "uuid"} dict (``Device.labels()``), taken once per
+    scrape rather than once per sample.
+    """
 
     device: Device
     up: bool
     stale: bool
     sample: Sample
+    labels: dict[str, str]
 
     @property
     def gpu(self) -> str:
@@ -39,10 +44,6 @@ class GpuView:
     @property
     def uuid(self) -> str:
         return self.device.uuid
-
-    @property
-    def labels(self) -> dict[str, str]:
-        return self.device.labels()
 
 
 def new_family(name: str, help: str, counter: bool, labels: Sequence[str] = GPU_LABELS) -> tuple[Metric, str]:
@@ -87,7 +88,7 @@ class GpuMetric:
         for g in gpus:
             v = g.sample.get(key)
             if v is not None:
-                append(PromSample(sample_name, g.device.labels(), v))
+                append(PromSample(sample_name, g.labels, v))
         return fam
 
 

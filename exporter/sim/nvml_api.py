@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -479,28 +480,26 @@ def _field(g: SimGpu, fid: int) -> tuple[int, int] | None:
     return entry[1], entry[2](g)
 
 
-class _FieldValue(ctypes.Structure):
-    """nvmlFieldValue_t's layout without pynvml's per-attribute Python hooks (C pays no such cost)."""
-
-    _fields_ = pynvml.c_nvmlFieldValue_t._fields_
+# nvmlFieldValue_t, 40 bytes: fieldId, scopeId (uint each), timestamp, latencyUsec (int64 each),
+# valueType, nvmlReturn (uint each), value (an 8-byte union). Read and written with struct, one
+# call per slot (a ctypes attribute per member was most of the simulator's cost of this call).
+_SLOT_SIZE = ctypes.sizeof(pynvml.c_nvmlFieldValue_t)
+_FIELD_ID = struct.Struct("<I")
+_ANSWER = struct.Struct("<qqIIQ")  # from offset 8: timestamp, latencyUsec, valueType, nvmlReturn, value
+assert _SLOT_SIZE == 40 and pynvml.c_nvmlFieldValue_t.timestamp.offset == 8
 
 
 @_c(c_void_p, c_int, c_void_p)
 def nvmlDeviceGetFieldValues(lib: LibraryState, g: SimGpu, count: int, values: int) -> int:
-    arr = (_FieldValue * count).from_address(values)
+    mem = (ctypes.c_char * (_SLOT_SIZE * count)).from_address(values)
     stamp = int(time.time() * 1e6)
-    for fv in arr:
-        got = _field(g, fv.fieldId)
-        fv.timestamp, fv.latencyUsec = stamp, 0
-        if got is None:
-            fv.nvmlReturn = ERROR_NOT_SUPPORTED
-            continue
-        fv.nvmlReturn = SUCCESS
-        fv.valueType = got[0]
-        if got[0] == pynvml.NVML_VALUE_TYPE_UNSIGNED_INT:
-            fv.value.uiVal = got[1]
-        else:
-            fv.value.ullVal = got[1]
+    unpack, pack = _FIELD_ID.unpack_from, _ANSWER.pack_into
+    for off in range(0, _SLOT_SIZE * count, _SLOT_SIZE):
+        entry = _FIELDS.get(unpack(mem, off)[0])
+        if entry is None or not entry[0](g):
+            pack(mem, off + 8, stamp, 0, 0, ERROR_NOT_SUPPORTED, 0)
+        else:  # the union's low bytes hold a uint (little-endian), all 8 an unsigned long long
+            pack(mem, off + 8, stamp, 0, entry[1], SUCCESS, entry[2](g))
     return SUCCESS
 
 
