@@ -1,5 +1,12 @@
 """The "GPU fleet" dashboard: the seed's panels, the forecasts and XID errors, as Grafana JSON.
 
+One set of panel definitions, built for either metrics source (``gpuwarden.sources``): the GPU
+series come from ``sources.signal`` (and, where a panel needs a range, ``sources.raw``), so this
+module names no exporter metric of its own; each source's dashboard selects its scrape job the
+way the rules do. Per-GPU series are aggregated ``by (instance, gpu)`` with ``max`` because
+dcgm-exporter repeats a GPU's device fields on each MIG instance's (and pod's) series; for
+gpuwarden-exporter, one series per GPU, the aggregation changes nothing.
+
 Every per-GPU series is filtered by the ``instance`` and ``gpu`` variables: the exporter's, the
 predictor's (risk, forecasts) and the agent's (gpu_state, gpu_allocation_info) all carry the
 GPU's Prometheus ``instance`` (the agent's scrape job keeps them with ``honor_labels``). The
@@ -18,26 +25,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gpuwarden import sources
 from gpuwarden.rules.promql import THRESHOLD_RECORD
 
 from . import grafana as g
 from .grafana import Grid, Target, Threshold
 
-UID = "gpuwarden-fleet"
-TITLE = "GPU fleet (gpuwarden)"
+# Per source: the dashboard's uid, title and tags (two dashboards may be provisioned side by side).
+UID = {"gpuwarden": "gpuwarden-fleet", "dcgm-exporter": "gpuwarden-fleet-dcgm"}
+TITLE = {"gpuwarden": "GPU fleet (gpuwarden)", "dcgm-exporter": "GPU fleet (gpuwarden on dcgm-exporter)"}
+TAGS = {"gpuwarden": ["gpu", "gpuwarden", "nvml"], "dcgm-exporter": ["gpu", "gpuwarden", "dcgm-exporter"]}
 
+# The agent's and the predictor's per-GPU series: scraped from the agent (its own job), they
+# carry the GPU's instance (honor_labels), so only the variables select them.
 GPU = '{instance=~"$instance", gpu=~"$gpu"}'
 WHO = "{{instance}} GPU {{gpu}}"
 AGENT_ACTIVE = "agent: alerts active"
-
-# DESIGN.md: throttling = any of these clock-event reasons (the others are benign).
-THROTTLING_REASONS = (
-    "sw_power_cap",
-    "hw_slowdown",
-    "sw_thermal_slowdown",
-    "hw_thermal_slowdown",
-    "hw_power_brake_slowdown",
-)
 
 # Colours named by Grafana's palette.
 OK, INFO, WARN, CRIT = "green", "blue", "orange", "red"
@@ -47,18 +50,81 @@ class DashboardConfigError(Exception):
     """The rules config lacks something the dashboard draws (names the rule and what to do)."""
 
 
-def agent_gpu(metric: str) -> str:
-    """The agent's per-GPU ``metric`` for the selected GPUs: by its ``instance``, or, where a
-    static inventory did not say a node's instance, by ``uuid`` against the exporter's gpu_info
-    (``or`` keeps a GPU matched both ways once)."""
-    return f"({metric}{GPU} or {metric} * on (uuid) group_left () group by (uuid) (gpu_info{GPU}))"
+@dataclass(frozen=True)
+class Reader:
+    """How the panels read one source's GPU series: its scrape job plus the two variables."""
 
+    source: str
+    job_selector: str
 
-def own_thresholds(*rules: str) -> Target:
-    """Each selected GPU's recorded threshold of ``rules`` (its own profile's), one line each."""
-    return Target(
-        f'{THRESHOLD_RECORD}{{rule=~"{"|".join(rules)}", instance=~"$instance", gpu=~"$gpu"}}', WHO + " {{rule}}"
-    )
+    @property
+    def matchers(self) -> str:
+        return f'{self.job_selector}, instance=~"$instance", gpu=~"$gpu"'
+
+    def signal(self, name: str) -> str:
+        """``sources.signal`` for the selected GPUs (lowercase instance, gpu, uuid; our units)."""
+        return sources.signal(self.source, name, self.matchers)
+
+    def per_gpu(self, name: str) -> str:
+        """One series per selected GPU of signal ``name``."""
+        return f"max by (instance, gpu) ({self.signal(name)})"
+
+    def over_range(self, function: str, metric: str, window: str, args: str = "", by: str = "instance, gpu") -> str:
+        """``function(series[window]args)`` per GPU over gpuwarden-exporter's ``metric`` as the
+        source names it (a range needs the raw selector: ``signal`` is an expression)."""
+        raw = sources.raw(self.source, metric)
+        if raw.sum_of:
+            raise ValueError(f"{metric} is a sum of series in {self.source}: no range over it")
+        sel = sources.selector(raw.names, self.matchers, raw.matchers)
+        expr = f"{function}({sel}[{window}]{args})"
+        if raw.blank is not None:
+            # A range cannot drop DCGM's blank samples; a field blank now is one the GPU lacks.
+            expr = f"({expr} and {sel} < {sources.number(raw.blank)})"
+        if raw.scale != 1:
+            expr = f"{expr} * {sources.number(raw.scale)}"
+        return f"max by ({by}) ({expr})"
+
+    def xid_events(self) -> str:
+        """XID events per ``$__rate_interval`` per GPU and XID code. gpuwarden-exporter counts
+        them (``xid`` label); dcgm-exporter's field is the GPU's last XID, a gauge: there an
+        event is a change of it, labelled with the value it changed to (0, no XID yet, left out)."""
+        if self.source == "gpuwarden":
+            return self.over_range("increase", "gpu_xid_errors_total", "$__rate_interval", by="instance, gpu, xid")
+        raw = sources.raw(self.source, "gpu_xid_errors_total")
+        last = sources.selector(raw.names, self.matchers)
+        valid = f"{last} > 0" if raw.blank is None else f"({last} > 0) < {sources.number(raw.blank)}"
+        return (
+            f"max by (instance, gpu, xid) (changes({last}[$__rate_interval]) "
+            f'* ignoring (xid) group_left (xid) count_values without () ("xid", {valid}))'
+        )
+
+    def series_selector(self, matchers: str) -> str:
+        """A series selector of every GPU the exporter reports (Grafana's ``label_values`` takes
+        selectors, not expressions): gpu_info, or dcgm-exporter's always-present fields."""
+        names = ("gpu_info",) if self.source == "gpuwarden" else sources.DCGM_PRESENCE
+        return sources.selector(names, matchers)
+
+    def agent_gpu(self, metric: str) -> str:
+        """The agent's per-GPU ``metric`` for the selected GPUs: by its ``instance``, or, where a
+        static inventory did not say a node's instance, by ``uuid`` against the exporter's GPUs
+        (``or`` keeps a GPU matched both ways once)."""
+        return f"({metric}{GPU} or {metric} * on (uuid) group_left () group by (uuid) ({self.signal('identity')}))"
+
+    def thresholds(self, *rules: str) -> str:
+        """Each selected GPU's recorded threshold of ``rules`` (its own profile's), one series per
+        GPU and rule (dcgm-exporter's records repeat per MIG instance)."""
+        return f'max by (instance, gpu, rule) ({THRESHOLD_RECORD}{{rule=~"{"|".join(rules)}", {self.matchers}}})'
+
+    def own_thresholds(self, *rules: str) -> Target:
+        return Target(self.thresholds(*rules), WHO + " {{rule}}")
+
+    def reads(self, *metrics: str) -> str:
+        """For dcgm-exporter, a sentence naming the fields a panel reads (several are not in its
+        default counters); nothing for gpuwarden-exporter, whose names the queries show."""
+        if self.source == "gpuwarden":
+            return ""
+        names = sorted({n for m in metrics for r in [sources.raw(self.source, m)] for n in (*r.names, *r.sum_of)})
+        return f" dcgm-exporter fields: {', '.join(names)}."
 
 
 def _with_threshold_style(panel: dict[str, Any], colours: dict[str, str]) -> dict[str, Any]:
@@ -110,8 +176,10 @@ class Thresholds:
         return cls(**values)
 
 
-def build(th: Thresholds) -> dict[str, Any]:
-    """The whole dashboard model; equal inputs give equal output (the committed file is diffed)."""
+def build(th: Thresholds, source: str = "gpuwarden", job_selector: str | None = None) -> dict[str, Any]:
+    """The whole dashboard model for ``source`` (its exporter's scrape job: ``job_selector``, by
+    default the source's usual one); equal inputs give equal output (the committed file is diffed)."""
+    src = Reader(sources.check(source), job_selector or sources.default_job_selector(source))
     grid = Grid()
     panels: list[dict[str, Any]] = []
 
@@ -192,11 +260,11 @@ def build(th: Thresholds) -> dict[str, Any]:
                 "Temperature",
                 f"GPU core temperature, and dashed each GPU's own THERMAL_WARNING and THERMAL_CRITICAL "
                 f"thresholds (its model's profile; the default profile's: >= {th.temperature_warning:g} °C "
-                f"and > {th.temperature_critical:g} °C).",
+                f"and > {th.temperature_critical:g} °C).{src.reads('gpu_temperature_celsius')}",
                 grid.place(12, 8),
                 [
-                    Target(f"gpu_temperature_celsius{GPU}", WHO),
-                    own_thresholds("THERMAL_WARNING", "THERMAL_CRITICAL"),
+                    Target(src.per_gpu("temperature_celsius"), WHO),
+                    src.own_thresholds("THERMAL_WARNING", "THERMAL_CRITICAL"),
                 ],
                 "celsius",
             ),
@@ -208,12 +276,13 @@ def build(th: Thresholds) -> dict[str, Any]:
                     "Power",
                     f"Board power draw, the enforced power limit (a throttle lowers it), and dashed "
                     f"each GPU's own POWER_SPIKE and POWER_CRITICAL thresholds (the default profile's: "
-                    f"> {th.power_warning:g} W and >= {th.power_critical:g} W).",
+                    f"> {th.power_warning:g} W and >= {th.power_critical:g} W)."
+                    f"{src.reads('gpu_power_watts', 'gpu_power_limit_watts')}",
                     grid.place(12, 8),
                     [
-                        Target(f"gpu_power_watts{GPU}", WHO),
-                        Target(f"gpu_power_limit_watts{GPU}", WHO + " limit"),
-                        own_thresholds("POWER_SPIKE", "POWER_CRITICAL"),
+                        Target(src.per_gpu("power_watts"), WHO),
+                        Target(src.per_gpu("power_limit_watts"), WHO + " limit"),
+                        src.own_thresholds("POWER_SPIKE", "POWER_CRITICAL"),
                     ],
                     "watt",
                 )
@@ -230,11 +299,10 @@ def build(th: Thresholds) -> dict[str, Any]:
             grid.place(24, 6),
             Target(
                 " or ".join(
-                    f"{metric}{GPU} / on (instance, gpu) group_left (rule) "
-                    f'{THRESHOLD_RECORD}{{rule="{rule}", instance=~"$instance", gpu=~"$gpu"}}'
-                    for metric, rule in (
-                        ("gpu_temperature_celsius", "THERMAL_CRITICAL"),
-                        ("gpu_power_watts", "POWER_CRITICAL"),
+                    f"{src.per_gpu(signal)} / on (instance, gpu) group_left (rule) {src.thresholds(rule)}"
+                    for signal, rule in (
+                        ("temperature_celsius", "THERMAL_CRITICAL"),
+                        ("power_watts", "POWER_CRITICAL"),
                     )
                 ),
                 WHO + " {{rule}}",
@@ -252,9 +320,9 @@ def build(th: Thresholds) -> dict[str, Any]:
     panels += [
         g.timeseries(
             "Utilization",
-            "Share of time a kernel ran on the GPU.",
+            f"Share of time a kernel ran on the GPU.{src.reads('gpu_utilization_ratio')}",
             grid.place(8, 8),
-            [Target(f"gpu_utilization_ratio{GPU}", WHO)],
+            [Target(src.per_gpu("utilization_ratio"), WHO)],
             "percentunit",
             minimum=0,
             maximum=1,
@@ -263,11 +331,17 @@ def build(th: Thresholds) -> dict[str, Any]:
             g.timeseries(
                 "Memory pressure",
                 f"Framebuffer memory used / total, and dashed each GPU's own MEMORY_PRESSURE threshold "
-                f"(the default profile's: >= {th.memory_pressure:.0%}).",
+                f"(the default profile's: >= {th.memory_pressure:.0%})."
+                f"{src.reads('gpu_memory_used_bytes', 'gpu_memory_total_bytes')}",
                 grid.place(8, 8),
                 [
-                    Target(f"gpu_memory_used_bytes{GPU} / gpu_memory_total_bytes{GPU}", WHO),
-                    own_thresholds("MEMORY_PRESSURE"),
+                    # The ratio per series first: a MIG instance's memory is its own.
+                    Target(
+                        f"max by (instance, gpu) ({src.signal('memory_used_bytes')} / "
+                        f"{src.signal('memory_total_bytes')})",
+                        WHO,
+                    ),
+                    src.own_thresholds("MEMORY_PRESSURE"),
                 ],
                 "percentunit",
                 minimum=0,
@@ -277,9 +351,10 @@ def build(th: Thresholds) -> dict[str, Any]:
         ),
         g.timeseries(
             "Memory used",
-            "Framebuffer memory in use.",
+            "Framebuffer memory in use (per GPU; in MIG mode, the largest instance's)."
+            f"{src.reads('gpu_memory_used_bytes')}",
             grid.place(8, 8),
-            [Target(f"gpu_memory_used_bytes{GPU}", WHO)],
+            [Target(src.per_gpu("memory_used_bytes"), WHO)],
             "bytes",
             minimum=0,
         ),
@@ -287,55 +362,49 @@ def build(th: Thresholds) -> dict[str, Any]:
 
     # 9. ECC errors trending + XID errors + throttling.
     section("Reliability")
-    reasons = "|".join(THROTTLING_REASONS)
     panels += [
         g.timeseries(
             "ECC errors",
             "New ECC errors per interval (volatile counts; a driver reload resets "
-            "them). Any uncorrectable error quarantines the GPU.",
+            "them). Any uncorrectable error quarantines the GPU."
+            f"{src.reads('gpu_ecc_errors_correctable_total', 'gpu_ecc_errors_uncorrectable_total')}",
             grid.place(8, 8),
             [
-                Target(
-                    f"sum by (instance, gpu) (increase(gpu_ecc_errors_correctable_total{GPU}[$__rate_interval]))",
-                    WHO + " correctable",
-                ),
-                Target(
-                    f"sum by (instance, gpu) (increase(gpu_ecc_errors_uncorrectable_total{GPU}[$__rate_interval]))",
-                    WHO + " uncorrectable",
-                ),
+                Target(src.over_range("increase", f"gpu_ecc_errors_{kind}_total", "$__rate_interval"), f"{WHO} {kind}")
+                for kind in ("correctable", "uncorrectable")
             ],
             "short",
             minimum=0,
         ),
         g.timeseries(
             "XID errors",
-            "NVIDIA driver XID events per interval, by XID code (e.g. 48 double-bit ECC, 79 fallen off the bus).",
+            "NVIDIA driver XID events per interval, by XID code (e.g. 48 double-bit ECC, 79 fallen off the bus)."
+            + (
+                ""
+                if src.source == "gpuwarden"
+                else " dcgm-exporter reports each GPU's last XID only (DCGM_FI_DEV_XID_ERRORS): an event here "
+                "is a change of it, so the same XID twice in a row shows once."
+            ),
             grid.place(8, 8),
-            [
-                Target(
-                    f"sum by (instance, gpu, xid) (increase(gpu_xid_errors_total{GPU}[$__rate_interval]))",
-                    WHO + " XID {{xid}}",
-                )
-            ],
+            [Target(src.xid_events(), WHO + " XID {{xid}}")],
             "short",
             minimum=0,
             bars=True,
         ),
         g.timeseries(
             "Throttling",
-            "How many clock-event reasons that mean throttling are active per GPU "
-            f"({', '.join(THROTTLING_REASONS)}). The THROTTLING alert fires when any stays "
-            "active; gpu_throttle_active{reason} on the node says which.",
+            "1 while any clock-event reason that means throttling is active on the GPU "
+            f"({', '.join(sources.THROTTLING_REASONS)}); the THROTTLING alert fires when it stays 1. "
+            + (
+                "gpu_throttle_active{reason} on the node says which."
+                if src.source == "gpuwarden"
+                else f"The reasons are bits of {' or '.join(sources.raw(src.source, 'gpu_throttle_active').names)}."
+            ),
             grid.place(8, 8),
-            [
-                Target(
-                    f'sum by (instance, gpu) (gpu_throttle_active{{instance=~"$instance", '
-                    f'gpu=~"$gpu", reason=~"{reasons}"}})',
-                    WHO,
-                )
-            ],
+            [Target(src.per_gpu("throttle_active"), WHO)],
             "short",
             minimum=0,
+            maximum=1,
         ),
     ]
 
@@ -414,14 +483,14 @@ def build(th: Thresholds) -> dict[str, Any]:
             "GPUs per scheduler state (the agent's gpu_state), matched to the selected nodes by "
             "instance, or by uuid where a static inventory names a node otherwise.",
             grid.place(6, 8),
-            Target(f"sum by (state) ({agent_gpu('gpu_state')})", "{{state}}", instant=True),
+            Target(f"sum by (state) ({src.agent_gpu('gpu_state')})", "{{state}}", instant=True),
         ),
         g.table(
             "GPU allocations",
             "Which job holds which GPU (the agent's gpu_allocation_info: the embedded scheduler's "
             "jobs and, with the Slurm backend, Slurm's).",
             grid.place(24, 7),
-            Target(agent_gpu("gpu_allocation_info"), instant=True, table=True),
+            Target(src.agent_gpu("gpu_allocation_info"), instant=True, table=True),
             hidden=["Time", "Value", "__name__", "job"],
         ),
     ]
@@ -457,8 +526,8 @@ def build(th: Thresholds) -> dict[str, Any]:
                 "predict_linear over the last 10 minutes, 15 minutes ahead; lines as on the temperature panel.",
                 grid.place(8, 8),
                 [
-                    Target(f"predict_linear(gpu_temperature_celsius{GPU}[10m], 900)", WHO),
-                    own_thresholds("THERMAL_WARNING", "THERMAL_CRITICAL"),
+                    Target(src.over_range("predict_linear", "gpu_temperature_celsius", "10m", ", 900"), WHO),
+                    src.own_thresholds("THERMAL_WARNING", "THERMAL_CRITICAL"),
                 ],
                 "celsius",
             ),
@@ -468,13 +537,15 @@ def build(th: Thresholds) -> dict[str, Any]:
 
     for i, panel in enumerate(panels, start=1):
         panel["id"] = i
+    nodes = src.series_selector(src.job_selector)
+    node_gpus = src.series_selector(f'{src.job_selector}, instance=~"$instance"')
 
     return {
-        "uid": UID,
-        "title": TITLE,
-        "description": "Generated by dashboards/generate.py from rules/thresholds.yaml; "
-        "edit those, not this file, and run `python -m gpuwarden.dashboards.generate`.",
-        "tags": ["gpu", "gpuwarden", "nvml"],
+        "uid": UID[src.source],
+        "title": TITLE[src.source],
+        "description": f"GPUs read from {src.source} ({src.job_selector}). Generated by dashboards/generate.py "
+        "from rules/thresholds.yaml; edit those, not this file, and run `python -m gpuwarden.dashboards.generate`.",
+        "tags": TAGS[src.source],
         "editable": True,
         "graphTooltip": 1,  # shared crosshair: line an alert up with temperature and power
         "refresh": "5s",
@@ -501,8 +572,8 @@ def build(th: Thresholds) -> dict[str, Any]:
         "templating": {
             "list": [
                 g.datasource_variable(),
-                g.query_variable("instance", "Node", "label_values(gpu_info, instance)"),
-                g.query_variable("gpu", "GPU", 'label_values(gpu_info{instance=~"$instance"}, gpu)'),
+                g.query_variable("instance", "Node", f"label_values({nodes}, instance)"),
+                g.query_variable("gpu", "GPU", f"label_values({node_gpus}, gpu)"),
             ]
         },
         "panels": panels,

@@ -14,7 +14,9 @@ from typing import Any
 # Grafana's built-in variables (always defined by Grafana); ``$__all`` is the "All" selection.
 BUILTINS = ("__rate_interval", "__interval", "__range", "__all")
 
-_VAR = re.compile(r"\$(\w+)|\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]")
+# A name starts with a letter or _: ``$1`` is label_replace's regex group, which Grafana leaves
+# alone (it keeps a reference to no variable as written).
+_VAR = re.compile(r"\$([A-Za-z_]\w*)|\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]")
 _LABEL_VALUES = re.compile(r"^\s*label_values\((?:(?P<selector>.+),\s*)?(?P<label>\w+)\)\s*$")
 
 

@@ -1,4 +1,4 @@
-"""Every query the dashboard sends is valid PromQL, as judged by the real promtool 2.42."""
+"""Every query each source's dashboard sends is valid PromQL, as judged by the real promtool 2.42."""
 
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ def _check_rules(exprs: list[tuple[str, str]], tmp_path: Path) -> subprocess.Com
     )
 
 
-def test_every_query_is_valid_promql(committed: dict[str, Any], tmp_path: Path) -> None:
-    found = queries.all_queries(committed)
+def test_every_query_is_valid_promql(each_committed: dict[str, Any], tmp_path: Path) -> None:
+    found = queries.all_queries(each_committed)
     assert len(found) >= 30, [q.where for q in found]
     exprs = [(q.where, queries.substitute(q.expr, VALUES)) for q in found]
     result = _check_rules(exprs, tmp_path)
