@@ -192,6 +192,8 @@ def forecasts_from_fit(
         ttt: float | None = ttt_f if math.isfinite(ttt_f) else None
         if name == "held" and ttt is None:
             reason = "held by the firmware (a slowdown or power cap is active)"
+        elif name == "cycle":
+            reason = f"repeating a load cycle (rising again, still below its last peak {a:.4g})"
         elif slope <= 0:
             reason = "not rising"
         elif name == "first-order" and a <= T:

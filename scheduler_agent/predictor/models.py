@@ -41,6 +41,11 @@ Assumptions, and what guards each one:
   smaller of that and ``(A - threshold) / se(A)`` on a curve: a crossing is forecast only when
   the asymptote is above the threshold *with confidence*. Reported as 2·Φ(z) − 1 and gated by
   ``min_confidence``.
+* Load cycles: a window whose running median fell by FALL_SIGMAS noise sigmas from a peak and
+  now rises again is a load cycle repeating (training steps, evaluation phases): no crossing is
+  forecast while the level is still below the peak before the fall; once it passes that peak
+  the climb is judged as usual (a cycle whose peaks grow). Runaways and settling approaches
+  never fall by that much; a spike does not move the running median.
 * Firmware holds: where ``gpu_throttle_active`` is 1 at the last samples (a thermal slowdown or
   power cap is active), the climb before it is not extrapolated: the series is fitted only over
   the throttled stretch, and not forecast at all until HELD_MIN_SAMPLES of it exist.
@@ -73,14 +78,16 @@ ONSET_MIN_SAMPLES = 8
 # Time constants whose fit is within this many noise variances of the best stay plausible.
 PLAUSIBLE = 2.0
 SPIKE_SIGMAS = 5.0
+# A fall of this many scrape-noise sigmas (running median of five) marks a load cycle.
+FALL_SIGMAS = 6.0
 HELD_MIN_SAMPLES = 5
 ECC_MIN_CONFIDENCE = 0.5
 MIN_SAMPLES = 5
 ECC_GUESS_MAX_THRESHOLD = 50.0
 CHUNK = 512
 
-MODEL_LINEAR, MODEL_FIRST_ORDER, MODEL_ACCEL, MODEL_HELD, MODEL_NONE = 0, 1, 2, 3, 4
-MODEL_NAMES = ("linear", "first-order", "accelerating", "held", "none")
+MODEL_LINEAR, MODEL_FIRST_ORDER, MODEL_ACCEL, MODEL_HELD, MODEL_NONE, MODEL_CYCLE = 0, 1, 2, 3, 4, 5
+MODEL_NAMES = ("linear", "first-order", "accelerating", "held", "none", "cycle")
 
 
 @dataclass(frozen=True)
@@ -90,7 +97,7 @@ class BatchFit:
     level: np.ndarray  # fitted value at the last sample
     slope: np.ndarray  # fitted slope at the last sample, per second
     slope_se: np.ndarray
-    asymptote: np.ndarray  # inf for a line or accelerating climb with r > 0
+    asymptote: np.ndarray  # inf for a line or accelerating climb with r > 0; a cycle's last peak
     tau: np.ndarray
     ttt: np.ndarray  # seconds to threshold of the point forecast (inf: never), 0 when over now
     confidence: np.ndarray  # 0-1
@@ -118,19 +125,34 @@ def _robust_noise(y: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out
 
 
-def _spikes(y: np.ndarray, valid: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """Samples far from the running median of five: spikes of one or two scrapes. The last two
-    samples are compared with older ones (padding from 4-5 samples back), so a jump there counts
-    as a spike until it lasts three scrapes."""
-    if y.shape[1] < 5:
-        return np.zeros(y.shape, dtype=bool)
+def _running_median(y: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Median of each sample and its four neighbours (NaN where missing). The last two samples
+    are compared with older ones (padding from 4-5 samples back), so a jump there counts as a
+    spike until it lasts three scrapes."""
     yy = np.where(valid, y, np.nan)
     pad = np.concatenate([yy[:, 2:4], yy, yy[:, -5:-3]], axis=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        med = np.nanmedian(sliding_window_view(pad, 5, axis=1), axis=2)
-    dev = np.abs(yy - med)
+        med: np.ndarray = np.nanmedian(sliding_window_view(pad, 5, axis=1), axis=2)
+    return med
+
+
+def _spikes(y: np.ndarray, valid: np.ndarray, sigma: np.ndarray, med: np.ndarray) -> np.ndarray:
+    """Samples far from the running median of five (``med``): spikes of one or two scrapes."""
+    dev = np.abs(np.where(valid, y, np.nan) - med)
     out: np.ndarray = valid & (dev > SPIKE_SIGMAS * np.maximum(sigma, 1e-12)[:, None])
+    return out
+
+
+def _peak_before_fall(med: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """The highest (running-median) level the window reached before its last fall of at least
+    FALL_SIGMAS scrape-noise sigmas, per row; -inf where the window never fell that far. A
+    series that fell and now rises again is repeating a load cycle until it passes that peak."""
+    sm = np.where(np.isfinite(med), med, -np.inf)
+    top = np.maximum.accumulate(sm, axis=1)
+    with np.errstate(invalid="ignore"):
+        fell = np.isfinite(sm) & (top - sm >= FALL_SIGMAS * np.maximum(sigma, 1e-12)[:, None])
+    out: np.ndarray = np.where(fell, top, -np.inf).max(axis=1)
     return out
 
 
@@ -190,7 +212,8 @@ def _fit_chunk(
             unit = np.nan_to_num(np.nanmin(np.where(steps > 0, steps, np.nan), axis=1), nan=1.0)
         sigma = np.maximum(sigma, unit * np.sqrt(np.maximum(typical / unit, 1.0)))
     sigma = np.maximum(sigma, max(noise_floor, 1e-9) * np.maximum(1.0, np.abs(thr)))
-    w = valid & ~_spikes(y, valid, sigma)
+    med = _running_median(y, valid) if n >= 5 else np.where(valid, y, np.nan)
+    w = valid & ~_spikes(y, valid, sigma, med)
     wf = w.astype(float)
 
     taus = TAUS if kind in ("temperature", "power") else TAUS[_LINE : _LINE + 1]
@@ -296,6 +319,12 @@ def _fit_chunk(
     tt_k = np.where((Rk > 0) & np.isfinite(tt_k) & (tt_k >= 0) & ((tk <= 0) | (ak > thr[:, None])), tt_k, np.inf)
     ttt = np.maximum(ttt, np.where(plaus, tt_k, 0.0).max(axis=1))
 
+    # A load cycle: the window fell from a peak and rises again. Until it passes that peak the
+    # rise is the cycle repeating (its asymptote is the load's, not a runaway's).
+    ceiling = _peak_before_fall(med, sigma) if kind in ("temperature", "power") else np.full(g, -np.inf)
+    cycling = np.isfinite(ceiling) & (L < ceiling) & (R > 0)
+    ttt = np.where(cycling, np.inf, ttt)
+
     # Over the threshold now: robust level over it and most of the last three samples too.
     last3 = np.where(valid, y, np.nan)[:, -3:]
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
@@ -308,10 +337,12 @@ def _fit_chunk(
         model = np.where(held, MODEL_HELD, model)
         ttt = np.where(waiting, np.inf, ttt)
         conf = np.where(waiting, 0.0, conf)
+    model = np.where(cycling & (model != MODEL_HELD), MODEL_CYCLE, model)
     short = nfit < MIN_SAMPLES
     model = np.where(short & ~held, MODEL_NONE, model)
     ttt = np.where(over, 0.0, ttt)
     conf = np.where(over, 1.0, conf)
+    asym = np.where(model == MODEL_CYCLE, ceiling, asym)
     return BatchFit(L, R, se_r, asym, tau, ttt, conf, model, over, nfit)
 
 

@@ -79,3 +79,25 @@ def test_evaluate_reads_the_throttle_rows() -> None:
     gpus = evaluate([SPEC], {"temperature": rows}, {}, NOW, 600.0, throttle=throttle)
     f = gpus["GPU-held"].forecasts["temperature"]
     assert f.model == "held" and f.seconds_to_threshold is None
+
+
+def test_load_cycle_rise_below_its_last_peak_is_not_a_crossing() -> None:
+    """A square-wave load: the window holds a peak at 82 °C, the fall after it and the next rise
+    (toward a high asymptote of 92 °C that the load's end keeps it from reaching). The same rise
+    with no cycle before it (a load step: a first-order approach to 92 °C) is forecast to cross."""
+    rng = np.random.default_rng(3)
+    s = np.arange(-600.0, 0.0 + STEP / 2, STEP)
+    lo, hi, tau = 55.0, 92.0, 180.0
+    y = np.empty(s.size)
+    y[0] = 80.0
+    high = (s < -420) | (s > -180)  # high load, low load for four minutes, high again
+    for i in range(1, s.size):
+        a = hi if high[i] else lo
+        y[i] = a + (y[i - 1] - a) * np.exp(-STEP / tau)
+    assert y[-1] < y[: s.size // 2].max()  # still below the last peak
+    noise = rng.normal(0, 0.3, s.size)
+    cyc = models.fit_batch(s, y + noise, 85.0, "temperature")
+    assert cyc.model[0] == models.MODEL_CYCLE and not np.isfinite(cyc.ttt[0])
+    step = np.where(s > -180, hi + (y[-13] - hi) * np.exp(-np.clip(s + 180, 0, None) / tau), y[-13])
+    run = models.fit_batch(s, step + noise, 85.0, "temperature")
+    assert np.isfinite(run.ttt[0]) and run.model[0] != models.MODEL_CYCLE
