@@ -6,7 +6,7 @@
         (null when no crossing is predicted with enough confidence), confidence (0-1),
         slope_per_second, risk (0-1), warn (seconds_to_threshold <= horizon) and details.
 
-    gpuwarden-agent predict [--prometheus.url URL] [--rules FILE] [--lead-time S] [--all] [--json]
+    gpuwarden-agent predict [--prometheus.url URL] [--rules FILE] [--source S] [--lead-time S] [--all] [--json]
         Range-queries Prometheus and prints the seed's report for each GPU at risk.
 
 Exit status: 0 done, 1 Prometheus unavailable or rejected the query, 2 bad input or usage.
@@ -22,6 +22,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
+
+from gpuwarden import sources
 
 from .forecast import MIN_CONFIDENCE, forecast_series
 from .models import KINDS
@@ -125,6 +127,7 @@ def predict_prometheus(args: argparse.Namespace, out: TextIO) -> int:
         window=args.window,
         step=args.step,
         min_confidence=args.min_confidence,
+        source=args.source,
     )
     try:
         gpus = svc.fetch(time.time())
@@ -155,7 +158,8 @@ def predict_prometheus(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     if not gpus:
         out.write(
-            f"No GPU series found in Prometheus at {args.prometheus_url} (is it scraping job {cfg.exporter_job!r}?)\n"
+            f"No GPU series found in Prometheus at {args.prometheus_url} "
+            f"(is it scraping {svc.source} under {svc.job_selector}?)\n"
         )
         return 0
     if not shown:
@@ -207,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Prometheus to range-query (default %(default)s)",
     )
     p.add_argument("--rules", metavar="FILE", help="thresholds file (default: the shipped rules/thresholds.yaml)")
+    p.add_argument(
+        "--source",
+        choices=sources.SOURCES,
+        help="Prometheus mode: the exporter the GPUs' metrics come from (default: the thresholds file's settings.source)",
+    )
     p.add_argument(
         "--lead-time",
         type=float,

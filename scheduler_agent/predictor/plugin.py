@@ -14,6 +14,11 @@ Enabled by a ``predictor:`` section in the agent's config, validated by ``config
       migrate: true             # false: forecast and score risk, never preempt
       rules_file: null          # thresholds file (default: the shipped rules/thresholds.yaml)
 
+Where the GPUs' metrics come from (gpuwarden-exporter or dcgm-exporter) is the agent's one
+setting for it, ``inventory.prometheus.source`` (and its ``job_selector``), when the inventory
+is discovered from Prometheus; otherwise the thresholds file's ``settings.source``. When both
+are there they must agree (the alerts and the forecasts then read the same series).
+
 The scheduler's ``risk`` hook becomes ``service.risk``; migrations go through ``port``, the
 agent's one scheduler port (the embedded scheduler's, or Slurm's when ``slurm:`` is configured),
 as ``port.preempt_gpu(uuid, reason, ActionContext("predictor", migration_id, gpu))``
@@ -23,7 +28,7 @@ tracer provider.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gpuwarden import config as foundation
 
@@ -37,6 +42,21 @@ if TYPE_CHECKING:
 
 def _schema() -> foundation.Schema:
     return foundation.Schema.packaged("gpuwarden.scheduler_agent.predictor", "config.schema.json")
+
+
+def _source(agent: Host, cfg: Any) -> tuple[str | None, str | None]:
+    """(source, job_selector) from inventory.prometheus; (None, None): the rules file's own."""
+    discovery = (agent.config.inventory or {}).get("prometheus")
+    if not discovery:
+        return None, None
+    source = str(discovery.get("source", "gpuwarden"))
+    if source != cfg.source:
+        raise agent.config.error(
+            "inventory.prometheus.source",
+            f"{source!r}, but the predictor's thresholds file {cfg.path} has settings.source "
+            f"{cfg.source!r}: set both to the exporter the GPUs' metrics come from",
+        )
+    return source, discovery.get("job_selector") or None
 
 
 def install(agent: Host, port: SchedulerPort) -> PredictorService | None:
@@ -53,6 +73,7 @@ def install(agent: Host, port: SchedulerPort) -> PredictorService | None:
         cfg = rules_config.load(agent.config.resolve(rules_file) if rules_file else None)
     except rules_config.ConfigError as exc:
         raise agent.config.error("predictor.rules_file", str(exc)) from None
+    source, job_selector = _source(agent, cfg)
     from gpuwarden.prom import PrometheusClient
 
     migrator = PortMigrator(agent.db, port) if migrate else None
@@ -66,6 +87,8 @@ def install(agent: Host, port: SchedulerPort) -> PredictorService | None:
             step=nums["step_seconds"],
             migrator=migrator,
             tracer_provider=agent.tracer_provider,
+            source=source,
+            job_selector=job_selector,
         )
     except ValueError as exc:
         if migrator is not None:

@@ -30,30 +30,32 @@ from opentelemetry.trace import Status, StatusCode
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gpuwarden import sources
 from gpuwarden.prom import PrometheusClient, PrometheusError
 
 from .forecast import MIN_CONFIDENCE, PERSIST
 from .health import GpuHealth, evaluate, gpu_key, migration_candidates
-from .specs import MetricSpec, specs_from_rules
+from .specs import MetricSpec, resolve_source, specs_from_rules
 
 log = logging.getLogger(__name__)
 
-# Counters read for "recent errors" (metric names are the exporter's contract, DESIGN.md).
-ERROR_QUERIES = {
-    "uncorrectable": "gpu_ecc_errors_uncorrectable_total{sel}",
-    "xid": "sum by (instance, gpu, uuid) (gpu_xid_errors_total{sel})",
-}
 
-# 1 where any throttling reason (DESIGN.md's list) is active: the firmware is holding the GPU, so
-# the temperature and power models do not extrapolate the climb before it (models.py).
-THROTTLE_REASONS = "sw_power_cap|hw_slowdown|sw_thermal_slowdown|hw_thermal_slowdown|hw_power_brake_slowdown"
+def error_queries(source: str, job_selector: str) -> dict[str, str]:
+    """The "recent errors" read per GPU (their increase within the window counts): uncorrectable
+    ECC errors, and XIDs (gpuwarden-exporter counts them per XID; dcgm-exporter's
+    DCGM_FI_DEV_XID_ERRORS is the last XID's value, so a change to a new XID reads as an
+    increase, a repeat of the same XID does not)."""
+    if source == "gpuwarden":
+        xid = f"sum by (instance, gpu, uuid) (gpu_xid_errors_total{{{job_selector}}})"
+    else:
+        xid = sources.uuid_lowercase(source, sources.instant(source, "gpu_xid_errors_total", job_selector))
+    return {"uncorrectable": sources.signal(source, "ecc_uncorrectable_total", job_selector), "xid": xid}
 
 
-def throttle_query(selector: str) -> str:
-    """``max by`` GPU of gpu_throttle_active over the throttling reasons, within ``selector``."""
-    inner = selector.strip()[1:-1].strip() if selector.strip() else ""
-    extra = f", {inner}" if inner else ""
-    return f'max by (instance, gpu, uuid) (gpu_throttle_active{{reason=~"{THROTTLE_REASONS}"{extra}}})'
+def throttle_query(source: str, job_selector: str) -> str:
+    """1 per GPU while any throttling reason (DESIGN.md's list) is active: the firmware is holding
+    the GPU, so the temperature and power models do not extrapolate the climb before it."""
+    return f"max by (instance, gpu, uuid) ({sources.signal(source, 'throttle_active', job_selector)})"
 
 
 @dataclass(frozen=True)
@@ -101,18 +103,18 @@ class FunctionMigrator:
         pass
 
 
-def _as_specs(thresholds: Any) -> tuple[list[MetricSpec], str | None]:
-    """MetricSpecs and the exporter's scrape job (None when given bare MetricSpecs)."""
+def _as_specs(thresholds: Any, source: str | None, job_selector: str | None) -> tuple[list[MetricSpec], str, str]:
+    """MetricSpecs, the metrics source and its job matcher (see specs.resolve_source)."""
     if thresholds is None or isinstance(thresholds, (str, Path)):
         from gpuwarden.rules import config as rules_config
 
         thresholds = rules_config.load(Path(thresholds) if thresholds is not None else None)
     if hasattr(thresholds, "alerts"):
-        return specs_from_rules(thresholds), getattr(thresholds, "exporter_job", None)
+        return specs_from_rules(thresholds, source, job_selector), *resolve_source(thresholds, source, job_selector)
     specs = list(thresholds)
     if not all(isinstance(s, MetricSpec) for s in specs):
         raise TypeError("thresholds must be None, a rules file path, a RulesConfig or MetricSpecs")
-    return specs, None
+    return specs, *resolve_source(None, source, job_selector)
 
 
 class PredictorService:
@@ -139,7 +141,8 @@ class PredictorService:
         migrator: Migrator | None = None,
         tracer_provider: Any = None,
         clock: Callable[[], float] = time.time,
-        error_selector: str | None = None,
+        source: str | None = None,
+        job_selector: str | None = None,
     ) -> None:
         if period <= 0 or window <= 0 or step <= 0 or lead_time < 0:
             raise ValueError(
@@ -149,9 +152,7 @@ class PredictorService:
             raise ValueError(f"window {window:g}s holds fewer than 5 steps of {step:g}s; widen it")
         if on_migrate is not None and migrator is not None:
             raise ValueError("give on_migrate or migrator, not both")
-        self.specs, job = _as_specs(thresholds)
-        if error_selector is None:
-            error_selector = f'{{job="{job}"}}' if job else ""
+        self.specs, self.source, self.job_selector = _as_specs(thresholds, source, job_selector)
         self.client = (
             prom_url
             if isinstance(prom_url, PrometheusClient)
@@ -164,7 +165,8 @@ class PredictorService:
         provider = tracer_provider if tracer_provider is not None else trace.NoOpTracerProvider()
         self._tracer = provider.get_tracer("gpuwarden.predictor")
         self._clock = clock
-        self._error_selector = error_selector
+        self._error_queries = error_queries(self.source, self.job_selector)
+        self._throttle_query = throttle_query(self.source, self.job_selector)
         self._lock = threading.Lock()
         self._snapshot = Snapshot()
         self._migrated: set[str] = set()
@@ -197,15 +199,11 @@ class PredictorService:
             for s in self.specs
         }
         errors = {
-            k: [
-                (r.labels, r.times, r.values)
-                for r in self.client.query_range(q.format(sel=self._error_selector), start, now, self.step)
-            ]
-            for k, q in ERROR_QUERIES.items()
+            k: [(r.labels, r.times, r.values) for r in self.client.query_range(q, start, now, self.step)]
+            for k, q in self._error_queries.items()
         }
         throttle = [
-            (r.labels, r.times, r.values)
-            for r in self.client.query_range(throttle_query(self._error_selector), start, now, self.step)
+            (r.labels, r.times, r.values) for r in self.client.query_range(self._throttle_query, start, now, self.step)
         ]
         return evaluate(
             self.specs,

@@ -1,7 +1,10 @@
 """Which series the predictor forecasts, and against which threshold from rules/thresholds.yaml.
 
 One MetricSpec per forecast metric. Thresholds are never constants here: they come from
-``rules.config.load(path)`` (the shipped ``rules/thresholds.yaml`` when path is None):
+``rules.config.load(path)`` (the shipped ``rules/thresholds.yaml`` when path is None). The
+queries are built by ``gpuwarden.sources`` for the metrics source (gpuwarden-exporter or
+dcgm-exporter: lowercase ``instance``/``gpu``/``uuid``, gpuwarden's units either way); the names
+below are gpuwarden-exporter's:
 
 * temperature  gpu_temperature_celsius                    THERMAL_CRITICAL
 * power        gpu_power_watts                            POWER_CRITICAL
@@ -20,6 +23,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from gpuwarden import sources
+
+# Any scrape job: bare MetricSpecs and a rules config without an exporter job select no job.
+ANY_JOB = 'job=~".+"'
+# gpuwarden-exporter metric -> the gpuwarden.sources signal that reads it from any source.
+_SIGNALS = {
+    "gpu_temperature_celsius": "temperature_celsius",
+    "gpu_power_watts": "power_watts",
+    "gpu_memory_used_bytes": "memory_used_bytes",
+    "gpu_memory_total_bytes": "memory_total_bytes",
+}
 
 
 @dataclass(frozen=True)
@@ -43,16 +58,45 @@ class MetricSpec:
     threshold_query: str | None = None
 
 
-def _sel(job: str | None) -> str:
-    return f'{{job="{job}"}}' if job else ""
+def gauge(source: str, metric: str, job_selector: str) -> str:
+    """gpuwarden-exporter's ``metric`` read from ``source`` (sources.signal for the signals it
+    names), with lowercase instance/gpu/uuid, in gpuwarden's unit."""
+    if metric in _SIGNALS:
+        return sources.signal(source, _SIGNALS[metric], job_selector)
+    return sources.uuid_lowercase(source, sources.instant(source, metric, job_selector))
 
 
-def specs_from_rules(cfg: Any) -> list[MetricSpec]:
-    """MetricSpecs built from a loaded ``rules.config.RulesConfig``."""
+def counter_rate(source: str, metric: str, job_selector: str, window: float) -> str:
+    """``rate()`` of gpuwarden-exporter's counter ``metric`` as ``source`` names it."""
+    r = sources.raw(source, metric)
+    expr = f"rate({sources.selector(r.names, job_selector, r.matchers)}[{window:g}s])"
+    if r.scale != 1:
+        expr = f"{expr} * {sources.number(r.scale)}"
+    return sources.uuid_lowercase(source, expr)
+
+
+def resolve_source(cfg: Any, source: str | None = None, job_selector: str | None = None) -> tuple[str, str]:
+    """The metrics source and job matcher to read: ``source`` (None: the rules config's
+    ``settings.source``; "gpuwarden" without a config) and ``job_selector`` (None: the config's
+    own when the source is its own, else the source's default; any job for bare specs)."""
+    own = sources.check(getattr(cfg, "source", "gpuwarden")) if cfg is not None else "gpuwarden"
+    src = sources.check(source) if source is not None else own
+    if job_selector:
+        return src, job_selector
+    if cfg is None:
+        return src, ANY_JOB
+    if src != own:
+        return src, sources.default_job_selector(src)
+    return src, str(cfg.job_selector)
+
+
+def specs_from_rules(cfg: Any, source: str | None = None, job_selector: str | None = None) -> list[MetricSpec]:
+    """MetricSpecs built from a loaded ``rules.config.RulesConfig``, read from ``source`` (None:
+    the config's ``settings.source``) under ``job_selector`` (one PromQL matcher; None: the
+    config's, or the source's default when ``source`` differs from the config's)."""
     from gpuwarden.rules.promql import THRESHOLD_RECORD  # cfg comes from the rules package anyway
 
-    job = getattr(cfg, "exporter_job", None)
-    sel = _sel(job)
+    src, job = resolve_source(cfg, source, job_selector)
     out: list[MetricSpec] = []
 
     def need(rule_id: str) -> Any:
@@ -65,15 +109,15 @@ def specs_from_rules(cfg: Any) -> list[MetricSpec]:
             ) from None
 
     def own(rule_id: str) -> str:
-        job_matcher = f', job="{job}"' if job else ""
-        return f'{THRESHOLD_RECORD}{{rule="{rule_id}"{job_matcher}}}'
+        # The recording rule keeps the exporter's job label (rules/promql.py, threshold_expr).
+        return f'{THRESHOLD_RECORD}{{rule="{rule_id}", {job}}}'
 
     r = need("THERMAL_CRITICAL")
     out.append(
         MetricSpec(
             "temperature",
             "Temperature",
-            f"{r.metric}{sel}",
+            gauge(src, r.metric, job),
             r.threshold,
             r.rule,
             "°C",
@@ -86,7 +130,7 @@ def specs_from_rules(cfg: Any) -> list[MetricSpec]:
         MetricSpec(
             "power",
             "Power",
-            f"{r.metric}{sel}",
+            gauge(src, r.metric, job),
             r.threshold,
             r.rule,
             "W",
@@ -100,7 +144,7 @@ def specs_from_rules(cfg: Any) -> list[MetricSpec]:
         MetricSpec(
             "memory",
             "Memory Use",
-            f"{r.metric}{sel} / {denom}{sel}",
+            f"{gauge(src, r.metric, job)} / ({gauge(src, denom, job)} > 0)",
             r.threshold,
             r.rule,
             "%",
@@ -116,7 +160,7 @@ def specs_from_rules(cfg: Any) -> list[MetricSpec]:
         MetricSpec(
             "ecc",
             "Correctable ECC Rate",
-            f"rate({r.metric}{sel}[{window:g}s])",
+            counter_rate(src, r.metric, job, window),
             r.threshold / window,
             r.rule,
             " errors/min",
@@ -128,11 +172,12 @@ def specs_from_rules(cfg: Any) -> list[MetricSpec]:
     return out
 
 
-def load_specs(path: Path | str | None = None) -> list[MetricSpec]:
-    """Loads rules/thresholds.yaml (or ``path``) and returns the predictor's MetricSpecs.
+def load_specs(path: Path | str | None = None, source: str | None = None) -> list[MetricSpec]:
+    """Loads rules/thresholds.yaml (or ``path``) and returns the predictor's MetricSpecs (read
+    from ``source``; None: the file's ``settings.source``).
 
     Raises rules.config.ConfigError (naming file, line and field) on a bad file.
     """
     from gpuwarden.rules import config  # imported here: the predictor's pure parts need no rules package
 
-    return specs_from_rules(config.load(Path(path) if path is not None else None))
+    return specs_from_rules(config.load(Path(path) if path is not None else None), source)

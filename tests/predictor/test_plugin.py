@@ -17,9 +17,10 @@ from tests.predictor.fakeprom import FakePrometheus
 
 
 class FakeConfig:
-    def __init__(self, section: dict[str, Any]) -> None:
+    def __init__(self, section: dict[str, Any], inventory: dict[str, Any] | None = None) -> None:
         self.raw = {"predictor": section} if section else {}
         self.path = Path("/etc/gpuwarden/agent.yml")
+        self.inventory = inventory or {}
 
     def section(self, name: str) -> dict[str, Any]:
         return dict(self.raw.get(name) or {})
@@ -42,8 +43,10 @@ class FakeScheduler:
 
 
 class FakeAgent:
-    def __init__(self, section: dict[str, Any], db: Database | None = None) -> None:
-        self.config = FakeConfig(section)
+    def __init__(
+        self, section: dict[str, Any], db: Database | None = None, inventory: dict[str, Any] | None = None
+    ) -> None:
+        self.config = FakeConfig(section, inventory)
         self.scheduler = FakeScheduler()
         self.port = SchedulerAdapter(self.scheduler)  # type: ignore[arg-type]
         self.db = db
@@ -95,3 +98,32 @@ def test_wires_risk_hook_metrics_and_migration(prom: FakePrometheus, tmp_path: P
     assert "gpu_failure_risk_score" in generate_latest(agent.registry).decode()
     svc.close()
     db.close()
+
+
+def _rules(tmp_path: Path, source: str) -> Path:
+    from gpuwarden.rules.config import DEFAULT_PATH
+
+    text = DEFAULT_PATH.read_text().replace("  source: gpuwarden\n", f"  source: {source}\n", 1)
+    assert f"  source: {source}\n" in text
+    path = tmp_path / "thresholds.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_source_follows_the_inventory_discovery_setting(prom: FakePrometheus, tmp_path: Path) -> None:
+    """inventory.prometheus.source (the agent's one source setting) decides what the predictor
+    queries; it must agree with the thresholds file's settings.source."""
+    inventory = {"prometheus": {"url": prom.url, "source": "dcgm-exporter", "job_selector": 'job="dcgm"'}}
+    section = {"prometheus_url": prom.url, "migrate": False, "rules_file": str(_rules(tmp_path, "dcgm-exporter"))}
+    svc = FakeAgent(section, inventory=inventory).install()
+    assert svc is not None
+    assert (svc.source, svc.job_selector) == ("dcgm-exporter", 'job="dcgm"')
+    assert all('job="dcgm"' in s.query and "DCGM_FI_DEV_" in s.query for s in svc.specs)
+    svc.close()
+    with pytest.raises(ValueError, match="inventory.prometheus.source.*settings.source"):
+        FakeAgent({"prometheus_url": prom.url, "migrate": False}, inventory=inventory).install()
+    # Without Prometheus discovery the thresholds file's own source applies.
+    svc = FakeAgent(section).install()
+    assert svc is not None and svc.source == "dcgm-exporter"
+    assert svc.job_selector == 'job=~"(nvidia-)?dcgm-exporter"'
+    svc.close()

@@ -222,8 +222,27 @@ def test_shipped_rules_select_the_exporter_job_everywhere(prom: FakePrometheus) 
     assert svc.run_once().ok
     # series and own thresholds per spec, 2 error counters, the throttle signal
     assert len(prom.queries) == 2 * len(svc.specs) + 3
-    assert any(q.startswith("max by (instance, gpu, uuid) (gpu_throttle_active{") for q in prom.queries)
+    assert any(q.startswith("max by (instance, gpu, uuid) (") and "gpu_throttle_active{" in q for q in prom.queries)
     assert all('job="gpuwarden-exporter"' in q for q in prom.queries), prom.queries
+
+
+def test_dcgm_exporter_source_queries_dcgm_names(prom: FakePrometheus) -> None:
+    """source="dcgm-exporter": every query reads DCGM's fields under dcgm-exporter's job, with
+    its UUID copied to uuid; none names a gpuwarden-exporter series."""
+    svc = PredictorService(prom.url, None, clock=lambda: NOW, source="dcgm-exporter")
+    by = {s.name: s.query for s in svc.specs}
+    assert "DCGM_FI_DEV_GPU_TEMP" in by["temperature"] and "DCGM_FI_DEV_POWER_USAGE" in by["power"]
+    assert "DCGM_FI_DEV_FB_USED" in by["memory"] and "DCGM_FI_DEV_FB_FREE" in by["memory"]
+    assert "1048576" in by["memory"]  # MiB to bytes (the ratio needs both in one unit)
+    assert by["ecc"].startswith("label_replace(rate(DCGM_FI_DEV_ECC_SBE_VOL_TOTAL{")
+    assert svc.run_once().ok
+    assert len(prom.queries) == 2 * len(svc.specs) + 3
+    throttle = [q for q in prom.queries if "THROTTLE_REASONS" in q or "EVENT_REASONS" in q]
+    assert len(throttle) == 1 and throttle[0].startswith("max by (instance, gpu, uuid) (")
+    assert all('job=~"(nvidia-)?dcgm-exporter"' in q for q in prom.queries), prom.queries
+    data = [q for q in prom.queries if "gpu_alert_threshold" not in q]
+    assert all('"uuid", "$1", "UUID"' in q for q in data), data
+    assert not any(n in q for q in prom.queries for n in ("gpu_temperature_celsius", "gpu_throttle_active", "gpu_ecc"))
 
 
 def test_each_gpu_is_judged_by_its_own_threshold(prom: FakePrometheus) -> None:
