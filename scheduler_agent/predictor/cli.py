@@ -2,7 +2,10 @@
 
     gpuwarden-agent predict --csv FILE --threshold T [--window S] [--horizon S] [--metric KIND]
         Reads ``timestamp,value`` lines (seconds, float; a header line and blank lines are
-        skipped) and prints ONE JSON object judged as of the last sample: seconds_to_threshold
+        skipped), or ``timestamp,value,throttle`` where the optional third column is 1 while
+        the GPU's firmware holds it (gpu_throttle_active: a thermal slowdown or power cap) and 0
+        otherwise: a climb that is being held is then not extrapolated. Prints ONE JSON object
+        judged as of the last sample: seconds_to_threshold
         (null when no crossing is predicted with enough confidence), confidence (0-1),
         slope_per_second, risk (0-1), warn (seconds_to_threshold <= horizon) and details.
 
@@ -37,10 +40,14 @@ class InputError(ValueError):
     """Bad CSV input; the message names the file and line."""
 
 
-def read_csv(path: str, stream: TextIO | None = None) -> tuple[list[float], list[float]]:
-    """``timestamp,value`` rows. A first line that does not parse as numbers is a header."""
+def read_csv(path: str, stream: TextIO | None = None) -> tuple[list[float], list[float], list[float] | None]:
+    """``timestamp,value[,throttle]`` rows. A first line that does not parse as numbers is a
+    header. The optional third column (0/1, as gpu_throttle_active) is read when the first row
+    has it; then every row must."""
     times: list[float] = []
     values: list[float] = []
+    throttle: list[float] = []
+    width: int | None = None
     name = "<stdin>" if path == "-" else path
     try:
         fh = stream if stream is not None else (sys.stdin if path == "-" else open(path, encoding="utf-8"))
@@ -54,25 +61,32 @@ def read_csv(path: str, stream: TextIO | None = None) -> tuple[list[float], list
                 continue
             parts = [p.strip() for p in line.split(",")]
             try:
-                if len(parts) != 2:
-                    raise ValueError(f"expected 2 comma-separated fields, got {len(parts)}")
+                if len(parts) not in (2, 3) or (width is not None and len(parts) != width):
+                    want = "2 or 3" if width is None else str(width)
+                    raise ValueError(f"expected {want} comma-separated fields, got {len(parts)}")
                 t, v = float(parts[0]), float(parts[1])
                 if not math.isfinite(t):
                     raise ValueError(f"timestamp {parts[0]!r} is not finite")
+                th = float(parts[2]) if len(parts) == 3 else 0.0
+                if th not in (0.0, 1.0):
+                    raise ValueError(f"throttle {parts[2]!r} is not 0 or 1")
             except ValueError as exc:
                 if first_content:
                     first_content = False
                     continue  # a header such as "timestamp,value"
                 raise InputError(
-                    f"{name}:{lineno}: {exc} in {line[:80]!r}; expected 'timestamp,value' (seconds, float)"
+                    f"{name}:{lineno}: {exc} in {line[:80]!r}; expected 'timestamp,value[,throttle]' "
+                    "(seconds, float, 0/1)"
                 ) from None
             first_content = False
+            width = len(parts)
             times.append(t)
             values.append(v)
+            throttle.append(th)
     finally:
         if stream is None and fh is not sys.stdin:
             fh.close()
-    return times, values
+    return times, values, (throttle if width == 3 else None)
 
 
 def _json_number(x: float | None) -> float | None:
@@ -80,12 +94,14 @@ def _json_number(x: float | None) -> float | None:
 
 
 def predict_csv(args: argparse.Namespace, out: TextIO) -> int:
-    times, values = read_csv(args.csv)
+    times, values, throttle = read_csv(args.csv)
     if not times:
         raise InputError(f"{args.csv}: no samples")
     try:
         kind = None if args.metric == "auto" else args.metric
-        f = forecast_series(times, values, args.threshold, args.window, args.min_confidence, kind=kind)
+        f = forecast_series(
+            times, values, args.threshold, args.window, args.min_confidence, kind=kind, throttle=throttle
+        )
     except InsufficientData as exc:
         raise InputError(f"{args.csv}: {exc} (window {args.window:g}s)") from None
     d = f.as_dict()
@@ -98,6 +114,7 @@ def predict_csv(args: argparse.Namespace, out: TextIO) -> int:
             "horizon": args.horizon,
             "window": args.window,
             "samples": len(times),
+            "throttle_column": throttle is not None,
             "as_of": times[-1] if times else None,
         }
     )
@@ -180,7 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
     )
-    p.add_argument("--csv", metavar="FILE", help="offline: timestamp,value file ('-' = stdin)")
+    p.add_argument(
+        "--csv",
+        metavar="FILE",
+        help="offline: timestamp,value[,throttle] file ('-' = stdin); throttle 0/1 is optional",
+    )
     p.add_argument("--threshold", type=float, help="offline: the critical threshold (required with --csv)")
     p.add_argument(
         "--horizon",

@@ -123,3 +123,33 @@ def test_report_when_prometheus_is_down(capsys: pytest.CaptureFixture[str]) -> N
 
     assert main(["--prometheus.url", f"http://127.0.0.1:{free_port()}", "--timeout", "1"]) == 1
     assert "unreachable" in capsys.readouterr().err
+
+
+def test_optional_throttle_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A climb of 2 °C/min that the firmware has held at 84 °C for the last 90 s: with the throttle
+    column (1 while held) it is not extrapolated; the same values alone still warn."""
+    times = [15.0 * i for i in range(41)]
+    values = [min(65 + t / 60 * 2.0, 84.0) for t in times]
+    held = [1 if v >= 84.0 else 0 for v in values]
+    with_col = tmp_path / "t.csv"
+    with_col.write_text(
+        "timestamp,value,throttle\n" + "".join(f"{t},{v},{h}\n" for t, v, h in zip(times, values, held))
+    )
+    rc, d, _ = run(["--csv", str(with_col), "--threshold", "85"])
+    assert rc == 0 and d is not None and d["throttle_column"] is True
+    assert d["model"] == "held" and d["seconds_to_threshold"] is None and d["warn"] is False
+    rc, d, _ = run(["--csv", str(write(tmp_path / "v.csv", list(zip(times, values)))), "--threshold", "85"])
+    assert rc == 0 and d is not None and d["throttle_column"] is False and d["warn"] is True
+    bad = tmp_path / "b.csv"
+    bad.write_text("0,70,0\n15,71,2\n")
+    assert run(["--csv", str(bad), "--threshold", "85"])[0] == 2
+    assert f"{bad}:2: throttle '2' is not 0 or 1" in capsys.readouterr().err
+    bad.write_text("0,70,0\n15,71\n")
+    assert run(["--csv", str(bad), "--threshold", "85"])[0] == 2
+    assert f"{bad}:2: expected 3 comma-separated fields" in capsys.readouterr().err
+
+
+def test_help_documents_the_throttle_column(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "timestamp,value[,throttle]" in text and "gpu_throttle_active" in text
