@@ -133,12 +133,14 @@ def test_optional_throttle_column(tmp_path: Path, capsys: pytest.CaptureFixture[
     held = [1 if v >= 84.0 else 0 for v in values]
     with_col = tmp_path / "t.csv"
     with_col.write_text(
-        "timestamp,value,throttle\n" + "".join(f"{t},{v},{h}\n" for t, v, h in zip(times, values, held))
+        "timestamp,value,throttle\n" + "".join(f"{t},{v},{h}\n" for t, v, h in zip(times, values, held, strict=True))
     )
     rc, d, _ = run(["--csv", str(with_col), "--threshold", "85"])
     assert rc == 0 and d is not None and d["throttle_column"] is True
     assert d["model"] == "held" and d["seconds_to_threshold"] is None and d["warn"] is False
-    rc, d, _ = run(["--csv", str(write(tmp_path / "v.csv", list(zip(times, values)))), "--threshold", "85"])
+    rc, d, _ = run(
+        ["--csv", str(write(tmp_path / "v.csv", list(zip(times, values, strict=True)))), "--threshold", "85"]
+    )
     assert rc == 0 and d is not None and d["throttle_column"] is False and d["warn"] is True
     bad = tmp_path / "b.csv"
     bad.write_text("0,70,0\n15,71,2\n")
