@@ -11,7 +11,6 @@ evaluations) because this test is about the queries, not about the shipped durat
 from __future__ import annotations
 
 import json
-import math
 import time
 import urllib.request
 from pathlib import Path
@@ -19,15 +18,14 @@ from typing import Any
 
 import pytest
 
-from gpuwarden.dashboards import queries, render
-from gpuwarden.prom import PrometheusClient, Series
+from gpuwarden.dashboards import render
+from gpuwarden.prom import PrometheusClient
+from tests.dashboards.live import empty_queries
 from tests.helpers import REPO, console_script, free_port, http_get, require_binary, wait_until
 
 pytestmark = [pytest.mark.binaries, pytest.mark.slow]
 
 TOKEN = "dashboards-live-test-token"
-# $__rate_interval as Grafana would compute it for 1 s scrapes (4 x scrape interval, rounded up).
-VALUES = {"instance": ".*", "gpu": ".*", "__rate_interval": "10s", "__interval": "1s", "__range": "5m"}
 
 
 def _post(url: str, doc: dict[str, Any], token: str | None = None) -> dict[str, Any]:
@@ -37,11 +35,6 @@ def _post(url: str, doc: dict[str, Any], token: str | None = None) -> dict[str, 
     req = urllib.request.Request(url, data=json.dumps(doc).encode(), method="POST", headers=headers)
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read() or b"{}")
-
-
-def _has_data(result: list[Series]) -> bool:
-    """True when some sample is a number (NaN, e.g. a quantile of nothing, is not data)."""
-    return any(not math.isnan(float(v)) for s in result for v in s.values)
 
 
 def _start_stack(spawn: Any, tmp: Path) -> dict[str, str]:
@@ -151,30 +144,6 @@ def _make_it_interesting(urls: dict[str, str]) -> None:
         _post(f"{urls['agent']}/api/v1/jobs", {"name": f"{name}-{i}", "gpus": 1, "command": argv}, TOKEN)
 
 
-def _empty_queries(url: str, dashboard: dict[str, Any], since: float) -> list[str]:
-    """Where each query returned no data, evaluated like its panel (instant, or over the range)."""
-    prom = PrometheusClient(url)
-    empty = []
-    now = time.time()
-    for q in queries.panel_queries(dashboard):
-        expr = queries.substitute(q.expr, VALUES)
-        if q.target and q.target.get("instant"):
-            result = prom.query(expr, at=now)
-        else:
-            result = prom.query_range(expr, since, now, 1)
-        if not _has_data(result):
-            empty.append(f"{q.where}: {expr}")
-    for q in queries.annotation_queries(dashboard):
-        expr = queries.substitute(q.expr, VALUES)
-        if not _has_data(prom.query_range(expr, since, now, 1)):
-            empty.append(f"{q.where}: {expr}")
-    for name, selector, label in queries.variable_selectors(dashboard):
-        values = prom.label_values(label, [queries.substitute(selector, VALUES)])
-        if not values:
-            empty.append(f"variable ${name}: label_values({selector}, {label})")
-    return empty
-
-
 def test_every_panel_query_returns_data_and_the_png_renders(
     spawn: Any, tmp_path: Path, committed: dict[str, Any]
 ) -> None:
@@ -185,7 +154,7 @@ def test_every_panel_query_returns_data_and_the_png_renders(
     last: list[list[str]] = [[]]
 
     def all_have_data() -> bool:
-        last[0] = _empty_queries(urls["prometheus"], committed, since)
+        last[0] = empty_queries(urls["prometheus"], committed, since)
         return not last[0]
 
     deadline = time.monotonic() + 90
