@@ -16,6 +16,12 @@ dcgm-exporter facts (its ``etc/default-counters.csv``, DCGM's ``dcgm_fields.h``)
 ``DCGM_FI_DEV_CLOCKS_EVENT_REASONS``) a bitmask gauge with NVML's reason bits;
 ``DCGM_FI_DEV_ECC_{SBE,DBE}_VOL_TOTAL`` volatile counts (not in the default CSV);
 ``DCGM_FI_DEV_XID_ERRORS`` the value of the last XID, a gauge, not a count.
+
+DCGM writes a sentinel where it has no value for a field (``dcgm_structs.h``: its type's BLANK,
+or BLANK + 1..3 for not found / not supported / not permissioned; ``DCGM_*_IS_BLANK(v)`` is
+``v >= BLANK``). dcgm-exporter since 4.5.2 drops them; older ones export them as values
+(2147483632 for a temperature, 2**47 watts), which would cross any threshold. ``instant`` (so
+every signal and every rule comparison) keeps only values below the field's lowest sentinel.
 """
 
 from __future__ import annotations
@@ -37,6 +43,11 @@ SIGNALS = (
     "gpu_up",
 )
 MIB = 1048576
+# DCGM's blank sentinels (dcgm_structs.h). An INT64 field may carry the INT32 ones too
+# (dcgm-exporter's isInt64Blank checks both), and every INT64 sentinel is above them.
+DCGM_INT32_BLANK = 0x7FFFFFF0
+DCGM_INT64_BLANK = 0x7FFFFFFFFFFFFFF0
+DCGM_FP64_BLANK = 140737488355328.0  # 2**47
 # The label that names a GPU's model on the source's identity series.
 MODEL_LABEL = {"gpuwarden": "name", "dcgm-exporter": "modelName"}
 # NVML's clock-event reasons (snake_case, as gpuwarden-exporter labels them) -> their bit in
@@ -68,29 +79,44 @@ DCGM_PRESENCE = ("DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV
 class Raw:
     """Raw series of one quantity: ``names`` are alternatives (a field renamed between versions),
     ``scale`` converts the source's unit to gpuwarden's; ``sum_of`` (dcgm memory total) adds two
-    series; ``label`` matchers narrow the series (gpuwarden's temperature thresholds)."""
+    series; ``label`` matchers narrow the series (gpuwarden's temperature thresholds); ``blank``
+    is the field's lowest DCGM sentinel (values at or above it are no value), None for
+    gpuwarden's own series."""
 
     names: tuple[str, ...]
     scale: float = 1.0
     sum_of: tuple[str, ...] = ()
     matchers: tuple[tuple[str, str], ...] = ()
+    blank: float | None = None
+
+
+def _int(*names: str, scale: float = 1.0, sum_of: tuple[str, ...] = ()) -> Raw:
+    """A DCGM_FT_INT64 field."""
+    return Raw(names, scale, sum_of, blank=DCGM_INT32_BLANK)
+
+
+def _fp(*names: str) -> Raw:
+    """A DCGM_FT_DOUBLE field."""
+    return Raw(names, blank=DCGM_FP64_BLANK)
 
 
 # gpuwarden-exporter metric name -> the same quantity in dcgm-exporter. gpuwarden's own are
 # themselves (scale 1). Keys are gpuwarden's names because rules/thresholds.yaml uses them.
 _DCGM: dict[str, Raw] = {
-    "gpu_temperature_celsius": Raw(("DCGM_FI_DEV_GPU_TEMP",)),
-    "gpu_power_watts": Raw(("DCGM_FI_DEV_POWER_USAGE",)),
-    "gpu_power_limit_watts": Raw(("DCGM_FI_DEV_ENFORCED_POWER_LIMIT",)),
-    "gpu_power_limit_default_watts": Raw(("DCGM_FI_DEV_POWER_MGMT_LIMIT_DEF",)),
-    "gpu_memory_used_bytes": Raw(("DCGM_FI_DEV_FB_USED",), MIB),
+    "gpu_temperature_celsius": _int("DCGM_FI_DEV_GPU_TEMP"),
+    "gpu_power_watts": _fp("DCGM_FI_DEV_POWER_USAGE"),
+    "gpu_power_limit_watts": _fp("DCGM_FI_DEV_ENFORCED_POWER_LIMIT"),
+    "gpu_power_limit_default_watts": _fp("DCGM_FI_DEV_POWER_MGMT_LIMIT_DEF"),
+    "gpu_memory_used_bytes": _int("DCGM_FI_DEV_FB_USED", scale=MIB),
     # used + free: what applications can have (reserved framebuffer is the driver's).
-    "gpu_memory_total_bytes": Raw(("DCGM_FI_DEV_FB_USED",), MIB, sum_of=("DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE")),
-    "gpu_utilization_ratio": Raw(("DCGM_FI_DEV_GPU_UTIL",), 0.01),
-    "gpu_ecc_errors_correctable_total": Raw(("DCGM_FI_DEV_ECC_SBE_VOL_TOTAL",)),
-    "gpu_ecc_errors_uncorrectable_total": Raw(("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",)),
-    "gpu_throttle_active": Raw(("DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", "DCGM_FI_DEV_CLOCKS_EVENT_REASONS")),
-    "gpu_xid_errors_total": Raw(("DCGM_FI_DEV_XID_ERRORS",)),
+    "gpu_memory_total_bytes": _int(
+        "DCGM_FI_DEV_FB_USED", scale=MIB, sum_of=("DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE")
+    ),
+    "gpu_utilization_ratio": _int("DCGM_FI_DEV_GPU_UTIL", scale=0.01),
+    "gpu_ecc_errors_correctable_total": _int("DCGM_FI_DEV_ECC_SBE_VOL_TOTAL"),
+    "gpu_ecc_errors_uncorrectable_total": _int("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL"),
+    "gpu_throttle_active": _int("DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", "DCGM_FI_DEV_CLOCKS_EVENT_REASONS"),
+    "gpu_xid_errors_total": _int("DCGM_FI_DEV_XID_ERRORS"),
 }
 # gpu_temperature_threshold_celsius{threshold=...} in dcgm-exporter: one field per threshold.
 _DCGM_TEMPERATURE_THRESHOLDS = {
@@ -137,7 +163,7 @@ def raw(source: str, metric: str, matchers: tuple[tuple[str, str], ...] = ()) ->
         which = dict(matchers).get("threshold", "")
         if which not in _DCGM_TEMPERATURE_THRESHOLDS:
             raise KeyError(f"{metric}{{threshold={which!r}}}")
-        return Raw((_DCGM_TEMPERATURE_THRESHOLDS[which],))
+        return _int(_DCGM_TEMPERATURE_THRESHOLDS[which])
     return _DCGM[metric]
 
 
@@ -164,15 +190,19 @@ def number(value: float) -> str:
 
 def instant(source: str, metric: str, job_selector: str, matchers: tuple[tuple[str, str], ...] = ()) -> str:
     """gpuwarden-exporter's ``metric`` as read from ``source``, in gpuwarden's unit, labels as the
-    source has them (no ``uuid`` copy: see ``signal``)."""
+    source has them (no ``uuid`` copy: see ``signal``); a DCGM blank is no sample."""
     r = raw(source, metric, matchers)
+
+    def valid(sel: str) -> str:
+        return sel if r.blank is None else f"({sel} < {number(r.blank)})"
+
     if r.sum_of:
-        expr = "(" + " + ".join(selector((n,), job_selector, r.matchers) for n in r.sum_of) + ")"
+        expr = "(" + " + ".join(valid(selector((n,), job_selector, r.matchers)) for n in r.sum_of) + ")"
     elif len(r.names) > 1:
         # Either name, never both as two series per GPU (a version upgrade mid-range).
-        expr = f"max without () ({selector(r.names, job_selector, r.matchers)})"
+        expr = valid(f"max without () ({selector(r.names, job_selector, r.matchers)})")
     else:
-        expr = selector(r.names, job_selector, r.matchers)
+        expr = valid(selector(r.names, job_selector, r.matchers))
     return f"{expr} * {number(r.scale)}" if r.scale != 1 else expr
 
 

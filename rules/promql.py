@@ -56,6 +56,19 @@ def selector(cfg: RulesConfig, **matchers: str) -> str:
     return "{" + ", ".join(parts) + "}"
 
 
+def grouped(expr: str) -> str:
+    """``expr`` in parentheses, unless it is one parenthesized group already."""
+    if expr.startswith("(") and expr.endswith(")"):
+        depth = 0
+        for i, ch in enumerate(expr):
+            depth += {"(": 1, ")": -1}.get(ch, 0)
+            if depth == 0 and i < len(expr) - 1:
+                break
+        else:
+            return expr
+    return f"({expr})"
+
+
 def promql_string(text: str) -> str:
     """``text`` as a double-quoted PromQL string (a regex's backslashes survive)."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -125,7 +138,7 @@ def limit_selector(cfg: RulesConfig, rule: AlertRule) -> str:
     rel = rule.relative
     assert rel is not None
     expr = gauge(cfg, rel.metric, rel.matchers)
-    return expr if cfg.source == "gpuwarden" else f"max by (instance, gpu) ({expr})"
+    return expr if cfg.source == "gpuwarden" else f"max by (instance, gpu) {grouped(expr)}"
 
 
 def relative_threshold(cfg: RulesConfig, rule: AlertRule) -> str:
@@ -205,7 +218,7 @@ def threshold_expr(cfg: RulesConfig, rule: AlertRule) -> str:
 def _threshold_expr(cfg: RulesConfig, rule: AlertRule) -> str:
     metric = gauge(cfg, rule.metric)
     if " " in metric:
-        metric = f"({metric})"
+        metric = grouped(metric)
     constant = f"0 * {metric} + {number(rule.threshold)}"
     if rule.profile is None:
         for excluded in profile_exclusion(cfg, rule.rule):
@@ -302,18 +315,36 @@ def monitoring_expr(cfg: RulesConfig, m: MonitoringAlert) -> str:
         xsel = selector(cfg, xid="~" + "|".join(str(x) for x in m.xids))
         series = f"gpu_xid_errors_total{xsel}"
         # increase() > 0 is true only when the counter really grew (a reset back to 0 adds
-        # nothing); a series that first appears at 1 has no earlier sample for increase(),
-        # so a series absent `window` ago counts as new errors too.
-        return f"increase({series}[{m.window_text}]) > 0 or ({series} > 0 unless {series} offset {m.window_text})"
+        # nothing; an exporter restart that counts a new XID adds it). A series that first
+        # appears at 1 has no earlier sample for increase(): see appeared().
+        return f"increase({series}[{m.window_text}]) > 0 or {appeared(cfg, series, str(m.window_text))}"
     raise ValueError(f"unknown monitoring kind {m.kind!r}")
+
+
+def appeared(cfg: RulesConfig, series: str, window: str) -> str:
+    """``series`` (a selector) that appeared within ``window`` *after* this Prometheus had
+    scraped its target without it: a new series on a target scraped fine before it (its first
+    XID), not one that arrived with its target (a reshard moving a node that logged an XID long
+    ago, a Prometheus that lost its data). The target's successful scrapes within the window
+    (``sum_over_time(up)``) outnumber the series' samples exactly when some scrape succeeded
+    without it; both are taken at the same scrapes, and a failed scrape adds to neither. An XID
+    counted before the target's first scrape here cannot be told from an old one: no alert."""
+    up = f"up{selector(cfg)}"
+    return (
+        f"(({series} > 0 unless {series} offset {window})"
+        f" and (count_over_time({series}[{window}]) < on (job, instance) group_left ()"
+        f" sum_over_time({up}[{window}])))"
+    )
 
 
 def _last_xid_expr(cfg: RulesConfig, m: MonitoringAlert) -> str:
     """dcgm-exporter's DCGM_FI_DEV_XID_ERRORS holds the value of the GPU's last XID (a gauge):
     fires while that value is a fatal XID (copied into an ``xid`` label, as gpuwarden's
-    series have it) that changed, or first appeared, within the window."""
-    series = gauge(cfg, "gpu_xid_errors_total")
+    series have it) that changed, or appeared (``appeared``), within the window. The raw
+    selector: ``offset`` and ranges need one, and a DCGM blank never equals a fatal XID."""
+    r = sources.raw(cfg.source, "gpu_xid_errors_total")
+    series = sources.selector(r.names, cfg.job_selector)
     fatal = " or ".join(f'label_replace({series} == {x}, "xid", "{x}", "", "")' for x in m.xids)
-    window = m.window_text
-    recent = f"changes({series}[{window}]) > 0 or ({series} unless {series} offset {window})"
+    window = str(m.window_text)
+    recent = f"changes({series}[{window}]) > 0 or {appeared(cfg, series, window)}"
     return f"({fatal}) and on (instance, gpu) ({recent})"

@@ -153,7 +153,9 @@ def monitoring_description(cfg: RulesConfig, m: MonitoringAlert) -> str:
             f"(up = {v}){held}: its GPUs are unmonitored and get no remediation."
         ),
         "series_absent": (
-            f"No {seen} series from {job}{held} (absent = {v}): the exporter is not scraped at all, or reports no GPU."
+            f"No {seen} series from {job} on this Prometheus{held} (absent = {v}): no exporter it scrapes "
+            "is up, or they report no GPU (on a sharded setup: this shard's exporters; a shard holding "
+            "no node fires this too)."
         ),
         "series_vanished": (
             f"{_GPU} reported {seen} within the last {m.lookback_text} "

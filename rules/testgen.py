@@ -388,6 +388,44 @@ def _any_case(cfg: RulesConfig, rule: AlertRule, s: int, model: str | None = Non
     return {"interval": f"{s}s", "input_series": inputs, "alert_rule_test": checks}
 
 
+def blank_values(blank: float) -> list[int | float]:
+    """The DCGM sentinels a field of this kind can hold (dcgm_structs.h: BLANK, NOT_FOUND,
+    NOT_SUPPORTED, NOT_PERMISSIONED); an INT64 field the INT32 ones too."""
+    if blank == sources.DCGM_FP64_BLANK:
+        return [blank + k for k in range(4)]
+    return [b + k for b in (sources.DCGM_INT32_BLANK, sources.DCGM_INT64_BLANK) for k in range(4)]
+
+
+def blank_case(cfg: RulesConfig, rule: AlertRule, s: int) -> dict[str, Any]:
+    """dcgm-exporter < 4.5.2 exports DCGM's sentinels for a field it cannot read: GPU i holds a
+    quiet value, then sentinel i, and never fires (unfiltered, a blank temperature is 2147483632
+    °C, a blank power 2**47 W, a blank throttle mask has the thermal bits set, a blank ECC count
+    grows by billions)."""
+    r = sources.raw(cfg.source, rule.metric)
+    assert r.blank is not None
+    F, j = int(rule.for_seconds), 3
+    length = j + F // s + 6
+    inputs: list[dict[str, Any]] = []
+    for i, blank in enumerate(blank_values(r.blank)):
+        labels = gpu_labels(cfg, i)
+        if rule.kind == "ratio":
+            used_name, free_name = sources.raw(cfg.source, str(rule.denominator)).sum_of
+            total = TOTAL_BYTES / _unit(cfg, rule.metric)
+            quiet = float(_units_for(cfg, rule, boundary_values(rule)[1]))
+            inputs.append({"series": series(used_name, labels), "values": values([quiet] * j + [blank] * (length - j))})
+            inputs.append({"series": series(free_name, labels), "values": values([total - quiet] * length)})
+            continue
+        if rule.kind == "any":
+            name, quiet = r.names[-1], 0.0
+        elif rule.kind == "growth":
+            name, quiet = r.names[0], 0.0
+        else:
+            name, quiet = r.names[0], boundary_values(rule)[1] / r.scale
+        inputs.append({"series": series(name, labels), "values": values([quiet] * j + [blank] * (length - j))})
+    checks = [check(rule.alert, F + (j + 1) * s, []), check(rule.alert, (length - 1) * s, [])]
+    return {"interval": f"{s}s", "input_series": inputs, "alert_rule_test": checks}
+
+
 def forecast_case(cfg: RulesConfig, fc: Forecast, s: int) -> dict[str, Any]:
     """GPU 0 ramps up and is flagged while still short of the threshold; GPU 1 sits flat at the
     guard; GPU 2 ramps as fast but is still below the guard."""
@@ -486,20 +524,32 @@ def monitoring_cases(cfg: RulesConfig, m: MonitoringAlert, s: int) -> list[dict[
             }
         ]
     if m.kind == "fatal_xid" and cfg.source != "gpuwarden":
-        return [_last_xid_case(cfg, m, s)]
+        return _last_xid_case(cfg, m, s)
     if m.kind == "fatal_xid":
-        return [_xid_case(cfg, m, s)]
+        return _xid_case(cfg, m, s)
     raise TestGenError(f"{m.rule}: no generated test for kind {m.kind}")
 
 
-def _xid_case(cfg: RulesConfig, m: MonitoringAlert, s: int) -> dict[str, Any]:
-    """GPU 0: a listed XID's series appears at 1 (a new series must fire). GPU 1: an unlisted
-    XID appears. GPU 2: a listed XID counted long ago, then its counter resets to 0."""
+def _xid_windows(m: MonitoringAlert, s: int) -> tuple[int, int, int, int]:
+    """(for, window in steps, the step where series appear: past any window, the length)."""
     from .config import parse_duration
 
     F, w = int(m.for_seconds), int(parse_duration(str(m.window_text))) // s
-    a = w + 10  # every older series is older than the window by then
-    length = a + w + F // s + 4
+    a = w + 10
+    return F, w, a, a + w + F // s + 4
+
+
+def _up(cfg: RulesConfig, samples: Sequence[float | str | None]) -> dict[str, Any]:
+    """The exporter target's ``up`` (the scrapes a new XID series is judged against)."""
+    return {"series": series("up", {"job": test_job(cfg), "instance": INSTANCE}), "values": values(samples)}
+
+
+def _xid_case(cfg: RulesConfig, m: MonitoringAlert, s: int) -> list[dict[str, Any]]:
+    """First XIDs on a long-scraped node: GPU 0's listed XID series appears at 1 (a new series
+    must fire: increase() has no earlier sample). GPU 1: an unlisted XID appears. GPU 2: a
+    listed XID counted long ago, then its counter resets to 0. Then ``_xid_reshard_case`` and
+    ``_xid_restart_case``."""
+    F, w, a, length = _xid_windows(m, s)
     fatal = str(m.xids[0])
     other = str(next(x for x in range(13, 10_000) if x not in m.xids))
 
@@ -508,6 +558,7 @@ def _xid_case(cfg: RulesConfig, m: MonitoringAlert, s: int) -> dict[str, Any]:
 
     appear: list[float | None] = [None] * a + [1.0] * (length - a)
     inputs = [
+        _up(cfg, [1.0] * length),
         {"series": series("gpu_xid_errors_total", xl(0, fatal)), "values": values(appear)},
         {"series": series("gpu_xid_errors_total", xl(1, other)), "values": values(appear)},
         {"series": series("gpu_xid_errors_total", xl(2, fatal)), "values": values([3.0] * a + [0.0] * (length - a))},
@@ -519,26 +570,76 @@ def _xid_case(cfg: RulesConfig, m: MonitoringAlert, s: int) -> dict[str, Any]:
     ]
     if F:
         checks.insert(1, check(m.alert, a * s + F - s, []))
+    first = {"interval": f"{s}s", "input_series": inputs, "alert_rule_test": checks}
+    return [first, _xid_reshard_case(cfg, m, s, xl), _xid_restart_case(cfg, m, s, xl)]
+
+
+def _xid_reshard_case(cfg: RulesConfig, m: MonitoringAlert, s: int, xl: Any) -> dict[str, Any]:
+    """A reshard (or a Prometheus that lost its data): the target and GPU 0's listed XID series,
+    counted long ago, arrive at this Prometheus together: no alert (the agent would quarantine
+    a GPU for an XID already acted on). GPU 1 logs its first XID 3 scrapes later: fires."""
+    F, w, a, length = _xid_windows(m, s)
+    fatal = str(m.xids[0])
+    late = a + 3
+    inputs = [
+        _up(cfg, [None] * a + [1.0] * (length - a)),
+        {"series": series("gpu_xid_errors_total", xl(0, fatal)), "values": values([None] * a + [3.0] * (length - a))},
+        {
+            "series": series("gpu_xid_errors_total", xl(1, fatal)),
+            "values": values([None] * late + [1.0] * (length - late)),
+        },
+    ]
+    checks = [
+        check(m.alert, a * s + F, []),
+        check(m.alert, late * s + F, [expected(cfg, m, xl(1, fatal), 1.0)]),
+    ]
     return {"interval": f"{s}s", "input_series": inputs, "alert_rule_test": checks}
 
 
-def _last_xid_case(cfg: RulesConfig, m: MonitoringAlert, s: int) -> dict[str, Any]:
+def _xid_restart_case(cfg: RulesConfig, m: MonitoringAlert, s: int, xl: Any) -> dict[str, Any]:
+    """The exporter restarts (down for longer than the window: no sample of the old count is in
+    it) and counts XIDs from its own start. GPU 0's listed XID series comes back at 1 two scrapes
+    after the target is up again: a new XID since the restart, fires. GPU 1's comes back at 1 at
+    the first scrape: an XID between the exporter's start and its first scrape cannot be told
+    from one counted before a reshard, so no alert (the shorter restart, whose old count is still
+    in the window, fires through increase(): rules/tests/edge-cases.test.yml)."""
+    F, w, _, _ = _xid_windows(m, s)
+    fatal = str(m.xids[0])
+    down, back = 5, 5 + w + 2  # steps the exporter is down: [down, back)
+    length = back + w + F // s + 4
+
+    def counter(reappear: int) -> list[float | str | None]:
+        return [2.0] * down + ["stale"] + [None] * (reappear - down - 1) + [1.0] * (length - reappear)
+
+    inputs = [
+        _up(cfg, [1.0] * down + [0.0] * (back - down) + [1.0] * (length - back)),
+        {"series": series("gpu_xid_errors_total", xl(0, fatal)), "values": values(counter(back + 2))},
+        {"series": series("gpu_xid_errors_total", xl(1, fatal)), "values": values(counter(back))},
+    ]
+    checks = [
+        check(m.alert, back * s + F, []),
+        check(m.alert, (back + 2) * s + F, [expected(cfg, m, xl(0, fatal), 1.0)]),
+    ]
+    return {"interval": f"{s}s", "input_series": inputs, "alert_rule_test": checks}
+
+
+def _last_xid_case(cfg: RulesConfig, m: MonitoringAlert, s: int) -> list[dict[str, Any]]:
     """dcgm-exporter's last-XID gauge. GPU 0: 0, then a listed XID: fires with xid set, until
     the window has passed. GPU 1: an unlisted XID. GPU 2: a listed XID since long before the
-    window (an old error already acted on)."""
-    from .config import parse_duration
-
-    F, w = int(m.for_seconds), int(parse_duration(str(m.window_text))) // s
-    a = w + 10
-    length = a + w + F // s + 4
+    window (an old error already acted on). Then a reshard: the target and GPU 0's gauge,
+    holding a listed XID from long ago, arrive together: no alert; GPU 1 of that target goes from
+    0 to a listed XID 3 scrapes later: fires."""
+    F, w, a, length = _xid_windows(m, s)
     fatal = float(m.xids[0])
     other = float(next(x for x in range(13, 10_000) if x not in m.xids))
     inputs = [
+        _up(cfg, [1.0] * length),
         feed(cfg, "gpu_xid_errors_total", gpu_labels(cfg, 0), [0.0] * a + [fatal] * (length - a)),
         feed(cfg, "gpu_xid_errors_total", gpu_labels(cfg, 1), [0.0] * a + [other] * (length - a)),
         feed(cfg, "gpu_xid_errors_total", gpu_labels(cfg, 2), [fatal] * length),
     ]
-    firing = [expected(cfg, m, {**gpu_labels(cfg, 0), "xid": str(m.xids[0])}, fatal)]
+    xid = {"xid": str(m.xids[0])}
+    firing = [expected(cfg, m, {**gpu_labels(cfg, 0), **xid}, fatal)]
     checks = [
         check(m.alert, (a - 1) * s, []),
         check(m.alert, a * s + F, firing),
@@ -546,7 +647,20 @@ def _last_xid_case(cfg: RulesConfig, m: MonitoringAlert, s: int) -> dict[str, An
     ]
     if F:
         checks.insert(1, check(m.alert, a * s + F - s, []))
-    return {"interval": f"{s}s", "input_series": inputs, "alert_rule_test": checks}
+    late = a + 3
+    reshard = [
+        _up(cfg, [None] * a + [1.0] * (length - a)),
+        feed(cfg, "gpu_xid_errors_total", gpu_labels(cfg, 0), [None] * a + [fatal] * (length - a)),
+        feed(cfg, "gpu_xid_errors_total", gpu_labels(cfg, 1), [None] * a + [0.0] * 3 + [fatal] * (length - late)),
+    ]
+    reshard_checks = [
+        check(m.alert, a * s + F, []),
+        check(m.alert, late * s + F, [expected(cfg, m, {**gpu_labels(cfg, 1), **xid}, fatal)]),
+    ]
+    return [
+        {"interval": f"{s}s", "input_series": inputs, "alert_rule_test": checks},
+        {"interval": f"{s}s", "input_series": reshard, "alert_rule_test": reshard_checks},
+    ]
 
 
 def _info_series(cfg: RulesConfig, i: int, name: str) -> dict[str, Any]:
@@ -611,6 +725,8 @@ def test_files(cfg: RulesConfig) -> dict[str, Any]:
     tests: list[dict[str, Any]] = []
     for rule in cfg.alerts.values():
         tests += threshold_cases(cfg, rule, s)
+        if sources.raw(cfg.source, rule.metric).blank is not None:
+            tests.append(blank_case(cfg, rule, s))
     for rule in render.threshold_rules(cfg):
         if rule.profile is not None:
             tests += profile_cases(cfg, rule, s)
