@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gpuwarden.rules import config, render
+from gpuwarden.rules import config, render, testgen
 from tests.helpers import REPO, Proc, free_port, http_get, require_binary, wait_until
 
 AM_DIR = REPO / "alertmanager"
@@ -215,3 +215,73 @@ def test_critical_inhibits_same_family_warning_on_same_gpu_only(tmp_path: Path, 
         assert got[key(posted[name])]["state"] == "active", (name, got[key(posted[name])])
         assert got[key(posted[name])]["inhibitedBy"] == []
     assert am.alive()
+
+
+def _render(template: str, data: dict[str, Any], tmp_path: Path) -> str:
+    """``{{ template "<template>" . }}`` over the shipped templates, with amtool's renderer."""
+    amtool = require_binary("amtool")
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(data))
+    res = subprocess.run(
+        [
+            amtool,
+            "template",
+            "render",
+            f"--template.glob={AM_DIR / 'templates' / '*.tmpl'}",
+            f'--template.text={{{{ template "{template}" . }}}}',
+            f"--template.data={path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+def test_notifications_show_the_running_job_when_the_alert_has_one(tmp_path: Path) -> None:
+    """GPUThermalCritical as generated, its annotations expanded as Prometheus does: GPU 0 runs
+    a job (the agent's gpu_allocation_info), GPU 1 none. Each alert's text names its own job or
+    none; the title names the job only when every alert of the notification shares it."""
+    cfg = config.load()
+    [rule] = [
+        r
+        for g in render.alert_groups(cfg)
+        for r in g["rules"]
+        if r["alert"] == "GPUThermalCritical" and "profile" not in r["labels"]
+    ]
+    allocation = {"job_id": "4711", "job_name": "train-llm"}
+
+    def alert(gpu: str, allocated: dict[str, str] | None) -> dict[str, Any]:
+        labels = {"alertname": rule["alert"], "instance": "n1:9786", "gpu": gpu, "uuid": f"GPU-{gpu}", **rule["labels"]}
+        notes = {k: testgen.expand(v, labels, 90.0, allocated) for k, v in rule["annotations"].items()}
+        return {"status": "firing", "labels": labels, "annotations": notes, "startsAt": "2026-01-01T00:00:00Z"}
+
+    def data(*alerts: dict[str, Any]) -> dict[str, Any]:
+        common = {k: v for k, v in alerts[0]["annotations"].items() if all(a["annotations"][k] == v for a in alerts)}
+        labels = {k: v for k, v in alerts[0]["labels"].items() if all(a["labels"][k] == v for a in alerts)}
+        return {
+            "receiver": "oncall",
+            "status": "firing",
+            "alerts": list(alerts),
+            "groupLabels": {"alertname": rule["alert"]},
+            "commonLabels": labels,
+            "commonAnnotations": common,
+            "externalURL": "http://alertmanager",
+        }
+
+    busy, idle = alert("0", allocation), alert("1", None)
+    assert busy["annotations"][render.JOB_ANNOTATION] == "train-llm (job_id 4711)"
+    assert idle["annotations"][render.JOB_ANNOTATION] == ""
+
+    text = _render("gpuwarden.text", data(busy, idle), tmp_path)
+    blocks = text.split("*THERMAL_CRITICAL*")[1:]
+    assert len(blocks) == 2
+    assert "GPU 0 of n1:9786" in blocks[0] and "\nRunning job: train-llm (job_id 4711)\nRunbook: " in blocks[0]
+    assert "GPU 1 of n1:9786" in blocks[1] and "Running job" not in blocks[1]
+    assert "\nRunbook: " in blocks[1]
+
+    title = _render("gpuwarden.title", data(busy), tmp_path)
+    assert title.strip() == "[FIRING:1] GPUThermalCritical on n1:9786 GPU 0, running train-llm (job_id 4711)"
+    assert "running" not in _render("gpuwarden.title", data(busy, idle), tmp_path)
+    assert "running" not in _render("gpuwarden.title", data(idle), tmp_path)
