@@ -4,8 +4,10 @@ For each alert: the raw series it reads (``needs``) are looked up under the conf
 selector, per GPU (``instance``, ``gpu``); the alert covers the GPUs that have all of them. An
 alert that covers none of the GPUs the exporter reports cannot fire, and the report says why
 and what to change: the series exist under another job (fix the job selector), or nowhere
-(enable the field in dcgm-exporter's counters CSV, or the gpuwarden-exporter collector). The
-exit status is 1 when a critical alert cannot fire on some reported GPU.
+(enable the field in dcgm-exporter's counters CSV, or name the gpuwarden-exporter flag of the
+collector that exports it). A series that only appears with its first event (an XID) counts as
+there while the exporter declares its family. The exit status is 1 when a critical alert cannot
+fire on some reported GPU.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gpuwarden import sources
+from gpuwarden.exporter.collectors import COLLECTORS
 from gpuwarden.prom import PrometheusClient
 
 from . import needs as needs_mod
@@ -45,12 +48,42 @@ def _gpus(prom: PrometheusClient, expr: str) -> set[Gpu]:
     return {(s.labels.get("instance", ""), s.labels.get("gpu", "")) for s in prom.query(expr)}
 
 
+def _per_gpu(have: set[Gpu], fleet: set[Gpu]) -> set[Gpu]:
+    """``have`` with a series of a whole exporter (no ``gpu`` label: gpuwarden_exporter_nvml_up)
+    standing for every GPU of its instance."""
+    instances = {i for i, g in have if g == ""}
+    return {x for x in have if x[1] != ""} | {x for x in fleet if x[0] in instances}
+
+
+def collector_of(metric: str) -> str | None:
+    """The gpuwarden-exporter collector (``--collector.<name>``) that exports ``metric``."""
+    for name, c in COLLECTORS.items():
+        if any(m.name == metric for m in c.metrics):
+            return name
+    return None
+
+
 def _fix(cfg: RulesConfig, need: needs_mod.Need) -> str:
     if cfg.source == "dcgm-exporter":
         return f"enable it in the counters CSV (rules/generated/dcgm-exporter/{needs_mod.CSV_FILE})"
     if need.names == ("up",):
         return "add a scrape job for the exporter matching the selector"
-    return "gpuwarden-exporter exports it when its collector is on (see gpuwarden-exporter --help)"
+    collector = collector_of(need.names[0])
+    if collector is None:
+        return "gpuwarden-exporter exports it when its collector is on (see gpuwarden-exporter --help)"
+    return (
+        f"gpuwarden-exporter exports it from its {collector} collector: start it with --collector.{collector} "
+        f"(it is off under --no-collector.{collector}, or where the GPU's driver does not support it)"
+    )
+
+
+def _declared(prom: PrometheusClient, job: str, need: needs_mod.Need) -> bool:
+    """Whether a target under the job selector declares (HELP/TYPE) the family of an event
+    series: Prometheus keeps a target's metadata also for a family without samples."""
+    return any(
+        prom.get("/api/v1/targets/metadata", {"match_target": f"{{{job}}}", "metric": name}, "target metadata")
+        for name in need.names
+    )
 
 
 def diagnose(cfg: RulesConfig, prom: PrometheusClient) -> tuple[list[Finding], set[Gpu]]:
@@ -66,8 +99,8 @@ def diagnose(cfg: RulesConfig, prom: PrometheusClient) -> tuple[list[Finding], s
         covered: set[Gpu] | None = None
         for need in reads:
             if need.names not in cache:
-                cache[need.names] = _gpus(
-                    prom, f'count by (instance, gpu) ({{__name__=~"{_regex(need.names)}", {job}}})'
+                cache[need.names] = _per_gpu(
+                    _gpus(prom, f'count by (instance, gpu) ({{__name__=~"{_regex(need.names)}", {job}}})'), fleet
                 )
             have = cache[need.names]
             if not have:
@@ -78,7 +111,15 @@ def diagnose(cfg: RulesConfig, prom: PrometheusClient) -> tuple[list[Finding], s
                 if need.optional:
                     f.notes.append(f"no {need.shown()} series: {need.why}")
                     continue
-                if elsewhere:
+                if need.on_event and _declared(prom, job, need):
+                    f.notes.append(f"no {need.shown()} series yet ({need.why}); the exporter declares it")
+                    continue
+                if elsewhere and fleet:
+                    # The selector matches an exporter that reports GPUs: this one lacks the series.
+                    f.problems.append(
+                        f"no {need.shown()} series under {job} (job {', '.join(elsewhere)} has them): {_fix(cfg, need)}"
+                    )
+                elif elsewhere:
                     f.problems.append(
                         f"no {need.shown()} series under {job}, but under job {', '.join(elsewhere)}: "
                         "set settings.job_selector in the thresholds file to match"

@@ -5,7 +5,9 @@ dcgm-exporter counters CSV (which field each rule needs) and for ``gpuwarden-rul
 A ``Need`` is one series a rule reads, as alternatives (dcgm-exporter's throttle field has two
 names across DCGM versions); ``optional`` marks a series whose absence only changes the figure
 used (a profile's relative limit falls back to its absolute threshold), never whether the rule
-can fire.
+can fire; ``on_event`` marks a series that first appears with the event it counts
+(gpuwarden-exporter's ``gpu_xid_errors_total{xid}``, one series per XID seen): its absence means
+no such event yet, as long as the exporter declares the family (its metadata).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class Need:
     names: tuple[str, ...]
     optional: bool = False
     why: str = ""
+    on_event: bool = False
 
     def shown(self) -> str:
         return " or ".join(self.names)
@@ -66,6 +69,8 @@ def needs(cfg: RulesConfig, a: Alert) -> list[Need]:
     if kind == "gpu_down":
         return [Need(("gpu_up",))]
     if kind == "fatal_xid":
+        if cfg.source == "gpuwarden":
+            return [Need(("gpu_xid_errors_total",), on_event=True, why="a series appears with a GPU's first XID")]
         return [Need(n) for n in _metric(cfg, "gpu_xid_errors_total")]
     raise ValueError(f"unknown monitoring kind {kind!r}")
 
