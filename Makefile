@@ -45,13 +45,15 @@ typecheck: setup
 
 # Regenerates the committed Prometheus rules from rules/thresholds.yaml (over gpuwarden-exporter's
 # metrics in rules/generated/, over dcgm-exporter's in rules/generated/dcgm-exporter/), then what is derived
-# from them and from the code: the Grafana dashboard, the Kubernetes copy of the PrometheusRule,
+# from them and from the code: the Grafana dashboard, the Kubernetes copies of the PrometheusRules
+# (deploy/kubernetes for gpuwarden-exporter, deploy/kubernetes-dcgm-exporter for dcgm-exporter),
 # docs/OBSERVABILITY.md.
 generate: setup
 	$(VENV)/bin/gpuwarden-rules generate
 	$(VENV)/bin/gpuwarden-rules generate --source dcgm-exporter
 	$(PY) -m gpuwarden.dashboards.generate
 	cp rules/generated/gpuwarden.prometheusrule.yaml deploy/kubernetes/prometheusrule.yaml
+	cp rules/generated/dcgm-exporter/gpuwarden.prometheusrule.yaml deploy/kubernetes-dcgm-exporter/prometheusrule.yaml
 	$(PY) docs/generate_observability.py
 
 check: setup
@@ -59,6 +61,7 @@ check: setup
 	$(VENV)/bin/gpuwarden-rules check --source dcgm-exporter
 	$(PY) -m gpuwarden.dashboards.generate --check
 	cmp rules/generated/gpuwarden.prometheusrule.yaml deploy/kubernetes/prometheusrule.yaml
+	cmp rules/generated/dcgm-exporter/gpuwarden.prometheusrule.yaml deploy/kubernetes-dcgm-exporter/prometheusrule.yaml
 	$(PY) docs/generate_observability.py --check
 
 bench: setup
