@@ -40,7 +40,7 @@ from bench.traces import DURATION, STEP, Trace, generate
 from gpuwarden.procs import Proc, ProcError, free_port, wait_http
 from gpuwarden.prom import PrometheusClient
 from gpuwarden.scheduler_agent.predictor import models
-from gpuwarden.scheduler_agent.predictor.forecast import MIN_CONFIDENCE, PERSIST, forecast_series
+from gpuwarden.scheduler_agent.predictor.forecast import MIN_CONFIDENCE, PERSIST, forecast_series, persist_for
 from gpuwarden.scheduler_agent.predictor.health import evaluate
 from gpuwarden.scheduler_agent.predictor.specs import load_specs
 
@@ -73,12 +73,13 @@ def ours_raw(trace: Trace, window: float, use_throttle: bool) -> Raw:
 
 
 def ours_ttt(raw: Raw, gate: float) -> dict[float, float | None]:
-    """seconds_to_threshold as ``forecast_series`` reports it (gate, then PERSIST confirmation),
-    from the PERSIST-th full window on (checked against forecast_series in check_equivalence)."""
+    """seconds_to_threshold as ``forecast_series`` reports it (gate, then persist_for(kind)
+    confirmation), from the PERSIST-th full window on (checked against forecast_series in
+    check_equivalence)."""
     g = models.min_confidence_for(raw.kind, gate)
     pred = raw.over | (np.isfinite(raw.ttt) & (raw.conf >= g))
     ok = pred.copy()
-    for k in range(1, PERSIST + 1):
+    for k in range(1, persist_for(raw.kind) + 1):
         ok[k:] &= pred[:-k]
     ok |= raw.over
     return {float(t): (float(v) if c else None) for t, v, c in list(zip(raw.times, raw.ttt, ok, strict=True))[PERSIST:]}

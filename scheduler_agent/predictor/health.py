@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .forecast import MIN_CONFIDENCE, PERSIST, Forecast, confirm, forecasts_from_fit
+from .forecast import MIN_CONFIDENCE, Forecast, confirm, forecasts_from_fit, persist_for
 from .models import KINDS, MIN_SAMPLES, fit_batch, min_confidence_for
 from .specs import MetricSpec
 
@@ -93,9 +93,9 @@ def _batch_forecasts(
     throttle: Mapping[str, tuple[np.ndarray, np.ndarray]],
 ) -> list[Forecast | None]:
     """One models.fit_batch for every GPU's series of one metric: each GPU's window ending at its
-    last sample and the PERSIST windows before it, confirmed like forecast_series."""
+    last sample and the persist_for(kind) windows before it, confirmed like forecast_series."""
     grid = np.unique(np.concatenate([t for _u, t, _v in rows]))
-    g, n, lags = len(rows), grid.size, PERSIST + 1
+    g, n, lags = len(rows), grid.size, persist_for(kind) + 1
     Y = np.full((g, n), np.nan)
     TH = np.zeros((g, n))
     for i, (uuid, t, v) in enumerate(rows):

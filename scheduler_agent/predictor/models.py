@@ -19,7 +19,11 @@ whether a series will cross is its physics:
   uncertain: every time constant whose fit is within PLAUSIBLE noise variances of the best is
   kept, and the forecast is the latest crossing among them (none if one of them levels off
   below the threshold): a crossing is forecast only when the asymptote is above the threshold
-  for every time constant the window cannot rule out.
+  for every time constant the window cannot rule out. Two physical limits on that veto: a
+  time constant longer than PLAUSIBLE_TAU_MAX (GPU heat sinks settle within minutes; a
+  half-hour curve is a line within the window) does not veto, and a curve levelling off
+  within NEAR_SIGMAS noise sigmas under the threshold does not either: its noise holds it
+  over the line long enough to fire the alert, so it "crosses" when it gets that close.
 * power: follows the load with no thermal lag, capped by the power limit. Same family (a ramp
   that levels off at the cap is a fast first-order approach), judged the same way.
 * memory (used/total): allocations grow or stay; a leak is linear. Line only.
@@ -77,6 +81,10 @@ ONSET_PENALTY = 4.0
 ONSET_MIN_SAMPLES = 8
 # Time constants whose fit is within this many noise variances of the best stay plausible.
 PLAUSIBLE = 2.0
+# Longer time constants still fit, but never veto a crossing (see the docstring), seconds.
+PLAUSIBLE_TAU_MAX = 1440.0
+# An asymptote this many noise sigmas (or fewer) under the threshold is not a safe one.
+NEAR_SIGMAS = 2.0
 SPIKE_SIGMAS = 5.0
 # A fall of this many scrape-noise sigmas (running median of five) marks a load cycle.
 FALL_SIGMAS = 6.0
@@ -307,16 +315,26 @@ def _fit_chunk(
     # crossing among them (never, if one of them levels off below the threshold).
     sse_p = sse_kk  # (g, K): every model over the chosen onset's samples
     plaus = sse_p <= sse_p.min(axis=1, keepdims=True) + PLAUSIBLE * (sigma * sigma)[:, None]
+    plaus &= ~(np.isfinite(taus) & (taus > PLAUSIBLE_TAU_MAX))[None, :]
     Lk, Rk, tk = lv[rows, p, :], r[rows, p, :], taus[None, :]
+    thk = thr[:, None]
     with np.errstate(all="ignore"):
         ak = np.where(tk > 0, Lk + Rk * tk, np.inf)
-        gk = thr[:, None] - Lk
+        # A curve levelling off within NEAR_SIGMAS noise sigmas under the threshold is not safe:
+        # its noise holds it over the line often enough to fire the alert. It "crosses" when it
+        # gets that close.
+        aim = np.where(
+            (tk > 0) & (ak <= thk) & (ak > thk - NEAR_SIGMAS * sigma[:, None]), thk - NEAR_SIGMAS * sigma[:, None], thk
+        )
+        gk = thk - Lk
         tt_k = np.where(
             np.isinf(tk),
             gk / Rk,
-            np.where(tk > 0, tk * np.log((ak - Lk) / (ak - thr[:, None])), -tk * np.log1p(gk / (-Rk * tk))),
+            np.where(tk > 0, tk * np.log((ak - Lk) / (ak - aim)), -tk * np.log1p(gk / (-Rk * tk))),
         )
-    tt_k = np.where((Rk > 0) & np.isfinite(tt_k) & (tt_k >= 0) & ((tk <= 0) | (ak > thr[:, None])), tt_k, np.inf)
+    tt_k = np.where((Rk > 0) & np.isfinite(tt_k) & ((tk <= 0) | (ak > aim)), np.maximum(tt_k, 0.0), np.inf)
+    if NEAR_SIGMAS > 0:
+        ttt = tt_k[rows, kk]
     ttt = np.maximum(ttt, np.where(plaus, tt_k, 0.0).max(axis=1))
 
     # A load cycle: the window fell from a peak and rises again. Until it passes that peak the

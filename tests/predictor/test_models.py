@@ -101,3 +101,38 @@ def test_load_cycle_rise_below_its_last_peak_is_not_a_crossing() -> None:
     step = np.where(s > -180, hi + (y[-13] - hi) * np.exp(-np.clip(s + 180, 0, None) / tau), y[-13])
     run = models.fit_batch(s, step + noise, 85.0, "temperature")
     assert np.isfinite(run.ttt[0]) and run.model[0] != models.MODEL_CYCLE
+
+
+def test_levelling_off_within_noise_of_the_threshold_is_not_safe() -> None:
+    """Two first-order approaches (tau 3 min, scrape noise 0.5 °C) level off under 85 °C: 0.3 °C
+    under it (the noise alone will hold it over for the alert's for:) is a crossing; 4 °C under
+    it is not."""
+    rng = np.random.default_rng(2)
+    s = np.arange(-600.0, 0.0 + STEP / 2, STEP)
+    x = s + 600
+    noise = rng.normal(0, 0.5, s.size)
+    near = models.fit_batch(s, 84.7 - (84.7 - 70) * np.exp(-x / 180) + noise, 85.0, "temperature")
+    far = models.fit_batch(s, 81.0 - (81.0 - 66) * np.exp(-x / 180) + noise, 85.0, "temperature")
+    assert np.isfinite(near.ttt[0]) and not np.isfinite(far.ttt[0]), (near, far)
+
+
+def test_ecc_counts_need_no_confirmation() -> None:
+    """A drip's first window that forecasts the ECC threshold warns at once (no earlier windows
+    must agree: a drip must warn no later than predict_linear); temperatures are confirmed."""
+    from gpuwarden.scheduler_agent.predictor.forecast import PERSIST, forecast_series, persist_for, raw_forecast
+
+    assert persist_for("ecc") == 0 and persist_for("temperature") == PERSIST
+    rng = np.random.default_rng(4)
+    t = np.arange(0, 2400 + STEP / 2, STEP)
+    rate = 1 / 300 + np.clip(t - 900, 0, None) * 2 / 300 / 600  # errors/s, growing after 15 min
+    per_step = rng.poisson(rate * STEP)
+    counts = np.convolve(per_step, np.ones(20), mode="full")[: t.size]  # errors in the last 300 s
+    raw = [
+        raw_forecast(t[: i + 1], counts[: i + 1], 10.0, 600, kind="ecc").seconds_to_threshold if t[i] >= 600 else None
+        for i in range(t.size)
+    ]
+    fresh = [i for i in range(42, t.size) if raw[i] is not None and raw[i] != 0.0 and raw[i - 1] is None]
+    assert fresh
+    for i in fresh:
+        got = forecast_series(t[: i + 1], counts[: i + 1], 10.0, window=600, kind="ecc").seconds_to_threshold
+        assert got == raw[i]

@@ -156,8 +156,8 @@ def test_risk_score_orders_by_urgency_and_confidence() -> None:
 
 def test_a_crossing_seen_from_one_window_only_is_withheld() -> None:
     """On a noisy plateau with slow wander, scrapes whose window alone forecasts a crossing but
-    whose predecessors did not are withheld; once three windows in a row agree it is reported."""
-    from gpuwarden.scheduler_agent.predictor.forecast import raw_forecast
+    whose predecessors did not are withheld; once PERSIST + 1 windows in a row agree it is reported."""
+    from gpuwarden.scheduler_agent.predictor.forecast import PERSIST, raw_forecast
 
     rng = np.random.default_rng(11)
     t = np.arange(0, 2400 + STEP / 2, STEP)
@@ -167,7 +167,7 @@ def test_a_crossing_seen_from_one_window_only_is_withheld() -> None:
         for i in range(t.size)
     ]
     fresh = [i for i in range(42, t.size) if raw[i] is not None and raw[i - 1] is None]
-    steady = [i for i in range(42, t.size) if None not in raw[i - 2 : i + 1] and raw[i] != 0.0]
+    steady = [i for i in range(42, t.size) if None not in raw[i - PERSIST : i + 1] and raw[i] != 0.0]
     assert fresh and steady
     for i in fresh:
         f = forecast_series(t[: i + 1], y[: i + 1], 85, window=600)
