@@ -9,7 +9,8 @@ selector) at every scrape time, and warn at the same horizon H:
                    interface reports it; None never warns);
 * predict_linear:  ``predict_linear(bench_trace[W], H) >= threshold``, evaluated by a real
                    Prometheus 2.42 server over a TSDB built with
-                   ``promtool tsdb create-blocks-from openmetrics`` (one query_range per H).
+                   ``promtool tsdb create-blocks-from openmetrics`` (one query_range per H);
+                   also scored as the shipped forecast alerts use it, held ``for: 1m``.
 
 Scoring (see bench/traces.py for the true crossing, which honours the rule's ``for:``):
 
@@ -72,14 +73,14 @@ def ours_raw(trace: Trace, window: float, use_throttle: bool) -> Raw:
     return Raw(trace.times[m - 1 :], fit.ttt, fit.confidence, fit.over, kind)
 
 
-def ours_ttt(raw: Raw, gate: float) -> dict[float, float | None]:
+def ours_ttt(raw: Raw, gate: float, persist: int = PERSIST) -> dict[float, float | None]:
     """seconds_to_threshold as ``forecast_series`` reports it (gate, then persist_for(kind)
     confirmation), from the PERSIST-th full window on (checked against forecast_series in
-    check_equivalence)."""
+    check_equivalence; another ``persist`` is the sweep's)."""
     g = models.min_confidence_for(raw.kind, gate)
     pred = raw.over | (np.isfinite(raw.ttt) & (raw.conf >= g))
     ok = pred.copy()
-    for k in range(1, persist_for(raw.kind) + 1):
+    for k in range(1, persist_for(raw.kind, persist) + 1):
         ok[k:] &= pred[:-k]
     ok |= raw.over
     return {float(t): (float(v) if c else None) for t, v, c in list(zip(raw.times, raw.ttt, ok, strict=True))[PERSIST:]}
@@ -230,6 +231,26 @@ def score(
     return s
 
 
+# The shipped forecast alerts hold for 1m: the condition true at 5 evaluations in a row (15 s).
+ALERT_FOR_STEPS = 5
+
+
+def held_for(warns: dict[str, dict[float, bool]], steps: int = ALERT_FOR_STEPS) -> dict[str, dict[float, bool]]:
+    """Each trace's warnings as an alert with ``for:`` sees them: true where the condition has
+    held at the last ``steps`` scrape times (the first ``steps - 1`` scored times use what they
+    have)."""
+    out: dict[str, dict[float, bool]] = {}
+    for name, w in warns.items():
+        times = sorted(w)
+        run = 0
+        held: dict[float, bool] = {}
+        for t in times:
+            run = run + 1 if w[t] else 0
+            held[t] = run >= steps
+        out[name] = held
+    return out
+
+
 def _med(xs: list[float]) -> float:
     return float(np.median(xs)) if xs else float("nan")
 
@@ -244,6 +265,7 @@ def _row(name: str, s: Score) -> str:
 
 
 GATES = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
+PERSIST_SWEEP = (0, 1, 2, 3, 4, 5, 6)
 
 
 def fleet_timing(gpus: int, window: float, seed: int) -> None:
@@ -286,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=float, default=600.0, help="fit window, seconds (both methods)")
     ap.add_argument("--horizons", default="300,600,900", help="warning horizons H, seconds, comma-separated")
     ap.add_argument("--families", action="store_true", help="also print one table per trace family")
-    ap.add_argument("--curve", metavar="PNG", help="draw false alarms against lead as the gate moves (H = 10 min)")
+    ap.add_argument(
+        "--curve", metavar="PNG", help="draw false alarms against lead as the gate and PERSIST move (H = 10 min)"
+    )
     ap.add_argument("--fleet", type=int, metavar="GPUS", help="only time one cycle's model work for this many GPUs")
     args = ap.parse_args(argv)
     W = args.window
@@ -363,10 +387,16 @@ def main(argv: list[str] | None = None) -> int:
             print(_row("gpuwarden, values only (predict --csv)", score(group, our_warns(ours_v, h), ours_v, h)))
             print(_row("gpuwarden, with gpu_throttle_active", score(group, our_warns(ours_t, h), ours_t, h)))
             print(_row("predict_linear (Prometheus 2.42)", score(group, pl_warns(h), pl_ttt, h)))
+            print(_row("predict_linear, for: 1m (as alerted)", score(group, held_for(pl_warns(h)), pl_ttt, h)))
 
-    # The gate curve at H = 10 min: false-alarm traces against median lead.
+    # The curves at H = 10 min: false-alarm traces against median lead as each knob moves.
     h = 600.0
-    curve: dict[str, list[tuple[float, int, float]]] = {"gpuwarden (values only)": [], "predict_linear": []}
+    curve: dict[str, list[tuple[str, int, float]]] = {
+        "gpuwarden, confidence gate": [],
+        "gpuwarden, confirming windows (PERSIST)": [],
+        "predict_linear, gated by its slope's t": [],
+        "predict_linear, held for k evaluations": [],
+    }
     print(f"\nGate sweep, H = {h / 60:g} min: gate -> false-alarm traces, median lead (min), misses\n")
     print("| gate | gpuwarden FA | gpuwarden lead | gpuwarden misses | predict_linear FA | lead | misses |")
     print("|---|---|---|---|---|---|---|")
@@ -374,10 +404,26 @@ def main(argv: list[str] | None = None) -> int:
         ttt = {n: ours_ttt(r, g) for n, r in raw_v.items()}
         so = score(traces, our_warns(ttt, h), ttt, h)
         sp = score(traces, pl_warns(h, g), pl_ttt, h)
-        curve["gpuwarden (values only)"].append((g, so.false_alarms, _med_lead(so)))
-        curve["predict_linear"].append((g, sp.false_alarms, _med_lead(sp)))
+        curve["gpuwarden, confidence gate"].append((f"{g:g}", so.false_alarms, _med_lead(so)))
+        curve["predict_linear, gated by its slope's t"].append((f"{g:g}", sp.false_alarms, _med_lead(sp)))
         print(
             f"| {g:g} | {so.false_alarms}/{so.quiet} | {_med_lead(so):.1f} | {so.crossing - so.detected} | "
+            f"{sp.false_alarms}/{sp.quiet} | {_med_lead(sp):.1f} | {sp.crossing - sp.detected} |"
+        )
+    print(
+        f"\nPersistence sweep, H = {h / 60:g} min: gpuwarden confirmed by k earlier windows (gate "
+        f"{MIN_CONFIDENCE:g}; ECC never), predict_linear held for k + 1 evaluations (for: k × 15 s)\n"
+    )
+    print("| k | gpuwarden FA | gpuwarden lead | gpuwarden misses | predict_linear FA | lead | misses |")
+    print("|---|---|---|---|---|---|---|")
+    for k in PERSIST_SWEEP:
+        ttt = {n: ours_ttt(r, MIN_CONFIDENCE, k) for n, r in raw_v.items()}
+        so = score(traces, our_warns(ttt, h), ttt, h)
+        sp = score(traces, held_for(pl_warns(h), k + 1), pl_ttt, h)
+        curve["gpuwarden, confirming windows (PERSIST)"].append((f"{k}", so.false_alarms, _med_lead(so)))
+        curve["predict_linear, held for k evaluations"].append((f"{k + 1}", sp.false_alarms, _med_lead(sp)))
+        print(
+            f"| {k} | {so.false_alarms}/{so.quiet} | {_med_lead(so):.1f} | {so.crossing - so.detected} | "
             f"{sp.false_alarms}/{sp.quiet} | {_med_lead(sp):.1f} | {sp.crossing - sp.detected} |"
         )
     if args.curve:
@@ -389,23 +435,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def draw_curve(curve: dict[str, list[tuple[float, int, float]]], path: Path, seed: int, n: int) -> None:
+def draw_curve(curve: dict[str, list[tuple[str, int, float]]], path: Path, seed: int, n: int) -> None:
+    """False-alarm traces against median lead for each knob, with the issue 17 target region
+    (at most half predict_linear's false alarms at no shorter a lead) shaded."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    for (name, pts), marker in zip(curve.items(), ("o", "s"), strict=False):
+    fig, ax = plt.subplots(figsize=(7.2, 4.8), dpi=110)
+    for (name, pts), marker in zip(curve.items(), ("o", "D", "s", "^"), strict=False):
         xs, ys = [p[1] for p in pts], [p[2] for p in pts]
-        ax.plot(xs, ys, marker=marker, label=name)
-        for g, x, y in pts:
-            ax.annotate(f"{g:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.plot(xs, ys, marker=marker, label=name, alpha=0.85)
+        for label, x, y in pts:
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    # predict_linear as Prometheus computes it (no gate, no for:): the reference of the targets.
+    ref = curve["predict_linear, held for k evaluations"][0]
+    fa_max, lead_min = ref[1] / 2, ref[2]
+    ax.axvline(fa_max, color="grey", linestyle="--", linewidth=1)
+    ax.axhline(lead_min, color="grey", linestyle="--", linewidth=1)
+    ax.fill_between([0, fa_max], lead_min, ax.get_ylim()[1], color="green", alpha=0.08, label="issue 17 target")
+    ax.set_xlim(left=min(fa_max, *(p[1] for pts in curve.values() for p in pts)) - 10)
     ax.set_xlabel("false-alarm traces (never cross, warned)")
     ax.set_ylabel("median lead before the crossing (min)")
-    ax.set_title(f"Confidence gate swept, H = 10 min (seed {seed}, {n} traces)")
+    ax.set_title(f"H = 10 min, seed {seed}, {n} traces: each knob moved alone")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -36,10 +36,12 @@ from .trend import InsufficientData, Trend
 # 10 min with no later warning than 0.9); 0.99 ≈ slope significant at p < 0.01. ECC counts
 # use the looser models.ECC_MIN_CONFIDENCE.
 MIN_CONFIDENCE = 0.99
-# Earlier scrapes whose forecasts must also predict a crossing (see confirm()): like the
-# shipped forecast alert's ``for: 1m``, a crossing must be forecast from 4 window ends in a row.
-# Chosen on the bench (bench/predictor_eval.py, seed 6).
-PERSIST = 3
+# Earlier scrapes whose forecasts must also predict a crossing (see confirm()): like the shipped
+# forecast alerts' ``for: 1m`` at a 15 s scrape, a crossing must be forecast from the 5 window
+# ends of the last minute. On the bench (bench/predictor_eval.py, seed 6, H = 10 min) each step
+# trades false alarms for lead: 2 -> 102 at 7.5 min, 3 -> 90 at 7.5, 4 -> 83 at 7.0 (predict_linear:
+# 157 at 6.9), 5 -> 81 at 6.8.
+PERSIST = 4
 # Urgency scale of the risk score, seconds.
 RISK_SCALE = 3600.0
 # Proximity band: within this fraction of the threshold a flat metric still carries some risk.
