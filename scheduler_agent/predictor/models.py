@@ -135,12 +135,15 @@ def _robust_noise(y: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 def _running_median(y: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Median of each sample and its four neighbours (NaN where missing). The last two samples
-    are compared with older ones (padding from 4-5 samples back), so a jump there counts as a
+    are compared with the level before the last three (padding), so a jump there counts as a
     spike until it lasts three scrapes."""
     yy = np.where(valid, y, np.nan)
-    pad = np.concatenate([yy[:, 2:4], yy, yy[:, -5:-3]], axis=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
+        # The level before the last three samples (median of the five before them), so that an
+        # older spike among the padding cannot make a new one look like the level.
+        before = np.nanmedian(yy[:, -8:-3], axis=1, keepdims=True)
+        pad = np.concatenate([yy[:, 2:4], yy, before, before], axis=1)
         med: np.ndarray = np.nanmedian(sliding_window_view(pad, 5, axis=1), axis=2)
     return med
 

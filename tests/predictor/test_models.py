@@ -136,3 +136,18 @@ def test_ecc_counts_need_no_confirmation() -> None:
     for i in fresh:
         got = forecast_series(t[: i + 1], counts[: i + 1], 10.0, window=600, kind="ecc").seconds_to_threshold
         assert got == raw[i]
+
+
+def test_a_spike_at_the_end_after_an_older_one_is_not_over_the_threshold() -> None:
+    """A plateau at 79 °C with a one-scrape spike four scrapes back and a two-scrape spike to
+    87 °C at the end: not over the threshold (the alert needs three scrapes), and no crossing."""
+    rng = np.random.default_rng(8)
+    s = np.arange(-600.0, 0.0 + STEP / 2, STEP)
+    y = 79 + rng.normal(0, 0.3, s.size)
+    y[-5] += 7.0
+    y[-2:] = [87.2, 87.7]
+    fit = models.fit_batch(s, y, 85.0, "temperature")
+    assert not fit.over[0] and not np.isfinite(fit.ttt[0]), fit
+    # Three scrapes over it is a level, not a spike.
+    y[-3] = 87.0
+    assert models.fit_batch(s, y, 85.0, "temperature").over[0]
