@@ -155,11 +155,11 @@ def _spikes(y: np.ndarray, valid: np.ndarray, sigma: np.ndarray, med: np.ndarray
     return out
 
 
-def _peak_before_fall(med: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+def _peak_before_fall(med: np.ndarray, valid: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     """The highest (running-median) level the window reached before its last fall of at least
     FALL_SIGMAS scrape-noise sigmas, per row; -inf where the window never fell that far. A
     series that fell and now rises again is repeating a load cycle until it passes that peak."""
-    sm = np.where(np.isfinite(med), med, -np.inf)
+    sm = np.where(valid & np.isfinite(med), med, -np.inf)
     top = np.maximum.accumulate(sm, axis=1)
     with np.errstate(invalid="ignore"):
         fell = np.isfinite(sm) & (top - sm >= FALL_SIGMAS * np.maximum(sigma, 1e-12)[:, None])
@@ -342,7 +342,7 @@ def _fit_chunk(
 
     # A load cycle: the window fell from a peak and rises again. Until it passes that peak the
     # rise is the cycle repeating (its asymptote is the load's, not a runaway's).
-    ceiling = _peak_before_fall(med, sigma) if kind in ("temperature", "power") else np.full(g, -np.inf)
+    ceiling = _peak_before_fall(med, valid, sigma) if kind in ("temperature", "power") else np.full(g, -np.inf)
     cycling = np.isfinite(ceiling) & (L < ceiling) & (R > 0)
     ttt = np.where(cycling, np.inf, ttt)
 

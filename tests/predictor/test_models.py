@@ -151,3 +151,19 @@ def test_a_spike_at_the_end_after_an_older_one_is_not_over_the_threshold() -> No
     # Three scrapes over it is a level, not a spike.
     y[-3] = 87.0
     assert models.fit_batch(s, y, 85.0, "temperature").over[0]
+
+
+def test_a_clean_climb_is_never_a_cycle_in_any_confirming_window() -> None:
+    """The service fits each GPU's window and the PERSIST windows before it on one grid (the
+    earlier ones end in missing samples): a clean climb (rounding-level noise, as read back from
+    Prometheus' JSON) must forecast the crossing in all of them: a missing sample is no fall."""
+    from gpuwarden.scheduler_agent.predictor.forecast import PERSIST
+
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        now = NOW + rng.uniform(0, 1000)
+        t = now - 600 - PERSIST * STEP + STEP * np.arange(41 + PERSIST)
+        y = 77 + (t - now) / 60 + rng.uniform(-1e-12, 1e-12, t.size)
+        gpus = evaluate([SPEC], {"temperature": [({"gpu": "0", "uuid": "GPU-a"}, t, y)]}, {}, now, 600.0)
+        f = gpus["GPU-a"].forecasts["temperature"]
+        assert f.seconds_to_threshold is not None and f.model != "cycle", f
