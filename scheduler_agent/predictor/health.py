@@ -123,6 +123,13 @@ def _batch_forecasts(
         S[k::lags] = np.where(inside, rel, np.nan)
         enough[k::lags] = inside.sum(axis=1) >= MIN_SAMPLES
     YY = np.where(np.isfinite(S), YY, np.nan)
+    # Each row shifted so that its window ends in the last column, as forecast_series lays
+    # them out: the models judge "the last samples" (spikes, over the threshold) by column.
+    shift = (n - 1) - np.where(np.isfinite(S), np.arange(n)[None, :], -1).max(axis=1)
+    src = np.arange(n)[None, :] - shift[:, None]
+    S = np.where(src >= 0, np.take_along_axis(S, np.maximum(src, 0), axis=1), np.nan)
+    YY = np.where(src >= 0, np.take_along_axis(YY, np.maximum(src, 0), axis=1), np.nan)
+    THH = np.where(src >= 0, np.take_along_axis(THH, np.maximum(src, 0), axis=1), 0.0)
     fit = fit_batch(S, YY, np.repeat(thresholds, lags), kind, THH if throttle else None)
     last = np.array([row[np.isfinite(row)][-1] if np.isfinite(row).any() else np.nan for row in YY])
     fcs = forecasts_from_fit(fit, np.repeat(thresholds, lags), last, min_confidence_for(kind, min_confidence))

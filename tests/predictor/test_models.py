@@ -167,3 +167,25 @@ def test_a_clean_climb_is_never_a_cycle_in_any_confirming_window() -> None:
         gpus = evaluate([SPEC], {"temperature": [({"gpu": "0", "uuid": "GPU-a"}, t, y)]}, {}, now, 600.0)
         f = gpus["GPU-a"].forecasts["temperature"]
         assert f.seconds_to_threshold is not None and f.model != "cycle", f
+
+
+def test_the_service_and_the_csv_interface_agree() -> None:
+    """health.evaluate (the agent, the whole fleet in one batch) and forecast_series (predict
+    --csv) give each GPU the same forecast, confirmations included: noisy climbs with spikes at
+    the end of the last window or of an earlier one."""
+    from gpuwarden.scheduler_agent.predictor.forecast import PERSIST, forecast_series
+
+    rng = np.random.default_rng(12)
+    t = NOW - STEP * np.arange(41 + PERSIST)[::-1]
+    series = {}
+    for i in range(60):
+        y = 72 + rng.uniform(0, 2) * (t - t[0]) / 60 + rng.normal(0, rng.uniform(0.2, 1.0), t.size)
+        end = t.size - i % (PERSIST + 2)  # a two-scrape spike at the end of one of the windows
+        y[end - 2 : end] += 9.0
+        y[end - 6] += 9.0  # and an older one
+        series[f"GPU-{i}"] = y
+    gpus = evaluate([SPEC], {"temperature": _rows(series)}, {}, NOW, 600.0)
+    for uuid, y in series.items():
+        want = forecast_series(t, y, 85.0, 600.0, kind="temperature")
+        got = gpus[uuid].forecasts["temperature"]
+        assert got.seconds_to_threshold == want.seconds_to_threshold and got.model == want.model, (uuid, got, want)
