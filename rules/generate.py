@@ -37,7 +37,7 @@ def render_all(cfg: RulesConfig, out: Path) -> dict[str, str]:
     head = header(cfg, out)
     files = {
         render.RECORDING_FILE: render.dump(head, {"groups": render.recording_groups(cfg)}),
-        render.ALERTS_FILE: render.dump(head, {"groups": render.alert_groups(cfg)}),
+        render.ALERTS_FILE: render.dump(head, {"groups": render.alert_file_groups(cfg)}),
         render.MANIFEST_FILE: render.dump(head, render.manifest(cfg)),
     }
     for name, doc in testgen.test_files(cfg).items():

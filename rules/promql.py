@@ -1,17 +1,25 @@
 """PromQL for every alert kind, built from the config's values (never repeated as literals).
 
-Threshold alerts read the raw exporter series (no recording rule in between), so they fire from
-the GPU's own series and keep its instance, gpu and uuid labels. Profiles only narrow: the
-default version of a rule fires from the raw series alone, ``unless`` the GPU's gpu_info names a
-model whose profile overrides the rule; a profile's version fires only ``and on(instance, gpu)``
-gpu_info names one of its models. A GPU without gpu_info is therefore judged by the default,
-and every GPU by exactly one version. A relative threshold joins the GPU's own limit series
-(``group_left``, so the left side's labels stay) and falls back to an absolute threshold when
-the GPU does not report that limit.
+Threshold alerts compare the raw exporter series, so they keep the GPU's instance, gpu and uuid
+labels. A rule no profile overrides compares them with its number and nothing else. A rule that
+profiles override is judged against ``THRESHOLD_RECORD``, each GPU's effective threshold, built
+once per rule and evaluation (costs grow with rules x GPUs, not rules x profiles x GPUs):
+
+- ``PROFILE_RECORD``: one series per GPU naming its profile (its identity series, selected by
+  the model regex: each profile's term reads only its own GPUs, first match wins);
+- ``CONFIGURED_RECORD``: each overriding profile's number for the rule, as constants;
+- the effective threshold: a relative profile's ``factor x limit + offset`` where the GPU reports
+  that limit, else its profile's number, else (no profile, no identity series, or a profile that
+  does not override the rule) the default's, on the rule's metric's own series (labels kept).
+
+The alert is ``raw op on(instance, gpu) group_left(profile) effective``, ``or raw op default
+unless`` the GPU has an effective threshold: it still fires from the raw series alone when the
+records are missing. The records sit in the alerts' own group, before them: Prometheus evaluates
+a group's rules in order at one timestamp, so an alert never reads a threshold one interval old.
+Profiles that change a rule's ``for`` get one alert rule per distinct ``for``.
 Recording rules follow Prometheus' ``level:metric:operations`` convention with the level
-``instance_gpu`` (the output keeps one series per GPU of an instance). ``THRESHOLD_RECORD`` holds
-each GPU's effective threshold of each rule, chosen by the same profile logic as the alerts, so
-the agent's predictor and the dashboard judge a GPU by the numbers its alerts use.
+``instance_gpu`` (the output keeps one series per GPU of an instance). The agent's predictor and
+the dashboard read ``THRESHOLD_RECORD`` too, so they judge a GPU by the numbers its alerts use.
 """
 
 from __future__ import annotations
@@ -29,6 +37,12 @@ JOIN = "on (instance, gpu)"
 THRESHOLD_RECORD = f"{LEVEL}:gpu_alert_threshold:effective"
 # Rule kinds with one number per GPU to record (``any`` compares a set of reasons with 0).
 THRESHOLD_KINDS = ("level", "ratio", "growth")
+# Each GPU's profile (value 1, label ``profile``): the first profile whose ``match`` its model
+# fits. Recorded once so that a rule's profiles cost one join, not one pass over the fleet each.
+PROFILE_RECORD = f"{LEVEL}:gpu_profile:info"
+# Each overriding profile's own threshold of a rule (a relative one's fallback): constants with
+# the labels rule and profile, no per-GPU series (``vector``), so recording them costs nothing.
+CONFIGURED_RECORD = "profile:gpu_alert_threshold:configured"
 
 
 def number(value: float) -> str:
@@ -209,9 +223,28 @@ def _alert_expr(cfg: RulesConfig, rule: AlertRule) -> str:
     return f"{cmp} and {JOIN} {_first_match(cfg, cfg.profiles[rule.profile])}"
 
 
+def joined(cfg: RulesConfig, rule: AlertRule) -> bool:
+    """Whether ``rule`` (the default version) is judged through ``THRESHOLD_RECORD``: profiles
+    override it and it compares one number per GPU (``any`` keeps one alert per version)."""
+    return rule.kind in THRESHOLD_KINDS and bool(cfg.profiles_overriding(rule.rule))
+
+
+def profile_record_expr(cfg: RulesConfig, profile: Profile) -> str:
+    """The identity series of the GPUs ``profile`` judges (recorded as ``PROFILE_RECORD``)."""
+    return _first_match(cfg, profile)
+
+
+def configured_expr(cfg: RulesConfig, rule_id: str) -> str:
+    """Each overriding profile's number for ``rule_id`` as a constant labelled with its name."""
+    return " or ".join(
+        f'label_replace(vector({number(p.alerts[rule_id].threshold)}), "profile", {promql_string(p.name)}, "", "")'
+        for p in cfg.profiles_overriding(rule_id)
+    )
+
+
 def threshold_expr(cfg: RulesConfig, rule: AlertRule) -> str:
-    """The threshold ``rule`` compares each GPU with, as one series per GPU that has the rule's
-    metric: the same profile narrowing and limit fallback as ``alert_expr``."""
+    """Each GPU's threshold of ``rule`` (the default version), one series per GPU that has the
+    rule's metric, with its labels (and ``profile`` where a profile judges it)."""
     return lowercase_uuid(cfg, _threshold_expr(cfg, rule))
 
 
@@ -219,18 +252,45 @@ def _threshold_expr(cfg: RulesConfig, rule: AlertRule) -> str:
     metric = gauge(cfg, rule.metric)
     if " " in metric:
         metric = grouped(metric)
-    constant = f"0 * {metric} + {number(rule.threshold)}"
-    if rule.profile is None:
-        for excluded in profile_exclusion(cfg, rule.rule):
-            constant += f" unless {JOIN} {excluded}"
-        return constant
-    expr = constant
-    if rule.relative is not None:
-        # Joined onto the metric's own series so that both branches carry its labels (the
-        # limit's series has its own, e.g. threshold="slowdown").
-        relative = f"0 * {metric} + {JOIN} group_left () ({relative_threshold(cfg, rule)})"
-        expr = f"{relative} or {constant} unless {JOIN} {limit_selector(cfg, rule)}"
-    return f"({expr}) and {JOIN} {_first_match(cfg, cfg.profiles[rule.profile])}"
+    default = f"0 * {metric} + {number(rule.threshold)}"
+    if not joined(cfg, rule):
+        return default
+    # Relative profiles sharing one formula share one term: the limit series of their GPUs.
+    shapes: dict[str, list[str]] = {}
+    for p in cfg.profiles_overriding(rule.rule):
+        version = p.alerts[rule.rule]
+        if version.relative is not None:
+            shapes.setdefault(relative_threshold(cfg, version), []).append(p.name)
+    terms = [
+        f"({formula}) * {JOIN} group_left (profile) {PROFILE_RECORD}{selector(cfg, profile='~' + '|'.join(names))}"
+        for formula, names in shapes.items()
+    ]
+    # The profile's own number (a relative one's fallback): a GPU whose profile does not
+    # override the rule has no constant to match and is left to the default.
+    configured = f"{CONFIGURED_RECORD}{{rule={promql_string(rule.rule)}}}"
+    terms.append(f"{PROFILE_RECORD}{selector(cfg)} * on (profile) group_left () {configured}")
+    profiled = f" or {JOIN} ".join(terms)
+    return f"0 * {metric} + {JOIN} group_left (profile) ({profiled}) or {JOIN} {default}"
+
+
+def joined_alert_expr(cfg: RulesConfig, rule: AlertRule, profiles: list[str] | None, default: bool) -> str:
+    """``rule`` (a ``joined`` one) against each GPU's recorded threshold, for the GPUs of
+    ``profiles`` (None: every profile) and, with ``default``, those the default judges, which
+    include every GPU without a recorded threshold (the raw series alone fires it)."""
+    value = value_expr(cfg, rule)
+    if rule.kind == "ratio":
+        value = f"({value})"
+    matchers = {"rule": rule.rule}
+    if profiles is not None:
+        matchers["profile"] = "~" + "|".join([*profiles, *([""] if default else [])])
+    own = f"{THRESHOLD_RECORD}{selector(cfg, **matchers)}"
+    if cfg.source != "gpuwarden":
+        own = f"max by (instance, gpu, profile) ({own})"  # one per GPU (dcgm repeats per pod/MIG)
+    expr = f"{value} {rule.op} {JOIN} group_left (profile) {own}"
+    if default:
+        recorded = f"{THRESHOLD_RECORD}{selector(cfg, rule=rule.rule)}"
+        expr += f" or {value} {rule.op} {number(rule.threshold)} unless {JOIN} {recorded}"
+    return lowercase_uuid(cfg, expr)
 
 
 def forecast_source(cfg: RulesConfig, fc: Forecast) -> str:

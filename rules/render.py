@@ -87,7 +87,9 @@ def metric_words(cfg: RulesConfig | None, metric: str) -> str:
     return f"({names})" if len(r.sum_of or r.names) > 1 else names
 
 
-def threshold_description(rule: AlertRule, cfg: RulesConfig | None = None) -> str:
+def threshold_description(rule: AlertRule, cfg: RulesConfig | None = None, profile: str | None = None) -> str:
+    """What the alert says; ``profile`` replaces the version's profile name in the text (a Go
+    template naming it from the alert's labels, where one rule speaks for several profiles)."""
     if rule.description:
         return rule.description
     metric = metric_words(cfg, rule.metric)
@@ -112,7 +114,7 @@ def threshold_description(rule: AlertRule, cfg: RulesConfig | None = None) -> st
         )
     else:
         text = f"{metric} is {v} for one of {rule.label} {', '.join(rule.values)}, {cmp}{held}."
-    judged = f" Thresholds of profile {rule.profile}." if rule.profile else ""
+    judged = f" Thresholds of profile {profile or rule.profile}." if rule.profile else ""
     return f"{_GPU}: {text}{judged} Action: {rule.action}."
 
 
@@ -206,9 +208,15 @@ def _alert(
 
 
 def alert_rule(cfg: RulesConfig, a: AlertRule | Forecast | MonitoringAlert) -> dict[str, Any]:
-    """The Prometheus alerting rule of any kind of configured alert."""
+    """The Prometheus alerting rule of any kind of configured alert; for one version of a
+    ``joined`` rule: the labels and annotations its alerts carry, and the expression of the rule
+    that judges that version's GPUs (``threshold_alert_rules``)."""
     if isinstance(a, AlertRule):
-        return _alert(cfg, a, promql.alert_expr(cfg, a), threshold_description(a, cfg), "gpu")
+        if promql.joined(cfg, cfg.alerts[a.rule]):
+            [expr] = [r["expr"] for r, versions in _joined_rules(cfg, cfg.alerts[a.rule]) if a in versions]
+        else:
+            expr = promql.alert_expr(cfg, a)
+        return _alert(cfg, a, expr, threshold_description(a, cfg), "gpu")
     if isinstance(a, Forecast):
         return _alert(cfg, a, promql.forecast_alert_expr(cfg, a), forecast_description(a, cfg), "gpu")
     return _alert(cfg, a, promql.monitoring_expr(cfg, a), monitoring_description(cfg, a), monitoring_scope(a))
@@ -221,16 +229,84 @@ def recording_groups(cfg: RulesConfig) -> list[dict[str, Any]]:
             rules.append({"record": promql.ratio_record(a), "expr": promql.value_expr(cfg, a)})
     for fc in cfg.forecasts.values():
         rules.append({"record": promql.forecast_record(fc), "expr": promql.forecast_record_expr(cfg, fc)})
-    for a in threshold_rules(cfg):
-        if a.kind in promql.THRESHOLD_KINDS:
-            rules.append(
-                {
-                    "record": promql.THRESHOLD_RECORD,
-                    "expr": promql.threshold_expr(cfg, a),
-                    "labels": {"rule": a.rule, **({"profile": a.profile} if a.profile else {})},
-                }
-            )
     return [_group(cfg, "gpuwarden.recording", rules)] if rules else []
+
+
+def threshold_records(cfg: RulesConfig) -> list[dict[str, Any]]:
+    """The recording rules the threshold alerts read, in the order they need them: each GPU's
+    profile, the profiles' numbers, each numeric rule's effective threshold per GPU."""
+    joined = [a for a in cfg.alerts.values() if promql.joined(cfg, a)]
+    rules: list[dict[str, Any]] = []
+    if joined:
+        rules += [
+            {"record": promql.PROFILE_RECORD, "expr": promql.profile_record_expr(cfg, p), "labels": {"profile": p.name}}
+            for p in cfg.profiles.values()
+        ]
+        rules += [
+            {
+                "record": promql.CONFIGURED_RECORD,
+                "expr": promql.configured_expr(cfg, a.rule),
+                "labels": {"rule": a.rule},
+            }
+            for a in joined
+        ]
+    rules += [
+        {"record": promql.THRESHOLD_RECORD, "expr": promql.threshold_expr(cfg, a), "labels": {"rule": a.rule}}
+        for a in cfg.alerts.values()
+        if a.kind in promql.THRESHOLD_KINDS
+    ]
+    return rules
+
+
+def _joined_rules(cfg: RulesConfig, rule: AlertRule) -> list[tuple[dict[str, Any], list[AlertRule]]]:
+    """The alert rules of a ``joined`` rule, each with the versions it judges: one for the
+    default and every profile with the default's ``for`` (the GPU's ``profile`` label from its
+    recorded threshold; its description each version's own, chosen by that label), and one per
+    profile that changes ``for`` (labelled with the profile, as promtool's duplicate lint needs)."""
+    versions = [rule, *(p.alerts[rule.rule] for p in cfg.profiles_overriding(rule.rule))]
+    main = [v for v in versions if v.for_seconds == rule.for_seconds]
+    own = [v for v in versions if v.for_seconds != rule.for_seconds]
+    names = None if not own else [str(v.profile) for v in main if v.profile]
+    rendered = _alert(
+        cfg, rule, promql.joined_alert_expr(cfg, rule, names, True), _merged_description(cfg, main), "gpu"
+    )
+    out = [(rendered, main)]
+    for v in own:
+        expr = promql.joined_alert_expr(cfg, rule, [str(v.profile)], False)
+        out.append((_alert(cfg, v, expr, threshold_description(v, cfg), "gpu"), [v]))
+    return out
+
+
+def _merged_description(cfg: RulesConfig, versions: list[AlertRule]) -> str:
+    """The versions' descriptions as one Go template: ``{{ if eq $labels.profile "A" "B" }}``
+    per distinct text (the profile's name read from the label), the default's last."""
+    texts: dict[str, list[str]] = {}
+    for v in sorted(versions, key=lambda v: v.profile is None):
+        text = threshold_description(v, cfg, "{{ $labels.profile }}" if v.profile else None)
+        texts.setdefault(text, []).append(v.profile or "")
+    if len(texts) == 1:
+        return next(iter(texts))
+    out = ""
+    for i, (text, names) in enumerate(texts.items()):
+        if i == len(texts) - 1:
+            out += "{{ else }}" + text + "{{ end }}"
+        else:
+            test = "eq $labels.profile " + " ".join(f'"{n}"' for n in names)
+            out += ("{{ if " if i == 0 else "{{ else if ") + test + " }}" + text
+    return out
+
+
+def threshold_alert_rules(cfg: RulesConfig) -> list[dict[str, Any]]:
+    """Each rule's alert rules in file order: a ``joined`` rule's (``_joined_rules``), else one
+    per version (the default's, then its profiles')."""
+    out: list[dict[str, Any]] = []
+    for rule in cfg.alerts.values():
+        if promql.joined(cfg, rule):
+            out += [r for r, _ in _joined_rules(cfg, rule)]
+        else:
+            versions = (rule, *(p.alerts[rule.rule] for p in cfg.profiles_overriding(rule.rule)))
+            out += [alert_rule(cfg, v) for v in versions]
+    return out
 
 
 def threshold_rules(cfg: RulesConfig) -> list[AlertRule]:
@@ -243,12 +319,29 @@ def threshold_rules(cfg: RulesConfig) -> list[AlertRule]:
 
 
 def alert_groups(cfg: RulesConfig) -> list[dict[str, Any]]:
-    sections: tuple[tuple[str, list[Any]], ...] = (
-        ("gpuwarden.thresholds", threshold_rules(cfg)),
-        ("gpuwarden.forecasts", list(cfg.forecasts.values())),
-        ("gpuwarden.monitoring", [m for m in cfg.monitoring.values() if promql.supported(cfg, m)]),
+    """The groups of alerting rules (thresholds, forecasts, monitoring), alerts only: the file
+    holds them with the threshold records first (``alert_file_groups``)."""
+    sections: tuple[tuple[str, list[dict[str, Any]]], ...] = (
+        ("gpuwarden.thresholds", threshold_alert_rules(cfg)),
+        ("gpuwarden.forecasts", [alert_rule(cfg, a) for a in cfg.forecasts.values()]),
+        (
+            "gpuwarden.monitoring",
+            [alert_rule(cfg, m) for m in cfg.monitoring.values() if promql.supported(cfg, m)],
+        ),
     )
-    return [_group(cfg, name, [alert_rule(cfg, a) for a in entries]) for name, entries in sections if entries]
+    return [_group(cfg, name, rules) for name, rules in sections if rules]
+
+
+def alert_file_groups(cfg: RulesConfig) -> list[dict[str, Any]]:
+    """``alert_groups`` as ALERTS_FILE holds them: the threshold group starts with the records
+    its alerts read, so that they are evaluated first, at the same timestamp (rules/promql.py)."""
+    groups = alert_groups(cfg)
+    records = threshold_records(cfg)
+    for group in groups:
+        if group["name"] == "gpuwarden.thresholds":
+            group["rules"] = records + group["rules"]
+            return groups
+    return [_group(cfg, "gpuwarden.thresholds", records), *groups] if records else groups
 
 
 def _group(cfg: RulesConfig, name: str, rules: list[dict[str, Any]]) -> dict[str, Any]:
@@ -270,7 +363,7 @@ def manifest(cfg: RulesConfig) -> dict[str, Any]:
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
         "metadata": meta,
-        "spec": {"groups": recording_groups(cfg) + alert_groups(cfg)},
+        "spec": {"groups": recording_groups(cfg) + alert_file_groups(cfg)},
     }
 
 

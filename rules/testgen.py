@@ -95,11 +95,30 @@ FUNCS = {"humanize": humanize, "humanizePercentage": lambda v: go_g4(v * 100) + 
 _TEMPLATE = re.compile(r"\{\{\s*(.*?)\s*\}\}")
 
 
+_BRANCH = re.compile(r'\{\{ (?:if|else if) eq \$labels\.(\w+)((?: "[^"]*")+) \}\}|\{\{ else \}\}|\{\{ end \}\}')
+
+
+def _branch(template: str, labels: Labels) -> str:
+    """The text of the branch an ``{{ if eq $labels.x "a" "b" }}..{{ else if ..}}..{{ else }}..
+    {{ end }}`` chain (render's merged descriptions) takes for ``labels``; other text as is."""
+    marks = list(_BRANCH.finditer(template))
+    if not marks:
+        return template
+    if marks[-1].group(0) != "{{ end }}" or marks[0].start() != 0 or marks[-1].end() != len(template):
+        raise TestGenError(f"template {template!r}: only a whole if/else-if/else chain on one label expands")
+    for mark, after in zip(marks, marks[1:], strict=False):
+        if mark.group(0) == "{{ else }}" or labels.get(mark.group(1), "") in re.findall(r'"([^"]*)"', mark.group(2)):
+            return template[mark.end() : after.start()]
+    return ""
+
+
 def expand(template: str, labels: Labels, value: float, allocated: Labels | None = None) -> str:
-    """Expands the template forms the generator emits: $labels.x, $value, $value | f, and the
-    job annotation (from ``allocated``, the gpu_allocation_info labels of the test, if any)."""
+    """Expands the template forms the generator emits: $labels.x, $value, $value | f, a chain of
+    ``if eq $labels.x ...`` branches, and the job annotation (from ``allocated``, the
+    gpu_allocation_info labels of the test, if any)."""
     if template == render.JOB_TEMPLATE:
         return f"{allocated['job_name']} (job_id {allocated['job_id']})" if allocated else ""
+    template = _branch(template, labels)
 
     def one(m: re.Match[str]) -> str:
         expr = m.group(1)

@@ -55,9 +55,9 @@ def test_every_dcgm_alert_copies_uuid_and_keeps_gpu_labels() -> None:
             if r["alert"] in ("GPUExporterDown", "GPUMetricsAbsent"):
                 continue
             assert r["expr"].startswith("label_replace(") and r["expr"].endswith('"uuid", "$1", "UUID", "(.+)")'), r
-            assert " by (" not in r["expr"].replace("max by (instance, gpu)", "").replace(
-                "group by (job, instance, gpu, UUID, modelName)", ""
-            ), r["alert"]
+            assert " by (" not in r["expr"].replace("max by (instance, gpu, profile)", "").replace(
+                "max by (instance, gpu)", ""
+            ).replace("group by (job, instance, gpu, UUID, modelName)", ""), r["alert"]
 
 
 @pytest.mark.binaries

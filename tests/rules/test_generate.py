@@ -49,12 +49,12 @@ def test_check_prints_the_diff_when_stale(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert _run("generate", "--out", str(out)).returncode == 0
     alerts = out / render.ALERTS_FILE
-    alerts.write_text(alerts.read_text().replace(">= 80", ">= 81"))
+    alerts.write_text(alerts.read_text().replace(">= 80 unless", ">= 81 unless"))
     res = _run("check", "--out", str(out))
     assert res.returncode == 1
     expr = re.escape('expr: gpu_temperature_celsius{job="gpuwarden-exporter"} >= ')
-    assert re.search(rf"^-\s+{expr}81\b", res.stdout, re.M), res.stdout
-    assert re.search(rf"^\+\s+{expr}80\b", res.stdout, re.M), res.stdout
+    assert re.search(rf"^-\s+{expr}.* >= 81 unless\b", res.stdout, re.M), res.stdout
+    assert re.search(rf"^\+\s+{expr}.* >= 80 unless\b", res.stdout, re.M), res.stdout
     assert "gpuwarden-rules generate" in res.stderr
 
 
@@ -85,12 +85,11 @@ def _all_rules() -> list[dict]:
 
 def test_every_alert_carries_the_contract_labels_annotations_and_a_runbook() -> None:
     rules = _all_rules()
-    cfg = config.load()
-    profile_versions = sum(len(p.alerts) for p in cfg.profiles.values())
-    assert len(rules) == 16 + profile_versions
+    # One alert rule per configured alert: a profiled GPU's alert takes `profile` from its
+    # recorded threshold (nothing routes on it), so profiles add no alert rule.
+    assert len(rules) == 16
     for r in rules:
-        # A profile's version carries `profile` besides the contract's labels (nothing routes on it).
-        assert set(r["labels"]) - {"profile"} == {"rule", "severity", "action", "family"}
+        assert set(r["labels"]) == {"rule", "severity", "action", "family"}
         assert r["labels"]["severity"] in ("info", "warning", "critical")
         assert r["labels"]["action"] in ("notify", "throttle", "preempt", "quarantine")
         ann = r["annotations"]
@@ -103,17 +102,32 @@ def test_every_alert_carries_the_contract_labels_annotations_and_a_runbook() -> 
             assert section in body, f"{runbook}: no {section}"
 
 
-_PROFILE_NARROWING = re.compile(r' unless on \(instance, gpu\) gpu_info\{job="gpuwarden-exporter", name=~"[^"]+"\}')
+def _profiled_parts(cfg: config.RulesConfig, a: config.AlertRule, expr: str) -> tuple[str, str]:
+    """A profiled rule's alert: (raw value, default number) of ``raw op on(instance, gpu)
+    group_left (profile) <recorded threshold> or raw op default unless on (instance, gpu)
+    <recorded threshold>``, the one shape allowed."""
+    own = re.escape(f'instance_gpu:gpu_alert_threshold:effective{{job="gpuwarden-exporter", rule="{a.rule}"}}')
+    op = re.escape(a.op)
+    m = re.fullmatch(
+        rf"(?P<v>.+) {op} on \(instance, gpu\) group_left \(profile\) {own}"
+        rf" or (?P<v2>.+) {op} (?P<d>[0-9.]+) unless on \(instance, gpu\) {own}",
+        expr,
+    )
+    assert m and m["v"] == m["v2"], expr
+    return m["v"], m["d"]
 
 
 def test_threshold_alerts_read_raw_series_and_keep_gpu_labels() -> None:
-    """No recording rule, no aggregation that drops instance/gpu/uuid; the default version's only
-    join is an `unless` on gpu_info, so it fires from the raw series alone (no gpu_info needed)."""
+    """No aggregation that drops instance/gpu/uuid; a rule no profile overrides reads the raw
+    series alone; a profiled one compares the raw series with the GPU's recorded threshold, or
+    with the default's number where the GPU has none, so it fires from the raw series alone."""
     cfg = config.load()
     for a in cfg.alerts.values():
-        full = render.alert_rule(cfg, a)["expr"]
-        expr = _PROFILE_NARROWING.sub("", full)
-        assert (expr != full) == bool(cfg.profiles_overriding(a.rule)), full
+        expr = render.alert_rule(cfg, a)["expr"]
+        if cfg.profiles_overriding(a.rule):
+            value, default = _profiled_parts(cfg, a, expr)
+            assert float(default) == a.threshold
+            expr = f"{value} {a.op} {default}"
         metrics = set(re.findall(r"\b([a-z_:]+)\{", expr))
         assert metrics <= EXPORTER_METRICS, expr
         assert ":" not in expr.split("{")[0] and "gpu_info" not in expr
@@ -128,20 +142,37 @@ def test_recording_rules_follow_level_metric_operations() -> None:
         "instance_gpu:gpu_memory_used_bytes_per_gpu_memory_total_bytes:ratio",
         "instance_gpu:gpu_temperature_celsius:predict_linear10m_20m",
         "instance_gpu:gpu_memory_used_bytes_per_gpu_memory_total_bytes:predict_linear10m_15m_ratio",
-        "instance_gpu:gpu_alert_threshold:effective",
     ]
-    # One threshold record per version (default or profile) of each numeric rule, told apart by
-    # its labels; THROTTLING (a set of reasons, not a number) has none.
-    recorded = [
-        (r["labels"]["rule"], r["labels"].get("profile"))
-        for g in render.recording_groups(cfg)
-        for r in g["rules"]
-        if r["record"] == "instance_gpu:gpu_alert_threshold:effective"
-    ]
-    assert recorded == [(a.rule, a.profile) for a in render.threshold_rules(cfg) if a.rule != "THROTTLING"]
     for r in (r for g in render.recording_groups(cfg) for r in g["rules"]):
         if "predict_linear" in r["record"]:
             assert not re.search(r"_total\b", r["expr"]), "predict_linear on gauges only"
+
+
+def test_threshold_records_come_first_in_the_alerts_group() -> None:
+    """The thresholds group records each GPU's profile (one rule per profile), each profiled
+    rule's numbers (constants: no per-GPU series) and one effective threshold per numeric rule
+    (THROTTLING, a set of reasons, has none), all before the alerts that read them, so that an
+    alert reads thresholds of its own evaluation, never one interval old."""
+    cfg = config.load()
+    [group] = [g for g in render.alert_file_groups(cfg) if g["name"] == "gpuwarden.thresholds"]
+    kinds = ["record" if "record" in r else "alert" for r in group["rules"]]
+    assert kinds == sorted(kinds, key=lambda k: k == "alert"), "records first"
+    records = [(r["record"], r.get("labels", {})) for r in group["rules"] if "record" in r]
+    profiled = [a.rule for a in cfg.alerts.values() if cfg.profiles_overriding(a.rule)]
+    assert records == [
+        *(("instance_gpu:gpu_profile:info", {"profile": p}) for p in cfg.profiles),
+        *(("profile:gpu_alert_threshold:configured", {"rule": r}) for r in profiled),
+        *(
+            ("instance_gpu:gpu_alert_threshold:effective", {"rule": a.rule})
+            for a in cfg.alerts.values()
+            if a.kind != "any"
+        ),
+    ]
+    for r in group["rules"]:
+        if r.get("record") == "profile:gpu_alert_threshold:configured":
+            assert "{" not in r["expr"], r["expr"]  # constants: vector(), no series read
+        if r.get("record") == "instance_gpu:gpu_profile:info":
+            assert r["expr"].startswith("gpu_info{"), r["expr"]  # by the model regex: each profile's GPUs only
 
 
 @pytest.mark.binaries
@@ -167,11 +198,11 @@ def test_prometheusrule_manifest_holds_valid_groups(tmp_path: Path) -> None:
     )
     assert res.returncode == 0, res.stdout + res.stderr
     cfg = config.load()
-    profiled = sum(len(p.alerts) for p in cfg.profiles.values())
+    profiled = sum(1 for a in cfg.alerts.values() if cfg.profiles_overriding(a.rule))
     numeric = sum(1 for a in cfg.alerts.values() if a.kind != "any")
-    # 19 default rules (16 alerts, 3 recordings), each profile's versions, and one threshold
-    # record per version of a numeric rule.
-    assert f"SUCCESS: {19 + profiled + numeric + profiled} rules found" in res.stdout
+    # 16 alerts, 3 recordings, a profile record per profile, the numbers of each profiled rule,
+    # and one effective threshold per numeric rule.
+    assert f"SUCCESS: {19 + len(cfg.profiles) + profiled + numeric} rules found" in res.stdout
 
 
 @pytest.mark.binaries

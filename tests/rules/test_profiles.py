@@ -4,11 +4,13 @@ profile mistakes named by file, line and field."""
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from gpuwarden.rules import config, promql, render
+from tests.helpers import console_script, require_binary
 
 SHIPPED = config.DEFAULT_PATH.read_text(encoding="utf-8")
 
@@ -82,11 +84,15 @@ def test_default_excludes_exactly_the_overriding_profiles_in_first_match_order(t
     path.write_text(text)
     cfg = config.load(path)
     assert cfg.profile_for("NVIDIA H100 PCIe").name == "H100"  # earlier profile wins
-    mem = render.alert_rule(cfg, cfg.profiles["AnyNvidia"].alerts["MEMORY_PRESSURE"])["expr"]
-    assert 'name=~"NVIDIA .*", name!~"NVIDIA A100.*|NVIDIA H100.*|NVIDIA H200.*|NVIDIA L40S.*|NVIDIA L4"' in mem
-    default_mem = render.alert_rule(cfg, cfg.alerts["MEMORY_PRESSURE"])["expr"]
-    assert default_mem.count("unless on (instance, gpu) gpu_info") == 1
-    assert 'name!~"NVIDIA A100.*|' in default_mem  # an H100 keeps the default's 90 %
+    records = {(r["record"], *r["labels"].values()): r["expr"] for r in render.threshold_records(cfg)}
+    anyn = records[("instance_gpu:gpu_profile:info", "AnyNvidia")]
+    assert 'name=~"NVIDIA .*", name!~"NVIDIA A100.*|NVIDIA H100.*|NVIDIA H200.*|NVIDIA L40S.*|NVIDIA L4"' in anyn
+    # Only AnyNvidia has a number for MEMORY_PRESSURE: an H100 (profile H100) matches no
+    # constant and keeps the default's 90 %.
+    numbers = records[("profile:gpu_alert_threshold:configured", "MEMORY_PRESSURE")]
+    assert numbers == 'label_replace(vector(0.95), "profile", "AnyNvidia", "", "")'
+    effective = records[("instance_gpu:gpu_alert_threshold:effective", "MEMORY_PRESSURE")]
+    assert effective.endswith(' or on (instance, gpu) 0 * gpu_memory_used_bytes{job="gpuwarden-exporter"} + 0.9')
 
 
 def test_a_regex_with_backslashes_survives_into_promql() -> None:
@@ -146,3 +152,50 @@ def test_profile_mistakes_name_file_line_and_field(tmp_path: Path, block: str, f
     assert re.search(rf"{re.escape(str(path))}:\d+: {re.escape(field)}: .*{re.escape(message)}", str(err.value)), str(
         err.value
     )
+
+
+@pytest.mark.binaries
+def test_a_profile_that_changes_for_gets_its_own_alert_rule(tmp_path: Path) -> None:
+    """A100 holds THERMAL_CRITICAL 10s instead of 30s; AnyNvidia judges MEMORY_PRESSURE at 95 %
+    for 20s and THROTTLING (a set of reasons: one rule per version) for 10s. Each such version
+    is its own rule labelled with its profile (promtool's duplicate lint passes), the rest share
+    the default's rule, and the generated tests of every version pass on the real promtool."""
+    promtool = require_binary("promtool")
+    text = SHIPPED.replace(
+        '        relative: {to: temperature_slowdown, offset: -3}\n        source: "NVML nvmlDeviceGetTemperatureThreshold(SLOWDOWN) of each GPU; fallback 85 °C (default)"\n\n  H100:',
+        '        relative: {to: temperature_slowdown, offset: -3}\n        for: 10s\n        source: "NVML nvmlDeviceGetTemperatureThreshold(SLOWDOWN) of each GPU; fallback 85 °C (default)"\n\n  H100:',
+        1,
+    )
+    assert "for: 10s" in text
+    text += """
+  AnyNvidia:
+    match: "NVIDIA .*"
+    examples: ["NVIDIA RTX 6000 Ada Generation"]
+    alerts:
+      MEMORY_PRESSURE: {threshold: 0.95, for: 20s, source: "test"}
+      THROTTLING: {for: 10s, source: "test"}
+"""
+    path = tmp_path / "thresholds.yaml"
+    path.write_text(text)
+    cfg = config.load(path)
+    rules = [(r["alert"], r["for"], r["labels"].get("profile")) for r in render.threshold_alert_rules(cfg)]
+    assert ("GPUThermalCritical", "30s", None) in rules and ("GPUThermalCritical", "10s", "A100") in rules
+    assert ("GPUMemoryPressure", "1m", None) in rules and ("GPUMemoryPressure", "20s", "AnyNvidia") in rules
+    assert ("GPUThrottling", "10s", "AnyNvidia") in rules
+    out = tmp_path / "generated"
+    res = subprocess.run(
+        [console_script("gpuwarden-rules"), "generate", "--config", str(path), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    files = [str(p) for p in sorted(out.glob("*.rules.yml"))]
+    lint = subprocess.run(
+        [promtool, "check", "rules", "--lint-fatal", *files], capture_output=True, text=True, timeout=60
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    tests = subprocess.run(
+        [promtool, "test", "rules", str(out / "gpuwarden-alerts.test.yml")], capture_output=True, text=True, timeout=120
+    )
+    assert tests.returncode == 0, tests.stdout + tests.stderr
