@@ -286,9 +286,10 @@ def confirm(current: Forecast, earlier: Sequence[Forecast | None]) -> Forecast:
 
     A crossing predicted from one window only is most often noise lining up; requiring the
     previous PERSIST scrapes to agree (like an alert's ``for:``, but judged from history already
-    in hand, so no warning is delayed by the wait) removes those at the cost of nothing on a
-    real trend. None in ``earlier`` (too little history then) counts as agreeing; "over the
-    threshold now" needs no confirmation.
+    in hand, so no warning waits for later scrapes) removes those; what it costs is the warnings
+    whose crossing shows in fewer windows (a climb that starts fast: see the PERSIST sweep in
+    bench/predictor_eval.py). None in ``earlier`` (too little history then) counts as agreeing;
+    "over the threshold now" needs no confirmation.
     """
     if current.seconds_to_threshold is None or current.seconds_to_threshold == 0.0:
         return current
