@@ -19,7 +19,9 @@ Scoring (see bench/traces.py for the true crossing, which honours the rule's ``f
 * false alarms: traces that never cross yet got a warning. A warning on a trace that does not
   cross needs H seconds to be proven wrong, so such traces are judged up to DURATION − H;
 * time-to-threshold error: |predicted − actual time left| at each warning before the crossing
-  (predict_linear's implied time is (T − predict_linear(x[W], 0)) / deriv(x[W])).
+  (predict_linear's implied time is (T − predict_linear(x[W], 0)) / deriv(x[W]));
+* continuity: the share of scrapes from a crossing trace's first warning to its crossing that
+  still warn (a forecast that flickers re-arms the agent's migration and its risk score).
 """
 
 from __future__ import annotations
@@ -41,7 +43,13 @@ from bench.traces import DURATION, STEP, Trace, generate
 from gpuwarden.procs import Proc, ProcError, free_port, wait_http
 from gpuwarden.prom import PrometheusClient
 from gpuwarden.scheduler_agent.predictor import models
-from gpuwarden.scheduler_agent.predictor.forecast import MIN_CONFIDENCE, PERSIST, forecast_series, persist_for
+from gpuwarden.scheduler_agent.predictor.forecast import (
+    MIN_CONFIDENCE,
+    PERSIST,
+    RECEDE_SLACK,
+    forecast_series,
+    persist_for,
+)
 from gpuwarden.scheduler_agent.predictor.health import evaluate
 from gpuwarden.scheduler_agent.predictor.specs import load_specs
 
@@ -73,16 +81,27 @@ def ours_raw(trace: Trace, window: float, use_throttle: bool) -> Raw:
     return Raw(trace.times[m - 1 :], fit.ttt, fit.confidence, fit.over, kind)
 
 
-def ours_ttt(raw: Raw, gate: float, persist: int = PERSIST) -> dict[float, float | None]:
+def ours_ttt(raw: Raw, gate: float, persist: int = PERSIST, hold: bool = False) -> dict[float, float | None]:
     """seconds_to_threshold as ``forecast_series`` reports it (gate, then persist_for(kind)
     confirmation), from the PERSIST-th full window on (checked against forecast_series in
-    check_equivalence; another ``persist`` is the sweep's)."""
+    check_equivalence; another ``persist`` is the sweep's). ``hold``: as the agent reports it,
+    a crossing once reported kept while each window still forecasts one (health.hold_firing)."""
     g = models.min_confidence_for(raw.kind, gate)
     pred = raw.over | (np.isfinite(raw.ttt) & (raw.conf >= g))
     ok = pred.copy()
-    for k in range(1, persist_for(raw.kind, persist) + 1):
+    p = persist_for(raw.kind, persist)
+    for k in range(1, p + 1):
         ok[k:] &= pred[:-k]
+    if p:
+        # Not receding: the oldest confirming window forecast the crossing no sooner (confirm()).
+        then = np.full(raw.ttt.size, np.inf)
+        then[p:] = np.where(pred[:-p], raw.ttt[:-p] - (raw.times[p:] - raw.times[:-p]), np.inf)
+        with np.errstate(invalid="ignore"):
+            ok &= ~(raw.ttt > then + RECEDE_SLACK)
     ok |= raw.over
+    if hold:
+        for i in range(PERSIST + 1, ok.size):
+            ok[i] |= ok[i - 1] and bool(pred[i])
     return {float(t): (float(v) if c else None) for t, v, c in list(zip(raw.times, raw.ttt, ok, strict=True))[PERSIST:]}
 
 
@@ -194,6 +213,7 @@ class Score:
     quiet: int = 0
     ttt_err_first: list[float] = field(default_factory=list)
     ttt_err_all: list[float] = field(default_factory=list)
+    held: list[float] = field(default_factory=list)  # share of scrapes warned, 1st warning to crossing
     alarm_steps: int = 0
     steps: int = 0
 
@@ -219,6 +239,8 @@ def score(
         if fired:
             s.detected += 1
             s.leads.append(cross - fired[0])
+            after = [t for t in times if t >= fired[0]]
+            s.held.append(sum(w[t] for t in after) / len(after))
             for k, t in enumerate(fired):
                 p = ttts.get(tr.name, {}).get(t)
                 if p is not None and np.isfinite(p):
@@ -260,7 +282,8 @@ def _row(name: str, s: Score) -> str:
         f"| {name} | {s.detected}/{s.crossing} | {_med(s.leads) / 60:.1f} | "
         f"{np.percentile(s.leads, 25) / 60 if s.leads else float('nan'):.1f} | "
         f"{s.false_alarms}/{s.quiet} | {100 * s.alarm_steps / max(1, s.steps):.2f}% | "
-        f"{_med(s.ttt_err_first) / 60:.1f} | {_med(s.ttt_err_all) / 60:.1f} |"
+        f"{_med(s.ttt_err_first) / 60:.1f} | {_med(s.ttt_err_all) / 60:.1f} | "
+        f"{float(np.mean(s.held)) if s.held else float('nan'):.2f} |"
     )
 
 
@@ -331,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     t_ours = time.perf_counter() - t0
     ours_v = {n: ours_ttt(r, MIN_CONFIDENCE) for n, r in raw_v.items()}
     ours_t = {n: ours_ttt(r, MIN_CONFIDENCE) for n, r in raw_t.items()}
+    ours_agent = {n: ours_ttt(r, MIN_CONFIDENCE, hold=True) for n, r in raw_t.items()}
     check_equivalence(traces, W, ours_v, use_throttle=False)
     check_equivalence(traces, W, ours_t, use_throttle=True)
     scored = set(next(iter(ours_v.values())))  # the same scrape times for every method
@@ -381,11 +405,17 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 "| method | warned before crossing | median lead (min) | p25 lead (min) | "
                 "false-alarm traces | alarm steps on quiet traces | TTT abs err at 1st warning (min, median) | "
-                "TTT abs err, all warnings (min, median) |"
+                "TTT abs err, all warnings (min, median) | scrapes warned from 1st warning to crossing (mean) |"
             )
-            print("|---|---|---|---|---|---|---|---|")
+            print("|---|---|---|---|---|---|---|---|---|")
             print(_row("gpuwarden, values only (predict --csv)", score(group, our_warns(ours_v, h), ours_v, h)))
             print(_row("gpuwarden, with gpu_throttle_active", score(group, our_warns(ours_t, h), ours_t, h)))
+            print(
+                _row(
+                    "gpuwarden, the agent (throttle, held once reported)",
+                    score(group, our_warns(ours_agent, h), ours_agent, h),
+                )
+            )
             print(_row("predict_linear (Prometheus 2.42)", score(group, pl_warns(h), pl_ttt, h)))
             print(_row("predict_linear, for: 1m (as alerted)", score(group, held_for(pl_warns(h)), pl_ttt, h)))
 

@@ -42,6 +42,12 @@ MIN_CONFIDENCE = 0.99
 # trades false alarms for lead: 2 -> 102 at 7.5 min, 3 -> 90 at 7.5, 4 -> 83 at 7.0 (predict_linear:
 # 157 at 6.9), 5 -> 81 at 6.8.
 PERSIST = 4
+# A crossing forecast later now than the oldest confirming window forecast it, by more than this
+# (seconds: two scrapes at 15 s), is receding and not confirmed (see confirm()). Seed 6, H = 10
+# min: 81 -> 78 false alarms at the same lead and misses; it costs continuity: the share of
+# scrapes still warned after a runaway's first warning fell from 0.78 to 0.66 (bench column).
+# 1 s: 76 false alarms, 0.55 of scrapes.
+RECEDE_SLACK = 30.0
 # Urgency scale of the risk score, seconds.
 RISK_SCALE = 3600.0
 # Proximity band: within this fraction of the threshold a flat metric still carries some risk.
@@ -64,6 +70,9 @@ class Forecast:
     risk: float
     model: str
     reason: str
+    # A crossing this window forecast that confirmation withheld (seconds), else None: what a
+    # caller that remembers an earlier confirmed forecast may keep reporting (health.hold_firing).
+    withheld: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -281,18 +290,46 @@ def persist_for(kind: str, persist: int = PERSIST) -> int:
     return 0 if kind == "ecc" else persist
 
 
-def confirm(current: Forecast, earlier: Sequence[Forecast | None]) -> Forecast:
-    """Withholds a predicted crossing unless the forecasts at the ``earlier`` scrapes predicted one too.
+def confirm(current: Forecast, earlier: Sequence[Forecast | None], ages: Sequence[float] | None = None) -> Forecast:
+    """Withholds a predicted crossing unless the forecasts at the ``earlier`` scrapes (made
+    ``ages`` seconds before ``current``, oldest last) predicted one too, and the oldest of them
+    predicted it no sooner than ``current`` does (within RECEDE_SLACK).
 
     A crossing predicted from one window only is most often noise lining up; requiring the
     previous PERSIST scrapes to agree (like an alert's ``for:``, but judged from history already
     in hand, so no warning waits for later scrapes) removes those; what it costs is the warnings
     whose crossing shows in fewer windows (a climb that starts fast: see the PERSIST sweep in
-    bench/predictor_eval.py). None in ``earlier`` (too little history then) counts as agreeing;
-    "over the threshold now" needs no confirmation.
+    bench/predictor_eval.py). A crossing that recedes over those scrapes is an approach levelling
+    off (a load step settling, a load cycle's rise), while a runaway's forecast crossing stays
+    put or comes nearer. Only the oldest is compared: the soonest of several noisy forecasts is
+    biased early, and withheld real ramps. None in ``earlier`` (too little history then) counts
+    as agreeing; "over the threshold now" needs no confirmation.
     """
-    if current.seconds_to_threshold is None or current.seconds_to_threshold == 0.0:
+    ttt = current.seconds_to_threshold
+    if ttt is None or ttt == 0.0:
         return current
+    why = ""
+    old = earlier[-1] if earlier else None
+    if any(f is not None and f.seconds_to_threshold is None for f in earlier):
+        why = f"not confirmed by the previous {len(earlier)} scrapes"
+    elif old is not None and old.seconds_to_threshold is not None and ages is not None:
+        then = old.seconds_to_threshold - ages[-1]
+        if ttt > then + RECEDE_SLACK:
+            why = f"receding: forecast {ttt - then:.0f}s later than {ages[-1]:.0f}s ago"
+    if not why:
+        return current
+    return Forecast(
+        current.threshold,
+        current.current,
+        current.last_value,
+        current.slope_per_second,
+        None,
+        current.confidence,
+        risk_score(None, current.confidence, current.current, current.threshold),
+        current.model,
+        f"{why} ({current.reason})",
+        withheld=ttt,
+    )
     for f in earlier:
         if f is not None and f.seconds_to_threshold is None:
             return Forecast(
@@ -333,4 +370,5 @@ def forecast_series(
     if current is None:
         n = t.size if window is None else int(np.sum(t >= t[-1] - window)) if t.size else 0
         raise InsufficientData(f"{n} samples in the window, need at least {MIN_SAMPLES}")
-    return confirm(current, rows[1:])
+    ages = [float(t[-1] - t[t.size - 1 - k]) if t.size - 1 - k >= 0 else 0.0 for k in range(1, len(rows))]
+    return confirm(current, rows[1:], ages)

@@ -7,12 +7,12 @@ error 0.5. Noisy-OR because each is an independent way to fail: two metrics at 0
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence, Set
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .forecast import MIN_CONFIDENCE, Forecast, confirm, forecasts_from_fit, persist_for
+from .forecast import MIN_CONFIDENCE, Forecast, confirm, forecasts_from_fit, persist_for, risk_score
 from .models import KINDS, MIN_SAMPLES, fit_batch, min_confidence_for
 from .specs import MetricSpec
 
@@ -111,6 +111,7 @@ def _batch_forecasts(
     YY = np.repeat(Y, lags, axis=0)
     THH = np.repeat(TH, lags, axis=0)
     enough = np.zeros(g * lags, dtype=bool)
+    end_time = np.zeros(g * lags)  # each window's end time
     for k in range(lags):
         # The k-th earlier forecast ends at the k-th sample before the last one.
         e = ends.copy()
@@ -118,6 +119,7 @@ def _batch_forecasts(
             prev = np.where(finite & (np.arange(n)[None, :] < e[:, None]), np.arange(n)[None, :], -1).max(axis=1)
             e = prev
         te = grid[np.maximum(e, 0)]
+        end_time[k::lags] = te
         rel = grid[None, :] - te[:, None]
         inside = (rel <= 0) & (rel >= -window) & finite & (e[:, None] >= 0)
         S[k::lags] = np.where(inside, rel, np.nan)
@@ -138,7 +140,8 @@ def _batch_forecasts(
         cur = fcs[i * lags] if enough[i * lags] else None
         if cur is not None:
             earlier = [fcs[i * lags + k] if enough[i * lags + k] else None for k in range(1, lags)]
-            cur = confirm(cur, earlier)
+            ages = [float(end_time[i * lags] - end_time[i * lags + k]) for k in range(1, lags)]
+            cur = confirm(cur, earlier, ages)
         out.append(cur)
     return out
 
@@ -198,6 +201,37 @@ def evaluate(
         risk = combine_risk([f.risk for f in forecasts.values()], recent)
         out[uuid] = GpuHealth(uuid, gpu, inst, at, forecasts, recent, risk)
     return out
+
+
+def hold_firing(
+    gpus: Mapping[str, GpuHealth], firing: Set[tuple[str, str]]
+) -> tuple[dict[str, GpuHealth], set[tuple[str, str]]]:
+    """Forecasts as a firing alert holds: a (uuid, metric) whose crossing was reported at the
+    previous run keeps being reported while its window still forecasts one, even where
+    confirmation (forecast.confirm: PERSIST windows agreeing, not receding) withholds it now.
+    Confirmation gates the start of a warning, like an alert's ``for:``; without this the agent's
+    forecast would flicker on a noisy runaway and re-arm its migration. Returns the GPUs and the
+    (uuid, metric) pairs reported now."""
+    out: dict[str, GpuHealth] = {}
+    now: set[tuple[str, str]] = set()
+    for uuid, h in gpus.items():
+        forecasts = dict(h.forecasts)
+        for name, f in h.forecasts.items():
+            if f.seconds_to_threshold is None and f.withheld is not None and (uuid, name) in firing:
+                forecasts[name] = replace(
+                    f,
+                    seconds_to_threshold=f.withheld,
+                    risk=risk_score(f.withheld, f.confidence, f.current, f.threshold),
+                    reason=f"still forecast, reported since an earlier run ({f.reason})",
+                    withheld=None,
+                )
+            if forecasts[name].seconds_to_threshold is not None:
+                now.add((uuid, name))
+        if forecasts != h.forecasts:
+            risk = combine_risk([f.risk for f in forecasts.values()], h.recent_errors)
+            h = replace(h, forecasts=forecasts, risk=risk)
+        out[uuid] = h
+    return out, now
 
 
 def migration_candidates(

@@ -1,7 +1,8 @@
 """PredictorService: the periodic runner the agent embeds, its metrics and its migrations.
 
 Every ``period`` seconds one run (span ``health.check``) range-queries Prometheus for the last
-``window`` seconds of every MetricSpec, forecasts each GPU (health.evaluate), publishes the
+``window`` seconds of every MetricSpec, forecasts each GPU (health.evaluate; a crossing reported
+at the last run stays reported while its window still forecasts one, health.hold_firing), publishes the
 result for the scheduler's risk hook (``service.risk``) and the collector, and migrates ahead of
 time: a GPU predicted to cross a migrating metric's threshold within ``lead_time`` gets
 ``migrator.migrate(gpu, reason)`` (in the agent: ``migrations.PortMigrator``, through the
@@ -34,7 +35,7 @@ from gpuwarden import sources
 from gpuwarden.prom import PrometheusClient, PrometheusError
 
 from .forecast import MIN_CONFIDENCE, PERSIST
-from .health import GpuHealth, evaluate, gpu_key, migration_candidates
+from .health import GpuHealth, evaluate, gpu_key, hold_firing, migration_candidates
 from .specs import MetricSpec, resolve_source, specs_from_rules
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,7 @@ class PredictorService:
         self._lock = threading.Lock()
         self._snapshot = Snapshot()
         self._migrated: set[str] = set()
+        self._firing: set[tuple[str, str]] = set()  # (uuid, metric) reported at the last run
         self._warned_defaults = False
         self._runs = {"ok": 0, "error": 0}
         self._last_duration = 0.0
@@ -244,7 +246,7 @@ class PredictorService:
         now = self._clock()
         with self._tracer.start_as_current_span("health.check") as span:
             try:
-                gpus = self.fetch(now)
+                gpus, self._firing = hold_firing(self.fetch(now), self._firing)
             except PrometheusError as exc:
                 snap = self._fail(str(exc))
                 span.set_status(Status(StatusCode.ERROR, str(exc)))

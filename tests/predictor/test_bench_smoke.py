@@ -16,9 +16,8 @@ def test_predictor_eval_runs_against_real_prometheus(capsys: pytest.CaptureFixtu
     assert predictor_eval.main(["--scale", "0.02", "--horizons", "600"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| gpuwarden") or line.startswith("| predict_linear")]
-    assert len(rows) == 4, (
-        out
-    )  # values only (predict --csv), with the throttle signal, predict_linear (raw, as alerted)
+    # values only (predict --csv), with the throttle signal, the agent, predict_linear (raw, as alerted)
+    assert len(rows) == 5, out
     assert "| 0.9 |" in out  # the gate sweep
     # Both methods warned before the crossing on at least one of the crossing traces.
     for row in rows:

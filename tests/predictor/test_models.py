@@ -189,3 +189,24 @@ def test_the_service_and_the_csv_interface_agree() -> None:
         want = forecast_series(t, y, 85.0, 600.0, kind="temperature")
         got = gpus[uuid].forecasts["temperature"]
         assert got.seconds_to_threshold == want.seconds_to_threshold and got.model == want.model, (uuid, got, want)
+
+
+def test_a_reported_crossing_is_held_like_a_firing_alert() -> None:
+    """Confirmation gates the start of a warning only: once reported, a crossing stays reported
+    while its window still forecasts one (health.hold_firing), and clears when it does not."""
+    from gpuwarden.scheduler_agent.predictor.forecast import Forecast
+    from gpuwarden.scheduler_agent.predictor.health import GpuHealth, hold_firing
+
+    def health(f: Forecast) -> dict[str, GpuHealth]:
+        return {"GPU-a": GpuHealth("GPU-a", "0", "n1:9786", NOW, {"temperature": f})}
+
+    withheld = Forecast(85.0, 80.0, 80.2, 0.01, None, 1.0, 0.15, "linear", "receding: ...", withheld=480.0)
+    gpus, firing = hold_firing(health(withheld), set())
+    assert gpus["GPU-a"].forecasts["temperature"].seconds_to_threshold is None and firing == set()
+    gpus, firing = hold_firing(health(withheld), {("GPU-a", "temperature")})
+    held = gpus["GPU-a"].forecasts["temperature"]
+    assert held.seconds_to_threshold == 480.0 and held.risk > 0.8 and gpus["GPU-a"].risk == held.risk
+    assert firing == {("GPU-a", "temperature")}
+    gone = Forecast(85.0, 80.0, 80.2, 0.0, None, 0.0, 0.15, "first-order", "levelling off below the threshold")
+    gpus, firing = hold_firing(health(gone), firing)
+    assert gpus["GPU-a"].forecasts["temperature"].seconds_to_threshold is None and firing == set()

@@ -63,7 +63,9 @@ def test_known_noise_slope_within_interval_and_time_to_threshold_close(sigma: fl
     # The forecast takes the latest crossing among the plausible time constants (models.py), so
     # noise that admits a gentle bend delays it: the error is one-sided and a little wider.
     assert float(np.median(errs)) < 0.05 + 0.1 * sigma and float(np.percentile(errs, 90)) < 0.6
-    assert sum(math.isinf(e) for e in errs) <= 10  # withheld: at most 5 %
+    # Withheld: at most 8 % (5 % before a receding forecast was withheld too: noise that moves
+    # the crossing later across the confirming minute reads as levelling off).
+    assert sum(math.isinf(e) for e in errs) <= 16
 
 
 def test_pure_noise_below_threshold_rarely_predicts_a_crossing() -> None:
@@ -156,8 +158,9 @@ def test_risk_score_orders_by_urgency_and_confidence() -> None:
 
 def test_a_crossing_seen_from_one_window_only_is_withheld() -> None:
     """On a noisy plateau with slow wander, scrapes whose window alone forecasts a crossing but
-    whose predecessors did not are withheld; once PERSIST + 1 windows in a row agree it is reported."""
-    from gpuwarden.scheduler_agent.predictor.forecast import PERSIST, raw_forecast
+    whose predecessors did not are withheld; once PERSIST + 1 windows in a row agree (and the
+    crossing does not recede) it is reported."""
+    from gpuwarden.scheduler_agent.predictor.forecast import PERSIST, RECEDE_SLACK, raw_forecast
 
     rng = np.random.default_rng(11)
     t = np.arange(0, 2400 + STEP / 2, STEP)
@@ -167,7 +170,13 @@ def test_a_crossing_seen_from_one_window_only_is_withheld() -> None:
         for i in range(t.size)
     ]
     fresh = [i for i in range(42, t.size) if raw[i] is not None and raw[i - 1] is None]
-    steady = [i for i in range(42, t.size) if None not in raw[i - PERSIST : i + 1] and raw[i] != 0.0]
+    steady = [
+        i
+        for i in range(42, t.size)
+        if None not in raw[i - PERSIST : i + 1]
+        and raw[i] != 0.0
+        and raw[i] <= raw[i - PERSIST] - (t[i] - t[i - PERSIST]) + RECEDE_SLACK  # type: ignore[operator]
+    ]
     assert fresh and steady
     for i in fresh:
         f = forecast_series(t[: i + 1], y[: i + 1], 85, window=600)
