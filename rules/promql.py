@@ -321,10 +321,15 @@ def own_threshold(cfg: RulesConfig, rule_id: str) -> str:
     return f"{JOIN} group_left () {THRESHOLD_RECORD}{selector(cfg, rule=rule_id)}"
 
 
+# The comparison that is true exactly where ``op`` is false (for numbers).
+NEGATED = {">": "<=", ">=": "<", "<": ">=", "<=": ">", "==": "!=", "!=": "=="}
+
+
 def forecast_alert_expr(cfg: RulesConfig, fc: Forecast) -> str:
     """Forecast past the GPU's own threshold (its profile's, as recorded), while the current
     value is past the guard and that threshold is not crossed yet (then the threshold alert
-    speaks)."""
+    speaks). The current value is computed once: past the guard, and on the near side of the
+    threshold (the negated comparison) in one join."""
     t = fc.target
     current = value_expr(cfg, t)
     if t.kind == "ratio":
@@ -333,8 +338,7 @@ def forecast_alert_expr(cfg: RulesConfig, fc: Forecast) -> str:
     return lowercase_uuid(
         cfg,
         f"{forecast_record(fc)} {t.op} {own_threshold(cfg, t.rule)}"
-        f" and {current} {guard_op} {number(fc.guard)}"
-        f" unless {current} {t.op} {own_threshold(cfg, t.rule)}",
+        f" and ({current} {guard_op} {number(fc.guard)}) {NEGATED[t.op]} {own_threshold(cfg, t.rule)}",
     )
 
 
