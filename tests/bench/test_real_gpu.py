@@ -62,7 +62,9 @@ def test_simulated_run_reports_every_section(tmp_path: Path) -> None:
     for key in ("nvmlDeviceGetTemperature", "nvmlDeviceGetFieldValues", "nvmlDeviceGetUtilizationRates"):
         assert calls[key]["when"] == "per scrape" and calls[key]["timed"] == "replayed", calls[key]
         assert 0 < calls[key]["median_us"] <= calls[key]["p99_us"]
-    assert calls["nvmlDeviceGetPowerManagementLimitConstraints"]["when"] == "once"
+    # Identity and the board's own limits are read once, not per scrape.
+    assert calls["nvmlDeviceGetUUID"]["when"] == "once"
+    assert calls["nvmlDeviceGetTemperatureThreshold:slowdown"]["when"] == "once"
     per_gpu = report["nvml_calls"]["summary"]["calls_per_gpu_per_scrape"]
     counted = report["scrape_cpu"]["results"]["gpuwarden"]["calls"] / 2
     assert per_gpu == counted, (per_gpu, counted)
