@@ -234,8 +234,8 @@ class PredictorService:
                 self._warned_defaults = True
                 log.warning(
                     "predictor: Prometheus has no %s; every GPU is judged by the default thresholds "
-                    "(load rules/generated/gpuwarden-recording.rules.yml into Prometheus so that "
-                    "each GPU model's profile applies)",
+                    "(load rules/generated/gpuwarden-recording.rules.yml and gpuwarden-alerts.rules.yml "
+                    "into Prometheus so that each GPU model's profile applies)",
                     spec.threshold_query,
                 )
         return out
