@@ -338,13 +338,15 @@ def storm(
         "faults": faults or list(STORM_FAULTS),
         "seed": seed,
         "exclude": sorted(exclude),
-        "watch": [{"metric": "temperature_celsius", "above": v} for v in thermal.values()],
+        "watch": [{"metric": "temperature_celsius", "above": v} for v in thermal.values()]
+        + [{"metric": "throttle_active", "above": 0.5}],
     }
     started = time.time()
     injected = stack.sim("POST", "/api/v1/storm", doc)
     gpus = injected["gpus"]
     uuids = {g["uuid"] for g in gpus}
     floors = _floors(stack.interval)
+    for_seconds = {rule: cfg.rule_for(rule, model).for_seconds for rule in floors}
     heats = any(f["kind"] in ("power_spike", "cooling") for f in doc["faults"])
     # A board heats for ~70 s before the thermal rules can see it; ECC faults show at once.
     expected_by = started + (max(floors.values()) + 120 if heats else 4 * stack.interval + 10)
@@ -386,6 +388,7 @@ def storm(
     crossed_key = {
         "THERMAL_WARNING": f"temperature_celsius>{thermal['THERMAL_WARNING']:g}",
         "THERMAL_CRITICAL": f"temperature_celsius>{thermal['THERMAL_CRITICAL']:g}",
+        "THROTTLING": "throttle_active>0.5",
     }
     latency: dict[str, list[float]] = {}
     by_policy: dict[str, dict[str, int]] = {}
@@ -400,9 +403,12 @@ def storm(
             policy["other"] += 1
         if a["outcome"] in ("skipped_budget", "skipped_breaker"):
             continue
+        # From the start of the episode that fired the alert: the last rise above the threshold
+        # at least `for` before the action (a throttle that cleared and came back starts anew).
         t0 = injected["at"]
         if rule in crossed_key:
-            t0 = crossings.get(uuid, {}).get(crossed_key[rule], t0)
+            edges = crossings.get(uuid, {}).get(crossed_key[rule], [])
+            t0 = max((e for e in edges if e <= a["at"] - for_seconds[rule]), default=edges[0] if edges else t0)
         latency.setdefault(rule, []).append(a["at"] - t0)
     per_rule = {
         rule: {

@@ -29,11 +29,13 @@ import random
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from gpuwarden.sources import THROTTLE_BITS, THROTTLING_REASONS
 
 from ..collector import INFO, NVML_UP, STALE, UP
 from ..collectors import COLLECTORS
@@ -65,7 +67,7 @@ class UnknownTarget(LookupError):
 class Watch:
     """A raw-value threshold whose first crossing (per storm GPU) is recorded."""
 
-    metric: str  # temperature_celsius | power_watts
+    metric: str  # temperature_celsius | power_watts | throttle_active (any throttling reason: 1)
     above: float
 
 
@@ -112,7 +114,9 @@ class VirtualFleet:
         self.lost = f(n, dtype=bool)
         self.node_down = f(nodes, dtype=bool)
         self.xids: dict[int, dict[int, int]] = {}  # gpu -> xid -> count
-        self._watch: list[tuple[Watch, np.ndarray]] = []  # (watch, first crossing: clock time or nan)
+        # (watch, since when each GPU is above: clock time or nan, each GPU's rising edges): an
+        # alert's latency counts from the start of the episode that fired it, not the first one.
+        self._watch: list[tuple[Watch, np.ndarray, dict[int, list[float]]]] = []
         self._t0 = self._t = self.clock.now()
         self._wall0 = time.time() - self._t0  # fixed, so a manual clock's times map one to one
         self._baseline(0.0)
@@ -184,10 +188,13 @@ class VirtualFleet:
             self._settle()
 
     def _record_crossings(self) -> None:
-        for w, first in self._watch:
-            value = self.temperature if w.metric == "temperature_celsius" else self.power
-            fresh = np.isnan(first) & (value > w.above)
-            first[fresh] = self._t
+        for w, since, edges in self._watch:
+            above = WATCHED[w.metric](self) > w.above
+            rising = above & np.isnan(since)
+            for i in np.flatnonzero(rising):
+                edges.setdefault(int(i), []).append(self._t)
+            since[rising] = self._t
+            since[~above] = np.nan
 
     def wall(self, t: float) -> float:
         """Wall-clock time (epoch seconds) of the fleet's clock time ``t``."""
@@ -329,7 +336,7 @@ class VirtualFleet:
         chosen = sorted(random.Random(seed).sample(pool, size))
         with self.lock:
             self.sync(force=True)
-            self._watch = [(w, np.full(self.count, np.nan)) for w in watch]
+            self._watch = [(w, np.full(self.count, np.nan), {}) for w in watch]
             for k, i in enumerate(chosen):
                 self._apply(i, faults[k % len(faults)])
             self._settle()
@@ -349,14 +356,14 @@ class VirtualFleet:
             ],
         }
 
-    def crossings(self) -> dict[str, dict[str, float]]:
-        """uuid -> "<metric>><above>" -> wall time of the first crossing since the last storm."""
+    def crossings(self) -> dict[str, dict[str, list[float]]]:
+        """uuid -> "<metric>><above>" -> wall times the value rose above it since the last storm."""
         with self.lock:
             self.sync(force=True)
-            out: dict[str, dict[str, float]] = {}
-            for w, first in self._watch:
-                for i in np.flatnonzero(~np.isnan(first)):
-                    out.setdefault(self.uuids[i], {})[f"{w.metric}>{w.above:g}"] = self.wall(float(first[i]))
+            out: dict[str, dict[str, list[float]]] = {}
+            for w, _, edges in self._watch:
+                for i, times in edges.items():
+                    out.setdefault(self.uuids[i], {})[f"{w.metric}>{w.above:g}"] = [self.wall(t) for t in times]
             return out
 
     def state(self, ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
@@ -496,3 +503,13 @@ class VirtualFleet:
 
 # Help text as the real exporter declares it (its collectors), so /metrics reads the same.
 _HELP = {metric.name: metric.help for c in COLLECTORS.values() for metric in c.metrics}
+
+
+# What a Watch can read, per GPU: the raw value a rule compares (THROTTLING's is whether any of
+# the reasons it means is active, so its latency counts from the throttle, not from the fault).
+_THROTTLING_MASK = sum(THROTTLE_BITS[r] for r in THROTTLING_REASONS)
+WATCHED: dict[str, Callable[[VirtualFleet], np.ndarray]] = {
+    "temperature_celsius": lambda f: f.temperature,
+    "power_watts": lambda f: f.power,
+    "throttle_active": lambda f: ((f.reasons & _THROTTLING_MASK) != 0).astype(float),
+}

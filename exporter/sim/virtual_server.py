@@ -39,7 +39,7 @@ from gpuwarden.listener import Admit, Head, Limits, Listener, Reply
 
 from ..server import parse_listen_address
 from .faults import FaultError
-from .virtual import UnknownTarget, VirtualFleet, Watch
+from .virtual import WATCHED, UnknownTarget, VirtualFleet, Watch
 
 log = logging.getLogger(__name__)
 MAX_BODY = 1 << 20
@@ -137,8 +137,8 @@ class _Control:
             if what == "post" and arg == "/api/v1/storm":
                 watch = [Watch(str(w["metric"]), float(w["above"])) for w in doc.get("watch", [])]
                 for w in watch:
-                    if w.metric not in ("temperature_celsius", "power_watts"):
-                        raise ValueError(f"watch.metric: temperature_celsius or power_watts, got {w.metric!r}")
+                    if w.metric not in WATCHED:
+                        raise ValueError(f"watch.metric: one of {', '.join(WATCHED)}, got {w.metric!r}")
                 return _json(
                     200,
                     fleet.storm(

@@ -92,16 +92,28 @@ def test_a_storm_hits_the_fraction_asked_and_records_crossings() -> None:
         0.25,
         [{"kind": "power_spike", "watts": 500}, {"kind": "ecc", "uncorrectable": 1}],
         seed=3,
-        watch=[Watch("temperature_celsius", 80.0)],
+        watch=[Watch("temperature_celsius", 80.0), Watch("throttle_active", 0.5)],
     )
     assert len(out["gpus"]) == 32
     assert len({g["uuid"] for g in out["gpus"]}) == 32
     spiked = [g["uuid"] for g in out["gpus"] if g["fault"]["kind"] == "power_spike"]
-    assert fleet.crossings() == {}
+    # 500 W more puts most boards over their power limit: capped (throttled) from the fault's instant.
+    capped = fleet.crossings()
+    assert capped and set(capped) <= set(spiked)
+    assert all(list(t) == ["throttle_active>0.5"] and t["throttle_active>0.5"] == [out["at"]] for t in capped.values())
     clock.advance(120)
     crossed = fleet.crossings()
     assert set(crossed) == set(spiked)  # only the heated boards pass 80 °C
-    assert all(out["at"] < t["temperature_celsius>80"] <= out["at"] + 120.5 for t in crossed.values())
+    assert all(out["at"] < t["temperature_celsius>80"][0] <= out["at"] + 120.5 for t in crossed.values())
+    # An episode that ends and starts again is a new rising edge (latency counts from the last):
+    # capped at 200 W the board cools below 80 °C, uncapped it heats past it again.
+    gpu = next(iter(capped))
+    fleet.set_power_limit([fleet.uuids.index(gpu)], 200)
+    clock.advance(600)
+    fleet.set_power_limit([fleet.uuids.index(gpu)], 700)
+    clock.advance(600)
+    edges = fleet.crossings()[gpu]["temperature_celsius>80"]
+    assert len(edges) >= 2 and edges[-1] > edges[0]
     with pytest.raises(ValueError, match="NVML"):
         fleet.inject([0], {"kind": "hang"})
 
