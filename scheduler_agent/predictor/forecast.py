@@ -330,20 +330,6 @@ def confirm(current: Forecast, earlier: Sequence[Forecast | None], ages: Sequenc
         f"{why} ({current.reason})",
         withheld=ttt,
     )
-    for f in earlier:
-        if f is not None and f.seconds_to_threshold is None:
-            return Forecast(
-                current.threshold,
-                current.current,
-                current.last_value,
-                current.slope_per_second,
-                None,
-                current.confidence,
-                risk_score(None, current.confidence, current.current, current.threshold),
-                current.model,
-                f"not confirmed by the previous {len(earlier)} scrapes ({current.reason})",
-            )
-    return current
 
 
 def forecast_series(
