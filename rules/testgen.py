@@ -35,17 +35,7 @@ DCGM_DEFAULT_MODEL = "Tesla V100-SXM2-32GB"
 DCGM_HOSTNAME = "gpu-node-1"
 # The allocation the job annotation test reads (the agent's gpu_allocation_info).
 ALLOCATION = {"job_id": "4711", "job_name": "train-llm"}
-KNOWN_REASONS = (
-    "gpu_idle",
-    "applications_clocks_setting",
-    "sw_power_cap",
-    "hw_slowdown",
-    "sync_boost",
-    "sw_thermal_slowdown",
-    "hw_thermal_slowdown",
-    "hw_power_brake_slowdown",
-    "display_clock_setting",
-)
+KNOWN_REASONS = tuple(sources.THROTTLE_BITS)
 
 Labels = dict[str, str]
 

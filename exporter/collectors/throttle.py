@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import pynvml
 
+from gpuwarden.sources import THROTTLE_BITS
+
 from ..nvml import Reader
 from .base import Collector, LabelledGpuMetric, Sample
 
-# reason label -> NVML bit (nvmlClocksEventReason*, same bits as the older ...ThrottleReason*)
-REASONS: tuple[tuple[str, int], ...] = (
-    ("gpu_idle", 0x1),
-    ("applications_clocks_setting", 0x2),
-    ("sw_power_cap", 0x4),
-    ("hw_slowdown", 0x8),
-    ("sync_boost", 0x10),
-    ("sw_thermal_slowdown", 0x20),
-    ("hw_thermal_slowdown", 0x40),
-    ("hw_power_brake_slowdown", 0x80),
-    ("display_clock_setting", 0x100),
-)
+# reason label -> NVML bit (nvmlClocksEventReason*, same bits as the older ...ThrottleReason*):
+# gpuwarden.sources holds them, for dcgm-exporter's bitmask too.
+REASONS: tuple[tuple[str, int], ...] = tuple(THROTTLE_BITS.items())
 
 ACTIVE = LabelledGpuMetric(
     "gpu_throttle_active",
