@@ -307,7 +307,10 @@ def test_the_harness_sees_an_injection_when_values_are_not_checked(tmp_path: Pat
 
 def test_the_issue_payload_is_refused_before_anything_runs(tmp_path: Path, clock, make_rem) -> None:
     h = make_harness(tmp_path / "h")
-    existed = Path("/tmp/PWNED").exists()
+    # The issue's payload names /tmp/PWNED, which a run elsewhere may have left behind: the same
+    # payload aimed at this test's own directory is what proves nothing ran.
+    canary = tmp_path / "PWNED"
+    own = f"2; id > {canary}; echo"
     template = [str(h.stand_in), "{instance}", "nvidia-smi", "-i", "{gpu}", "-pl", "{watts}"]
     act = CommandActuator(template, default_watts=300)
     with pytest.raises(UnsafeValue, match=r"label gpu='2; id > /tmp/PWNED; echo' refused") as exc:
@@ -322,18 +325,18 @@ def test_the_issue_payload_is_refused_before_anything_runs(tmp_path: Path, clock
         },
         actuator=act,
     )
-    for i, action in enumerate(("throttle", "quarantine")):
+    for i, (action, payload) in enumerate(itertools.product(("throttle", "quarantine"), (PWNED, own))):
         a = alert("GPU-1", action=action, fingerprint=f"pwn-{i}")
-        a["labels"]["gpu"] = PWNED
+        a["labels"]["gpu"] = payload
         rem.intake.accept(json.dumps(notification(a)).encode())
         rem.worker.run_once()
         row = rem.actions(limit=1)[0]
         assert (row["action"], row["outcome"]) == (action, "failed")
         assert row["detail"]["refused_label"] == "gpu"
-        assert "label gpu='2; id > /tmp/PWNED; echo' refused" in row["error"]
+        assert row["error"].startswith("label gpu='2; id > ") and row["error"].endswith("nothing was run")
     assert rem.sched.states["GPU-1"] == "healthy", "the quarantine itself must not happen either"
     assert h.calls() == [] and h.stray() == []
-    assert existed or not Path("/tmp/PWNED").exists()
+    assert not canary.exists()
 
 
 @pytest.mark.parametrize(
