@@ -1,7 +1,8 @@
 """Parsing ``scontrol show node -d`` and ``scontrol show job -d`` (Slurm 22.05's text output).
 
-Records are separated by blank lines and hold ``Key=Value`` pairs. Two values need care: a
-node's ``Reason`` runs to the end of its line and carries Slurm's ``[user@time]`` suffix, and a
+Records are separated by blank lines and hold ``Key=Value`` pairs. Three values need care: a
+node's ``Reason`` runs to the end of its line and carries Slurm's ``[user@time]`` suffix, a job's
+``JobName`` runs to the end of its line too (names may hold spaces), and a
 job's per-node allocation is a detail line ``Nodes=gpu[01-02] CPU_IDs=0-3 Mem=0
 GRES=gpu:4(IDX:0-3)`` (one per distinct allocation) whose ``IDX`` list names the GPUs the job
 holds on those nodes. ``-d`` is what makes Slurm print the detail lines.
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 
 _PAIR = re.compile(r"([A-Za-z][\w/:.]*)=(\S*)")
 _REASON = re.compile(r"(?:^|\s)Reason=(.*?)(?:\s+\[([^\]@]*)@([^\]]*)\])?\s*$", re.M)
+_JOB_NAME = re.compile(r"(?:^|\s)JobName=(.*?)\s*$", re.M)
 _DETAIL = re.compile(r"^\s*Nodes=(\S+)\s+CPU_IDs=\S*\s+Mem=\S*\s+GRES=(\S*)", re.M)
 # gpu:4(IDX:0-3), gpu:a100:2(IDX:0,2), gpu(IDX:1); other GRES (mps, shard) are not GPUs here.
 _GPU_IDX = re.compile(r"(?:^|,)gpu(?::[^:(,]+)?(?::\d+)?\(IDX:([^)]*)\)")
@@ -129,6 +131,7 @@ def parse_jobs(text: str) -> list[Job]:
         p = pairs(rec)
         if "JobId" not in p:
             continue
+        name = _JOB_NAME.search(rec)
         held: dict[str, set[int]] = {}
         for hostlist, gres in _DETAIL.findall(rec):
             idx: set[int] = set()
@@ -141,7 +144,7 @@ def parse_jobs(text: str) -> list[Job]:
             Job(
                 id=int(p["JobId"]),
                 state=p.get("JobState", ""),
-                name=p.get("JobName", ""),
+                name=name.group(1) if name else "",
                 reason=p.get("Reason", ""),
                 restarts=int(p.get("Restarts", "0") or 0),
                 node_list=p.get("NodeList", ""),

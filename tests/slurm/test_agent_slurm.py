@@ -423,7 +423,7 @@ def test_the_agent_exports_which_slurm_job_holds_which_gpu(clean_slurm, spawn, t
     slurm = clean_slurm
     wrapper, _log = scontrol_wrapper
     agent = Agent(spawn, tmp_path, slurm, wrapper).start()
-    a = slurm.sbatch(2, 600, "--job-name=train-llm")  # GPUs 0-1
+    a = slurm.sbatch(2, 600, "--job-name=train llm v2")  # GPUs 0-1; a name with spaces
     wait_until(lambda: running(slurm, a), 20, what="job a running")
     b = slurm.sbatch(1, 600, "--job-name=eval")  # GPU 2
     wait_until(lambda: running(slurm, b), 20, what="job b running")
@@ -436,7 +436,7 @@ def test_the_agent_exports_which_slurm_job_holds_which_gpu(clean_slurm, spawn, t
             f'job_name="{name}",uuid="{uuid_of(gpu)}"}} 1.0'
         )
 
-    want = {series(a, "train-llm", 0), series(a, "train-llm", 1), series(b, "eval", 2)}
+    want = {series(a, "train llm v2", 0), series(a, "train llm v2", 1), series(b, "eval", 2)}
     assert allocation_lines(agent) == want
     slurm.run("scancel", str(a))
     wait_until(lambda: allocation_lines(agent) == {series(b, "eval", 2)}, 20, what="job a's GPUs to be let go")

@@ -54,12 +54,12 @@ def test_running_jobs_gpus_with_the_inventorys_uuid_and_instance(sched, tmp_path
     got = sorted(p.allocations())
     # Job 7 holds gpu01 and gpu02's 0 and 2 (not in the inventory) and vm's 4-5; job 1 is pending.
     assert [(a.instance, a.gpu, a.uuid, a.job_id, a.job_name) for a in got] == [
-        ("127.0.0.1:9786", 4, "GPU-vm-4", "7", "train"),
-        ("127.0.0.1:9786", 5, "GPU-vm-5", "7", "train"),
-        ("gpu01", 0, "", "7", "train"),
-        ("gpu01", 2, "", "7", "train"),
-        ("gpu02", 0, "", "7", "train"),
-        ("gpu02", 2, "", "7", "train"),
+        ("127.0.0.1:9786", 4, "GPU-vm-4", "7", "train llm  v2"),
+        ("127.0.0.1:9786", 5, "GPU-vm-5", "7", "train llm  v2"),
+        ("gpu01", 0, "", "7", "train llm  v2"),
+        ("gpu01", 2, "", "7", "train llm  v2"),
+        ("gpu02", 0, "", "7", "train llm  v2"),
+        ("gpu02", 2, "", "7", "train llm  v2"),
     ]
     p.close()
 

@@ -37,7 +37,7 @@ JobId=1 JobName=wrap
    Requeue=1 Restarts=1 BatchFlag=1 Reboot=0 ExitCode=0:0
    NodeList=(null)
 
-JobId=7 JobName=train
+JobId=7 JobName=train llm  v2
    JobState=RUNNING Reason=None Dependency=(null)
    Requeue=1 Restarts=0 BatchFlag=1 Reboot=0 ExitCode=0:0
    NodeList=gpu[01-02],vm
@@ -58,6 +58,7 @@ def test_jobs_parse_gres_indexes_per_node():
     pending, running = parse_jobs(JOBS)
     assert (pending.id, pending.state, pending.reason, pending.restarts) == (1, "PENDING", "BeginTime", 1)
     assert pending.gpus == {}
+    assert (pending.name, running.name) == ("wrap", "train llm  v2")
     assert running.gpus == {"gpu01": {0, 2}, "gpu02": {0, 2}, "vm": {4, 5}}
     assert running.holds("gpu02", 2) and not running.holds("gpu02", 1)
     assert not running.holds("vm", 3)
