@@ -12,7 +12,8 @@ Every component of the agent owns its tables and records its migrations in the s
 - ``remediation_actions``: the audit trail, one row per decision. A row written as ``pending``
   before a side effect and completed after it is how a kill during an action is resumed exactly
   once (the side effects are idempotent: they set a recorded value, they do not adjust one).
-- ``remediation_throttles``: GPUs we lowered, with the limit to restore and the alert instances
+- ``remediation_throttles``: GPUs we lowered, with the limit to restore, the labels of the alert
+  that lowered it (its restore renders the same command) and the alert instances
   still holding the throttle.
 - ``remediation_breaker``: the budget's circuit breaker (one row); it survives restarts, so an
   open breaker stays open until a person resets it.
@@ -281,6 +282,9 @@ def _migration_v2(conn: sqlite3.Connection) -> None:
 
 
 MIGRATIONS.append(_migration_v2)
+# v3: a throttle keeps the labels of the alert that lowered the limit, so that its restore renders
+# the same command (a set_command naming ``{node}`` had no value for it at restore time).
+MIGRATIONS.append("ALTER TABLE remediation_throttles ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'")
 
 
 def connect(path: Path | str, synchronous: str = "FULL") -> sqlite3.Connection:

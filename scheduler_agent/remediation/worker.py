@@ -378,8 +378,8 @@ class Worker:
             if row is None:
                 c.execute(
                     "INSERT INTO remediation_throttles (uuid, gpu, instance, "
-                    "previous_watts, applied_watts, since, holders, restore_after) "
-                    "VALUES (?,?,?,?,?,?,?,NULL)",
+                    "previous_watts, applied_watts, since, holders, restore_after, labels) "
+                    "VALUES (?,?,?,?,?,?,?,NULL,?)",
                     (
                         gpu.uuid,
                         gpu.gpu,
@@ -388,6 +388,7 @@ class Worker:
                         detail["target_watts"],
                         now,
                         json.dumps([holder]),
+                        json.dumps(dict(gpu.labels)),
                     ),
                 )
             else:
@@ -435,13 +436,21 @@ class Worker:
                 argv = None
                 ctx = ActionContext(REMEDIATION, aid, gpu)
                 try:
-                    argv = self._hook_argv(aid, action, gpu, detail)  # checked before acting
+                    if action == "restore":
+                        # Undoing our own throttle is always wanted, so a hook whose values fail
+                        # must not keep the limit lowered: restore first, then render the hook.
+                        self.actuator.set_limit(gpu, detail["previous_watts"])
+                        self.scheduler.set_throttled(uuid, False, "power limit restored")
+                        try:
+                            argv = self._hook_argv(aid, action, gpu, detail)
+                        except ActuatorError as exc:
+                            hook_error = str(exc)
+                            result.update(_refused(exc))
+                    else:
+                        argv = self._hook_argv(aid, action, gpu, detail)  # checked before acting
                     if action == "throttle":
                         self.actuator.set_limit(gpu, detail["target_watts"])
                         self.scheduler.set_throttled(uuid, True, reason)
-                    elif action == "restore":
-                        self.actuator.set_limit(gpu, detail["previous_watts"])
-                        self.scheduler.set_throttled(uuid, False, "power limit restored")
                     elif action == "preempt":
                         result["preempted_jobs"] = self.scheduler.preempt_gpu(uuid, reason, ctx)
                     elif action == "quarantine":
@@ -544,11 +553,11 @@ class Worker:
     def _restore_due(self) -> int:
         now = self.clock()
         due = self.conn.execute(
-            "SELECT uuid, gpu, instance, previous_watts FROM remediation_throttles WHERE "
+            "SELECT uuid, gpu, instance, previous_watts, labels FROM remediation_throttles WHERE "
             "restore_after IS NOT NULL AND restore_after <= ? AND holders = '[]'",
             (now,),
         ).fetchall()
-        for uuid, gpu, instance, previous in due:
+        for uuid, gpu, instance, previous, labels in due:
 
             def pending(
                 c: sqlite3.Connection,
@@ -556,6 +565,7 @@ class Worker:
                 gpu: str = gpu,
                 instance: str = instance,
                 previous: float = previous,
+                labels: str = labels,
             ) -> int:  # bound now: called inside this iteration
                 cur = c.execute(
                     "INSERT INTO remediation_actions (event_id, at, rule, severity, status, uuid, "
@@ -566,7 +576,14 @@ class Worker:
                         uuid,
                         instance,
                         json.dumps(
-                            {"previous_watts": previous, "gpu": gpu, "reason": "alert resolved for the hold-down time"}
+                            {
+                                "previous_watts": previous,
+                                "gpu": gpu,
+                                "reason": "alert resolved for the hold-down time",
+                                # The throttling alert's labels: the restore renders the same
+                                # set_command and hook values the throttle did.
+                                "labels": json.loads(labels),
+                            }
                         ),
                     ),
                 )

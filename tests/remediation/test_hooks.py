@@ -8,6 +8,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from gpuwarden.scheduler_agent.remediation.actuators import CommandActuator
 from gpuwarden.scheduler_agent.remediation.config import parse
 from gpuwarden.scheduler_agent.remediation.intake import Credentials
 from gpuwarden.scheduler_agent.remediation.service import Remediation
@@ -158,3 +159,55 @@ def test_a_refused_hook_value_stops_the_action_before_any_side_effect(make_rem, 
     assert row["error"].startswith("label node='n1 $(touch x)' refused")
     assert "GPU-1" not in rem.act.limits and rem.sched.calls == []
     assert not out.exists()
+
+
+def test_a_restore_renders_the_labels_of_the_alert_that_throttled(make_rem, clock, tmp_path):
+    """deploy/README.md's set_command names ``{node}``, a label only the alert has. No alert asks
+    for a restore: it renders the throttling alert's labels, so the limit does come back."""
+    limits, hook = tmp_path / "set.log", tmp_path / "hook.log"
+    act = CommandActuator(recorder(limits, "{node}", "-i", "{gpu}", "-pl", "{watts}"), default_watts=400)
+    rem = make_rem(
+        {
+            "commands": {"restore": recorder(hook, "--node={node}", "--id={action_id}")},
+            "throttle": {"fraction": 0.5, "hold_down_seconds": 10},
+        },
+        actuator=act,
+    )
+    a = alert("GPU-1")
+    a["labels"]["node"] = "gpu-node-7"
+    deliver(rem, a)
+    deliver(rem, {**a, "status": "resolved"})
+    clock.t += 11
+    rem.worker.run_once()
+    assert limits.read_text().splitlines() == ["gpu-node-7 -i 0 -pl 200", "gpu-node-7 -i 0 -pl 400"]
+    restore = rem.actions(limit=1)[0]
+    assert (restore["action"], restore["outcome"]) == ("restore", "acted"), restore
+    assert hook.read_text() == f"--node=gpu-node-7 --id={restore['id']}\n"
+
+
+def test_a_restore_whose_hook_fails_its_checks_still_restores_the_limit(make_rem, clock, tmp_path):
+    """Values are checked when the hook is rendered. An actuator that sets limits by UUID (NVML)
+    never checks the alert's gpu label, so a hostile one is first refused by the restore's hook:
+    the limit still comes back, and the restore is not retried."""
+    out = tmp_path / "hook.log"
+    rem = make_rem(
+        {
+            "commands": {"restore": recorder(out, "--gpu={gpu}")},
+            "throttle": {"fraction": 0.5, "hold_down_seconds": 10},
+        }
+    )
+    a = alert("GPU-1")
+    a["labels"]["gpu"] = "0; touch x"
+    deliver(rem, a)
+    assert rem.act.limits["GPU-1"] == 200.0
+    deliver(rem, {**a, "status": "resolved"})
+    clock.t += 11
+    rem.worker.run_once()
+    assert rem.act.limits["GPU-1"] == 400.0, "a hook refusing a value kept the power limit lowered"
+    row = rem.actions(limit=1)[0]
+    assert (row["action"], row["outcome"], row["detail"]["refused_label"]) == ("restore", "failed", "gpu")
+    assert row["error"].startswith("the restore was done; its hook failed: label gpu='0; touch x' refused")
+    assert not out.exists()
+    clock.t += 600
+    rem.worker.run_once()
+    assert [r["action"] for r in rem.actions()].count("restore") == 1, "a done restore is not retried"
