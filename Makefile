@@ -54,6 +54,7 @@ generate: setup
 	$(PY) -m gpuwarden.dashboards.generate
 	cp rules/generated/gpuwarden.prometheusrule.yaml deploy/kubernetes/prometheusrule.yaml
 	cp rules/generated/dcgm-exporter/gpuwarden.prometheusrule.yaml deploy/kubernetes-dcgm-exporter/prometheusrule.yaml
+	sed 's/^  source: gpuwarden$$/  source: dcgm-exporter/' rules/thresholds.yaml > deploy/kubernetes-dcgm-exporter/thresholds.yaml
 	$(PY) docs/generate_observability.py
 
 check: setup
@@ -62,6 +63,7 @@ check: setup
 	$(PY) -m gpuwarden.dashboards.generate --check
 	cmp rules/generated/gpuwarden.prometheusrule.yaml deploy/kubernetes/prometheusrule.yaml
 	cmp rules/generated/dcgm-exporter/gpuwarden.prometheusrule.yaml deploy/kubernetes-dcgm-exporter/prometheusrule.yaml
+	sed 's/^  source: gpuwarden$$/  source: dcgm-exporter/' rules/thresholds.yaml | cmp - deploy/kubernetes-dcgm-exporter/thresholds.yaml
 	$(PY) docs/generate_observability.py --check
 
 bench: setup

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.deploy.conftest import DEPLOY, REPO
+from gpuwarden.rules import config as rules_config
+from tests.deploy.conftest import DEPLOY, REPO, check_agent_config
 
 OVERLAY = DEPLOY / "kubernetes-dcgm-exporter"
 GENERATED = REPO / "rules" / "generated" / "dcgm-exporter" / "gpuwarden.prometheusrule.yaml"
@@ -66,3 +68,46 @@ def test_overlay_swaps_the_exporter_and_its_rules_for_the_dcgm_rules() -> None:
     exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
     assert all("gpuwarden-exporter" not in e for e in exprs)
     assert any("DCGM_FI_DEV_GPU_TEMP" in e for e in exprs)
+
+
+def _agent_config(path: Path) -> str:
+    """The agent.yaml text of the ConfigMap in deploy/kubernetes/agent.yaml, or a plain file."""
+    doc = next(yaml.safe_load_all(path.read_text()))
+    return doc["data"]["agent.yaml"] if doc.get("kind") == "ConfigMap" else path.read_text()
+
+
+def test_the_agent_discovers_and_forecasts_from_dcgm_exporter(tmp_path: Path) -> None:
+    """Without these two files the overlay's agent looked for gpuwarden-exporter's gpu_info in a
+    cluster that has none, and found no GPU."""
+    # thresholds.yaml: the shipped one but for settings.source (what make generate writes).
+    shipped = (REPO / "rules" / "thresholds.yaml").read_text()
+    assert "\n  source: gpuwarden\n" in shipped
+    want = shipped.replace("\n  source: gpuwarden\n", "\n  source: dcgm-exporter\n", 1)
+    assert (OVERLAY / "thresholds.yaml").read_text() == want, "make generate rewrites it"
+    thresholds = rules_config.load(OVERLAY / "thresholds.yaml")
+    assert thresholds.source == "dcgm-exporter"
+
+    # agent.yaml: the base's, plus the source and the thresholds file, loaded as serve does.
+    text = (OVERLAY / "agent.yaml").read_text()
+    doc = check_agent_config(text, tmp_path, "deploy/kubernetes-dcgm-exporter/agent.yaml")
+    base = yaml.safe_load(_agent_config(DEPLOY / "kubernetes" / "agent.yaml"))
+    base["inventory"]["prometheus"]["source"] = "dcgm-exporter"
+    base["predictor"]["rules_file"] = "thresholds.yaml"
+    assert doc == base, "the overlay's agent.yaml differs from deploy/kubernetes/agent.yaml's"
+    # The predictor refuses to start when the two sources differ (predictor/plugin.py).
+    assert doc["inventory"]["prometheus"]["source"] == thresholds.source
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        return  # not a skip: the files were checked above
+    out = subprocess.run([kubectl, "kustomize", str(OVERLAY)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    [dep] = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "gpuwarden-agent"]
+    pod = dep["spec"]["template"]["spec"]
+    [cm_name] = [v["configMap"]["name"] for v in pod["volumes"] if v["name"] == "config"]
+    [cm] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == cm_name]
+    assert cm["data"]["agent.yaml"] == text and cm["data"]["thresholds.yaml"] == want
+    mounts = {m["subPath"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"] if m["name"] == "config"}
+    config_dir = Path(mounts["agent.yaml"]).parent
+    assert mounts["thresholds.yaml"] == str(config_dir / doc["predictor"]["rules_file"])
