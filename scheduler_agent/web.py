@@ -42,6 +42,7 @@ import jsonschema
 from gpuwarden.listener import Admit, Head, Limits, Listener, Reply
 
 from .models import SchedulerError
+from .store import DatabaseFull
 from .tls import ReloadingContext
 
 log = logging.getLogger(__name__)
@@ -329,6 +330,10 @@ class App:
             return _error(exc)
         except SchedulerError as exc:
             return Response(exc.status, {"error": exc.message, "field": exc.field})
+        except DatabaseFull as exc:
+            # Nothing was stored (the transaction rolled back): the caller may retry once there is room.
+            log.error("%s %s: %s", req.method, req.path, exc)
+            return Response(503, {"error": str(exc), "field": None}, headers={"Retry-After": "30"})
         except Exception:
             log.exception("%s %s failed", req.method, req.path)
             return Response(500, {"error": "internal error; see the agent's log", "field": None})

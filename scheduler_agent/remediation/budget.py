@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 from .config import Budget
+from .store import transaction
 
 log = logging.getLogger(__name__)
 
@@ -68,22 +69,22 @@ def open_breaker(conn: sqlite3.Connection, reason: str, now: float) -> None:
 def reset_breaker(conn: sqlite3.Connection, actor: str, now: float | None = None) -> bool:
     """Closes the breaker; returns whether it was open. Records the reset in the audit trail."""
     now = time.time() if now is None else now
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        was_open = breaker(conn).open
-        conn.execute(
+
+    def reset(c: sqlite3.Connection) -> bool:
+        was_open = breaker(c).open
+        c.execute(
             "UPDATE remediation_breaker SET state = 'closed', reset_at = ?, reset_by = ? WHERE id = 1", (now, actor)
         )
-        conn.execute(
+        c.execute(
             "INSERT INTO remediation_actions (event_id, at, rule, severity, status, uuid, "
             "instance, action, outcome, detail) VALUES (NULL, ?, '', '', '', '', '', "
             "'breaker_reset', 'acted', ?)",
             (now, json.dumps({"actor": actor, "was_open": was_open})),
         )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+        return was_open
+
+    # store.transaction: a full disk is raised as itself, not as the failed ROLLBACK after it.
+    was_open = bool(transaction(conn, reset))
     log.warning(
         "remediation breaker reset", extra={"event": "remediation.breaker_reset", "actor": actor, "was_open": was_open}
     )

@@ -341,6 +341,9 @@ class Remediation:
                         }
                     },
                 },
-                "responses": {"200": {"description": "the breaker, now closed"}},
+                "responses": {
+                    "200": {"description": "the breaker, now closed"},
+                    "503": {"description": "database full: nothing changed; retry once there is room"},
+                },
             },
         )

@@ -9,6 +9,7 @@ import sqlite3
 import time
 import uuid as uuid_mod
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from gpuwarden.scheduler_agent.remediation import store
@@ -336,3 +337,21 @@ def test_breaker_reset_actor_is_limited_to_200_characters(make_rem, serve):
     assert rem.breaker()["reset_by"] == ""
     status, body = post(url, {"actor": "a" * 200}, token=OPERATOR)
     assert status == 200 and body["reset_by"] == "a" * 200
+
+
+def test_breaker_reset_on_a_full_disk_says_database_full(make_rem, serve):
+    """The reset's own transaction: SQLite has rolled back by itself, and the error is the disk."""
+    rem = make_rem()
+    url = serve(rem) + "/api/v1/remediation/breaker/reset"
+    conn = rem._read
+    conn.execute(f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0] + 1}")
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        for _ in range(10_000):  # audit rows smaller than the reset's, until none fits
+            conn.execute(
+                "INSERT INTO remediation_actions (event_id, at, rule, severity, status, uuid, instance, "
+                "action, outcome, detail) VALUES (NULL, 0, '', '', '', '', '', 'notify', 'acted', '{}')"
+            )
+    status, body = post(url, {"actor": "alice"}, token=OPERATOR)
+    assert status == 503, body
+    assert "database full" in body["error"] and "no transaction is active" not in body["error"]
+    assert rem.breaker()["reset_by"] == ""
