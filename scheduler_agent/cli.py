@@ -4,7 +4,8 @@
   gpuwarden-agent jobs submit --name N --gpus 2 [--priority P] [--time-limit S] [-- CMD ...]
   gpuwarden-agent jobs list [--state S] | show ID | cancel ID
   gpuwarden-agent gpus list | quarantine UUID [--reason R] | release UUID
-  gpuwarden-agent actions list | breaker show | breaker reset   (scheduler_agent.remediation.cli)
+  gpuwarden-agent actions list | breaker show | breaker reset | throttle restore UUID
+                                                              (scheduler_agent.remediation.cli)
   gpuwarden-agent predict ...   (dispatched to scheduler_agent.predictor.cli:main when present)
 
 Client verbs take --url (default http://127.0.0.1:9787, or $GPUWARDEN_AGENT_URL) and
@@ -162,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .predictor import cli as predictor_cli
 
         return int(predictor_cli.main(argv[1:]) or 0)
-    if argv[:1] in (["actions"], ["breaker"]):
+    if argv[:1] in (["actions"], ["breaker"], ["throttle"]):
         from .remediation import cli as remediation_cli
 
         return int(remediation_cli.main(argv) or 0)

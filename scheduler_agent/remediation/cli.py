@@ -1,8 +1,11 @@
-"""``gpuwarden-agent actions ...`` and ``gpuwarden-agent breaker ...`` (talk to a running agent).
+"""``gpuwarden-agent actions|breaker|throttle ...`` (talk to a running agent).
 
 gpuwarden-agent actions list [--uuid U] [--outcome O] [--action A] [--limit N] [--json]
 gpuwarden-agent breaker show
 gpuwarden-agent breaker reset [--actor NAME]     (needs --token-file: it changes state)
+gpuwarden-agent throttle restore UUID [--actor NAME]
+    restore a throttled GPU's power limit now; the alerts holding it stop holding it (an alert
+    that never resolves, a throttle judged wrong). Needs --token-file.
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     p = breaker.add_parser("reset", help="close the breaker: remediation acts again")
     add_client_args(p)
     p.add_argument("--actor", default=None, help="who resets it (default: your user name)")
+    throttle = sub.add_parser("throttle").add_subparsers(dest="verb", required=True)
+    p = throttle.add_parser("restore", help="restore a throttled GPU's power limit now")
+    add_client_args(p)
+    p.add_argument("uuid")
+    p.add_argument("--actor", default=None, help="who restores it (default: your user name)")
     return ap
 
 
@@ -71,6 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return None
         elif args.verb == "show":
             out = c.call("GET", "/api/v1/remediation/breaker")
+        elif args.cmd == "throttle":
+            uuid = urllib.parse.quote(args.uuid, safe="")
+            actor = args.actor or getpass.getuser()
+            out = c.call("POST", f"/api/v1/remediation/throttles/{uuid}/restore", {"actor": actor})
         else:
             actor = args.actor or getpass.getuser()
             out = c.call("POST", "/api/v1/remediation/breaker/reset", {"actor": actor})

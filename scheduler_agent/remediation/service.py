@@ -214,6 +214,30 @@ class Remediation:
         self.worker.wake()
         return {**self.breaker(), "was_open": was_open}
 
+    def restore_throttle(self, uuid: str, actor: str) -> dict[str, Any] | None:
+        """An operator's restore: every alert still holding ``uuid``'s throttle is let go and the
+        worker restores the recorded limit at its next round, as for a resolved alert but with
+        no hold-down (an alert that never resolves; a throttle judged wrong). None: the agent
+        holds no throttle on ``uuid``. An alert that fires anew throttles again."""
+        now = self.clock()
+
+        def release(c: sqlite3.Connection) -> dict[str, Any] | None:
+            row = c.execute(
+                "SELECT previous_watts, applied_watts, holders FROM remediation_throttles WHERE uuid = ?", (uuid,)
+            ).fetchone()
+            if row is None:
+                return None
+            c.execute(
+                "UPDATE remediation_throttles SET holders = '[]', restore_after = ?, restore_reason = ? WHERE uuid = ?",
+                (now, f"restore requested by {actor}", uuid),
+            )
+            return {"uuid": uuid, "previous_watts": row[0], "applied_watts": row[1], "released": json.loads(row[2])}
+
+        with self._read_lock:
+            out = store.transaction(self._read, release)
+        self.worker.wake()
+        return out if isinstance(out, dict) else None
+
     # -- HTTP -------------------------------------------------------------------------------
     def register_routes(self, app: App) -> None:
         from ..web import Response
@@ -272,6 +296,13 @@ class Remediation:
             # The body (optional) was validated against the operation's schema by the router.
             actor = (req.json() if req.body.strip() else {}).get("actor") or "api"
             return Response(200, self.reset_breaker(actor))
+
+        def restore(req: Request) -> Response:
+            actor = (req.json() if req.body.strip() else {}).get("actor") or "api"
+            out = self.restore_throttle(req.params["uuid"], actor)
+            if out is None:
+                return Response(404, {"error": "the agent holds no throttle on this GPU", "field": "uuid"})
+            return Response(202, out)
 
         # Alertmanager's own credential, checked before the body is read; the body may be as
         # large as remediation.max_body_bytes allows (a storm's notification can be megabytes,
@@ -343,6 +374,32 @@ class Remediation:
                 },
                 "responses": {
                     "200": {"description": "the breaker, now closed"},
+                    "503": {"description": "database full: nothing changed; retry once there is room"},
+                },
+            },
+        )
+        app.add_route(
+            "POST",
+            "/api/v1/remediation/throttles/{uuid}/restore",
+            restore,
+            openapi={
+                "summary": "Restore a throttled GPU's power limit now (its alerts stop holding it)",
+                "parameters": [{"name": "uuid", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {"actor": {"type": "string", "minLength": 1, "maxLength": 200}},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "202": {"description": "released; the worker restores the limit at its next round"},
+                    "404": {"description": "the agent holds no throttle on this GPU"},
                     "503": {"description": "database full: nothing changed; retry once there is room"},
                 },
             },

@@ -13,8 +13,8 @@ Every component of the agent owns its tables and records its migrations in the s
   before a side effect and completed after it is how a kill during an action is resumed exactly
   once (the side effects are idempotent: they set a recorded value, they do not adjust one).
 - ``remediation_throttles``: GPUs we lowered, with the limit to restore, the labels of the alert
-  that lowered it (its restore renders the same command) and the alert instances
-  still holding the throttle.
+  that lowered it (its restore renders the same command), the alert instances still holding the
+  throttle, and when (and, for an operator's restore, why) the limit is to be restored.
 - ``remediation_breaker``: the budget's circuit breaker (one row); it survives restarts, so an
   open breaker stays open until a person resets it.
 
@@ -283,8 +283,12 @@ def _migration_v2(conn: sqlite3.Connection) -> None:
 
 MIGRATIONS.append(_migration_v2)
 # v3: a throttle keeps the labels of the alert that lowered the limit, so that its restore renders
-# the same command (a set_command naming ``{node}`` had no value for it at restore time).
-MIGRATIONS.append("ALTER TABLE remediation_throttles ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'")
+# the same command (a set_command naming ``{node}`` had no value for it at restore time); and why
+# a restore is due when it is not the usual hold-down (an operator asked for it).
+MIGRATIONS.append("""
+ALTER TABLE remediation_throttles ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE remediation_throttles ADD COLUMN restore_reason TEXT NOT NULL DEFAULT ''
+""")
 
 
 def connect(path: Path | str, synchronous: str = "FULL") -> sqlite3.Connection:

@@ -553,11 +553,11 @@ class Worker:
     def _restore_due(self) -> int:
         now = self.clock()
         due = self.conn.execute(
-            "SELECT uuid, gpu, instance, previous_watts, labels FROM remediation_throttles WHERE "
-            "restore_after IS NOT NULL AND restore_after <= ? AND holders = '[]'",
+            "SELECT uuid, gpu, instance, previous_watts, labels, restore_reason FROM remediation_throttles "
+            "WHERE restore_after IS NOT NULL AND restore_after <= ? AND holders = '[]'",
             (now,),
         ).fetchall()
-        for uuid, gpu, instance, previous, labels in due:
+        for uuid, gpu, instance, previous, labels, why in due:
 
             def pending(
                 c: sqlite3.Connection,
@@ -566,6 +566,7 @@ class Worker:
                 instance: str = instance,
                 previous: float = previous,
                 labels: str = labels,
+                why: str = why,
             ) -> int:  # bound now: called inside this iteration
                 cur = c.execute(
                     "INSERT INTO remediation_actions (event_id, at, rule, severity, status, uuid, "
@@ -579,7 +580,7 @@ class Worker:
                             {
                                 "previous_watts": previous,
                                 "gpu": gpu,
-                                "reason": "alert resolved for the hold-down time",
+                                "reason": why or "alert resolved for the hold-down time",
                                 # The throttling alert's labels: the restore renders the same
                                 # set_command and hook values the throttle did.
                                 "labels": json.loads(labels),

@@ -11,8 +11,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry
 
 from gpuwarden import logs
+from gpuwarden.scheduler_agent.remediation import cli as remediation_cli
 from gpuwarden.scheduler_agent.remediation.config import parse
 from gpuwarden.scheduler_agent.remediation.errors import PolicyConfigError
+from tests.remediation.conftest import OPERATOR_TOKEN as OPERATOR
+from tests.remediation.conftest import TOKEN, post
 from tests.remediation.fakes import alert, notification
 
 
@@ -38,6 +41,51 @@ def test_throttle_lowers_then_restores_after_hold_down(make_rem, clock):
     rem.worker.run_once()
     assert rem.act.limits["GPU-1"] == 400.0 and rem.sched.states["GPU-1"] == "healthy"
     assert outcomes(rem) == [("throttle", "acted"), ("throttle", "recorded"), ("restore", "acted")]
+
+
+def test_an_operator_restores_a_throttle_whose_alert_never_resolves(make_rem, clock, serve):
+    """The safety valve for an alert that never resolves (or a throttle judged wrong): the
+    operator's credential restores the limit now; Alertmanager's cannot; a repeat of the same
+    alert does not throttle again, a new firing of it does."""
+    rem = make_rem({"throttle": {"fraction": 0.8, "hold_down_seconds": 600}})
+    url = serve(rem) + "/api/v1/remediation/throttles/{}/restore"
+    a = alert("GPU-1")
+    deliver(rem, a)
+    assert rem.act.limits["GPU-1"] == 320.0
+    assert post(url.format("GPU-1"), {"actor": "alice"}, token=TOKEN)[0] == 401, (
+        "the webhook's token opens the webhook only"
+    )
+    assert post(url.format("GPU-7"), {}, token=OPERATOR)[0] == 404, "no throttle on GPU-7"
+    status, body = post(url.format("GPU-1"), {"actor": "alice"}, token=OPERATOR)
+    assert status == 202 and body["previous_watts"] == 400.0 and len(body["released"]) == 1, body
+    rem.worker.run_once()
+    assert rem.act.limits["GPU-1"] == 400.0 and rem.sched.states["GPU-1"] == "healthy"
+    restore = rem.actions(limit=1)[0]
+    assert (restore["action"], restore["outcome"]) == ("restore", "acted")
+    assert restore["detail"]["reason"] == "restore requested by alice"
+    deliver(rem, a)  # Alertmanager's repeat of the same firing alert
+    assert rem.act.limits["GPU-1"] == 400.0, "a repeat re-throttled a GPU the operator restored"
+    deliver(rem, alert("GPU-1", status="resolved"))  # its end, long after: nothing to restore
+    clock.t += 700
+    rem.worker.run_once()
+    assert rem.act.limits["GPU-1"] == 400.0
+    assert post(url.format("GPU-1"), {}, token=OPERATOR)[0] == 404
+    deliver(rem, alert("GPU-1", starts_at="2024-05-01T12:00:00Z"))  # fires anew
+    assert rem.act.limits["GPU-1"] == 320.0
+
+
+def test_throttle_restore_from_the_cli(make_rem, serve, tmp_path, capsys):
+    rem = make_rem({"throttle": {"fraction": 0.5, "hold_down_seconds": 600}})
+    deliver(rem, alert("GPU-1"))
+    token = tmp_path / "token"
+    token.write_text(OPERATOR + "\n")
+    argv = ["throttle", "restore", "GPU-1", "--url", serve(rem), "--token-file", str(token), "--actor", "bob"]
+    assert remediation_cli.main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["applied_watts"] == 200.0
+    rem.worker.run_once()
+    assert rem.act.limits["GPU-1"] == 400.0
+    assert rem.actions(limit=1)[0]["detail"]["reason"] == "restore requested by bob"
+    assert remediation_cli.main(argv) == 1 and "404" in capsys.readouterr().err, "nothing left to restore"
 
 
 def test_throttle_clamped_to_nvml_minimum_and_watts_setting(make_rem):
