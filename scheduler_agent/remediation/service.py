@@ -98,6 +98,23 @@ def credentials_from(config: RemediationConfig) -> Credentials:
     return Credentials(token, user, password)
 
 
+# An operator's state change names who made it: kept in the audit trail and shown by the API and
+# the CLI, so bounded.
+_ACTOR_BODY: dict[str, Any] = {
+    "required": False,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"actor": {"type": "string", "minLength": 1, "maxLength": 200}},
+            }
+        }
+    },
+}
+_DATABASE_FULL = {"description": "database full: nothing changed; retry once there is room"}
+
+
 @dataclass
 class Remediation:
     config: RemediationConfig
@@ -359,22 +376,10 @@ class Remediation:
             reset,
             openapi={
                 "summary": "Close the breaker (a person decides the storm is over)",
-                # The actor is kept in the audit trail and shown by the API and CLI: bounded.
-                "requestBody": {
-                    "required": False,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "additionalProperties": False,
-                                "properties": {"actor": {"type": "string", "minLength": 1, "maxLength": 200}},
-                            }
-                        }
-                    },
-                },
+                "requestBody": _ACTOR_BODY,
                 "responses": {
                     "200": {"description": "the breaker, now closed"},
-                    "503": {"description": "database full: nothing changed; retry once there is room"},
+                    "503": _DATABASE_FULL,
                 },
             },
         )
@@ -385,22 +390,11 @@ class Remediation:
             openapi={
                 "summary": "Restore a throttled GPU's power limit now (its alerts stop holding it)",
                 "parameters": [{"name": "uuid", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "requestBody": {
-                    "required": False,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "additionalProperties": False,
-                                "properties": {"actor": {"type": "string", "minLength": 1, "maxLength": 200}},
-                            }
-                        }
-                    },
-                },
+                "requestBody": _ACTOR_BODY,
                 "responses": {
                     "202": {"description": "released; the worker restores the limit at its next round"},
                     "404": {"description": "the agent holds no throttle on this GPU"},
-                    "503": {"description": "database full: nothing changed; retry once there is room"},
+                    "503": _DATABASE_FULL,
                 },
             },
         )
