@@ -2,9 +2,11 @@
 sending to both: every alert is acted on once although both peers deliver it, and one peer
 killed mid-storm loses nothing (the other delivers what fires after).
 
-The peers' ``--cluster.peer-timeout`` is 1 ms here (15 s by default): the second peer then
-sends before it can hear, by gossip, that the first one did, so every notification reaches the
-agent twice, the worst case for the agent's dedup by (fingerprint, startsAt)."""
+The peers' ``--cluster.peer-timeout`` is 1 ms here (15 s by default) and they gossip every 5 s:
+the second peer then sends before it can hear, by gossip, that the first one did, so every
+notification reaches the agent twice, the worst case for the agent's dedup by (fingerprint,
+startsAt). (With the default 200 ms gossip a peer that received the alerts a moment late heard
+in time and sent nothing: the test's premise failed now and then.)"""
 
 from __future__ import annotations
 
@@ -31,7 +33,15 @@ def test_two_peers_deliver_twice_one_killed_mid_storm_every_alert_acted_on_once(
             agent,
             sink,
             cluster=(gossip[i], [gossip[1 - i]]),
-            cluster_flags=["--cluster.peer-timeout=1ms"],
+            # Gossip (and the probes that piggyback it) every 5 s instead of 0.2 and 1 s, so that
+            # the second peer cannot hear in time even when a loaded machine makes it receive the
+            # alerts late; settling capped to match.
+            cluster_flags=[
+                "--cluster.peer-timeout=1ms",
+                "--cluster.gossip-interval=5s",
+                "--cluster.probe-interval=5s",
+                "--cluster.settle-timeout=5s",
+            ],
         )
         for i in range(2)
     ]
