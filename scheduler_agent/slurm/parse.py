@@ -128,10 +128,12 @@ def parse_nodes(text: str) -> list[Node]:
 def parse_jobs(text: str) -> list[Job]:
     jobs = []
     for rec in records(text):
-        p = pairs(rec)
+        # The name is the job owner's text: read it whole, then read the other keys without it,
+        # so that a name such as "x JobState=PENDING" cannot stand in for the job's own state.
+        name = _JOB_NAME.search(rec)
+        p = pairs(rec[: name.start(1)] + rec[name.end(1) :] if name else rec)
         if "JobId" not in p:
             continue
-        name = _JOB_NAME.search(rec)
         held: dict[str, set[int]] = {}
         for hostlist, gres in _DETAIL.findall(rec):
             idx: set[int] = set()

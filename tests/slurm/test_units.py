@@ -64,6 +64,16 @@ def test_jobs_parse_gres_indexes_per_node():
     assert not running.holds("vm", 3)
 
 
+def test_a_job_name_cannot_spoof_the_jobs_own_fields():
+    """A name is the submitter's text: keys written into it must not replace the real ones (a
+    job shown PENDING would escape preemption)."""
+    text = JOBS.replace("JobName=train llm  v2", "JobName=x JobState=PENDING Restarts=99 NodeList=(null)")
+    running = parse_jobs(text)[1]
+    assert running.name == "x JobState=PENDING Restarts=99 NodeList=(null)"
+    assert (running.state, running.restarts, running.node_list) == ("RUNNING", 0, "gpu[01-02],vm")
+    assert running.holds("gpu01", 0)
+
+
 def test_hostlists_and_index_lists():
     assert expand_hostlist("gpu[08-10,12],login1") == ["gpu08", "gpu09", "gpu10", "gpu12", "login1"]
     assert expand_indexes("0-2,5") == {0, 1, 2, 5}
