@@ -14,6 +14,7 @@ not the agent's, so they join the exporter's series; the agent's scrape job sets
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -90,6 +91,17 @@ class SchedulerCollector(Collector):
             labels=["instance", "gpu", "uuid", "job_id", "job_name"],
         )
         # A set: one series per (GPU, job). Two jobs on one GPU (Slurm's shared GPUs) stay two.
-        for labels in sorted({(a.instance, str(a.gpu), a.uuid, a.job_id, a.job_name) for a in allocations}):
+        for labels in sorted({(a.instance, str(a.gpu), a.uuid, a.job_id, job_label(a.job_name)) for a in allocations}):
             alloc.add_metric(list(labels), 1.0)
         yield alloc
+
+
+# A job's name is its submitter's text and reaches alert annotations, Slack and dashboards through
+# gpu_allocation_info: bounded, without control characters or Slack's markup brackets.
+JOB_LABEL_MAX = 128
+_NOT_IN_JOB_LABEL = re.compile(r"[\x00-\x1f\x7f<>&]")
+
+
+def job_label(name: str) -> str:
+    """``name`` as the ``job_name`` label: those characters dropped, cut to JOB_LABEL_MAX."""
+    return _NOT_IN_JOB_LABEL.sub("", name)[:JOB_LABEL_MAX]

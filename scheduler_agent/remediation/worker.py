@@ -396,7 +396,7 @@ class Worker:
                 if holder not in holders:
                     holders.append(holder)
                 c.execute(
-                    "UPDATE remediation_throttles SET holders = ?, restore_after = NULL WHERE uuid = ?",
+                    "UPDATE remediation_throttles SET holders = ?, restore_after = NULL, restore_reason = '' WHERE uuid = ?",
                     (json.dumps(holders), gpu.uuid),
                 )
         assert cur.lastrowid is not None

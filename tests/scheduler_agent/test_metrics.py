@@ -105,6 +105,16 @@ def test_two_jobs_on_one_gpu_are_two_series_and_a_repeat_is_one(make_scheduler) 
     assert len(series(s, "gpu_allocation_info")) == 2
 
 
+def test_a_job_name_is_a_bounded_label_without_markup_or_control_characters(make_scheduler) -> None:
+    """A Slurm job's name is its submitter's text; it reaches Slack through running_job."""
+    s = make_scheduler()
+    name = "<!channel> train\n&" + "x" * 300
+    s.add_allocation_source(lambda: [Allocation("h:9835", 0, "GPU-s", "1", name)])
+    [got] = series(s, "gpu_allocation_info")
+    job_name = dict(got)["job_name"]
+    assert job_name == ("!channel train" + "x" * 300)[:128]
+
+
 def test_exposition_names_gpu_allocation_info_once(make_scheduler) -> None:
     s = make_scheduler({"n0": 1})
     s.submit("j", 1)
