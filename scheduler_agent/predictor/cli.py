@@ -28,9 +28,8 @@ from typing import TextIO
 
 from gpuwarden import sources
 
-from .forecast import MIN_CONFIDENCE, forecast_series
+from .forecast import MIN_CONFIDENCE, InsufficientData, forecast_series
 from .models import KINDS
-from .trend import InsufficientData
 
 DEFAULT_WINDOW = 600.0
 DEFAULT_HORIZON = 600.0

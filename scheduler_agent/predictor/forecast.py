@@ -2,16 +2,14 @@
 
 ``forecast_series``/``raw_forecast`` (the CSV interface, the bench, the service) fit the
 per-kind models of models.py (first-order approach, line, accelerating climb; held plateaus;
-spikes ignored) and gate them by confidence; ``forecast(trend, ...)`` below is the older path
-from a Theil–Sen ``trend.Trend`` and is kept for its callers.
+spikes ignored), gate them by confidence and confirm them by the scrapes before (``confirm``).
 
-Confidence is the evidence that the metric really moves toward the threshold: from the slope's
-interval (Theil–Sen, see trend.py) we take z = slope / stderr and report 2·Φ(z) − 1, i.e. one
-minus the two-sided p-value of "no trend", clipped at 0. A clean line gives ~1, pure noise
-gives values spread over 0..0.7 and a falling or flat series gives 0. A forecast whose
-confidence is below ``min_confidence`` is not a forecast: ``seconds_to_threshold`` is None.
-That gate is what keeps noisy plateaus from raising alarms: a least-squares extrapolation over
-the same window (``predict_linear``) has no such notion and alarms whenever noise tilts its line.
+Confidence is the evidence that the metric really moves toward the threshold (models.py says how
+each kind computes it), reported as 2·Φ(z) − 1: one minus the two-sided p-value of "no trend",
+clipped at 0. A forecast whose confidence is below ``min_confidence`` is not a forecast:
+``seconds_to_threshold`` is None. That gate is what keeps noisy plateaus from raising alarms: a
+least-squares extrapolation over the same window (``predict_linear``) has no such notion and
+alarms whenever noise tilts its line.
 
 Risk combines urgency and confidence: ``confidence · exp(−seconds_to_threshold / RISK_SCALE)``
 (one hour scale: 20 minutes out at confidence 0.85 gives 0.61), plus a proximity term so a
@@ -25,11 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from . import models
 from .models import MIN_SAMPLES
-from .trend import InsufficientData, Trend
 
 # Forecasts less sure than this are withheld (seconds_to_threshold None). Chosen on the
 # bench's traces (bench/predictor_eval.py, seed 6: 0.99 removed 5 false alarms of 95 at H =
@@ -53,13 +49,15 @@ RISK_SCALE = 3600.0
 # Proximity band: within this fraction of the threshold a flat metric still carries some risk.
 PROXIMITY_BAND = 0.10
 PROXIMITY_WEIGHT = 0.3
-# Fraction of the recent samples that must be over the threshold to call it crossed already.
-_OVER_FRACTION = 0.5
+
+
+class InsufficientData(ValueError):
+    """Too few samples in the window to forecast; wait for more scrapes."""
 
 
 @dataclass(frozen=True)
 class Forecast:
-    """A forecast as of ``trend.t_last`` against an upper ``threshold``."""
+    """A forecast as of the window's last sample against an upper ``threshold``."""
 
     threshold: float
     current: float  # robust level now
@@ -88,16 +86,6 @@ class Forecast:
         }
 
 
-def trend_confidence(trend: Trend) -> float:
-    """2·Φ(slope/stderr) − 1, clipped to [0, 1]."""
-    sigma = trend.slope_sigma
-    if trend.slope <= 0:
-        return 0.0
-    if sigma <= 0:
-        return 1.0
-    return max(0.0, min(1.0, 2.0 * float(stats.norm.cdf(trend.slope / sigma)) - 1.0))
-
-
 def risk_score(seconds_to_threshold: float | None, confidence: float, level: float, threshold: float) -> float:
     """0-1: confidence·urgency of a predicted crossing, floored by proximity to the threshold."""
     forecast_term = 0.0
@@ -108,49 +96,6 @@ def risk_score(seconds_to_threshold: float | None, confidence: float, level: flo
     if band > 0:
         proximity = PROXIMITY_WEIGHT * min(1.0, max(0.0, (level - (threshold - band)) / band))
     return max(0.0, min(1.0, max(forecast_term, proximity)))
-
-
-def forecast(
-    trend: Trend,
-    threshold: float,
-    recent_values: Sequence[float] | np.ndarray | None = None,
-    min_confidence: float = MIN_CONFIDENCE,
-) -> Forecast:
-    """Forecast when ``trend`` reaches ``threshold`` (an upper bound: alerts fire at >= it).
-
-    ``recent_values``: the last few raw samples, used to tell "already over" from a spike.
-    """
-    level = trend.level
-    confidence = trend_confidence(trend)
-    if recent_values is not None and len(recent_values):
-        over = float(np.mean(np.asarray(recent_values, dtype=float) >= threshold))
-    else:
-        over = 1.0 if trend.last_value >= threshold else 0.0
-    if level >= threshold and over >= _OVER_FRACTION:
-        return Forecast(
-            threshold, level, trend.last_value, trend.slope, 0.0, 1.0, 1.0, trend.model, "over the threshold now"
-        )
-
-    ttt: float | None = None
-    if trend.slope <= 0:
-        reason = "not rising"
-    elif trend.model == "decelerating":
-        a, tau = trend.asymptote, trend.tau
-        if a is None or a <= threshold:
-            reason = f"levelling off below the threshold (asymptote {a:.4g})" if a is not None else "levelling off"
-        elif tau is None:
-            reason = "levelling off"
-        else:
-            ttt = tau * math.log((a - level) / (a - threshold)) if a > level else None
-            reason = f"approaching {a:.4g} with time constant {tau:.0f}s"
-    else:
-        ttt = max(0.0, (threshold - level) / trend.slope)
-        reason = f"{trend.model} trend"
-    if ttt is not None and confidence < min_confidence:
-        reason = f"trend not significant (confidence {confidence:.2f} < {min_confidence:.2f})"
-        ttt = None
-    risk = risk_score(ttt, confidence, level, threshold)
-    return Forecast(threshold, level, trend.last_value, trend.slope, ttt, confidence, risk, trend.model, reason)
 
 
 def _window_rows(
@@ -347,7 +292,7 @@ def forecast_series(
 
     ``kind``: one of models.KINDS, None to guess (models.guess_kind). ``throttle``: 0/1 per
     sample, 1 where a slowdown or power cap was active (gpu_throttle_active), or None.
-    Raises trend.InsufficientData when the last window holds too few samples.
+    Raises InsufficientData when the last window holds too few samples.
     """
     t, y, th = _clean(times, values, throttle)
     kind = kind or models.guess_kind(y, threshold)

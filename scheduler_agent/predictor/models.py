@@ -300,19 +300,6 @@ def _fit_chunk(
     z = np.where(first_order, np.minimum(z, za), z)
     conf = np.clip(2.0 * special.ndtr(z) - 1.0, 0.0, 1.0)
 
-    # Point forecast of the time to threshold.
-    gap = thr - L
-    with np.errstate(all="ignore"):
-        t_line = gap / R
-        t_first = tau * np.log((asym - L) / (asym - thr))
-        t_acc = -tau * np.log1p(gap / (-R * tau))  # tau < 0
-    ttt = np.full(g, np.inf)
-    rising = R > 0
-    ttt = np.where(rising & np.isinf(tau), t_line, ttt)
-    ttt = np.where(rising & first_order & (asym > thr), t_first, ttt)
-    ttt = np.where(rising & (tau < 0), t_acc, ttt)
-    ttt = np.where(np.isfinite(ttt) & (ttt >= 0), ttt, np.inf)
-
     # tau itself is uncertain: every time constant whose fit is within PLAUSIBLE noise variances
     # of the best one is as good an explanation of the window. The forecast is the latest
     # crossing among them (never, if one of them levels off below the threshold).
@@ -336,9 +323,8 @@ def _fit_chunk(
             np.where(tk > 0, tk * np.log((ak - Lk) / (ak - aim)), -tk * np.log1p(gk / (-Rk * tk))),
         )
     tt_k = np.where((Rk > 0) & np.isfinite(tt_k) & ((tk <= 0) | (ak > aim)), np.maximum(tt_k, 0.0), np.inf)
-    if NEAR_SIGMAS > 0:
-        ttt = tt_k[rows, kk]
-    ttt = np.maximum(ttt, np.where(plaus, tt_k, 0.0).max(axis=1))
+    # The chosen model's crossing (point forecast), then the latest among the plausible ones.
+    ttt = np.maximum(tt_k[rows, kk], np.where(plaus, tt_k, 0.0).max(axis=1))
 
     # A load cycle: the window fell from a peak and rises again. Until it passes that peak the
     # rise is the cycle repeating (its asymptote is the load's, not a runaway's).
