@@ -212,15 +212,9 @@ def _alert_expr(cfg: RulesConfig, rule: AlertRule) -> str:
         for excluded in profile_exclusion(cfg, rule.rule):
             cmp += f" unless {JOIN} {excluded}"
         return cmp
-    if rule.relative is not None:
-        # Against the GPU's own limit; where the GPU does not report it, against `threshold`.
-        cmp = (
-            f"({value} {rule.op} {JOIN} group_left () ({relative_threshold(cfg, rule)})"
-            f" or {cmp} unless {JOIN} {limit_selector(cfg, rule)})"
-        )
-    elif rule.kind in ("ratio", "growth", "any"):
-        cmp = f"({cmp})"
-    return f"{cmp} and {JOIN} {_first_match(cfg, cfg.profiles[rule.profile])}"
+    # A profile's own version: only kind `any` reaches here (the others are `joined`, and only a
+    # level may be relative).
+    return f"({cmp}) and {JOIN} {_first_match(cfg, cfg.profiles[rule.profile])}"
 
 
 def joined(cfg: RulesConfig, rule: AlertRule) -> bool:
@@ -291,12 +285,6 @@ def joined_alert_expr(cfg: RulesConfig, rule: AlertRule, profiles: list[str] | N
         recorded = f"{THRESHOLD_RECORD}{selector(cfg, rule=rule.rule)}"
         expr += f" or {value} {rule.op} {number(rule.threshold)} unless {JOIN} {recorded}"
     return lowercase_uuid(cfg, expr)
-
-
-def forecast_source(cfg: RulesConfig, fc: Forecast) -> str:
-    """The gauge series predict_linear reads: the raw metric, or the recorded ratio."""
-    t = fc.target
-    return t.metric if t.kind == "level" else ratio_record(t)
 
 
 def forecast_record(fc: Forecast) -> str:
