@@ -132,6 +132,12 @@ def test_bad_source_or_job_selector_is_a_config_error(tmp_path: Path) -> None:
     for old, new, field in (
         ("  source: gpuwarden\n", "  source: nvml\n", "settings.source"),
         ("  source: gpuwarden\n", "  source: gpuwarden\n  job_selector: dcgm\n", "settings.job_selector"),
+        # A quote ending the matcher early would splice PromQL into every rule.
+        (
+            "  source: gpuwarden\n",
+            '  source: gpuwarden\n  job_selector: \'job="a"} or vector(1) or x{y="b"\'\n',
+            "settings.job_selector",
+        ),
     ):
         path = tmp_path / "t.yaml"
         path.write_text(base.replace(old, new, 1))

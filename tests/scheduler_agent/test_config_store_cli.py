@@ -28,6 +28,13 @@ def test_config_errors_name_the_file_line_and_field(tmp_path: Path) -> None:
     cfg.write_text("web:\n  token_file: token\nremediation: {dry_run: true}\npredictor: {}\nbogus: 1\n")
     with pytest.raises(ConfigError, match="bogus"):
         load(cfg)
+    # The job matcher is spliced into the inventory's PromQL: one matcher, its quotes balanced.
+    cfg.write_text(
+        "web:\n  token_file: token\ninventory:\n  prometheus:\n    url: http://p:9090\n"
+        '    job_selector: \'job="a"} or vector(1) or x{y="b"\'\n'
+    )
+    with pytest.raises(ConfigError, match="inventory.prometheus.job_selector"):
+        load(cfg)
 
 
 def test_config_leaves_plugin_sections_to_their_owners(tmp_path: Path) -> None:
