@@ -25,10 +25,12 @@ ENERGY = GpuMetric(
 )
 
 
-def _milliwatts(name: str, fn: Callable[[Any], int]) -> Callable[[Reader], float | None]:
+def _milli(name: str, fn: Callable[[Any], int]) -> Callable[[Reader], float | None]:
+    """A per-GPU call answering in milliwatts or millijoules, read as watts or joules."""
+
     def read(r: Reader) -> float | None:
-        mw = r.call(name, fn, r.device.handle)
-        return None if mw is None else mw / 1000.0  # NVML: milliwatts
+        v = r.call(name, fn, r.device.handle)
+        return None if v is None else v / 1000.0
 
     return read
 
@@ -45,11 +47,6 @@ def _constraint(position: int) -> Callable[[Reader], float | None]:
     return read
 
 
-def _energy_fallback(r: Reader) -> float | None:
-    mj = r.call("nvmlDeviceGetTotalEnergyConsumption", pynvml.nvmlDeviceGetTotalEnergyConsumption, r.device.handle)
-    return None if mj is None else mj / 1000.0  # NVML: millijoules
-
-
 MW = 0.001  # NVML's power fields are in milliwatts, energy in millijoules
 
 COLLECTOR = Collector(
@@ -64,20 +61,25 @@ COLLECTOR = Collector(
             "power",
             pynvml.NVML_FI_DEV_POWER_INSTANT,
             MW,
-            _milliwatts("nvmlDeviceGetPowerUsage", pynvml.nvmlDeviceGetPowerUsage),
+            _milli("nvmlDeviceGetPowerUsage", pynvml.nvmlDeviceGetPowerUsage),
         ),
-        FieldRead("energy", pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, MW, _energy_fallback),
+        FieldRead(
+            "energy",
+            pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION,
+            MW,
+            _milli("nvmlDeviceGetTotalEnergyConsumption", pynvml.nvmlDeviceGetTotalEnergyConsumption),
+        ),
         FieldRead(
             "power_limit",
             pynvml.NVML_FI_DEV_POWER_CURRENT_LIMIT,  # "limit currently enforced" (nvml.h)
             MW,
-            _milliwatts("nvmlDeviceGetEnforcedPowerLimit", pynvml.nvmlDeviceGetEnforcedPowerLimit),
+            _milli("nvmlDeviceGetEnforcedPowerLimit", pynvml.nvmlDeviceGetEnforcedPowerLimit),
         ),
         FieldRead(
             "power_limit_default",
             pynvml.NVML_FI_DEV_POWER_DEFAULT_LIMIT,
             MW,
-            _milliwatts("nvmlDeviceGetPowerManagementDefaultLimit", pynvml.nvmlDeviceGetPowerManagementDefaultLimit),
+            _milli("nvmlDeviceGetPowerManagementDefaultLimit", pynvml.nvmlDeviceGetPowerManagementDefaultLimit),
             static=True,
         ),
         FieldRead("power_limit_min", pynvml.NVML_FI_DEV_POWER_MIN_LIMIT, MW, _constraint(0), static=True),

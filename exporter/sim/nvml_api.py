@@ -472,14 +472,6 @@ _FIELDS: dict[int, tuple[Callable[[SimGpu], bool], int, Callable[[SimGpu], int]]
 }
 
 
-def _field(g: SimGpu, fid: int) -> tuple[int, int] | None:
-    """(NVML value type, value) of field ``fid`` on ``g``; None when the board lacks it."""
-    entry = _FIELDS.get(fid)
-    if entry is None or not entry[0](g):
-        return None
-    return entry[1], entry[2](g)
-
-
 # nvmlFieldValue_t, 40 bytes: fieldId, scopeId (uint each), timestamp, latencyUsec (int64 each),
 # valueType, nvmlReturn (uint each), value (an 8-byte union). Read and written with struct, one
 # call per slot (a ctypes attribute per member was most of the simulator's cost of this call).

@@ -320,7 +320,7 @@ class VirtualFleet:
         exclude: Sequence[int] = (),
     ) -> dict[str, Any]:
         """Faults on ``fraction`` of the GPUs at one instant, ``faults`` dealt round-robin over a
-        seeded random sample; records when each storm GPU first crosses each ``watch``."""
+        seeded random sample; records every time a GPU's value rises above each ``watch``."""
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction: must be in (0, 1], got {fraction!r}")
         if not faults:

@@ -18,7 +18,7 @@ or ``all``, plus the fleet's own:
   POST   /api/v1/storm                     {"fraction": 0.05, "faults": [...], "seed": 1,
                                             "watch": [{"metric": "temperature_celsius", "above": 85}],
                                             "exclude": [uuid, ...]}
-  GET    /api/v1/storm/crossings           uuid -> watch -> first crossing (epoch seconds)
+  GET    /api/v1/storm/crossings           uuid -> watch -> rising edges (epoch seconds)
 """
 
 from __future__ import annotations
