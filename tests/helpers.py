@@ -53,6 +53,7 @@ SYSTEM_BINARIES = {
     "victoria-metrics",
     "vmagent",
     "vmalert",
+    "kubectl",
 }
 CURRENT_TEST: contextvars.ContextVar[pytest.Item | None] = contextvars.ContextVar("current_test", default=None)
 

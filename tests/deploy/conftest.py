@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import yaml
 
 from gpuwarden.scheduler_agent import config as agent_config
 from gpuwarden.scheduler_agent.remediation import config as remediation_config
+from tests.helpers import require_binary
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -36,3 +38,13 @@ def check_agent_config(text: str, tmp: Path, source: str) -> dict[str, Any]:
     agent_config.load(path)
     remediation_config.parse(doc.get("remediation"), source)
     return doc
+
+
+def kustomize(path: Path) -> list[dict[str, Any]]:
+    """The objects ``kubectl kustomize`` renders from ``path`` (client-side: no cluster). The
+    calling test must be marked ``binaries``."""
+    out = subprocess.run(
+        [require_binary("kubectl"), "kustomize", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
