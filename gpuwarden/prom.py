@@ -125,8 +125,9 @@ class PrometheusClient:
         )
 
     def alerts(self) -> list[dict[str, Any]]:
-        """``/api/v1/alerts``: the alerts pending or firing now, as Prometheus lists them."""
-        return list(self.get("/api/v1/alerts", {}).get("alerts", []))
+        """``/api/v1/alerts``: the alerts pending or firing now, as Prometheus lists them (vmalert
+        answers ``alerts: null`` for none)."""
+        return list(self.get("/api/v1/alerts", {}).get("alerts") or [])
 
     def config(self) -> dict[str, Any]:
         """The configuration Prometheus has loaded (``/api/v1/status/config``), parsed."""

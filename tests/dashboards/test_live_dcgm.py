@@ -74,14 +74,11 @@ def with_counters_csv(text: str) -> str:
 
 class DashboardStack(DcgmStack):
     """tests/e2e's dcgm stack, the agent also running jobs (local executor) and its predictor
-    (rules from a thresholds file whose source is dcgm-exporter)."""
+    (the shipped thresholds over dcgm-exporter, as deploy/kubernetes-dcgm-exporter mounts them)."""
 
     def _write(self) -> dict[str, Path]:
         paths = super()._write()
-        thresholds = self.workdir / "agent" / "thresholds.yaml"
-        text = (REPO / "rules" / "thresholds.yaml").read_text()
-        assert "  source: gpuwarden\n" in text
-        thresholds.write_text(text.replace("  source: gpuwarden\n", "  source: dcgm-exporter\n"))
+        thresholds = REPO / "deploy" / "kubernetes-dcgm-exporter" / "thresholds.yaml"
         agent = yaml.safe_load(paths["agent"].read_text())
         agent["executor"] = {"kind": "local", "log_dir": "job-logs"}
         agent["predictor"] = {

@@ -362,9 +362,8 @@ def vmagent_config(targets: Sequence[str]) -> dict[str, Any]:
 
 
 def firing_alerts(prometheus_url: str) -> set[tuple[str, str]]:
-    """(rule, uuid) of every alert firing in a Prometheus (or vmalert: same API, though it
-    answers ``alerts: null`` for none)."""
-    alerts = PrometheusClient(prometheus_url, timeout=5).get("/api/v1/alerts", {}).get("alerts") or []
+    """(rule, uuid) of every alert firing in a Prometheus (or vmalert: same API)."""
+    alerts = PrometheusClient(prometheus_url, timeout=5).alerts()
     return {(a["labels"].get("rule", ""), a["labels"].get("uuid", "")) for a in alerts if a.get("state") == "firing"}
 
 
