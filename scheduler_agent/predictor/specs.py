@@ -28,13 +28,6 @@ from gpuwarden import sources
 
 # Any scrape job: bare MetricSpecs and a rules config without an exporter job select no job.
 ANY_JOB = 'job=~".+"'
-# gpuwarden-exporter metric -> the gpuwarden.sources signal that reads it from any source.
-_SIGNALS = {
-    "gpu_temperature_celsius": "temperature_celsius",
-    "gpu_power_watts": "power_watts",
-    "gpu_memory_used_bytes": "memory_used_bytes",
-    "gpu_memory_total_bytes": "memory_total_bytes",
-}
 
 
 @dataclass(frozen=True)
@@ -59,10 +52,8 @@ class MetricSpec:
 
 
 def gauge(source: str, metric: str, job_selector: str) -> str:
-    """gpuwarden-exporter's ``metric`` read from ``source`` (sources.signal for the signals it
-    names), with lowercase instance/gpu/uuid, in gpuwarden's unit."""
-    if metric in _SIGNALS:
-        return sources.signal(source, _SIGNALS[metric], job_selector)
+    """gpuwarden-exporter's ``metric`` read from ``source``, with lowercase instance/gpu/uuid, in
+    gpuwarden's unit (what sources.signal gives for the signals it names)."""
     return sources.uuid_lowercase(source, sources.instant(source, metric, job_selector))
 
 
