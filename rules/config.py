@@ -242,6 +242,10 @@ class RulesConfig:
     def profiles_overriding(self, rule_id: str) -> list[Profile]:
         return [p for p in self.profiles.values() if rule_id in p.alerts]
 
+    def versions(self, rule: AlertRule) -> list[AlertRule]:
+        """``rule`` (the default) and each profile's override of it, in file order."""
+        return [rule, *(p.alerts[rule.rule] for p in self.profiles_overriding(rule.rule))]
+
     def all_alerts(self) -> list[AlertRule | Forecast | MonitoringAlert]:
         """Every alert in file order: thresholds, forecasts, monitoring."""
         return [*self.alerts.values(), *self.forecasts.values(), *self.monitoring.values()]

@@ -52,7 +52,7 @@ def needs(cfg: RulesConfig, a: Alert) -> list[Need]:
     """The raw series alert ``a`` reads (its profiles' versions included for a threshold rule)."""
     if isinstance(a, AlertRule):
         out: list[Need] = []
-        for version in (a, *(p.alerts[a.rule] for p in cfg.profiles_overriding(a.rule))):
+        for version in cfg.versions(a):
             out += [n for n in _rule_needs(cfg, version) if n not in out]
         return out
     if isinstance(a, Forecast):

@@ -263,7 +263,7 @@ def _joined_rules(cfg: RulesConfig, rule: AlertRule) -> list[tuple[dict[str, Any
     default and every profile with the default's ``for`` (the GPU's ``profile`` label from its
     recorded threshold; its description each version's own, chosen by that label), and one per
     profile that changes ``for`` (labelled with the profile, as promtool's duplicate lint needs)."""
-    versions = [rule, *(p.alerts[rule.rule] for p in cfg.profiles_overriding(rule.rule))]
+    versions = cfg.versions(rule)
     main = [v for v in versions if v.for_seconds == rule.for_seconds]
     own = [v for v in versions if v.for_seconds != rule.for_seconds]
     names = None if not own else [str(v.profile) for v in main if v.profile]
@@ -304,18 +304,14 @@ def threshold_alert_rules(cfg: RulesConfig) -> list[dict[str, Any]]:
         if promql.joined(cfg, rule):
             out += [r for r, _ in _joined_rules(cfg, rule)]
         else:
-            versions = (rule, *(p.alerts[rule.rule] for p in cfg.profiles_overriding(rule.rule)))
+            versions = cfg.versions(rule)
             out += [alert_rule(cfg, v) for v in versions]
     return out
 
 
 def threshold_rules(cfg: RulesConfig) -> list[AlertRule]:
     """Each rule's default version followed by its profiles' versions, in file order."""
-    return [
-        version
-        for rule in cfg.alerts.values()
-        for version in (rule, *(p.alerts[rule.rule] for p in cfg.profiles_overriding(rule.rule)))
-    ]
+    return [version for rule in cfg.alerts.values() for version in cfg.versions(rule)]
 
 
 def alert_groups(cfg: RulesConfig) -> list[dict[str, Any]]:
