@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gpuwarden import sources
-from gpuwarden.exporter.collectors import COLLECTORS
 from gpuwarden.prom import PrometheusClient
 
 from . import needs as needs_mod
@@ -57,6 +56,10 @@ def _per_gpu(have: set[Gpu], fleet: set[Gpu]) -> set[Gpu]:
 
 def collector_of(metric: str) -> str | None:
     """The gpuwarden-exporter collector (``--collector.<name>``) that exports ``metric``."""
+    # Here, not at the top: the exporter's collectors load pynvml, which `gpuwarden-rules
+    # generate` and `check` (this module's CLI neighbours) never need.
+    from gpuwarden.exporter.collectors import COLLECTORS
+
     for name, c in COLLECTORS.items():
         if any(m.name == metric for m in c.metrics):
             return name
@@ -104,16 +107,17 @@ def diagnose(cfg: RulesConfig, prom: PrometheusClient) -> tuple[list[Finding], s
                 )
             have = cache[need.names]
             if not have:
-                elsewhere = sorted(
-                    s.labels.get("job", "")
-                    for s in prom.query(f'count by (job) ({{__name__=~"{_regex(need.names)}"}})')
-                )
                 if need.optional:
                     f.notes.append(f"no {need.shown()} series: {need.why}")
                     continue
                 if need.on_event and _declared(prom, job, need):
                     f.notes.append(f"no {need.shown()} series yet ({need.why}); the exporter declares it")
                     continue
+                # Only for a missing series: which other scrape jobs have it.
+                elsewhere = sorted(
+                    s.labels.get("job", "")
+                    for s in prom.query(f'count by (job) ({{__name__=~"{_regex(need.names)}"}})')
+                )
                 if elsewhere and fleet:
                     # The selector matches an exporter that reports GPUs: this one lacks the series.
                     f.problems.append(
